@@ -1,0 +1,63 @@
+#!/usr/bin/env node
+// Starts citadel from its TypeScript sources with no build step to remember: the sources are bundled
+// by esbuild into node_modules/.cache/citadel the first time and again whenever a source file changes
+// (checked by mtime and size of every file the bundle was made from, a few stat calls), so an edited
+// task takes effect on the next run, and a warm start costs plain Node plus what the command loads.
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+
+const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
+const cacheDir = path.join(root, 'node_modules', '.cache', 'citadel')
+const stampFile = path.join(cacheDir, 'current.json')
+const STALE_BUILD_MS = 24 * 3600 * 1000
+
+const fingerprint = (file) => {
+  const st = statSync(path.join(root, file))
+  return `${st.mtimeMs}:${st.size}:${st.ino}`
+}
+
+function currentBuild() {
+  try {
+    const stamp = JSON.parse(readFileSync(stampFile, 'utf8'))
+    for (const [file, print] of Object.entries(stamp.inputs)) if (fingerprint(file) !== print) return null
+    return path.join(cacheDir, stamp.dir)
+  } catch {
+    return null
+  }
+}
+
+async function build() {
+  const { build: esbuild } = await import('esbuild')
+  mkdirSync(cacheDir, { recursive: true })
+  const dir = `build-${Date.now()}-${process.pid}`
+  const result = await esbuild({
+    absWorkingDir: root,
+    entryPoints: { cli: 'lib/cli.ts' },
+    outdir: path.join(cacheDir, dir),
+    bundle: true,
+    splitting: true,
+    format: 'esm',
+    platform: 'node',
+    target: 'node20',
+    packages: 'external',
+    metafile: true,
+    sourcemap: 'linked',
+    logLevel: 'error',
+  })
+  const inputs = Object.fromEntries(Object.keys(result.metafile.inputs).map((file) => [file, fingerprint(file)]))
+  const tmp = `${stampFile}.${process.pid}`
+  writeFileSync(tmp, JSON.stringify({ dir, inputs }))
+  renameSync(tmp, stampFile)
+  // Older builds may still be loading chunks in a long-running process; only day-old ones go.
+  for (const old of readdirSync(cacheDir)) {
+    if (old.startsWith('build-') && old !== dir && Date.now() - statSync(path.join(cacheDir, old)).mtimeMs > STALE_BUILD_MS)
+      rmSync(path.join(cacheDir, old), { recursive: true, force: true })
+  }
+  return path.join(cacheDir, dir)
+}
+
+process.setSourceMapsEnabled(true)
+const dir = currentBuild() ?? (await build())
+const { main } = await import(pathToFileURL(path.join(dir, 'cli.js')).href)
+process.exit(await main(process.argv.slice(2)))

@@ -1,0 +1,200 @@
+// The `citadel` command line: parses arguments, loads settings, and hands a list of tasks to the runner.
+// Heavy modules (settings validation, the runner, zx, listr2) load only for commands that need them,
+// so `citadel list` and `--help` answer quickly.
+import { parseArgs, type ParseArgsConfig } from 'node:util'
+import { playbooks } from '../playbooks/index.ts'
+import { tasks } from '../tasks/index.ts'
+import { playbookEntries, type Playbook, type Task } from './task.ts'
+
+const EXIT_INVALID = 4
+
+class UsageError extends Error {}
+
+const RUN_OPTIONS = {
+  check: { type: 'boolean' },
+  diff: { type: 'boolean' },
+  json: { type: 'boolean' },
+  force: { type: 'boolean' },
+  tags: { type: 'string' },
+  'skip-tags': { type: 'string' },
+  'start-at-task': { type: 'string' },
+  'list-tasks': { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const satisfies ParseArgsConfig['options']
+
+const COMMON_HELP = `Options:
+  --check              report what would change, change nothing
+  --diff               show before/after of every change
+  --json               print one JSON document on stdout and nothing else there
+  --force              let tasks replace what is in their way (moved aside, never deleted)
+  --tags a,b           run only tasks with one of these tags
+  --skip-tags a,b      leave out tasks with one of these tags
+  --start-at-task NAME start at this task, skipping those before it
+  --list-tasks         list the tasks that would run, run nothing
+  -h, --help           this help
+
+Settings come from the environment, then .env (or the file named by CITADEL_ENV_FILE), then defaults.
+Exit: 0 ok (changes included), 2 a task failed, 3 another run holds the lock, 4 invalid settings or
+arguments, 99 interrupted (rolled back).`
+
+const HELP: Record<string, string> = {
+  main: `citadel: keeps the model storage of a vLLM server healthy.
+
+Usage:
+  citadel run PLAYBOOK [options]   run a playbook (an ordered list of tasks)
+  citadel task TASK [options]      run one task
+  citadel list [--json]            playbooks with their tasks, and every task
+  citadel help COMMAND             help on a command
+
+Every task also runs on its own: npx tsx tasks/TASK.ts [options]
+
+${COMMON_HELP}`,
+  run: `Usage: citadel run PLAYBOOK [options]\n\nRuns the playbook's tasks in order; stops at the first failure and rolls the run back.\n\n${COMMON_HELP}`,
+  task: `Usage: citadel task TASK [options]\n\nRuns one task, with the same lock, log and rollback as a playbook.\n\n${COMMON_HELP}`,
+  list: `Usage: citadel list [--json]\n\nLists the playbooks with their tasks, and every task with its description and tags.`,
+}
+
+const csv = (v: string | boolean | undefined) => (typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : [])
+
+type Values = Record<string, string | boolean | undefined>
+
+function parse(args: string[], options: ParseArgsConfig['options']): { values: Values; positionals: string[] } {
+  try {
+    const { values, positionals } = parseArgs({ args, options, allowPositionals: true, strict: true })
+    return { values: values as Values, positionals }
+  } catch (err) {
+    throw new UsageError((err as Error).message.split('\n')[0]!.replace(/\. To specify a positional.*$/, ''))
+  }
+}
+
+function findTask(name: string): Task {
+  const task = tasks.find((t) => t.name === name)
+  if (!task) throw new UsageError(`unknown task "${name}"; expected one of: ${tasks.map((t) => t.name).join(', ')}`)
+  return task
+}
+
+function findPlaybook(name: string): Playbook {
+  const playbook = playbooks.find((p) => p.name === name)
+  if (!playbook) throw new UsageError(`unknown playbook "${name}"; expected one of: ${playbooks.map((p) => p.name).join(', ')}`)
+  return playbook
+}
+
+function taskHelp(task: Task): string {
+  return `Usage: citadel task ${task.name}${task.usage ? ' ' + task.usage : ''} [options]\n\n${task.description}\nTags: ${task.tags.join(', ')}\n\n${COMMON_HELP}`
+}
+
+function select(entries: { task: Task; tags: string[] }[], values: Values): Task[] {
+  const only = csv(values.tags)
+  const skip = csv(values['skip-tags'])
+  let chosen = entries
+  const start = values['start-at-task']
+  if (typeof start === 'string') {
+    const index = chosen.findIndex((e) => e.task.name === start)
+    if (index < 0) throw new UsageError(`--start-at-task: "${start}" is not a task of this run; expected one of: ${chosen.map((e) => e.task.name).join(', ')}`)
+    chosen = chosen.slice(index)
+  }
+  return chosen
+    .filter((e) => (only.length === 0 || e.tags.some((t) => only.includes(t)) || only.includes(e.task.name)) && !e.tags.some((t) => skip.includes(t)))
+    .map((e) => e.task)
+}
+
+function list(json: boolean): void {
+  if (json) {
+    const doc = {
+      playbooks: playbooks.map((p) => ({ name: p.name, description: p.description, tasks: playbookEntries(p).map((e) => e.task.name) })),
+      tasks: tasks.map((t) => ({ name: t.name, description: t.description, tags: t.tags })),
+    }
+    process.stdout.write(JSON.stringify(doc, null, 2) + '\n')
+    return
+  }
+  const width = Math.max(...tasks.map((t) => t.name.length), ...playbooks.map((p) => p.name.length)) + 2
+  const out = ['PLAYBOOKS (citadel run NAME)']
+  for (const p of playbooks) out.push(`  ${p.name.padEnd(width)}${p.description}`, `  ${''.padEnd(width)}${playbookEntries(p).map((e) => e.task.name).join(' -> ')}`)
+  out.push('', 'TASKS (citadel task NAME)')
+  for (const t of tasks) out.push(`  ${t.name.padEnd(width)}${t.description} [${t.tags.join(', ')}]`)
+  process.stdout.write(out.join('\n') + '\n')
+}
+
+async function runTasks(playbook: string | null, chosen: Task[], values: Values, taskArgs?: { options: Values; positionals: string[] }): Promise<number> {
+  if (values['list-tasks']) {
+    process.stdout.write(chosen.map((t) => `${t.name}  ${t.description}`).join('\n') + '\n')
+    return 0
+  }
+  const { loadSettings, ConfigError } = await import('./config.ts')
+  let settings
+  try {
+    settings = loadSettings()
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err
+    for (const problem of err.problems) process.stderr.write(`citadel: ${problem}\n`)
+    return EXIT_INVALID
+  }
+  const { run } = await import('./runner.ts')
+  const { LockHeldError } = await import('./lock.ts')
+  try {
+    return await run({
+      playbook,
+      tasks: chosen,
+      settings,
+      check: Boolean(values.check),
+      diff: Boolean(values.diff),
+      force: Boolean(values.force),
+      json: Boolean(values.json),
+      command: ['citadel', ...process.argv.slice(2)].join(' '),
+      taskArgs,
+    })
+  } catch (err) {
+    if (!(err instanceof LockHeldError)) throw err
+    process.stderr.write(`citadel: ${err.message}\n`)
+    return 3
+  }
+}
+
+/** Runs the command line `argv` (without node and script); resolves to the exit code. */
+export async function main(argv: string[], standalone?: Task): Promise<number> {
+  try {
+    if (standalone) return await taskCommand(standalone, argv)
+    const [command, ...rest] = argv
+    if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
+      const topic = command === 'help' ? rest[0] : undefined
+      if (topic && topic in HELP) process.stdout.write(HELP[topic] + '\n')
+      else if (topic) process.stdout.write(taskHelp(findTask(topic)) + '\n')
+      else process.stdout.write(HELP.main + '\n')
+      return command === undefined ? EXIT_INVALID : 0
+    }
+    if (command === 'list') {
+      const { values } = parse(rest, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })
+      if (values.help) process.stdout.write(HELP.list + '\n')
+      else list(Boolean(values.json))
+      return 0
+    }
+    if (command === 'run') {
+      const { values, positionals } = parse(rest, RUN_OPTIONS)
+      if (values.help) return void process.stdout.write(HELP.run + '\n'), 0
+      if (positionals.length !== 1) throw new UsageError(`run takes one playbook name; expected one of: ${playbooks.map((p) => p.name).join(', ')}`)
+      const playbook = findPlaybook(positionals[0]!)
+      return await runTasks(playbook.name, select(playbookEntries(playbook), values), values)
+    }
+    if (command === 'task') {
+      const [name, ...taskArgv] = rest
+      if (name === undefined || name.startsWith('-')) {
+        if (name === '-h' || name === '--help') return void process.stdout.write(HELP.task + '\n'), 0
+        throw new UsageError(`task takes a task name; expected one of: ${tasks.map((t) => t.name).join(', ')}`)
+      }
+      return await taskCommand(findTask(name), taskArgv)
+    }
+    throw new UsageError(`unknown command "${command}"; expected run, task, list or help (see citadel --help)`)
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err
+    process.stderr.write(`citadel: ${err.message}\n`)
+    return EXIT_INVALID
+  }
+}
+
+async function taskCommand(task: Task, argv: string[]): Promise<number> {
+  const { values, positionals } = parse(argv, { ...RUN_OPTIONS, ...task.options })
+  if (values.help) return void process.stdout.write(taskHelp(task) + '\n'), 0
+  const own = Object.fromEntries(Object.keys(task.options ?? {}).map((k) => [k, values[k]])) as Values
+  if (positionals.length && !task.usage) throw new UsageError(`task ${task.name} takes no arguments, got "${positionals[0]}"`)
+  return runTasks(null, [task], values, { options: own, positionals })
+}

@@ -1,0 +1,195 @@
+// Settings: one table of every setting (name, default, meaning, parser), loaded from the process
+// environment, then a .env file, then the defaults. Invalid input never reaches a task.
+import { existsSync, readFileSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parse as parseDotenv } from 'dotenv'
+import { z } from 'zod'
+import { envNameOfAlias } from './layout.ts'
+
+export interface ModelEntry { alias: string; dir: string }
+
+interface SettingSpec<T> {
+  default: string | undefined
+  doc: string
+  schema: z.ZodType<T, string>
+}
+
+const text = (expected: string) => z.string({ error: expected })
+
+const absolutePath = text('expected an absolute path, e.g. /mnt/citadel-models')
+  .refine((v) => path.isAbsolute(v) && !v.includes('\0'), 'expected an absolute path, e.g. /mnt/citadel-models')
+  .transform((v) => path.resolve(v))
+
+const BOOLEAN_WORDS: Record<string, boolean> = { true: true, '1': true, yes: true, false: false, '0': false, no: false }
+const boolean = text('expected true/false, 1/0 or yes/no')
+  .refine((v) => v.toLowerCase() in BOOLEAN_WORDS, 'expected true/false, 1/0 or yes/no')
+  .transform((v) => BOOLEAN_WORDS[v.toLowerCase()] as boolean)
+
+const wholeNumber = (min: number, example: string) => {
+  const expected = `expected a whole number of at least ${min}, e.g. ${example}`
+  return text(expected).refine((v) => /^\d+$/.test(v) && Number(v) >= min, expected).transform(Number)
+}
+
+const ratio = (example: string) => {
+  const expected = `expected a ratio greater than 0 and at most 1, e.g. ${example}`
+  return text(expected)
+    .refine((v) => /^(0?\.\d+|[01](\.\d*)?)$/.test(v) && Number(v) > 0 && Number(v) <= 1, expected)
+    .transform(Number)
+}
+
+const octalMode = text('expected an octal mode such as 0755')
+  .refine((v) => /^0?[0-7]{3,4}$/.test(v) && parseInt(v, 8) <= 0o7777, 'expected an octal mode such as 0755')
+  .transform((v) => parseInt(v, 8))
+
+const NAME = '[a-z_][a-z0-9_.-]*\\$?|\\d+'
+const owner = text('expected user:group (names or numeric ids), e.g. citadel:citadel')
+  .refine((v) => new RegExp(`^(${NAME})(:(${NAME}))?$`).test(v), 'expected user:group (names or numeric ids), e.g. citadel:citadel')
+  .transform((v) => { const [user, group] = v.split(':') as [string, string | undefined]; return { user, group } })
+
+export const ALIAS_PATTERN = /^[a-z0-9][a-z0-9_-]*$/
+
+const modelRegistry = z.string().transform((value, ctx) => {
+  const models: ModelEntry[] = []
+  const pairs = value.split(',').map((p) => p.trim()).filter((p) => p !== '')
+  for (const pair of pairs) {
+    const eq = pair.indexOf('=')
+    const alias = eq < 0 ? pair : pair.slice(0, eq).trim()
+    const dir = eq < 0 ? '' : pair.slice(eq + 1).trim()
+    const problem =
+      eq < 0 ? `"${pair}" is not alias=directory`
+      : !ALIAS_PATTERN.test(alias) ? `alias "${alias}" must match [a-z0-9][a-z0-9_-]*`
+      : dir === '' || dir === '.' || dir === '..' || dir.includes('/') || dir.includes('\0')
+        ? `directory "${dir}" of alias "${alias}" must be a single path component (no "/", not "." or "..", not empty)`
+      : models.some((m) => envNameOfAlias(m.alias) === envNameOfAlias(alias))
+        ? `alias "${alias}" repeats or clashes with another alias as ${envNameOfAlias(alias)}`
+      : undefined
+    if (problem) ctx.addIssue({ code: 'custom', message: `${problem}; expected alias=directory pairs separated by commas` })
+    else models.push({ alias, dir })
+  }
+  return models
+})
+
+const setting = <T>(def: string | undefined, doc: string, schema: z.ZodType<T, string>): SettingSpec<T> => ({ default: def, doc, schema })
+
+/** Every setting, in the order .env.example and the README list them. */
+export const SETTINGS = {
+  CITADEL_APP_ROOT: setting('/opt/citadel', 'Application directory (configs, logs, links to the model disk)', absolutePath),
+  CITADEL_MODELS_ROOT: setting('/mnt/citadel-models', 'Mount point of the fast model disk (NVMe)', absolutePath),
+  CITADEL_MODELS_ACTIVE: setting(undefined, 'Directory of the models vLLM serves; default <models root>/active', absolutePath),
+  CITADEL_BACKUP_ROOT: setting('/mnt/citadel-backup', 'Mount point of the backup disk (HDD)', absolutePath),
+  CITADEL_OWNER: setting(undefined, 'Owner of created directories as user:group, applied when running as root; empty = leave as is', owner),
+  CITADEL_DIR_MODE: setting('0755', 'Mode of created directories (octal)', octalMode),
+  MODEL_REGISTRY: setting('mixtral=mixtral-8x7b-instruct,yi34b=yi-34b-chat', 'Models as alias=directory pairs (directory inside the active models directory), comma-separated', modelRegistry),
+  MODEL_DOWNLOAD_TIMEOUT: setting('1800', 'Seconds a model download may take', wholeNumber(1, '1800')),
+  MODEL_VERIFICATION_ENABLED: setting('true', 'Verify model files after download', boolean),
+  MODEL_AUTO_BACKUP: setting('true', 'Back up a model once it is in place', boolean),
+  SYMLINK_FORCE_RECREATE: setting('false', 'Replace a real directory or file in the way of a link (moved aside, never deleted); same as --force', boolean),
+  STORAGE_MONITOR_DISK_USAGE_WARNING: setting('0.8', 'Disk usage ratio that raises a warning', ratio('0.8')),
+  STORAGE_MONITOR_DISK_USAGE_CRITICAL: setting('0.9', 'Disk usage ratio that is critical', ratio('0.9')),
+  STORAGE_MONITOR_INODE_USAGE_WARNING: setting('0.8', 'Inode usage ratio that raises a warning', ratio('0.8')),
+  STORAGE_MONITOR_INODE_USAGE_CRITICAL: setting('0.9', 'Inode usage ratio that is critical', ratio('0.9')),
+  STORAGE_MONITOR_CHECK_INTERVAL: setting('60', 'Seconds between two monitor checks', wholeNumber(1, '60')),
+  BACKUP_RETENTION_DAYS: setting('30', 'Backups older than this many days may be removed by cleanup', wholeNumber(0, '30')),
+  BACKUP_VERIFY_SAMPLE_RATE: setting('0.1', 'Share of backup bytes whose hashes each verify run checks', ratio('0.1')),
+  BACKUP_KEEP_MIN: setting('3', 'Complete backups cleanup always keeps, whatever their age', wholeNumber(1, '3')),
+} as const
+
+type SettingName = keyof typeof SETTINGS
+type Raw = { [K in SettingName]: z.output<(typeof SETTINGS)[K]['schema']> }
+
+export interface Settings {
+  appRoot: string
+  modelsRoot: string
+  modelsActive: string
+  backupRoot: string
+  owner?: { user: string; group?: string }
+  dirMode: number
+  models: ModelEntry[]
+  modelDownloadTimeout: number
+  modelVerificationEnabled: boolean
+  modelAutoBackup: boolean
+  symlinkForceRecreate: boolean
+  monitor: { diskWarning: number; diskCritical: number; inodeWarning: number; inodeCritical: number; checkInterval: number }
+  backup: { retentionDays: number; verifySampleRate: number; keepMin: number }
+  /** Where each setting came from, for messages: env, the .env file's path, or default. */
+  sources: Record<string, string>
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(problems.join('\n'))
+  }
+}
+
+export function projectRoot(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url))
+  for (;;) {
+    const manifest = path.join(dir, 'package.json')
+    if (existsSync(manifest) && JSON.parse(readFileSync(manifest, 'utf8')).name === 'citadel') return dir
+    const parent = path.dirname(dir)
+    if (parent === dir) throw new Error('cannot find the citadel project root above ' + fileURLToPath(import.meta.url))
+    dir = parent
+  }
+}
+
+function readEnvFile(env: NodeJS.ProcessEnv): { file: string; values: Record<string, string> } {
+  const named = env.CITADEL_ENV_FILE
+  const file = named ? path.resolve(named) : path.join(projectRoot(), '.env')
+  if (!existsSync(file)) {
+    if (named) throw new ConfigError([`invalid setting CITADEL_ENV_FILE=${JSON.stringify(named)}: file does not exist; expected the path of a readable .env file`])
+    return { file, values: {} }
+  }
+  return { file, values: parseDotenv(readFileSync(file)) }
+}
+
+/** Loads and validates every setting; throws ConfigError naming each bad one. Touches nothing on disk. */
+export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
+  const envFile = readEnvFile(env)
+  const raw: Record<string, unknown> = {}
+  const sources: Record<string, string> = {}
+  const problems: string[] = []
+  for (const [name, spec] of Object.entries(SETTINGS) as [SettingName, SettingSpec<unknown>][]) {
+    const fromEnv = env[name]
+    const fromFile = envFile.values[name]
+    const [value, source] =
+      fromEnv !== undefined ? [fromEnv, 'environment']
+      : fromFile !== undefined ? [fromFile, envFile.file]
+      : [spec.default, 'default']
+    sources[name] = source
+    if (value === undefined || (value === '' && spec.default === undefined)) continue
+    const parsed = spec.schema.safeParse(value)
+    if (parsed.success) raw[name] = parsed.data
+    else for (const issue of parsed.error.issues) problems.push(`invalid setting ${name}=${JSON.stringify(value)}${source === 'default' ? '' : ` (from ${source})`}: ${issue.message}`)
+  }
+  const r = raw as Raw
+  const order = (warning: SettingName, critical: SettingName) => {
+    if (typeof raw[warning] === 'number' && typeof raw[critical] === 'number' && (raw[warning] as number) >= (raw[critical] as number))
+      problems.push(`invalid setting ${warning}=${JSON.stringify(String(raw[warning]))}: expected less than ${critical} (${String(raw[critical])})`)
+  }
+  order('STORAGE_MONITOR_DISK_USAGE_WARNING', 'STORAGE_MONITOR_DISK_USAGE_CRITICAL')
+  order('STORAGE_MONITOR_INODE_USAGE_WARNING', 'STORAGE_MONITOR_INODE_USAGE_CRITICAL')
+  if (problems.length) throw new ConfigError(problems)
+  return {
+    appRoot: r.CITADEL_APP_ROOT,
+    modelsRoot: r.CITADEL_MODELS_ROOT,
+    modelsActive: r.CITADEL_MODELS_ACTIVE ?? path.join(r.CITADEL_MODELS_ROOT, 'active'),
+    backupRoot: r.CITADEL_BACKUP_ROOT,
+    owner: r.CITADEL_OWNER,
+    dirMode: r.CITADEL_DIR_MODE,
+    models: r.MODEL_REGISTRY,
+    modelDownloadTimeout: r.MODEL_DOWNLOAD_TIMEOUT,
+    modelVerificationEnabled: r.MODEL_VERIFICATION_ENABLED,
+    modelAutoBackup: r.MODEL_AUTO_BACKUP,
+    symlinkForceRecreate: r.SYMLINK_FORCE_RECREATE,
+    monitor: {
+      diskWarning: r.STORAGE_MONITOR_DISK_USAGE_WARNING,
+      diskCritical: r.STORAGE_MONITOR_DISK_USAGE_CRITICAL,
+      inodeWarning: r.STORAGE_MONITOR_INODE_USAGE_WARNING,
+      inodeCritical: r.STORAGE_MONITOR_INODE_USAGE_CRITICAL,
+      checkInterval: r.STORAGE_MONITOR_CHECK_INTERVAL,
+    },
+    backup: { retentionDays: r.BACKUP_RETENTION_DAYS, verifySampleRate: r.BACKUP_VERIFY_SAMPLE_RATE, keepMin: r.BACKUP_KEEP_MIN },
+    sources,
+  }
+}

@@ -1,0 +1,112 @@
+// Filesystem primitives every task shares. All of them use lstat (never follow a link they inspect or
+// remove), publish by rename so a reader sees the old or the new state and nothing between.
+import { randomBytes } from 'node:crypto'
+import { promises as fs, constants, type Stats } from 'node:fs'
+import path from 'node:path'
+
+export async function lstatOrNull(p: string): Promise<Stats | null> {
+  try {
+    return await fs.lstat(p)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return null
+    throw err
+  }
+}
+
+export async function exists(p: string): Promise<boolean> {
+  return (await lstatOrNull(p)) !== null
+}
+
+/** A hidden sibling name for staging a replacement; unique per process and call. */
+export function tempSibling(p: string, purpose = 'tmp'): string {
+  return path.join(path.dirname(p), `.${path.basename(p)}.citadel-${purpose}-${process.pid}-${randomBytes(4).toString('hex')}`)
+}
+
+/** Points `linkPath` at `target` in one rename: readers see the old target or the new, never no link. */
+export async function atomicSymlink(target: string, linkPath: string): Promise<void> {
+  const tmp = tempSibling(linkPath, 'link')
+  await fs.symlink(target, tmp)
+  try {
+    await fs.rename(tmp, linkPath)
+  } catch (err) {
+    await fs.unlink(tmp).catch(() => {})
+    throw err
+  }
+}
+
+export async function fsyncDir(dir: string): Promise<void> {
+  const handle = await fs.open(dir, constants.O_RDONLY | constants.O_DIRECTORY)
+  try {
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+}
+
+/** Writes a file by temp file + fsync + rename, so a crash leaves the old content or the new. */
+export async function atomicWriteFile(file: string, content: string, mode = 0o644): Promise<void> {
+  const tmp = tempSibling(file, 'write')
+  const handle = await fs.open(tmp, 'wx', mode)
+  try {
+    await handle.writeFile(content)
+    await handle.chmod(mode)
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+  try {
+    await fs.rename(tmp, file)
+  } catch (err) {
+    await fs.unlink(tmp).catch(() => {})
+    throw err
+  }
+  await fsyncDir(path.dirname(file))
+}
+
+export async function readFileOrNull(file: string): Promise<string | null> {
+  try {
+    return await fs.readFile(file, 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
+    throw err
+  }
+}
+
+export async function entryCount(dir: string): Promise<number> {
+  return (await fs.readdir(dir)).length
+}
+
+/** Throws unless `p` lies strictly inside `root` once both are resolved lexically. */
+export function assertInside(root: string, p: string): void {
+  const rel = path.relative(path.resolve(root), path.resolve(p))
+  if (rel === '' || rel.startsWith('..') || path.isAbsolute(rel)) throw new Error(`refusing ${p}: it is not inside ${root}`)
+}
+
+export function describeEntry(st: Stats | null): string {
+  if (!st) return 'nothing'
+  if (st.isSymbolicLink()) return 'a symlink'
+  if (st.isDirectory()) return 'a directory'
+  if (st.isFile()) return `a file of ${st.size} bytes`
+  return 'a special file'
+}
+
+export const octal = (mode: number) => '0' + (mode & 0o7777).toString(8)
+
+/** UTC time stamp that sorts as text and is safe in a file name: 20261129T171500Z. */
+export function fileStamp(date = new Date()): string {
+  return date.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')
+}
+
+/** The path of an executable on PATH, or null; no shell involved. */
+export async function which(name: string): Promise<string | null> {
+  for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
+    if (!dir) continue
+    try {
+      await fs.access(path.join(dir, name), constants.X_OK)
+      return path.join(dir, name)
+    } catch {
+      // not in this directory
+    }
+  }
+  return null
+}

@@ -1,0 +1,140 @@
+// The rollback journal: before a task changes anything it appends (and fsyncs) how to undo it, so a
+// failed, interrupted or killed run can be put back the way it was, newest change first.
+import { promises as fs } from 'node:fs'
+import path from 'node:path'
+import { atomicSymlink, atomicWriteFile, lstatOrNull, octal } from './fsx.ts'
+
+export type Undo =
+  | { op: 'remove-link'; path: string }
+  | { op: 'relink'; path: string; target: string }
+  | { op: 'rmdir'; path: string }
+  | { op: 'mkdir'; path: string; mode: number }
+  | { op: 'move-back'; from: string; to: string }
+  | { op: 'chmod'; path: string; mode: number }
+  | { op: 'chown'; path: string; uid: number; gid: number }
+  | { op: 'restore-file'; path: string; content: string | null; mode: number }
+
+export interface JournalEntry { run: string; task: string; undo: Undo }
+/** Written when a change failed before it took effect: its undo must not run. */
+interface Cancel { run: string; task: string; cancel: true }
+export interface RollbackStep { undo: Undo; task: string; done: boolean; msg: string }
+
+export function describeUndo(u: Undo): string {
+  switch (u.op) {
+    case 'remove-link': return `remove link ${u.path}`
+    case 'relink': return `point ${u.path} back to ${u.target}`
+    case 'rmdir': return `remove directory ${u.path}`
+    case 'mkdir': return `recreate empty directory ${u.path}`
+    case 'move-back': return `move ${u.from} back to ${u.to}`
+    case 'chmod': return `restore mode ${octal(u.mode)} on ${u.path}`
+    case 'chown': return `restore owner ${u.uid}:${u.gid} on ${u.path}`
+    case 'restore-file': return u.content === null ? `remove ${u.path}` : `restore previous ${u.path}`
+  }
+}
+
+/** Applies one undo step without ever deleting something that is not what the step created. */
+async function applyUndo(u: Undo): Promise<void> {
+  const st = await lstatOrNull(u.op === 'move-back' ? u.to : u.path)
+  switch (u.op) {
+    case 'remove-link':
+      if (st?.isSymbolicLink()) await fs.unlink(u.path)
+      else if (st) throw new Error(`${u.path} is no longer a symlink; left as it is`)
+      return
+    case 'relink':
+      if (st && !st.isSymbolicLink()) throw new Error(`${u.path} is no longer a symlink; left as it is`)
+      return atomicSymlink(u.target, u.path)
+    case 'rmdir':
+      if (st?.isDirectory()) await fs.rmdir(u.path)
+      return
+    case 'mkdir':
+      if (st?.isSymbolicLink()) await fs.unlink(u.path)
+      else if (st) throw new Error(`${u.path} exists and is not a link; left as it is`)
+      await fs.mkdir(u.path, { mode: u.mode })
+      return fs.chmod(u.path, u.mode)
+    case 'move-back': {
+      const at = await lstatOrNull(u.to)
+      if (at?.isSymbolicLink()) await fs.unlink(u.to)
+      else if (at) throw new Error(`${u.to} is occupied; ${u.from} left where it is`)
+      return fs.rename(u.from, u.to)
+    }
+    case 'chmod':
+      if (st && !st.isSymbolicLink()) await fs.chmod(u.path, u.mode)
+      return
+    case 'chown':
+      if (st) await fs.lchown(u.path, u.uid, u.gid)
+      return
+    case 'restore-file':
+      if (u.content !== null) return atomicWriteFile(u.path, u.content, u.mode)
+      if (st?.isFile()) await fs.unlink(u.path)
+      return
+  }
+}
+
+export class Journal {
+  constructor(readonly file: string, readonly run: string) {}
+
+  async record(task: string, undo: Undo): Promise<void> {
+    await this.append({ run: this.run, task, undo })
+  }
+
+  async cancelLast(task: string): Promise<void> {
+    await this.append({ run: this.run, task, cancel: true })
+  }
+
+  private async append(entry: JournalEntry | Cancel): Promise<void> {
+    const handle = await fs.open(this.file, 'a', 0o600)
+    try {
+      await handle.write(JSON.stringify(entry) + '\n')
+      await handle.sync()
+    } finally {
+      await handle.close()
+    }
+  }
+
+  async entries(): Promise<JournalEntry[]> {
+    let text: string
+    try {
+      text = await fs.readFile(this.file, 'utf8')
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
+      throw err
+    }
+    // A kill can cut the last line short; that change had not started, so it has nothing to undo.
+    const entries: JournalEntry[] = []
+    for (const line of text.split('\n')) {
+      let entry: JournalEntry | Cancel
+      try {
+        entry = JSON.parse(line) as JournalEntry | Cancel
+      } catch {
+        continue
+      }
+      if ('cancel' in entry) entries.pop()
+      else entries.push(entry)
+    }
+    return entries
+  }
+
+  /** Undoes every recorded change, newest first, then clears the journal. */
+  async rollback(onStep?: (step: RollbackStep) => void): Promise<RollbackStep[]> {
+    const steps: RollbackStep[] = []
+    for (const entry of (await this.entries()).reverse()) {
+      let step: RollbackStep
+      try {
+        await applyUndo(entry.undo)
+        step = { undo: entry.undo, task: entry.task, done: true, msg: describeUndo(entry.undo) }
+      } catch (err) {
+        step = { undo: entry.undo, task: entry.task, done: false, msg: `${describeUndo(entry.undo)} failed: ${(err as Error).message}` }
+      }
+      steps.push(step)
+      onStep?.(step)
+    }
+    await this.clear()
+    return steps
+  }
+
+  async clear(): Promise<void> {
+    await fs.rm(this.file, { force: true })
+  }
+}
+
+export const journalFile = (stateDir: string) => path.join(stateDir, 'journal.jsonl')

@@ -1,0 +1,91 @@
+// Inspecting and fixing the expected links, shared by create-symlinks, verify-symlinks and
+// repair-symlinks. Plan first (Stow-style): conflicts are reported together before anything changes.
+import { promises as fs } from 'node:fs'
+import path from 'node:path'
+import { assertInside, atomicSymlink, describeEntry, entryCount, fileStamp, lstatOrNull } from './fsx.ts'
+import { expectedLinks, type ExpectedLink } from './layout.ts'
+import type { Settings } from './config.ts'
+import type { TaskContext } from './task.ts'
+
+export type Verdict = 'ok' | 'missing' | 'wrong-target' | 'broken' | 'not-a-link'
+
+export interface LinkState extends ExpectedLink {
+  verdict: Verdict
+  /** What is there now: the link's text, or what kind of entry stands in its place. */
+  actual: string | null
+  targetExists: boolean
+  /** Whether this verdict is a problem; a model not downloaded yet is reported but is not one. */
+  failing: boolean
+  reason: string
+}
+
+const isDir = async (p: string) => (await fs.stat(p).catch(() => null))?.isDirectory() ?? false
+
+export async function inspectLink(link: ExpectedLink): Promise<LinkState> {
+  const st = await lstatOrNull(link.path)
+  const targetExists = await isDir(link.target)
+  const notDownloaded = link.model !== undefined && !targetExists
+  const base = { ...link, targetExists }
+  if (!st) {
+    return { ...base, verdict: 'missing', actual: null, failing: !notDownloaded, reason: notDownloaded ? `model directory ${link.target} is not there yet` : 'no link' }
+  }
+  if (!st.isSymbolicLink()) {
+    return { ...base, verdict: 'not-a-link', actual: describeEntry(st), failing: true, reason: `${describeEntry(st)} stands where the link belongs` }
+  }
+  const actual = await fs.readlink(link.path)
+  if (path.resolve(path.dirname(link.path), actual) !== link.target) {
+    return { ...base, verdict: 'wrong-target', actual, failing: true, reason: `points to ${actual}, expected ${link.target}` }
+  }
+  if (!targetExists) {
+    return { ...base, verdict: 'broken', actual, failing: !notDownloaded, reason: notDownloaded ? `model directory ${link.target} is not there yet` : `target ${link.target} is missing` }
+  }
+  return { ...base, verdict: 'ok', actual, failing: false, reason: 'points right' }
+}
+
+export const inspectLinks = (s: Settings) => Promise.all(expectedLinks(s).map(inspectLink))
+
+export interface LinkPlan {
+  fixes: LinkState[]
+  conflicts: string[]
+  /** Model links left alone because the model is not downloaded yet, with why. */
+  waiting: string[]
+  /** Structural links (models, downloads, staging) whose target directory is missing. */
+  missingTargets: LinkState[]
+}
+
+/** Decides what to fix. Real files or directories in the way are conflicts unless `force`. */
+export async function planLinks(states: LinkState[], force: boolean): Promise<LinkPlan> {
+  const plan: LinkPlan = { fixes: [], conflicts: [], waiting: [], missingTargets: [] }
+  for (const s of states) {
+    if (s.model === undefined && !s.targetExists) plan.missingTargets.push(s)
+    if (s.verdict === 'ok' || s.verdict === 'broken') continue
+    if (s.model !== undefined && !s.targetExists) plan.waiting.push(`${s.model}: ${s.reason}; its link is made once it is`)
+    else if (s.verdict === 'not-a-link' && !force) {
+      const entries = (await lstatOrNull(s.path))?.isDirectory() ? ` with ${await entryCount(s.path)} entries` : ''
+      plan.conflicts.push(`${s.path} is ${s.actual}${entries}, not a link to ${s.target}: move it away yourself, or rerun with --force (or SYMLINK_FORCE_RECREATE=true) to have it moved aside to ${s.path}.citadel-aside-<time> (an empty directory is replaced)`)
+    } else plan.fixes.push(s)
+  }
+  return plan
+}
+
+/** Makes one planned link right through ctx.apply: atomic, journaled, nothing deleted but an empty directory. */
+export async function fixLink(ctx: TaskContext, s: LinkState): Promise<void> {
+  assertInside(ctx.settings.appRoot, s.path)
+  if (s.verdict === 'missing') {
+    return ctx.apply({ path: s.path, action: 'create link', before: null, after: s.target }, { op: 'remove-link', path: s.path }, () => atomicSymlink(s.target, s.path))
+  }
+  if (s.verdict === 'wrong-target') {
+    return ctx.apply({ path: s.path, action: 'retarget link', before: s.actual, after: s.target }, { op: 'relink', path: s.path, target: s.actual! }, () => atomicSymlink(s.target, s.path))
+  }
+  const st = await lstatOrNull(s.path)
+  if (st?.isDirectory() && (await entryCount(s.path)) === 0) {
+    return ctx.apply({ path: s.path, action: 'replace empty directory with link', before: 'empty directory', after: s.target }, { op: 'mkdir', path: s.path, mode: st.mode & 0o7777 }, async () => {
+      await fs.rmdir(s.path)
+      await atomicSymlink(s.target, s.path)
+    })
+  }
+  const aside = `${s.path}.citadel-aside-${fileStamp()}`
+  await ctx.apply({ path: s.path, action: 'move aside', before: s.actual, after: aside }, { op: 'move-back', from: aside, to: s.path }, () => fs.rename(s.path, aside))
+  ctx.warn(`moved ${s.actual} at ${s.path} aside to ${aside}`)
+  await ctx.apply({ path: s.path, action: 'create link', before: null, after: s.target }, { op: 'remove-link', path: s.path }, () => atomicSymlink(s.target, s.path))
+}

@@ -1,0 +1,88 @@
+// What a run prints after its tasks: details per task, diffs with --diff, rollback, and the recap line;
+// or, with --json, one document built from the same records.
+import type { RollbackStep } from './journal.ts'
+import type { Change, Status, TaskResult } from './task.ts'
+
+export interface TaskRecord extends TaskResult {
+  name: string
+  duration_ms: number
+}
+
+type JsonTask = Omit<TaskRecord, 'details'>
+
+export interface RunReport {
+  playbook: string | null
+  check: boolean
+  tasks: JsonTask[]
+  stats: Record<Status, number>
+  rolled_back: { task: string; done: boolean; msg: string }[]
+  interrupted: boolean
+}
+
+export function stats(records: TaskRecord[]): Record<Status, number> {
+  const counts: Record<Status, number> = { ok: 0, changed: 0, failed: 0, skipped: 0 }
+  for (const r of records) counts[r.status]++
+  return counts
+}
+
+export function toReport(playbook: string | null, check: boolean, records: TaskRecord[], rollback: RollbackStep[], interrupted: boolean): RunReport {
+  return {
+    playbook,
+    check,
+    tasks: records.map(({ details: _details, ...rest }) => rest),
+    stats: stats(records),
+    rolled_back: rollback.map((s) => ({ task: s.task, done: s.done, msg: s.msg })),
+    interrupted,
+  }
+}
+
+/** Lines of `before` missing from `after` as '-', new ones as '+', in order (longest common subsequence). */
+export function lineDiff(before: string, after: string): string[] {
+  const a = before.split('\n')
+  const b = after.split('\n')
+  const lcs: number[][] = Array.from({ length: a.length + 1 }, () => new Array<number>(b.length + 1).fill(0))
+  for (let i = a.length - 1; i >= 0; i--)
+    for (let j = b.length - 1; j >= 0; j--)
+      lcs[i]![j] = a[i] === b[j] ? lcs[i + 1]![j + 1]! + 1 : Math.max(lcs[i + 1]![j]!, lcs[i]![j + 1]!)
+  const out: string[] = []
+  let i = 0
+  let j = 0
+  while (i < a.length || j < b.length) {
+    if (i < a.length && j < b.length && a[i] === b[j]) (i++, j++)
+    else if (j < b.length && (i === a.length || lcs[i]![j + 1]! >= lcs[i + 1]![j]!)) out.push('+ ' + b[j++])
+    else out.push('- ' + a[i++])
+  }
+  return out
+}
+
+export function formatChange(c: Change, withDiff: boolean): string[] {
+  const lines = [`    ${c.action} ${JSON.stringify(c.path).slice(1, -1)}`]
+  if (!withDiff) return lines
+  const multiLine = (c.before ?? '').includes('\n') || (c.after ?? '').includes('\n')
+  if (multiLine) return lines.concat(lineDiff(c.before ?? '', c.after ?? '').map((l) => '      ' + l))
+  return lines.concat([`      - ${c.before ?? '(absent)'}`, `      + ${c.after ?? '(absent)'}`])
+}
+
+/** Left-aligned columns, two spaces apart. */
+export function table(rows: string[][]): string[] {
+  const widths = rows[0]?.map((_, col) => Math.max(...rows.map((r) => (r[col] ?? '').length))) ?? []
+  return rows.map((r) => r.map((cell, col) => (col === r.length - 1 ? cell : cell.padEnd(widths[col]!))).join('  '))
+}
+
+export function formatReport(report: RunReport, records: TaskRecord[], withDiff: boolean, elapsedMs: number): string {
+  const out: string[] = ['']
+  for (const t of records) {
+    out.push(`${t.status.padEnd(8)} ${t.name}: ${t.msg}`)
+    for (const d of t.details) out.push('    ' + d)
+    for (const c of t.changes) out.push(...formatChange(c, withDiff))
+    for (const w of t.warnings) out.push(`    warning: ${w}`)
+  }
+  if (report.rolled_back.length) {
+    out.push('', `ROLLBACK (${report.rolled_back.filter((s) => s.done).length}/${report.rolled_back.length} undone, newest first)`)
+    for (const s of report.rolled_back) out.push(`    ${s.done ? 'undone' : 'FAILED'} ${s.msg}`)
+  }
+  if (report.check) out.push('', 'check mode: nothing was changed')
+  const s = report.stats
+  out.push('', `RECAP  ok=${s.ok} changed=${s.changed} failed=${s.failed} skipped=${s.skipped} elapsed=${(elapsedMs / 1000).toFixed(1)}s`)
+  return out.join('\n') + '\n'
+}

@@ -1,0 +1,162 @@
+// Runs an ordered list of tasks: takes the lock, rolls back what a killed run left behind, shows progress
+// with listr2, rolls the whole run back when a task fails or a signal arrives, then reports.
+import { promises as fs } from 'node:fs'
+import { Listr } from 'listr2'
+import type { Settings } from './config.ts'
+import { fileStamp } from './fsx.ts'
+import { Journal, journalFile, type RollbackStep } from './journal.ts'
+import { logsDir, stateDir } from './layout.ts'
+import { Lock } from './lock.ts'
+import { RunLog } from './log.ts'
+import { formatReport, toReport, type TaskRecord } from './report.ts'
+import { makeShell } from './shell.ts'
+import type { Change, Task, TaskContext, TaskResult } from './task.ts'
+
+export const EXIT = { ok: 0, failed: 2, locked: 3, invalid: 4, interrupted: 99 } as const
+
+export interface RunRequest {
+  playbook: string | null
+  tasks: Task[]
+  settings: Settings
+  check: boolean
+  diff: boolean
+  force: boolean
+  json: boolean
+  command: string
+  /** Options and positionals of a single task run (`citadel task NAME ...`). */
+  taskArgs?: { options: Record<string, string | boolean | undefined>; positionals: string[] }
+}
+
+class Interrupted extends Error {
+  constructor() {
+    super('interrupted by signal')
+  }
+}
+
+const say = (line: string) => process.stderr.write(`citadel: ${line}\n`)
+
+export async function run(req: RunRequest): Promise<number> {
+  const started = Date.now()
+  const { settings, check } = req
+  const runId = `${fileStamp()}-${process.pid}`
+  const state = stateDir(settings)
+  const log = new RunLog(logsDir(settings), runId, !check)
+  let lock: Lock | null = null
+  if (!check) {
+    await fs.mkdir(state, { recursive: true, mode: settings.dirMode })
+    lock = await Lock.acquire(state, req.command, (h) =>
+      say(`warning: took over a stale lock of pid ${h.pid} (${h.command}, started ${h.started}); that process is gone`))
+  }
+  const journal = new Journal(journalFile(state), runId)
+  let interrupted = false
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (interrupted) {
+      say(`${signal} again: stopping now; the journal is kept and the next run rolls it back`)
+      process.exit(EXIT.interrupted)
+    }
+    interrupted = true
+    say(`${signal}: stopping after the current step, then rolling back`)
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+  try {
+    log.event('run-start', { command: req.command, playbook: req.playbook, tasks: req.tasks.map((t) => t.name), check, pid: process.pid })
+    const leftover = await journal.entries()
+    if (leftover.length && check) say(`warning: an interrupted run left ${leftover.length} changes in ${journal.file}; the next real run rolls them back`)
+    if (leftover.length && !check) {
+      const steps = await journal.rollback()
+      say(`rolled back ${steps.filter((s) => s.done).length} of ${steps.length} changes left by an interrupted run:`)
+      for (const s of steps) say(`  ${s.done ? 'undone' : 'FAILED'} ${s.msg}`)
+      log.event('recovered', { steps })
+    }
+
+    const shell = makeShell((fields) => log.event('command', fields))
+    const records: TaskRecord[] = []
+    const execute = async (task: Task, progress: (text: string) => void): Promise<TaskRecord> => {
+      const t0 = Date.now()
+      const changes: Change[] = []
+      const warnings: string[] = []
+      const details: string[] = []
+      const result = (status: TaskResult['status'], msg: string, data: Record<string, unknown> = {}): TaskResult => ({ status, msg, changes, warnings, data, details })
+      const ctx: TaskContext = {
+        task: task.name,
+        settings,
+        check,
+        diff: req.diff,
+        force: req.force || settings.symlinkForceRecreate,
+        options: req.taskArgs?.options ?? {},
+        positionals: req.taskArgs?.positionals ?? [],
+        $: shell,
+        progress,
+        log: (event, fields = {}) => log.event(event, { task: task.name, ...fields }),
+        warn: (message) => void warnings.push(message),
+        detail: (...lines) => void details.push(...lines),
+        async apply(change, undo, act) {
+          if (interrupted) throw new Interrupted()
+          changes.push(change)
+          if (check) return
+          log.event('change', { task: task.name, ...change })
+          if (undo) await journal.record(task.name, undo)
+          try {
+            await act()
+          } catch (err) {
+            if (undo) await journal.cancelLast(task.name)
+            throw err
+          }
+        },
+        finish: (msg, data) => result(changes.length ? 'changed' : 'ok', msg, data),
+        fail: (msg, data) => result('failed', msg, data),
+        skip: (msg, data) => result('skipped', msg, data),
+      }
+      let outcome: TaskResult
+      try {
+        outcome = interrupted ? result('failed', 'not started: interrupted by signal') : await task.run(ctx)
+      } catch (err) {
+        outcome = result('failed', err instanceof Interrupted ? err.message : `error: ${(err as Error).message}`)
+      }
+      const record: TaskRecord = { name: task.name, ...outcome, duration_ms: Date.now() - t0 }
+      log.event('task', { task: task.name, status: record.status, msg: record.msg, changes: record.changes, warnings: record.warnings })
+      return record
+    }
+
+    const listr = new Listr(
+      req.tasks.map((task) => ({
+        title: task.name,
+        task: async (_: unknown, item: { title: string; output: string; skip: (m: string) => void }) => {
+          const record = await execute(task, (text) => (item.output = text))
+          records.push(record)
+          item.title = `${task.name}: ${record.msg}`
+          if (record.status === 'skipped') item.skip(`${task.name}: ${record.msg}`)
+          if (record.status === 'failed') throw new Error(`${task.name}: ${record.msg}`)
+        },
+      })),
+      {
+        renderer: req.json ? 'silent' : 'default',
+        fallbackRenderer: 'simple',
+        exitOnError: true,
+        registerSignalListeners: false,
+        rendererOptions: { collapseSubtasks: false, showErrorMessage: false },
+        fallbackRendererOptions: { timer: undefined },
+      },
+    )
+    await listr.run().catch(() => {})
+
+    const failed = records.some((r) => r.status === 'failed') || interrupted
+    let rollback: RollbackStep[] = []
+    if (!check && failed) {
+      rollback = await journal.rollback()
+      log.event('rollback', { steps: rollback })
+    } else if (!check) await journal.clear()
+
+    const report = toReport(req.playbook, check, records, rollback, interrupted)
+    if (req.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n')
+    else process.stdout.write(formatReport(report, records, req.diff, Date.now() - started))
+    const code = interrupted ? EXIT.interrupted : failed ? EXIT.failed : EXIT.ok
+    log.event('run-end', { exit: code, stats: report.stats, ms: Date.now() - started })
+    return code
+  } finally {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+    await lock?.release()
+  }
+}

@@ -1,0 +1,13 @@
+// First setup of a server: check it, lay out the tree, link the app to the model disk, write vLLM's env.
+import createDirs from '../tasks/create-dirs.ts'
+import createSymlinks from '../tasks/create-symlinks.ts'
+import verifyPrereq from '../tasks/verify-prereq.ts'
+import verifySymlinks from '../tasks/verify-symlinks.ts'
+import writeEnvScript from '../tasks/write-env-script.ts'
+import { definePlaybook } from '../lib/task.ts'
+
+export default definePlaybook({
+  name: 'initial-setup',
+  description: 'Check prerequisites, create the directory tree and links, write storage-env.sh',
+  tasks: [verifyPrereq, createDirs, createSymlinks, verifySymlinks, writeEnvScript],
+})

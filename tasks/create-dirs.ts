@@ -1,0 +1,65 @@
+// Ensures every directory of the storage tree exists with CITADEL_DIR_MODE (and CITADEL_OWNER when run as
+// root). Creates what is missing, fixes mode and owner of what is there, never creates the disk roots.
+import { promises as fs } from 'node:fs'
+import path from 'node:path'
+import { describeEntry, lstatOrNull, octal } from '../lib/fsx.ts'
+import { expectedDirs } from '../lib/layout.ts'
+import { resolveOwner, type Owner } from '../lib/system.ts'
+import { defineTask, runWhenMain } from '../lib/task.ts'
+
+const task = defineTask({
+  name: 'create-dirs',
+  description: 'Create the models, backup and app directory tree with the configured mode and owner',
+  tags: ['setup', 'dirs'],
+  async run(ctx) {
+    const { settings } = ctx
+    const mode = settings.dirMode
+    const owner: Owner | null = settings.owner && process.getuid?.() === 0 ? await resolveOwner(ctx.$, settings.owner) : null
+    const diskRoots = [settings.modelsRoot, settings.backupRoot]
+    const problems: string[] = []
+    const wanted: string[] = []
+    for (const dir of expectedDirs(settings)) {
+      // Directories above the app root are created too; the disk roots are mount points and never are.
+      const missingAbove: string[] = []
+      for (let up = path.dirname(dir); !diskRoots.includes(up) && !wanted.includes(up) && up !== path.dirname(up) && !(await lstatOrNull(up)); up = path.dirname(up)) missingAbove.unshift(up)
+      wanted.push(...missingAbove, dir)
+    }
+    for (const root of diskRoots) {
+      if (!(await lstatOrNull(root))?.isDirectory()) problems.push(`${root} is ${describeEntry(await lstatOrNull(root))}, expected the mounted disk's directory`)
+    }
+    const plan: { dir: string; st: Awaited<ReturnType<typeof lstatOrNull>> }[] = []
+    for (const dir of wanted) {
+      const st = await lstatOrNull(dir)
+      if (st && st.isSymbolicLink() && !(await fs.stat(dir).catch(() => null))?.isDirectory()) problems.push(`${dir} is a symlink that does not lead to a directory`)
+      else if (st && !st.isSymbolicLink() && !st.isDirectory()) problems.push(`${dir} is ${describeEntry(st)}, expected a directory; move it away first`)
+      else plan.push({ dir, st })
+    }
+    if (problems.length) return ctx.fail(problems.join('; '))
+
+    let created = 0
+    let fixed = 0
+    for (const { dir, st } of plan) {
+      if (!st) {
+        created++
+        await ctx.apply({ path: dir, action: 'create directory', before: null, after: octal(mode) }, { op: 'rmdir', path: dir }, async () => {
+          await fs.mkdir(dir, { mode })
+          await fs.chmod(dir, mode)
+        })
+        if (owner) await ctx.apply({ path: dir, action: 'set owner', before: null, after: `${owner.uid}:${owner.gid}` }, null, () => fs.chown(dir, owner.uid, owner.gid))
+        continue
+      }
+      if (st.isSymbolicLink()) continue // an operator's link to a directory elsewhere: theirs to manage
+      const wrongMode = (st.mode & 0o7777) !== mode
+      const wrongOwner = owner !== null && (st.uid !== owner.uid || st.gid !== owner.gid)
+      if (wrongMode) await ctx.apply({ path: dir, action: 'fix mode', before: octal(st.mode), after: octal(mode) }, { op: 'chmod', path: dir, mode: st.mode & 0o7777 }, () => fs.chmod(dir, mode))
+      if (owner && wrongOwner) await ctx.apply({ path: dir, action: 'fix owner', before: `${st.uid}:${st.gid}`, after: `${owner.uid}:${owner.gid}` }, { op: 'chown', path: dir, uid: st.uid, gid: st.gid }, () => fs.chown(dir, owner.uid, owner.gid))
+      if (wrongMode || wrongOwner) fixed++
+    }
+    const would = ctx.check ? 'would be ' : ''
+    const msg = created + fixed === 0 ? `${plan.length} directories in place` : `${created} ${would}created, ${fixed} ${would}fixed, ${plan.length - created - fixed} in place`
+    return ctx.finish(msg, { directories: plan.map((p) => p.dir) })
+  },
+})
+
+export default task
+runWhenMain(import.meta, task)

@@ -1,0 +1,23 @@
+// Ensures <app root>/models, downloads, staging and model-links/<alias> point where the settings say.
+// Replaces a wrong link atomically; a real file or directory in the way is moved aside only with --force.
+import { fixLink, inspectLinks, planLinks } from '../lib/links.ts'
+import { defineTask, runWhenMain } from '../lib/task.ts'
+
+const task = defineTask({
+  name: 'create-symlinks',
+  description: 'Point the app links (models, downloads, staging, model-links/<alias>) at the model disk',
+  tags: ['setup', 'links'],
+  async run(ctx) {
+    const states = await inspectLinks(ctx.settings)
+    const plan = await planLinks(states, ctx.force)
+    if (plan.conflicts.length) return ctx.fail(plan.conflicts.join('; '), { conflicts: plan.conflicts })
+    for (const state of plan.fixes) await fixLink(ctx, state)
+    for (const reason of plan.waiting) ctx.detail(`skipped ${reason}`)
+    const right = states.length - plan.fixes.length - plan.waiting.length
+    const msg = `${plan.fixes.length} ${ctx.check ? 'to fix' : 'fixed'}, ${right} right, ${plan.waiting.length} waiting for their model`
+    return ctx.finish(msg, { links: states.map(({ path, target, model }) => ({ path, target, model: model ?? null })), waiting: plan.waiting })
+  },
+})
+
+export default task
+runWhenMain(import.meta, task)

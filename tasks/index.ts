@@ -1,0 +1,10 @@
+// Every task citadel knows, in the order `citadel list` shows them. A new task file is added here.
+import type { Task } from '../lib/task.ts'
+import createDirs from './create-dirs.ts'
+import createSymlinks from './create-symlinks.ts'
+import repairSymlinks from './repair-symlinks.ts'
+import verifyPrereq from './verify-prereq.ts'
+import verifySymlinks from './verify-symlinks.ts'
+import writeEnvScript from './write-env-script.ts'
+
+export const tasks: Task[] = [verifyPrereq, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript]

@@ -1,0 +1,71 @@
+// Ensures the server can run citadel: tools present, both disks mounted, writable and with free space,
+// the configured owner real. Changes nothing; fails on what blocks setup, warns on what degrades it.
+import { promises as fs, constants } from 'node:fs'
+import { table } from '../lib/report.ts'
+import { which } from '../lib/fsx.ts'
+import { mountOf, resolveOwner } from '../lib/system.ts'
+import { defineTask, runWhenMain } from '../lib/task.ts'
+
+type Verdict = 'ok' | 'warning' | 'failed'
+interface Check { check: string; status: Verdict; detail: string }
+
+const MIN_NODE = [20, 19]
+const REQUIRED_TOOLS = [['rsync', 'rsync'], ['sha256sum', 'coreutils']]
+const OPTIONAL_TOOLS = [['smartctl', 'smartmontools', 'SMART health'], ['fio', 'fio', 'I/O performance tests'], ['findmnt', 'util-linux', 'mount checks']]
+const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(1)} GiB`
+
+const task = defineTask({
+  name: 'verify-prereq',
+  description: 'Check Node, rsync/sha256sum/smartctl/fio, that both disks are mounted, writable and have room, and the owner',
+  tags: ['setup', 'verify'],
+  async run(ctx) {
+    const checks: Check[] = []
+    const add = (check: string, status: Verdict, detail: string) => checks.push({ check, status, detail })
+
+    const [major = 0, minor = 0] = process.versions.node.split('.').map(Number)
+    const nodeOk = major > MIN_NODE[0]! || (major === MIN_NODE[0] && minor >= MIN_NODE[1]!)
+    add('node', nodeOk ? 'ok' : 'failed', `v${process.versions.node}${nodeOk ? '' : `: needs ${MIN_NODE.join('.')} or newer`}`)
+    for (const [tool, pkg] of REQUIRED_TOOLS) {
+      const at = await which(tool!)
+      add(tool!, at ? 'ok' : 'failed', at ?? `missing: install the ${pkg} package`)
+    }
+    for (const [tool, pkg, purpose] of OPTIONAL_TOOLS) {
+      const at = await which(tool!)
+      add(tool!, at ? 'ok' : 'warning', at ?? `missing (needed for ${purpose}): install the ${pkg} package`)
+    }
+
+    const canFindMounts = checks.some((c) => c.check === 'findmnt' && c.status === 'ok')
+    for (const [label, root] of [['models root', ctx.settings.modelsRoot], ['backup root', ctx.settings.backupRoot]] as const) {
+      const st = await fs.stat(root).catch(() => null)
+      if (!st) { add(label, 'failed', `${root} does not exist: mount the disk there (or set ${label === 'models root' ? 'CITADEL_MODELS_ROOT' : 'CITADEL_BACKUP_ROOT'})`); continue }
+      if (!st.isDirectory()) { add(label, 'failed', `${root} is not a directory`); continue }
+      const writable = await fs.access(root, constants.W_OK).then(() => true, (e: NodeJS.ErrnoException) => e.code)
+      add(label, writable === true ? 'ok' : 'failed', writable === true ? `${root} is a writable directory` : `${root} is not writable (${writable})`)
+      if (canFindMounts) {
+        const mount = await mountOf(ctx.$, await fs.realpath(root))
+        const own = mount.target === (await fs.realpath(root))
+        add(`${label} mount`, own ? 'ok' : 'warning', own ? `${mount.source} (${mount.fstype})` : `not a mount point: lives on ${mount.source} mounted at ${mount.target}`)
+      }
+      const space = await fs.statfs(root)
+      add(`${label} free`, 'ok', `${gib(space.bavail * space.bsize)} free of ${gib(space.blocks * space.bsize)}`)
+    }
+
+    if (ctx.settings.owner) {
+      const spec = [ctx.settings.owner.user, ctx.settings.owner.group].filter(Boolean).join(':')
+      await resolveOwner(ctx.$, ctx.settings.owner).then(
+        (ids) => add('owner', 'ok', `${spec} = ${ids.uid}:${ids.gid}`),
+        (err: Error) => add('owner', 'failed', `CITADEL_OWNER=${spec}: ${err.message}`),
+      )
+    }
+
+    ctx.detail(...table([['CHECK', 'STATUS', 'DETAIL'], ...checks.map((c) => [c.check, c.status, c.detail])]))
+    for (const c of checks.filter((c) => c.status === 'warning')) ctx.warn(`${c.check}: ${c.detail}`)
+    const failed = checks.filter((c) => c.status === 'failed')
+    if (failed.length) return ctx.fail(failed.map((c) => `${c.check}: ${c.detail}`).join('; '), { checks })
+    const warnings = checks.length - checks.filter((c) => c.status === 'ok').length
+    return ctx.finish(`${checks.length} checks, ${warnings} warning${warnings === 1 ? '' : 's'}`, { checks })
+  },
+})
+
+export default task
+runWhenMain(import.meta, task)
