@@ -44,6 +44,19 @@ export async function inspectLink(link: ExpectedLink): Promise<LinkState> {
 
 export const inspectLinks = (s: Settings) => Promise.all(expectedLinks(s).map(inspectLink))
 
+/**
+ * In check mode nothing earlier in the run was really changed, so a link an earlier task would create
+ * or retarget (or whose target it would create) is judged as it would be: not a failure.
+ */
+export function allowPlanned(states: LinkState[], ctx: TaskContext): LinkState[] {
+  if (!ctx.check) return states
+  const planned = new Set(ctx.earlierChanges.map((c) => c.path))
+  return states.map((s) =>
+    s.failing && planned.has(s.path) || (s.verdict === 'broken' && planned.has(s.target))
+      ? { ...s, failing: false, reason: `${s.reason}; an earlier task of this run would fix it (check mode)` }
+      : s)
+}
+
 export interface LinkPlan {
   fixes: LinkState[]
   conflicts: string[]

@@ -86,6 +86,7 @@ export async function run(req: RunRequest): Promise<number> {
         force: req.force || settings.symlinkForceRecreate,
         options: req.taskArgs?.options ?? {},
         positionals: req.taskArgs?.positionals ?? [],
+        earlierChanges: records.flatMap((r) => r.changes),
         $: shell,
         progress,
         log: (event, fields = {}) => log.event(event, { task: task.name, ...fields }),

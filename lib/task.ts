@@ -37,6 +37,8 @@ export interface TaskContext {
   /** The task's own options and positional arguments, parsed from its `options`. */
   readonly options: Record<string, string | boolean | undefined>
   readonly positionals: string[]
+  /** Changes earlier tasks of this run made, or in check mode would have made. */
+  readonly earlierChanges: readonly Change[]
   /** zx, quiet; every command and its exit code goes to the run log. */
   readonly $: Shell
   /** Shows a line of progress under the task while it runs. */

@@ -3,7 +3,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { describeEntry, lstatOrNull, octal } from '../lib/fsx.ts'
-import { expectedDirs } from '../lib/layout.ts'
+import { expectedDirs, logsDir } from '../lib/layout.ts'
 import { resolveOwner, type Owner } from '../lib/system.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 
@@ -36,12 +36,14 @@ const task = defineTask({
     }
     if (problems.length) return ctx.fail(problems.join('; '))
 
+    // A rollback keeps the app root and logs: the run's own lock and log live there.
+    const keptOnRollback = [settings.appRoot, logsDir(settings)]
     let created = 0
     let fixed = 0
     for (const { dir, st } of plan) {
       if (!st) {
         created++
-        await ctx.apply({ path: dir, action: 'create directory', before: null, after: octal(mode) }, { op: 'rmdir', path: dir }, async () => {
+        await ctx.apply({ path: dir, action: 'create directory', before: null, after: octal(mode) }, keptOnRollback.includes(dir) ? null : { op: 'rmdir', path: dir }, async () => {
           await fs.mkdir(dir, { mode })
           await fs.chmod(dir, mode)
         })

@@ -1,0 +1,107 @@
+// Shared by the tests: real temporary roots, the real citadel command in a child process, and a
+// snapshot of a tree precise enough to prove that nothing changed.
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { afterEach } from 'vitest'
+
+export const PROJECT = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
+export const CITADEL = path.join(PROJECT, 'bin', 'citadel.js')
+
+export interface Roots {
+  base: string
+  app: string
+  models: string
+  backup: string
+  active: string
+  /** Environment for a citadel child: these roots, an empty .env, nothing inherited from the caller. */
+  env: Record<string, string>
+}
+
+const cleanups: (() => void)[] = []
+afterEach(() => {
+  for (const clean of cleanups.splice(0)) clean()
+})
+
+/** A fresh temporary base with the two disk roots (as mount points would be) and no app root yet. */
+export function makeRoots(extraEnv: Record<string, string> = {}): Roots {
+  const base = mkdtempSync(path.join(os.tmpdir(), 'citadel-test-'))
+  cleanups.push(() => rmSync(base, { recursive: true, force: true }))
+  const models = path.join(base, 'models')
+  const backup = path.join(base, 'backup')
+  mkdirSync(models)
+  mkdirSync(backup)
+  const envFile = path.join(base, 'test.env')
+  writeFileSync(envFile, '')
+  const app = path.join(base, 'app')
+  return {
+    base,
+    app,
+    models,
+    backup,
+    active: path.join(models, 'active'),
+    env: {
+      PATH: process.env.PATH ?? '/usr/bin:/bin',
+      HOME: process.env.HOME ?? base,
+      CITADEL_ENV_FILE: envFile,
+      CITADEL_APP_ROOT: app,
+      CITADEL_MODELS_ROOT: models,
+      CITADEL_BACKUP_ROOT: backup,
+      ...extraEnv,
+    },
+  }
+}
+
+export interface Result { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
+
+export function start(args: string[], env: Record<string, string>, command: string[] = [process.execPath, CITADEL]): { child: ChildProcess; done: Promise<Result> } {
+  const child = spawn(command[0]!, [...command.slice(1), ...args], { env, cwd: PROJECT, stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  child.stdout!.on('data', (d) => (stdout += d))
+  child.stderr!.on('data', (d) => (stderr += d))
+  const done = new Promise<Result>((resolve) => child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr })))
+  return { child, done }
+}
+
+export const citadel = (args: string[], env: Record<string, string>) => start(args, env).done
+
+export async function citadelJson(args: string[], env: Record<string, string>) {
+  const result = await citadel([...args, '--json'], env)
+  let doc: any
+  try {
+    doc = JSON.parse(result.stdout)
+  } catch {
+    throw new Error(`not JSON (exit ${result.code}):\n${result.stdout}\n${result.stderr}`)
+  }
+  return { ...result, doc }
+}
+
+/** Every entry below `dir`: kind, mode, owner, link text, content hash and, for directories, mtime. */
+export function snapshot(dir: string): Record<string, string> {
+  const out: Record<string, string> = {}
+  const walk = (p: string) => {
+    const st = lstatSync(p)
+    const rel = path.relative(dir, p) || '.'
+    const head = `${(st.mode & 0o7777).toString(8)} ${st.uid}:${st.gid}`
+    if (st.isSymbolicLink()) out[rel] = `link ${head} -> ${readlinkSync(p)}`
+    else if (st.isFile()) out[rel] = `file ${head} ${createHash('sha256').update(readFileSync(p)).digest('hex')}`
+    else if (st.isDirectory()) {
+      out[rel] = `dir ${head} mtime=${st.mtimeMs}`
+      for (const name of readdirSync(p)) walk(path.join(p, name))
+    } else out[rel] = `other ${head}`
+  }
+  walk(dir)
+  return out
+}
+
+/** Relative paths below `dir` with their kind, and link targets: the shape of a tree. */
+export function tree(dir: string): string[] {
+  return Object.entries(snapshot(dir)).map(([rel, desc]) => {
+    const kind = desc.split(' ')[0]
+    return kind === 'link' ? `${rel} -> ${desc.split(' -> ')[1]}` : `${rel} (${kind})`
+  }).sort()
+}
