@@ -9,7 +9,10 @@ export function makeShell(record: CommandLog): Shell {
   return $({
     quiet: true,
     verbose: false,
-    env: { ...process.env, LC_ALL: 'C' },
+    // zx runs commands through bash, and Debian's bash sources ~/.bashrc when its stdin is a socket
+    // (libuv's pipes are) and SHLVL is below 2: SHLVL=1 keeps an operator's shell setup out of every
+    // command. LC_ALL=C keeps tool output parseable.
+    env: { ...process.env, LC_ALL: 'C', SHLVL: '1' },
     log: (entry) => {
       if (entry.kind === 'cmd') started.set(entry.id, entry.cmd)
       else if (entry.kind === 'end') {
