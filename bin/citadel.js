@@ -3,12 +3,14 @@
 // by esbuild into node_modules/.cache/citadel the first time and again whenever a source file changes
 // (checked by mtime and size of every file the bundle was made from, a few stat calls), so an edited
 // task takes effect on the next run, and a warm start costs plain Node plus what the command loads.
+import { createHash } from 'node:crypto'
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 
 const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
-const cacheDir = path.join(root, 'node_modules', '.cache', 'citadel')
+// Keyed by the checkout's path: two checkouts sharing one node_modules never load each other's build.
+const cacheDir = path.join(root, 'node_modules', '.cache', 'citadel', createHash('sha1').update(root).digest('hex').slice(0, 12))
 const stampFile = path.join(cacheDir, 'current.json')
 const STALE_BUILD_MS = 24 * 3600 * 1000
 

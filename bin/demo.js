@@ -1,0 +1,51 @@
+#!/usr/bin/env node
+// A self-contained demo: lays out ./demo/ as a small server (app root, model disk, backup disk, two tiny
+// sample models) and runs the initial-setup playbook against it. No root, no real disks.
+import { spawnSync } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const project = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
+const demo = path.resolve(process.env.CITADEL_DEMO_DIR ?? path.join(project, 'demo'))
+const again = existsSync(demo)
+const roots = { app: path.join(demo, 'opt-citadel'), models: path.join(demo, 'mnt-citadel-models'), backup: path.join(demo, 'mnt-citadel-backup') }
+
+if (!again) {
+  mkdirSync(roots.app, { recursive: true })
+  mkdirSync(roots.backup, { recursive: true })
+  for (const model of ['mixtral-8x7b-instruct', 'yi-34b-chat']) {
+    const dir = path.join(roots.models, 'active', model)
+    mkdirSync(dir, { recursive: true })
+    writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ model_type: model.split('-')[0], demo: true }, null, 2) + '\n')
+    writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify({ version: '1.0', demo: true }) + '\n')
+    writeFileSync(path.join(dir, 'model-00001-of-00001.safetensors'), randomBytes(256 * 1024))
+  }
+  writeFileSync(
+    path.join(demo, '.env'),
+    [
+      '# Settings of the demo; see .env.example for every setting.',
+      `CITADEL_APP_ROOT=${roots.app}`,
+      `CITADEL_MODELS_ROOT=${roots.models}`,
+      `CITADEL_BACKUP_ROOT=${roots.backup}`,
+      'MODEL_REGISTRY=mixtral=mixtral-8x7b-instruct,yi34b=yi-34b-chat',
+      '',
+    ].join('\n'),
+  )
+}
+
+const env = { ...process.env, CITADEL_ENV_FILE: path.join(demo, '.env') }
+for (const name of Object.keys(env)) if (/^(CITADEL_(?!ENV_FILE)|MODEL_|SYMLINK_|STORAGE_MONITOR_|BACKUP_)/.test(name)) delete env[name]
+console.log(again ? 'demo/ exists: running initial-setup again (expect changed=0; rm -rf demo to start over)\n' : 'Created demo/ with an app root, a model disk, a backup disk and two sample models.\n')
+const run = spawnSync(process.execPath, [path.join(project, 'bin', 'citadel.js'), 'run', 'initial-setup', ...process.argv.slice(2)], { env, stdio: 'inherit' })
+const rel = (p) => path.relative(process.cwd(), p) || '.'
+console.log(`
+Where to look:
+  ${rel(roots.app)}/models -> the active models on the model disk; model-links/ holds one link per model
+  ${rel(roots.app)}/configs/storage-env.sh   what vLLM sources (. ${rel(roots.app)}/configs/storage-env.sh)
+  ${rel(roots.app)}/logs/                    JSON lines of every run
+Try next:
+  CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel task verify-symlinks
+  CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel run initial-setup --check --diff`)
+process.exit(run.status ?? 1)

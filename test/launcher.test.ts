@@ -1,0 +1,44 @@
+import { createHash } from 'node:crypto'
+import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { afterEach, describe, expect, it } from 'vitest'
+import { makeRoots, PROJECT, start } from './helpers.ts'
+
+let copy = ''
+afterEach(() => {
+  if (!copy) return
+  rmSync(copy, { recursive: true, force: true })
+  const build = createHash('sha1').update(copy).digest('hex').slice(0, 12)
+  rmSync(path.join(PROJECT, 'node_modules', '.cache', 'citadel', build), { recursive: true, force: true })
+})
+
+describe('bin/citadel.js', () => {
+  it('picks up an edited task file on the next run, with no build step', async () => {
+    copy = mkdtempSync(path.join(os.tmpdir(), 'citadel-copy-'))
+    for (const part of ['bin', 'lib', 'tasks', 'playbooks', 'package.json']) cpSync(path.join(PROJECT, part), path.join(copy, part), { recursive: true })
+    symlinkSync(path.join(PROJECT, 'node_modules'), path.join(copy, 'node_modules'))
+    const env = makeRoots().env
+    const list = async () => (await start(['list'], env, [process.execPath, path.join(copy, 'bin', 'citadel.js')]).done).stdout
+
+    expect(await list()).toContain('Give every expected link a verdict')
+    const file = path.join(copy, 'tasks', 'verify-symlinks.ts')
+    writeFileSync(file, readFileSync(file, 'utf8').replace('Give every expected link a verdict', 'Edited description'))
+    const after = await list()
+    expect(after).toContain('Edited description')
+    expect(after).not.toContain('Give every expected link a verdict')
+  })
+})
+
+describe('npm run demo', () => {
+  it('sets up a demo server without root or real disks, and a second run changes nothing', async () => {
+    const roots = makeRoots()
+    const env = { PATH: roots.env.PATH, HOME: roots.env.HOME, CITADEL_DEMO_DIR: path.join(roots.base, 'demo') }
+    const first = await start([], env, [process.execPath, path.join(PROJECT, 'bin', 'demo.js')]).done
+    expect(first.code, first.stderr).toBe(0)
+    expect(first.stdout).toMatch(/RECAP {2}ok=2 changed=3 failed=0/)
+    expect(first.stdout).toContain('Where to look')
+    const second = await start([], env, [process.execPath, path.join(PROJECT, 'bin', 'demo.js')]).done
+    expect(second.stdout).toMatch(/RECAP {2}ok=5 changed=0 failed=0/)
+  })
+})
