@@ -35,6 +35,10 @@ if (!again) {
   )
 }
 
+for (const [tool, pkg] of [['rsync', 'rsync'], ['sha256sum', 'coreutils']]) {
+  const found = (process.env.PATH ?? '').split(path.delimiter).some((dir) => dir && existsSync(path.join(dir, tool)))
+  if (!found) console.log(`note: ${tool} is not installed, so verify-prereq will fail: install the ${pkg} package (apt-get install ${pkg})\n`)
+}
 const env = { ...process.env, CITADEL_ENV_FILE: path.join(demo, '.env') }
 for (const name of Object.keys(env)) if (/^(CITADEL_(?!ENV_FILE)|MODEL_|SYMLINK_|STORAGE_MONITOR_|BACKUP_)/.test(name)) delete env[name]
 console.log(again ? 'demo/ exists: running initial-setup again (expect changed=0; rm -rf demo to start over)\n' : 'Created demo/ with an app root, a model disk, a backup disk and two sample models.\n')
