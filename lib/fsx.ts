@@ -22,6 +22,20 @@ export function tempSibling(p: string, purpose = 'tmp'): string {
   return path.join(path.dirname(p), `.${path.basename(p)}.citadel-${purpose}-${process.pid}-${randomBytes(4).toString('hex')}`)
 }
 
+/**
+ * Removes what a killed process left of tempSibling(p, purpose): only entries of that exact name
+ * pattern and of the kind the purpose creates (links for 'link', files for 'write').
+ */
+export async function removeTempSiblings(p: string, purpose: 'link' | 'write'): Promise<void> {
+  const prefix = `.${path.basename(p)}.citadel-${purpose}-`
+  const dir = path.dirname(p)
+  for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
+    if (!name.startsWith(prefix)) continue
+    const st = await lstatOrNull(path.join(dir, name))
+    if (purpose === 'link' ? st?.isSymbolicLink() : st?.isFile()) await fs.unlink(path.join(dir, name))
+  }
+}
+
 /** Points `linkPath` at `target` in one rename: readers see the old target or the new, never no link. */
 export async function atomicSymlink(target: string, linkPath: string): Promise<void> {
   const tmp = tempSibling(linkPath, 'link')

@@ -2,7 +2,7 @@
 // failed, interrupted or killed run can be put back the way it was, newest change first.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { atomicSymlink, atomicWriteFile, lstatOrNull, octal } from './fsx.ts'
+import { atomicSymlink, atomicWriteFile, lstatOrNull, octal, removeTempSiblings } from './fsx.ts'
 
 export type Undo =
   | { op: 'remove-link'; path: string }
@@ -34,6 +34,9 @@ export function describeUndo(u: Undo): string {
 
 /** Applies one undo step without ever deleting something that is not what the step created. */
 async function applyUndo(u: Undo): Promise<void> {
+  // A kill between writing a temporary sibling and renaming it leaves the sibling behind.
+  if (u.op === 'remove-link' || u.op === 'relink') await removeTempSiblings(u.path, 'link')
+  if (u.op === 'restore-file') await removeTempSiblings(u.path, 'write')
   const st = await lstatOrNull(u.op === 'move-back' ? u.to : u.path)
   switch (u.op) {
     case 'remove-link':

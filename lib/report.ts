@@ -63,6 +63,11 @@ export function formatChange(c: Change, withDiff: boolean): string[] {
   return lines.concat([`      - ${c.before ?? '(absent)'}`, `      + ${c.after ?? '(absent)'}`])
 }
 
+/** The first few items joined by '; ', then how many more: keeps a task's msg to one readable line. */
+export function summarize(items: string[], shown = 3): string {
+  return items.slice(0, shown).join('; ') + (items.length > shown ? `; and ${items.length - shown} more` : '')
+}
+
 /** Left-aligned columns, two spaces apart. */
 export function table(rows: string[][]): string[] {
   const widths = rows[0]?.map((_, col) => Math.max(...rows.map((r) => (r[col] ?? '').length))) ?? []

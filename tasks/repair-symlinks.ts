@@ -3,6 +3,7 @@
 // as create-symlinks: nothing in the way is touched without --force, and then it is moved aside.
 import { promises as fs } from 'node:fs'
 import { fixLink, inspectLinks, planLinks } from '../lib/links.ts'
+import { summarize } from '../lib/report.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 
 const task = defineTask({
@@ -12,7 +13,7 @@ const task = defineTask({
   async run(ctx) {
     const states = await inspectLinks(ctx.settings)
     const plan = await planLinks(states, ctx.force)
-    if (plan.conflicts.length) return ctx.fail(plan.conflicts.join('; '), { conflicts: plan.conflicts })
+    if (plan.conflicts.length) return ctx.fail(summarize(plan.conflicts), { conflicts: plan.conflicts })
     for (const s of plan.missingTargets) {
       await ctx.apply({ path: s.target, action: 'create missing link target', before: null, after: 'directory' }, { op: 'rmdir', path: s.target }, async () => {
         await fs.mkdir(s.target, { mode: ctx.settings.dirMode })

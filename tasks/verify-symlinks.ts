@@ -1,7 +1,7 @@
 // Ensures nothing: reports one verdict per expected link (ok, missing, wrong-target, broken, not-a-link)
 // and fails when any is a problem. A model that is not downloaded yet is reported, not failed.
 import { allowPlanned, inspectLinks } from '../lib/links.ts'
-import { table } from '../lib/report.ts'
+import { summarize, table } from '../lib/report.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 
 const task = defineTask({
@@ -13,7 +13,7 @@ const task = defineTask({
     const links = states.map((s) => ({ path: s.path, expected: s.target, actual: s.actual, verdict: s.verdict, failing: s.failing, reason: s.reason, model: s.model ?? null }))
     ctx.detail(...table([['LINK', 'VERDICT', 'REASON'], ...states.map((s) => [s.path, s.verdict + (s.failing || s.verdict === 'ok' ? '' : ' (not a failure)'), s.reason])]))
     const failing = states.filter((s) => s.failing)
-    if (failing.length) return ctx.fail(failing.map((s) => `${s.path}: ${s.verdict} (${s.reason})`).join('; '), { links })
+    if (failing.length) return ctx.fail(summarize(failing.map((s) => `${s.path}: ${s.verdict} (${s.reason})`)), { links })
     const pending = states.filter((s) => s.verdict !== 'ok').length
     return ctx.finish(`${states.length - pending} links ok${pending ? `, ${pending} not there yet (not failures)` : ''}`, { links })
   },

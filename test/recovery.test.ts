@@ -1,7 +1,9 @@
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { describe, expect, it } from 'vitest'
+import { tempSibling } from '../lib/fsx.ts'
+import { Journal } from '../lib/journal.ts'
 import { citadel, citadelJson, makeRoots, start } from './helpers.ts'
 
 /** Roots with `count` downloaded models, so that create-symlinks has that many links to make. */
@@ -39,7 +41,8 @@ describe('interrupted runs', () => {
     const next = await citadel(['task', 'verify-symlinks'], roots.env)
     expect(next.stderr).toContain('took over a stale lock')
     expect(next.stderr).toMatch(/rolled back \d+ of \d+ changes left by an interrupted run/)
-    expect(existsSync(path.join(roots.app, 'model-links'))).toBe(false)
+    expect(next.stderr).not.toMatch(/citadel: {3}FAILED/)
+    expect(existsSync(path.join(roots.app, 'model-links')), next.stderr).toBe(false)
     expect(existsSync(path.join(roots.app, 'models'))).toBe(false)
     expect(existsSync(path.join(roots.models, 'archive'))).toBe(false)
     expect(existsSync(journalOf(roots.app))).toBe(false)
@@ -63,6 +66,37 @@ describe('interrupted runs', () => {
     expect(existsSync(path.join(roots.app, 'model-links'))).toBe(false)
     expect(existsSync(journalOf(roots.app))).toBe(false)
     expect(existsSync(path.join(roots.app, '.citadel', 'lock'))).toBe(false)
+  })
+})
+
+describe('the journal', () => {
+  it('rolls back a change whose temporary link a kill left behind, so the directory can go too', async () => {
+    const roots = makeRoots()
+    const dir = path.join(roots.base, 'model-links')
+    const link = path.join(dir, 'm1')
+    const journal = new Journal(path.join(roots.base, 'journal.jsonl'), 'run')
+    await journal.record('create-dirs', { op: 'rmdir', path: dir })
+    mkdirSync(dir)
+    await journal.record('create-symlinks', { op: 'remove-link', path: link })
+    symlinkSync(roots.active, tempSibling(link, 'link')) // killed before the rename
+    writeFileSync(path.join(roots.base, 'not-ours'), '')
+    const steps = await journal.rollback()
+    expect(steps.map((s) => [s.done, s.msg])).toEqual([[true, `remove link ${link}`], [true, `remove directory ${dir}`]])
+    expect(existsSync(dir)).toBe(false)
+    expect(existsSync(path.join(roots.base, 'not-ours'))).toBe(true)
+  })
+
+  it('never removes a directory that is not empty, and says so', async () => {
+    const roots = makeRoots()
+    const dir = path.join(roots.base, 'configs')
+    const journal = new Journal(path.join(roots.base, 'journal.jsonl'), 'run')
+    await journal.record('create-dirs', { op: 'rmdir', path: dir })
+    mkdirSync(dir)
+    writeFileSync(path.join(dir, 'operator.conf'), 'mine')
+    const [step] = await journal.rollback()
+    expect(step!.done).toBe(false)
+    expect(step!.msg).toContain(`remove directory ${dir} failed`)
+    expect(readFileSync(path.join(dir, 'operator.conf'), 'utf8')).toBe('mine')
   })
 })
 
