@@ -81,8 +81,16 @@ export async function planLinks(states: LinkState[], force: boolean): Promise<Li
   return plan
 }
 
+/** Applies the planned fixes in order, showing progress: a big MODEL_REGISTRY makes this the slow part. */
+export async function fixLinks(ctx: TaskContext, fixes: LinkState[]): Promise<void> {
+  for (const [i, state] of fixes.entries()) {
+    ctx.progress(`${i + 1}/${fixes.length} ${state.path}`)
+    await fixLink(ctx, state)
+  }
+}
+
 /** Makes one planned link right through ctx.apply: atomic, journaled, nothing deleted but an empty directory. */
-export async function fixLink(ctx: TaskContext, s: LinkState): Promise<void> {
+async function fixLink(ctx: TaskContext, s: LinkState): Promise<void> {
   assertInside(ctx.settings.appRoot, s.path)
   if (s.verdict === 'missing') {
     return ctx.apply({ path: s.path, action: 'create link', before: null, after: s.target }, { op: 'remove-link', path: s.path }, () => atomicSymlink(s.target, s.path))

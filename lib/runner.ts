@@ -124,7 +124,13 @@ export async function run(req: RunRequest): Promise<number> {
       req.tasks.map((task) => ({
         title: task.name,
         task: async (_: unknown, item: { title: string; output: string; skip: (m: string) => void }) => {
-          const record = await execute(task, (text) => (item.output = text))
+          // At most a few updates a second: the line renderer prints every one of them.
+          let shownAt = 0
+          const record = await execute(task, (text) => {
+            if (Date.now() - shownAt < 250) return
+            shownAt = Date.now()
+            item.output = text
+          })
           records.push(record)
           item.title = `${task.name}: ${record.msg}`
           if (record.status === 'skipped') item.skip(`${task.name}: ${record.msg}`)

@@ -1,6 +1,6 @@
 // Ensures <app root>/models, downloads, staging and model-links/<alias> point where the settings say.
 // Replaces a wrong link atomically; a real file or directory in the way is moved aside only with --force.
-import { fixLink, inspectLinks, planLinks } from '../lib/links.ts'
+import { fixLinks, inspectLinks, planLinks } from '../lib/links.ts'
 import { summarize } from '../lib/report.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 
@@ -12,7 +12,7 @@ const task = defineTask({
     const states = await inspectLinks(ctx.settings)
     const plan = await planLinks(states, ctx.force)
     if (plan.conflicts.length) return ctx.fail(summarize(plan.conflicts), { conflicts: plan.conflicts })
-    for (const state of plan.fixes) await fixLink(ctx, state)
+    await fixLinks(ctx, plan.fixes)
     for (const reason of plan.waiting) ctx.detail(`skipped ${reason}`)
     const right = states.length - plan.fixes.length - plan.waiting.length
     const msg = `${plan.fixes.length} ${ctx.check ? 'to fix' : 'fixed'}, ${right} right, ${plan.waiting.length} waiting for their model`

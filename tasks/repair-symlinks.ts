@@ -2,7 +2,7 @@
 // recreates the missing target directory of a broken models/downloads/staging link. Same safety rules
 // as create-symlinks: nothing in the way is touched without --force, and then it is moved aside.
 import { promises as fs } from 'node:fs'
-import { fixLink, inspectLinks, planLinks } from '../lib/links.ts'
+import { fixLinks, inspectLinks, planLinks } from '../lib/links.ts'
 import { summarize } from '../lib/report.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 
@@ -20,7 +20,7 @@ const task = defineTask({
         await fs.chmod(s.target, ctx.settings.dirMode)
       })
     }
-    for (const state of plan.fixes) await fixLink(ctx, state)
+    await fixLinks(ctx, plan.fixes)
     for (const reason of plan.waiting) ctx.detail(`skipped ${reason}`)
     const repairs = [...plan.missingTargets.map((s) => ({ path: s.target, was: 'missing target' })), ...plan.fixes.map((s) => ({ path: s.path, was: s.verdict }))]
     const msg = repairs.length === 0 ? 'nothing to repair' : `${repairs.length} ${ctx.check ? 'to repair' : 'repaired'}`
