@@ -58,6 +58,7 @@ export function allowPlanned(states: LinkState[], ctx: TaskContext): LinkState[]
 }
 
 export interface LinkPlan {
+  states: LinkState[]
   fixes: LinkState[]
   conflicts: string[]
   /** Model links left alone because the model is not downloaded yet, with why. */
@@ -66,14 +67,15 @@ export interface LinkPlan {
   missingTargets: LinkState[]
 }
 
-/** Decides what to fix. Real files or directories in the way are conflicts unless `force`. */
-export async function planLinks(states: LinkState[], force: boolean): Promise<LinkPlan> {
-  const plan: LinkPlan = { fixes: [], conflicts: [], waiting: [], missingTargets: [] }
+/** Inspects every link and decides what to fix. Real files or directories in the way are conflicts unless --force. */
+export async function planLinks(ctx: TaskContext): Promise<LinkPlan> {
+  const states = await inspectLinks(ctx.settings)
+  const plan: LinkPlan = { states, fixes: [], conflicts: [], waiting: [], missingTargets: [] }
   for (const s of states) {
     if (s.model === undefined && !s.targetExists) plan.missingTargets.push(s)
     if (s.verdict === 'ok' || s.verdict === 'broken') continue
     if (s.model !== undefined && !s.targetExists) plan.waiting.push(`${s.model}: ${s.reason}; its link is made once it is`)
-    else if (s.verdict === 'not-a-link' && !force) {
+    else if (s.verdict === 'not-a-link' && !ctx.force) {
       const entries = (await lstatOrNull(s.path))?.isDirectory() ? ` with ${await entryCount(s.path)} entries` : ''
       plan.conflicts.push(`${s.path} is ${s.actual}${entries}, not a link to ${s.target}: move it away yourself, or rerun with --force (or SYMLINK_FORCE_RECREATE=true) to have it moved aside to ${s.path}.citadel-aside-<time> (an empty directory is replaced)`)
     } else plan.fixes.push(s)

@@ -1,6 +1,6 @@
 // Ensures <app root>/models, downloads, staging and model-links/<alias> point where the settings say.
 // Replaces a wrong link atomically; a real file or directory in the way is moved aside only with --force.
-import { fixLinks, inspectLinks, planLinks } from '../lib/links.ts'
+import { fixLinks, planLinks } from '../lib/links.ts'
 import { summarize } from '../lib/report.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 
@@ -9,14 +9,13 @@ const task = defineTask({
   description: 'Point the app links (models, downloads, staging, model-links/<alias>) at the model disk',
   tags: ['setup', 'links'],
   async run(ctx) {
-    const states = await inspectLinks(ctx.settings)
-    const plan = await planLinks(states, ctx.force)
+    const plan = await planLinks(ctx)
     if (plan.conflicts.length) return ctx.fail(summarize(plan.conflicts), { conflicts: plan.conflicts })
     await fixLinks(ctx, plan.fixes)
     for (const reason of plan.waiting) ctx.detail(`skipped ${reason}`)
-    const right = states.length - plan.fixes.length - plan.waiting.length
+    const right = plan.states.length - plan.fixes.length - plan.waiting.length
     const msg = `${plan.fixes.length} ${ctx.check ? 'to fix' : 'fixed'}, ${right} right, ${plan.waiting.length} waiting for their model`
-    return ctx.finish(msg, { links: states.map(({ path, target, model }) => ({ path, target, model: model ?? null })), waiting: plan.waiting })
+    return ctx.finish(msg, { links: plan.states.map(({ path, target, model }) => ({ path, target, model: model ?? null })), waiting: plan.waiting })
   },
 })
 

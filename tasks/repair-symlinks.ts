@@ -2,7 +2,7 @@
 // recreates the missing target directory of a broken models/downloads/staging link. Same safety rules
 // as create-symlinks: nothing in the way is touched without --force, and then it is moved aside.
 import { promises as fs } from 'node:fs'
-import { fixLinks, inspectLinks, planLinks } from '../lib/links.ts'
+import { fixLinks, planLinks } from '../lib/links.ts'
 import { summarize } from '../lib/report.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 
@@ -11,8 +11,7 @@ const task = defineTask({
   description: 'Fix missing, wrong and broken links (recreating a missing link target on the model disk)',
   tags: ['links', 'repair'],
   async run(ctx) {
-    const states = await inspectLinks(ctx.settings)
-    const plan = await planLinks(states, ctx.force)
+    const plan = await planLinks(ctx)
     if (plan.conflicts.length) return ctx.fail(summarize(plan.conflicts), { conflicts: plan.conflicts })
     for (const s of plan.missingTargets) {
       await ctx.apply({ path: s.target, action: 'create missing link target', before: null, after: 'directory' }, { op: 'rmdir', path: s.target }, async () => {
