@@ -43,7 +43,14 @@ export async function run(req: RunRequest): Promise<number> {
   const log = new RunLog(logsDir(settings), runId, !check)
   let lock: Lock | null = null
   if (!check) {
-    await fs.mkdir(state, { recursive: true, mode: settings.dirMode })
+    try {
+      await fs.mkdir(state, { recursive: true, mode: settings.dirMode })
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? 'error'
+      const hint = ['EACCES', 'EPERM'].includes(code) ? `: run as root or as the owner of ${settings.appRoot}` : ''
+      say(`cannot create ${state} (CITADEL_APP_ROOT) for the run's lock and journal: ${code}${hint}`)
+      return EXIT.failed
+    }
     lock = await Lock.acquire(state, req.command, (h) =>
       say(`warning: took over a stale lock of pid ${h.pid} (${h.command}, started ${h.started}); that process is gone`))
   }

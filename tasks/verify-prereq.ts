@@ -35,16 +35,20 @@ const task = defineTask({
     }
 
     const canFindMounts = checks.some((c) => c.check === 'findmnt' && c.status === 'ok')
-    for (const [label, root] of [['models root', ctx.settings.modelsRoot], ['backup root', ctx.settings.backupRoot]] as const) {
+    const roots = [['models root', 'CITADEL_MODELS_ROOT', ctx.settings.modelsRoot], ['backup root', 'CITADEL_BACKUP_ROOT', ctx.settings.backupRoot]] as const
+    for (const [label, setting, root] of roots) {
       const st = await fs.stat(root).catch(() => null)
-      if (!st) { add(label, 'failed', `${root} does not exist: mount the disk there (or set ${label === 'models root' ? 'CITADEL_MODELS_ROOT' : 'CITADEL_BACKUP_ROOT'})`); continue }
-      if (!st.isDirectory()) { add(label, 'failed', `${root} is not a directory`); continue }
-      const writable = await fs.access(root, constants.W_OK).then(() => true, (e: NodeJS.ErrnoException) => e.code)
-      add(label, writable === true ? 'ok' : 'failed', writable === true ? `${root} is a writable directory` : `${root} is not writable (${writable})`)
+      const writable = st?.isDirectory() ? await fs.access(root, constants.W_OK).then(() => 'yes', (e: NodeJS.ErrnoException) => e.code ?? 'no') : 'no'
+      if (!st) add(label, 'failed', `${root} does not exist: mount the disk there, or set ${setting}`)
+      else if (!st.isDirectory()) add(label, 'failed', `${root} is not a directory`)
+      else add(label, writable === 'yes' ? 'ok' : 'failed', writable === 'yes' ? `${root} is a writable directory` : `${root} is not writable (${writable})`)
+      if (!st?.isDirectory()) continue
       if (canFindMounts) {
-        const mount = await mountOf(ctx.$, await fs.realpath(root))
-        const own = mount.target === (await fs.realpath(root))
-        add(`${label} mount`, own ? 'ok' : 'warning', own ? `${mount.source} (${mount.fstype})` : `not a mount point: lives on ${mount.source} mounted at ${mount.target}`)
+        const real = await fs.realpath(root)
+        await mountOf(ctx.$, real).then(
+          (m) => add(`${label} mount`, m.target === real ? 'ok' : 'warning', m.target === real ? `${m.source} (${m.fstype})` : `not a mount point: lives on ${m.source} mounted at ${m.target}`),
+          (err: Error) => add(`${label} mount`, 'warning', `could not tell: ${err.message.split('\n')[0]}`),
+        )
       }
       const space = await fs.statfs(root)
       add(`${label} free`, 'ok', `${gib(space.bavail * space.bsize)} free of ${gib(space.blocks * space.bsize)}`)
