@@ -1,4 +1,4 @@
-import { chownSync, readdirSync, readFileSync, statSync } from 'node:fs'
+import { chownSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { globby } from 'globby'
@@ -30,6 +30,15 @@ describe('command line', () => {
     const result = await citadel(args, roots.env)
     expect(result.code).toBe(4)
     expect(result.stderr + result.stdout).toContain(message)
+  })
+
+  it('an app root that cannot be created is one line naming CITADEL_APP_ROOT, exit 2', async () => {
+    const roots = makeRoots()
+    const blocker = path.join(roots.base, 'a-file')
+    writeFileSync(blocker, '')
+    const result = await citadel(['run', 'initial-setup'], { ...roots.env, CITADEL_APP_ROOT: path.join(blocker, 'app') })
+    expect(result.code).toBe(2)
+    expect(result.stderr.trim().split('\n')).toEqual([`citadel: cannot create ${path.join(blocker, 'app', '.citadel')} (CITADEL_APP_ROOT) for the run's lock and journal: ENOTDIR`])
   })
 
   it('--help works everywhere', async () => {
