@@ -10,6 +10,7 @@ import { Lock } from './lock.ts'
 import { RunLog } from './log.ts'
 import { formatReport, toReport, type TaskRecord } from './report.ts'
 import { makeShell } from './shell.ts'
+import type { Shell } from 'zx/core'
 import type { Change, Task, TaskContext, TaskResult } from './task.ts'
 
 export const EXIT = { ok: 0, failed: 2, locked: 3, invalid: 4, interrupted: 99 } as const
@@ -34,6 +35,67 @@ class Interrupted extends Error {
 }
 
 const say = (line: string) => process.stderr.write(`citadel: ${line}\n`)
+
+interface RunState {
+  req: RunRequest
+  log: RunLog
+  journal: Journal
+  shell: Shell
+  /** The records of the tasks finished so far, in order. */
+  records: TaskRecord[]
+  interrupted: () => boolean
+}
+
+/** Runs one task with its context; whatever happens, returns its record. */
+async function execute(run: RunState, task: Task, progress: (text: string) => void): Promise<TaskRecord> {
+  const { req, log, journal } = run
+  const { settings, check } = req
+  const t0 = Date.now()
+  const changes: Change[] = []
+  const warnings: string[] = []
+  const details: string[] = []
+  const result = (status: TaskResult['status'], msg: string, data: Record<string, unknown> = {}): TaskResult => ({ status, msg, changes, warnings, data, details })
+  const ctx: TaskContext = {
+    task: task.name,
+    settings,
+    check,
+    diff: req.diff,
+    force: req.force || settings.symlinkForceRecreate,
+    options: req.taskArgs?.options ?? {},
+    positionals: req.taskArgs?.positionals ?? [],
+    earlierChanges: run.records.flatMap((r) => r.changes),
+    $: run.shell,
+    progress,
+    log: (event, fields = {}) => log.event(event, { task: task.name, ...fields }),
+    warn: (message) => void warnings.push(message),
+    detail: (...lines) => void details.push(...lines),
+    async apply(change, undo, act) {
+      if (run.interrupted()) throw new Interrupted()
+      changes.push(change)
+      if (check) return
+      log.event('change', { task: task.name, ...change })
+      if (undo) await journal.record(task.name, undo)
+      try {
+        await act()
+      } catch (err) {
+        if (undo) await journal.cancelLast(task.name)
+        throw err
+      }
+    },
+    finish: (msg, data) => result(changes.length ? 'changed' : 'ok', msg, data),
+    fail: (msg, data) => result('failed', msg, data),
+    skip: (msg, data) => result('skipped', msg, data),
+  }
+  let outcome: TaskResult
+  try {
+    outcome = run.interrupted() ? result('failed', 'not started: interrupted by signal') : await task.run(ctx)
+  } catch (err) {
+    outcome = result('failed', err instanceof Interrupted ? err.message : `error: ${(err as Error).message}`)
+  }
+  const record: TaskRecord = { name: task.name, ...outcome, duration_ms: Date.now() - t0 }
+  log.event('task', { task: task.name, status: record.status, msg: record.msg, changes: record.changes, warnings: record.warnings })
+  return record
+}
 
 export async function run(req: RunRequest): Promise<number> {
   const started = Date.now()
@@ -79,61 +141,14 @@ export async function run(req: RunRequest): Promise<number> {
 
     const shell = makeShell((fields) => log.event('command', fields))
     const records: TaskRecord[] = []
-    const execute = async (task: Task, progress: (text: string) => void): Promise<TaskRecord> => {
-      const t0 = Date.now()
-      const changes: Change[] = []
-      const warnings: string[] = []
-      const details: string[] = []
-      const result = (status: TaskResult['status'], msg: string, data: Record<string, unknown> = {}): TaskResult => ({ status, msg, changes, warnings, data, details })
-      const ctx: TaskContext = {
-        task: task.name,
-        settings,
-        check,
-        diff: req.diff,
-        force: req.force || settings.symlinkForceRecreate,
-        options: req.taskArgs?.options ?? {},
-        positionals: req.taskArgs?.positionals ?? [],
-        earlierChanges: records.flatMap((r) => r.changes),
-        $: shell,
-        progress,
-        log: (event, fields = {}) => log.event(event, { task: task.name, ...fields }),
-        warn: (message) => void warnings.push(message),
-        detail: (...lines) => void details.push(...lines),
-        async apply(change, undo, act) {
-          if (interrupted) throw new Interrupted()
-          changes.push(change)
-          if (check) return
-          log.event('change', { task: task.name, ...change })
-          if (undo) await journal.record(task.name, undo)
-          try {
-            await act()
-          } catch (err) {
-            if (undo) await journal.cancelLast(task.name)
-            throw err
-          }
-        },
-        finish: (msg, data) => result(changes.length ? 'changed' : 'ok', msg, data),
-        fail: (msg, data) => result('failed', msg, data),
-        skip: (msg, data) => result('skipped', msg, data),
-      }
-      let outcome: TaskResult
-      try {
-        outcome = interrupted ? result('failed', 'not started: interrupted by signal') : await task.run(ctx)
-      } catch (err) {
-        outcome = result('failed', err instanceof Interrupted ? err.message : `error: ${(err as Error).message}`)
-      }
-      const record: TaskRecord = { name: task.name, ...outcome, duration_ms: Date.now() - t0 }
-      log.event('task', { task: task.name, status: record.status, msg: record.msg, changes: record.changes, warnings: record.warnings })
-      return record
-    }
-
+    const run: RunState = { req, log, journal, shell, records, interrupted: () => interrupted }
     const listr = new Listr(
       req.tasks.map((task) => ({
         title: task.name,
         task: async (_: unknown, item: { title: string; output: string; skip: (m: string) => void }) => {
           // At most a few updates a second: the line renderer prints every one of them.
           let shownAt = 0
-          const record = await execute(task, (text) => {
+          const record = await execute(run, task, (text) => {
             if (Date.now() - shownAt < 250) return
             shownAt = Date.now()
             item.output = text
