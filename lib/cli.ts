@@ -150,51 +150,61 @@ async function runTasks(playbook: string | null, chosen: Task[], values: Values,
   }
 }
 
+const show = (text: string): number => {
+  process.stdout.write(text + '\n')
+  return 0
+}
+
+async function taskCommand(task: Task, argv: string[]): Promise<number> {
+  const { values, positionals } = parse(argv, { ...RUN_OPTIONS, ...task.options })
+  if (values.help) return show(taskHelp(task))
+  const own = Object.fromEntries(Object.keys(task.options ?? {}).map((k) => [k, values[k]])) as Values
+  if (positionals.length && !task.usage) throw new UsageError(`task ${task.name} takes no arguments, got "${positionals[0]}"`)
+  return runTasks(null, [task], values, { options: own, positionals })
+}
+
+/** Each command: its arguments in, its exit code out. */
+const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
+  async run(args) {
+    const { values, positionals } = parse(args, RUN_OPTIONS)
+    if (values.help) return show(HELP.run!)
+    if (positionals.length !== 1) throw new UsageError(`run takes one playbook name; expected one of: ${playbooks.map((p) => p.name).join(', ')}`)
+    const playbook = findPlaybook(positionals[0]!)
+    return runTasks(playbook.name, select(playbookEntries(playbook), values), values)
+  },
+  async task([name, ...args]) {
+    if (name === '-h' || name === '--help') return show(HELP.task!)
+    if (name === undefined || name.startsWith('-')) throw new UsageError(`task takes a task name; expected one of: ${tasks.map((t) => t.name).join(', ')}`)
+    return taskCommand(findTask(name), args)
+  },
+  async list(args) {
+    const { values } = parse(args, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })
+    if (values.help) return show(HELP.list!)
+    list(Boolean(values.json))
+    return 0
+  },
+  async help([topic]) {
+    if (topic === undefined) return show(HELP.main!)
+    return show(HELP[topic] ?? taskHelp(findTask(topic)))
+  },
+}
+
 /** Runs the command line `argv` (without node and script); resolves to the exit code. */
 export async function main(argv: string[], standalone?: Task): Promise<number> {
   try {
     if (standalone) return await taskCommand(standalone, argv)
     const [command, ...rest] = argv
-    if (command === undefined || command === '-h' || command === '--help' || command === 'help') {
-      const topic = command === 'help' ? rest[0] : undefined
-      if (topic && topic in HELP) process.stdout.write(HELP[topic] + '\n')
-      else if (topic) process.stdout.write(taskHelp(findTask(topic)) + '\n')
-      else process.stdout.write(HELP.main + '\n')
-      return command === undefined ? EXIT_INVALID : 0
+    if (command === undefined) {
+      process.stderr.write(HELP.main + '\n')
+      return EXIT_INVALID
     }
-    if (command === 'list') {
-      const { values } = parse(rest, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })
-      if (values.help) process.stdout.write(HELP.list + '\n')
-      else list(Boolean(values.json))
-      return 0
-    }
-    if (command === 'run') {
-      const { values, positionals } = parse(rest, RUN_OPTIONS)
-      if (values.help) return void process.stdout.write(HELP.run + '\n'), 0
-      if (positionals.length !== 1) throw new UsageError(`run takes one playbook name; expected one of: ${playbooks.map((p) => p.name).join(', ')}`)
-      const playbook = findPlaybook(positionals[0]!)
-      return await runTasks(playbook.name, select(playbookEntries(playbook), values), values)
-    }
-    if (command === 'task') {
-      const [name, ...taskArgv] = rest
-      if (name === undefined || name.startsWith('-')) {
-        if (name === '-h' || name === '--help') return void process.stdout.write(HELP.task + '\n'), 0
-        throw new UsageError(`task takes a task name; expected one of: ${tasks.map((t) => t.name).join(', ')}`)
-      }
-      return await taskCommand(findTask(name), taskArgv)
-    }
-    throw new UsageError(`unknown command "${command}"; expected run, task, list or help (see citadel --help)`)
+    if (command === '-h' || command === '--help') return show(HELP.main!)
+    const handler = COMMANDS[command]
+    if (!handler) throw new UsageError(`unknown command "${command}"; expected ${Object.keys(COMMANDS).join(', ')} (see citadel --help)`)
+    return await handler(rest)
   } catch (err) {
     if (!(err instanceof UsageError)) throw err
     process.stderr.write(`citadel: ${err.message}\n`)
     return EXIT_INVALID
   }
-}
-
-async function taskCommand(task: Task, argv: string[]): Promise<number> {
-  const { values, positionals } = parse(argv, { ...RUN_OPTIONS, ...task.options })
-  if (values.help) return void process.stdout.write(taskHelp(task) + '\n'), 0
-  const own = Object.fromEntries(Object.keys(task.options ?? {}).map((k) => [k, values[k]])) as Values
-  if (positionals.length && !task.usage) throw new UsageError(`task ${task.name} takes no arguments, got "${positionals[0]}"`)
-  return runTasks(null, [task], values, { options: own, positionals })
 }
