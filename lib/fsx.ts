@@ -62,13 +62,13 @@ export async function atomicWriteFile(file: string, content: string, mode = 0o64
   const tmp = tempSibling(file, 'write')
   const handle = await fs.open(tmp, 'wx', mode)
   try {
-    await handle.writeFile(content)
-    await handle.chmod(mode)
-    await handle.sync()
-  } finally {
-    await handle.close()
-  }
-  try {
+    try {
+      await handle.writeFile(content)
+      await handle.chmod(mode)
+      await handle.sync()
+    } finally {
+      await handle.close()
+    }
     await fs.rename(tmp, file)
   } catch (err) {
     await fs.unlink(tmp).catch(() => {})

@@ -7,11 +7,12 @@ export type LogFields = Record<string, unknown>
 
 export class RunLog {
   private pending: string[] = []
+  private broken = false
 
   constructor(private readonly dir: string, readonly run: string, private readonly enabled: boolean) {}
 
   event(event: string, fields: LogFields = {}): void {
-    if (!this.enabled) return
+    if (!this.enabled || this.broken) return
     this.pending.push(JSON.stringify({ ts: new Date().toISOString(), run: this.run, event, ...fields }) + '\n')
     this.flush()
   }
@@ -23,7 +24,13 @@ export class RunLog {
       return
     }
     const file = path.join(this.dir, `storage_${new Date().toISOString().slice(0, 10)}.log`)
-    appendFileSync(file, this.pending.join(''), { mode: 0o640 })
+    try {
+      appendFileSync(file, this.pending.join(''), { mode: 0o640 })
+    } catch (err) {
+      // A full or read-only log disk must not stop a run that is repairing things.
+      this.broken = true
+      process.stderr.write(`citadel: warning: cannot append to ${file} (${(err as NodeJS.ErrnoException).code}); going on without the log\n`)
+    }
     this.pending = []
   }
 }
