@@ -11,7 +11,7 @@ afterEach(() => {
 })
 
 function mountFullTmpfs(dir: string) {
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', dir])
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0755', 'tmpfs', dir])
   mounted.push(dir)
 }
 
