@@ -169,6 +169,20 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
   }
   order('STORAGE_MONITOR_DISK_USAGE_WARNING', 'STORAGE_MONITOR_DISK_USAGE_CRITICAL')
   order('STORAGE_MONITOR_INODE_USAGE_WARNING', 'STORAGE_MONITOR_INODE_USAGE_CRITICAL')
+  // The three roots hold different things on different disks; one inside another would, say, back the
+  // backups up or link the app into itself. The message names the root that was set, not defaulted.
+  const roots = (['CITADEL_APP_ROOT', 'CITADEL_MODELS_ROOT', 'CITADEL_BACKUP_ROOT'] as const).filter((n) => typeof raw[n] === 'string')
+  const inside = (inner: SettingName, outer: SettingName) => {
+    const rel = path.relative(raw[outer] as string, raw[inner] as string)
+    return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel)
+  }
+  roots.forEach((x, i) =>
+    roots.slice(i + 1).forEach((y) => {
+      const same = raw[x] === raw[y]
+      const [culprit, other] = same ? (sources[y] === 'default' ? [x, y] : [y, x]) : inside(x, y) ? [x, y] : inside(y, x) ? [y, x] : []
+      if (culprit && other)
+        problems.push(`invalid setting ${culprit}=${JSON.stringify(raw[culprit])}: expected a directory apart from ${other} (${raw[other] as string}), not ${same ? 'the same' : 'inside it'}`)
+    }))
   if (problems.length) throw new ConfigError(problems)
   return {
     appRoot: r.CITADEL_APP_ROOT,

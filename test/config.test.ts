@@ -109,6 +109,21 @@ describe('invalid settings', () => {
     expect(lines.find((l) => l.includes('BACKUP_KEEP_MIN'))).toContain(roots.env.CITADEL_ENV_FILE)
   })
 
+  it.each([
+    ['CITADEL_BACKUP_ROOT', (r: { models: string }) => path.join(r.models, 'backup'), 'inside it'],
+    ['CITADEL_APP_ROOT', (r: { models: string }) => r.models, 'the same'],
+  ])('%s nested in or equal to another root exits 4', async (name, value, what) => {
+    const roots = makeRoots()
+    const before = snapshot(roots.base)
+    const result = await citadel(['run', 'initial-setup'], { ...roots.env, [name]: value(roots) })
+    expect(result.code).toBe(4)
+    expect(result.stderr.trim().split('\n')).toHaveLength(1)
+    expect(result.stderr).toContain(name)
+    expect(result.stderr).toContain('CITADEL_MODELS_ROOT')
+    expect(result.stderr).toContain(what)
+    expect(snapshot(roots.base)).toEqual(before)
+  })
+
   it('a CITADEL_ENV_FILE that does not exist exits 4', async () => {
     const roots = makeRoots()
     const result = await citadel(['run', 'initial-setup'], { ...roots.env, CITADEL_ENV_FILE: path.join(roots.base, 'missing.env') })
