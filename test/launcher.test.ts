@@ -30,6 +30,15 @@ describe('bin/citadel.js', () => {
   })
 })
 
+describe('npx citadel', () => {
+  it('runs the command from the checkout, as the README says', async () => {
+    const env = makeRoots().env
+    const result = await start(['--no-install', 'citadel', 'list', '--json'], env, ['npx']).done
+    expect(result.code, result.stderr).toBe(0)
+    expect(JSON.parse(result.stdout).playbooks[0].name).toBe('initial-setup')
+  })
+})
+
 describe('npm run demo', () => {
   it('sets up a demo server without root or real disks, and a second run changes nothing', async () => {
     const roots = makeRoots()
