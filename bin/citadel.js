@@ -59,7 +59,22 @@ async function build() {
   return path.join(cacheDir, dir)
 }
 
+/** The CLI module: the cached bundle, or, where this user cannot write the cache, the sources via tsx. */
+async function loadCli() {
+  let dir = currentBuild()
+  if (!dir) {
+    try {
+      dir = await build()
+    } catch (err) {
+      if (!['EACCES', 'EPERM', 'EROFS'].includes(err.code)) throw err
+      const { register } = await import('tsx/esm/api')
+      register()
+      return import(pathToFileURL(path.join(root, 'lib', 'cli.ts')).href)
+    }
+  }
+  return import(pathToFileURL(path.join(dir, 'cli.js')).href)
+}
+
 process.setSourceMapsEnabled(true)
-const dir = currentBuild() ?? (await build())
-const { main } = await import(pathToFileURL(path.join(dir, 'cli.js')).href)
+const { main } = await loadCli()
 process.exit(await main(process.argv.slice(2)))

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { chmodSync, cpSync, existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
@@ -13,11 +13,18 @@ afterEach(() => {
   rmSync(path.join(PROJECT, 'node_modules', '.cache', 'citadel', build), { recursive: true, force: true })
 })
 
+/** A copy of the sources in a temporary checkout that shares this one's node_modules. */
+function copyProject(): string {
+  copy = mkdtempSync(path.join(os.tmpdir(), 'citadel-copy-'))
+  chmodSync(copy, 0o755)
+  for (const part of ['bin', 'lib', 'tasks', 'playbooks', 'package.json']) cpSync(path.join(PROJECT, part), path.join(copy, part), { recursive: true })
+  symlinkSync(path.join(PROJECT, 'node_modules'), path.join(copy, 'node_modules'))
+  return copy
+}
+
 describe('bin/citadel.js', () => {
   it('picks up an edited task file on the next run, with no build step', async () => {
-    copy = mkdtempSync(path.join(os.tmpdir(), 'citadel-copy-'))
-    for (const part of ['bin', 'lib', 'tasks', 'playbooks', 'package.json']) cpSync(path.join(PROJECT, part), path.join(copy, part), { recursive: true })
-    symlinkSync(path.join(PROJECT, 'node_modules'), path.join(copy, 'node_modules'))
+    copyProject()
     const env = makeRoots().env
     const list = async () => (await start(['list'], env, [process.execPath, path.join(copy, 'bin', 'citadel.js')]).done).stdout
 
@@ -27,6 +34,17 @@ describe('bin/citadel.js', () => {
     const after = await list()
     expect(after).toContain('Edited description')
     expect(after).not.toContain('Give every expected link a verdict')
+  })
+
+  it('runs the sources through tsx when the user cannot write the build cache', async (ctx) => {
+    if (process.getuid?.() !== 0) return ctx.skip('needs root to run as another user')
+    copyProject()
+    const env = { PATH: process.env.PATH!, HOME: '/tmp' }
+    const result = await start(['-u', 'nobody', '--', process.execPath, path.join(copy, 'bin', 'citadel.js'), 'list', '--json'], env, ['runuser']).done
+    expect(result.code, result.stderr).toBe(0)
+    expect(JSON.parse(result.stdout).tasks.length).toBeGreaterThan(0)
+    const build = createHash('sha1').update(copy).digest('hex').slice(0, 12)
+    expect(existsSync(path.join(PROJECT, 'node_modules', '.cache', 'citadel', build))).toBe(false)
   })
 })
 
