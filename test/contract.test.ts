@@ -1,0 +1,30 @@
+// The task contract, checked for every registered task, so a new task is held to it without new tests:
+// --check changes nothing, and a second run in a row reports nothing changed.
+import { chmodSync, rmSync } from 'node:fs'
+import path from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { tasks } from '../tasks/index.ts'
+import { citadelJson, makeRoots, snapshot } from './helpers.ts'
+
+describe.each(tasks.map((t) => t.name))('task %s', (name) => {
+  it('in check mode changes nothing on disk', async () => {
+    const roots = makeRoots()
+    const before = snapshot(roots.base)
+    const result = await citadelJson(['task', name, '--check'], roots.env)
+    expect([0, 2]).toContain(result.code)
+    expect(snapshot(roots.base)).toEqual(before)
+  })
+
+  it('run twice in a row reports no change the second time', async () => {
+    const roots = makeRoots()
+    await citadelJson(['run', 'initial-setup'], roots.env)
+    // Drift that some task repairs, so that the first run has something to change.
+    rmSync(path.join(roots.app, 'staging'))
+    chmodSync(path.join(roots.models, 'archive'), 0o700)
+    rmSync(path.join(roots.app, 'configs', 'storage-env.sh'))
+    await citadelJson(['task', name], roots.env)
+    const second = await citadelJson(['task', name], roots.env)
+    expect(second.doc.tasks[0].status).not.toBe('changed')
+    expect(second.doc.tasks[0].changes).toEqual([])
+  })
+})
