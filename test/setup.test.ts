@@ -100,6 +100,20 @@ describe('initial-setup', () => {
     expect(forced.doc.tasks.find((t: any) => t.name === 'create-symlinks').warnings[0]).toContain('moved a directory')
   })
 
+  it('a rollback moves what --force moved aside back into place', async () => {
+    const roots = makeRoots()
+    mkdirSync(path.join(roots.app, 'models'), { recursive: true })
+    writeFileSync(path.join(roots.app, 'models', 'weights.bin'), 'precious')
+    const envScript = path.join(roots.app, 'configs', 'storage-env.sh')
+    mkdirSync(envScript, { recursive: true }) // makes write-env-script, the last task, fail
+    writeFileSync(path.join(envScript, 'keep'), 'x')
+    const result = await citadelJson(['run', 'initial-setup', '--force'], roots.env)
+    expect(result.code).toBe(2)
+    expect(result.doc.rolled_back.map((s: any) => s.msg)).toContain(`move ${result.doc.tasks[2].changes[0].after} back to ${path.join(roots.app, 'models')}`)
+    expect(readFileSync(path.join(roots.app, 'models', 'weights.bin'), 'utf8')).toBe('precious')
+    expect(readdirSync(roots.app).filter((n) => n.includes('aside'))).toEqual([])
+  })
+
   it('SYMLINK_FORCE_RECREATE=true acts as --force, and an empty directory is simply replaced', async () => {
     const roots = makeRoots()
     mkdirSync(path.join(roots.app, 'staging'), { recursive: true })
