@@ -47,7 +47,7 @@ const owner = text('expected user:group (names or numeric ids), e.g. citadel:cit
   .refine((v) => new RegExp(`^(${NAME})(:(${NAME}))?$`).test(v), 'expected user:group (names or numeric ids), e.g. citadel:citadel')
   .transform((v) => { const [user, group] = v.split(':') as [string, string | undefined]; return { user, group } })
 
-export const ALIAS_PATTERN = /^[a-z0-9][a-z0-9_-]*$/
+const ALIAS_PATTERN = /^[a-z0-9][a-z0-9_-]*$/
 
 const modelRegistry = z.string().transform((value, ctx) => {
   const models: ModelEntry[] = []

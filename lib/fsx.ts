@@ -13,10 +13,6 @@ export async function lstatOrNull(p: string): Promise<Stats | null> {
   }
 }
 
-export async function exists(p: string): Promise<boolean> {
-  return (await lstatOrNull(p)) !== null
-}
-
 /** A hidden sibling name for staging a replacement; unique per process and call. */
 export function tempSibling(p: string, purpose = 'tmp'): string {
   return path.join(path.dirname(p), `.${path.basename(p)}.citadel-${purpose}-${process.pid}-${randomBytes(4).toString('hex')}`)

@@ -21,7 +21,7 @@ export interface LinkState extends ExpectedLink {
 
 const isDir = async (p: string) => (await fs.stat(p).catch(() => null))?.isDirectory() ?? false
 
-export async function inspectLink(link: ExpectedLink): Promise<LinkState> {
+async function inspectLink(link: ExpectedLink): Promise<LinkState> {
   const st = await lstatOrNull(link.path)
   const targetExists = await isDir(link.target)
   const notDownloaded = link.model !== undefined && !targetExists
