@@ -80,7 +80,7 @@ function findPlaybook(name: string): Playbook {
 }
 
 function taskHelp(task: Task): string {
-  return `Usage: citadel task ${task.name}${task.usage ? ' ' + task.usage : ''} [options]\n\n${task.description}\nTags: ${task.tags.join(', ')}\n\n${COMMON_HELP}`
+  return `Usage: citadel task ${task.name} [options]\n\n${task.description}\nTags: ${task.tags.join(', ')}\n\n${COMMON_HELP}`
 }
 
 function select(entries: { task: Task; tags: string[] }[], values: Values): Task[] {
@@ -115,7 +115,7 @@ function list(json: boolean): void {
   process.stdout.write(out.join('\n') + '\n')
 }
 
-async function runTasks(playbook: string | null, chosen: Task[], values: Values, taskArgs?: { options: Values; positionals: string[] }): Promise<number> {
+async function runTasks(playbook: string | null, chosen: Task[], values: Values): Promise<number> {
   if (values['list-tasks']) {
     process.stdout.write(chosen.map((t) => `${t.name}  ${t.description}`).join('\n') + '\n')
     return 0
@@ -141,7 +141,6 @@ async function runTasks(playbook: string | null, chosen: Task[], values: Values,
       force: Boolean(values.force),
       json: Boolean(values.json),
       command: ['citadel', ...process.argv.slice(2)].join(' '),
-      taskArgs,
     })
   } catch (err) {
     if (!(err instanceof LockHeldError)) throw err
@@ -156,11 +155,10 @@ const show = (text: string): number => {
 }
 
 async function taskCommand(task: Task, argv: string[]): Promise<number> {
-  const { values, positionals } = parse(argv, { ...RUN_OPTIONS, ...task.options })
+  const { values, positionals } = parse(argv, RUN_OPTIONS)
   if (values.help) return show(taskHelp(task))
-  const own = Object.fromEntries(Object.keys(task.options ?? {}).map((k) => [k, values[k]])) as Values
-  if (positionals.length && !task.usage) throw new UsageError(`task ${task.name} takes no arguments, got "${positionals[0]}"`)
-  return runTasks(null, [task], values, { options: own, positionals })
+  if (positionals.length) throw new UsageError(`task ${task.name} takes no arguments, got "${positionals[0]}"`)
+  return runTasks(null, [task], values)
 }
 
 /** Each command: its arguments in, its exit code out. */

@@ -1,7 +1,6 @@
 // One citadel run at a time per app root. The lock file names its holder; a lock whose process is gone
 // (or whose pid now belongs to another process) is stale and taken over.
-import { readFileSync } from 'node:fs'
-import { promises as fs } from 'node:fs'
+import { promises as fs, readFileSync } from 'node:fs'
 import path from 'node:path'
 
 export interface LockHolder { pid: number; command: string; started: string; procStart: string | null }

@@ -24,8 +24,6 @@ export interface RunRequest {
   force: boolean
   json: boolean
   command: string
-  /** Options and positionals of a single task run (`citadel task NAME ...`). */
-  taskArgs?: { options: Record<string, string | boolean | undefined>; positionals: string[] }
 }
 
 class Interrupted extends Error {
@@ -61,8 +59,6 @@ async function execute(run: RunState, task: Task, progress: (text: string) => vo
     check,
     diff: req.diff,
     force: req.force || settings.symlinkForceRecreate,
-    options: req.taskArgs?.options ?? {},
-    positionals: req.taskArgs?.positionals ?? [],
     earlierChanges: run.records.flatMap((r) => r.changes),
     $: run.shell,
     progress,

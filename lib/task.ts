@@ -3,7 +3,6 @@
 // returns the same record, whether it runs alone, inside a playbook, or from its own file.
 import { realpathSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
-import type { ParseArgsConfig } from 'node:util'
 import type { Shell } from 'zx/core'
 import type { Settings } from './config.ts'
 import type { Undo } from './journal.ts'
@@ -34,9 +33,6 @@ export interface TaskContext {
   readonly check: boolean
   readonly diff: boolean
   readonly force: boolean
-  /** The task's own options and positional arguments, parsed from its `options`. */
-  readonly options: Record<string, string | boolean | undefined>
-  readonly positionals: string[]
   /** Changes earlier tasks of this run made, or in check mode would have made. */
   readonly earlierChanges: readonly Change[]
   /** zx, quiet; every command and its exit code goes to the run log. */
@@ -58,25 +54,27 @@ export interface Task {
   name: string
   description: string
   tags: string[]
-  /** Extra command-line options of this task (node:util parseArgs shape) and a usage line for them. */
-  options?: ParseArgsConfig['options']
-  usage?: string
   run(ctx: TaskContext): Promise<TaskResult>
 }
 
 export const defineTask = (task: Task): Task => task
 
+/** The script node was started with, resolved once: every task module asks on load. */
+let script: string | null | undefined
+const startedScript = () => {
+  if (script === undefined) {
+    try {
+      script = process.argv[1] ? realpathSync(process.argv[1]) : null
+    } catch {
+      script = null
+    }
+  }
+  return script
+}
+
 /** Lets `tsx tasks/NAME.ts [options]` behave exactly like `citadel task NAME [options]`. */
 export function runWhenMain(meta: ImportMeta, task: Task): void {
-  const script = process.argv[1]
-  if (!script) return
-  let isMain = false
-  try {
-    isMain = realpathSync(script) === realpathSync(fileURLToPath(meta.url))
-  } catch {
-    return
-  }
-  if (!isMain) return
+  if (startedScript() !== fileURLToPath(meta.url)) return
   void import('./cli.ts').then(async (cli) => process.exit(await cli.main(process.argv.slice(2), task)))
 }
 

@@ -25,7 +25,8 @@ const task = defineTask({
       wanted.push(...missingAbove, dir)
     }
     for (const root of diskRoots) {
-      if (!(await lstatOrNull(root))?.isDirectory()) problems.push(`${root} is ${describeEntry(await lstatOrNull(root))}, expected the mounted disk's directory`)
+      const st = await lstatOrNull(root)
+      if (!st?.isDirectory()) problems.push(`${root} is ${describeEntry(st)}, expected the mounted disk's directory`)
     }
     const plan: { dir: string; st: Awaited<ReturnType<typeof lstatOrNull>> }[] = []
     for (const dir of wanted) {
