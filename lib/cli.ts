@@ -4,7 +4,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { playbooks } from '../playbooks/index.ts'
 import { tasks } from '../tasks/index.ts'
-import { playbookEntries, type Playbook, type Task } from './task.ts'
+import { playbookEntries, type Playbook, type Step, type Task, type TaskArgs } from './task.ts'
 
 const EXIT_INVALID = 4
 
@@ -43,6 +43,10 @@ const HELP: Record<string, string> = {
 Usage:
   citadel run PLAYBOOK [options]   run a playbook (an ordered list of tasks)
   citadel task TASK [options]      run one task
+  citadel backup create [SRC] [--type full|incremental]
+  citadel backup verify [BACKUP] [--sample RATE] [--seed N]
+  citadel backup cleanup [DAYS]
+  citadel backup status            the backup tasks, by their own names (see citadel help backup)
   citadel list [--json]            playbooks with their tasks, and every task
   citadel help COMMAND             help on a command
 
@@ -52,6 +56,10 @@ ${COMMON_HELP}`,
   run: `Usage: citadel run PLAYBOOK [options]\n\nRuns the playbook's tasks in order; stops at the first failure and rolls the run back.\n\n${COMMON_HELP}`,
   task: `Usage: citadel task TASK [options]\n\nRuns one task, with the same lock, log and rollback as a playbook.\n\n${COMMON_HELP}`,
   list: `Usage: citadel list [--json]\n\nLists the playbooks with their tasks, and every task with its description and tags.`,
+  backup: `Usage: citadel backup create|verify|cleanup|status [arguments] [options]
+
+Each is the task backup-NAME (citadel help backup-create, say): the same lock, log and report as a playbook.
+Backups live in <backup root>/models/backup_<UTC date>_<time>_<full|incremental>/; latest points at the newest.`,
 }
 
 const csv = (v: string | boolean | undefined) => (typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : [])
@@ -79,11 +87,40 @@ function findPlaybook(name: string): Playbook {
   return playbook
 }
 
-function taskHelp(task: Task): string {
-  return `Usage: citadel task ${task.name} [options]\n\n${task.description}\nTags: ${task.tags.join(', ')}\n\n${COMMON_HELP}`
+function usageOf(task: Task, prefix = `citadel task ${task.name}`): string {
+  const words = (task.args ?? []).map((a) => (a.positional ? `[${a.value ?? a.name.toUpperCase()}]` : `[--${a.name}${a.type === 'string' ? ` ${a.value ?? 'VALUE'}` : ''}]`))
+  return [prefix, ...words, '[options]'].join(' ')
 }
 
-function select(entries: { task: Task; tags: string[] }[], values: Values): Task[] {
+function taskHelp(task: Task): string {
+  const args = (task.args ?? []).map((a) => {
+    const left = a.positional ? (a.value ?? a.name.toUpperCase()) : `--${a.name}${a.type === 'string' ? ` ${a.value ?? 'VALUE'}` : ''}`
+    return `  ${left.padEnd(21)}${a.help}`
+  })
+  const alias = task.name.startsWith('backup-') ? `\nAlso: ${usageOf(task, `citadel backup ${task.name.slice('backup-'.length)}`)}` : ''
+  return `Usage: ${usageOf(task)}${alias}\n\n${task.description}\nTags: ${task.tags.join(', ')}\n${args.length ? `\nArguments:\n${args.join('\n')}\n` : ''}\n${COMMON_HELP}`
+}
+
+/** The task's own arguments out of its command line, each checked before anything runs. */
+function taskArgs(task: Task, values: Values, positionals: string[]): TaskArgs {
+  const specs = task.args ?? []
+  const slots = specs.filter((a) => a.positional)
+  if (positionals.length > slots.length) {
+    const expected = slots.length ? `at most ${slots.map((a) => a.value ?? a.name.toUpperCase()).join(' ')}` : 'no arguments'
+    throw new UsageError(`task ${task.name} takes ${expected}, got "${positionals[slots.length]}" too`)
+  }
+  const args: Record<string, string | boolean | undefined> = {}
+  for (const spec of specs) {
+    const value = spec.positional ? positionals[slots.indexOf(spec)] : values[spec.name]
+    if (value === undefined) continue
+    const problem = typeof value === 'string' ? spec.check?.(value) : null
+    if (problem) throw new UsageError(`${spec.positional ? (spec.value ?? spec.name.toUpperCase()) : `--${spec.name}`} "${value}" is not valid: ${problem}`)
+    args[spec.name] = value
+  }
+  return args
+}
+
+function select(entries: Step[], values: Values): Step[] {
   const only = csv(values.tags)
   const skip = csv(values['skip-tags'])
   let chosen = entries
@@ -95,7 +132,6 @@ function select(entries: { task: Task; tags: string[] }[], values: Values): Task
   }
   return chosen
     .filter((e) => (only.length === 0 || e.tags.some((t) => only.includes(t)) || only.includes(e.task.name)) && !e.tags.some((t) => skip.includes(t)))
-    .map((e) => e.task)
 }
 
 function list(json: boolean): void {
@@ -115,9 +151,9 @@ function list(json: boolean): void {
   process.stdout.write(out.join('\n') + '\n')
 }
 
-async function runTasks(playbook: string | null, chosen: Task[], values: Values): Promise<number> {
+async function runTasks(playbook: string | null, chosen: Step[], values: Values): Promise<number> {
   if (values['list-tasks']) {
-    process.stdout.write(chosen.map((t) => `${t.name}  ${t.description}`).join('\n') + '\n')
+    process.stdout.write(chosen.map(({ task }) => `${task.name}  ${task.description}`).join('\n') + '\n')
     return 0
   }
   const { loadSettings, ConfigError } = await import('./config.ts')
@@ -134,7 +170,7 @@ async function runTasks(playbook: string | null, chosen: Task[], values: Values)
   try {
     return await run({
       playbook,
-      tasks: chosen,
+      tasks: chosen.map(({ task, args }) => ({ task, args })),
       settings,
       check: Boolean(values.check),
       diff: Boolean(values.diff),
@@ -155,10 +191,10 @@ const show = (text: string): number => {
 }
 
 async function taskCommand(task: Task, argv: string[]): Promise<number> {
-  const { values, positionals } = parse(argv, RUN_OPTIONS)
+  const own = Object.fromEntries((task.args ?? []).filter((a) => !a.positional).map((a) => [a.name, { type: a.type }]))
+  const { values, positionals } = parse(argv, { ...RUN_OPTIONS, ...own })
   if (values.help) return show(taskHelp(task))
-  if (positionals.length) throw new UsageError(`task ${task.name} takes no arguments, got "${positionals[0]}"`)
-  return runTasks(null, [task], values)
+  return runTasks(null, [{ task, args: taskArgs(task, values, positionals), tags: task.tags }], values)
 }
 
 /** Each command: its arguments in, its exit code out. */
@@ -174,6 +210,12 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
     if (name === '-h' || name === '--help') return show(HELP.task!)
     if (name === undefined || name.startsWith('-')) throw new UsageError(`task takes a task name; expected one of: ${tasks.map((t) => t.name).join(', ')}`)
     return taskCommand(findTask(name), args)
+  },
+  async backup([action, ...args]) {
+    if (action === undefined || action === '-h' || action === '--help') return show(HELP.backup!)
+    const task = tasks.find((t) => t.name === `backup-${action}`)
+    if (!task) throw new UsageError(`unknown backup action "${action}"; expected create, verify, cleanup or status`)
+    return taskCommand(task, args)
   },
   async list(args) {
     const { values } = parse(args, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })

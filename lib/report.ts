@@ -91,3 +91,20 @@ export function formatReport(report: RunReport, records: TaskRecord[], withDiff:
   out.push('', `RECAP  ok=${s.ok} changed=${s.changed} failed=${s.failed} skipped=${s.skipped} elapsed=${(elapsedMs / 1000).toFixed(1)}s`)
   return out.join('\n') + '\n'
 }
+
+/** 1536 → "1.5 KiB": binary units, as du -h and df -h print them. */
+export function bytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB']
+  let i = 0
+  while (Math.abs(n) >= 1024 && i < units.length - 1) (n /= 1024, i++)
+  return i === 0 ? `${n} B` : `${n.toFixed(n < 10 ? 2 : n < 100 ? 1 : 0)} ${units[i]}`
+}
+
+/** "1.2 GiB of 4.0 GiB (30%), 512 MiB/s, 6s left": a progress line for something measured in bytes. */
+export function progressLine(verb: string, done: number, total: number, startedAt: number): string {
+  const seconds = (Date.now() - startedAt) / 1000
+  const rate = seconds > 0 ? done / seconds : 0
+  const left = rate > 0 && total > done ? Math.round((total - done) / rate) : null
+  const eta = left === null ? '' : `, ${left >= 60 ? `${Math.floor(left / 60)}m${String(left % 60).padStart(2, '0')}s` : `${left}s`} left`
+  return `${verb} ${bytes(done)} of ${bytes(total)} (${total > 0 ? Math.min(100, Math.floor((done / total) * 100)) : 100}%), ${bytes(Math.round(rate))}/s${eta}`
+}

@@ -11,13 +11,13 @@ import { RunLog } from './log.ts'
 import { formatReport, toReport, type TaskRecord } from './report.ts'
 import { makeShell } from './shell.ts'
 import type { Shell } from 'zx/core'
-import type { Change, Task, TaskContext, TaskResult } from './task.ts'
+import type { Change, Task, TaskArgs, TaskContext, TaskResult } from './task.ts'
 
 export const EXIT = { ok: 0, failed: 2, locked: 3, invalid: 4, interrupted: 99 } as const
 
 export interface RunRequest {
   playbook: string | null
-  tasks: Task[]
+  tasks: { task: Task; args: TaskArgs }[]
   settings: Settings
   check: boolean
   diff: boolean
@@ -42,10 +42,12 @@ interface RunState {
   /** The records of the tasks finished so far, in order. */
   records: TaskRecord[]
   interrupted: () => boolean
+  /** Aborted by the first SIGINT or SIGTERM. */
+  signal: AbortSignal
 }
 
 /** Runs one task with its context; whatever happens, returns its record. */
-async function execute(run: RunState, task: Task, progress: (text: string) => void): Promise<TaskRecord> {
+async function execute(run: RunState, task: Task, args: TaskArgs, progress: (text: string) => void): Promise<TaskRecord> {
   const { req, log, journal } = run
   const { settings, check } = req
   const t0 = Date.now()
@@ -56,6 +58,8 @@ async function execute(run: RunState, task: Task, progress: (text: string) => vo
   const ctx: TaskContext = {
     task: task.name,
     settings,
+    args,
+    signal: run.signal,
     check,
     diff: req.diff,
     force: req.force || settings.symlinkForceRecreate,
@@ -114,6 +118,7 @@ export async function run(req: RunRequest): Promise<number> {
   }
   const journal = new Journal(journalFile(state), runId)
   let interrupted = false
+  const abort = new AbortController()
   const onSignal = (signal: NodeJS.Signals) => {
     if (interrupted) {
       say(`${signal} again: stopping now; the journal is kept and the next run rolls it back`)
@@ -121,11 +126,12 @@ export async function run(req: RunRequest): Promise<number> {
     }
     interrupted = true
     say(`${signal}: stopping after the current step, then rolling back`)
+    abort.abort(new Interrupted())
   }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
   try {
-    log.event('run-start', { command: req.command, playbook: req.playbook, tasks: req.tasks.map((t) => t.name), check, pid: process.pid })
+    log.event('run-start', { command: req.command, playbook: req.playbook, tasks: req.tasks.map((t) => t.task.name), check, pid: process.pid })
     const leftover = await journal.entries()
     if (leftover.length && check) say(`warning: an interrupted run left ${leftover.length} changes in ${journal.file}; the next real run rolls them back`)
     if (leftover.length && !check) {
@@ -137,14 +143,14 @@ export async function run(req: RunRequest): Promise<number> {
 
     const shell = makeShell((fields) => log.event('command', fields))
     const records: TaskRecord[] = []
-    const run: RunState = { req, log, journal, shell, records, interrupted: () => interrupted }
+    const run: RunState = { req, log, journal, shell, records, interrupted: () => interrupted, signal: abort.signal }
     const listr = new Listr(
-      req.tasks.map((task) => ({
+      req.tasks.map(({ task, args }) => ({
         title: task.name,
         task: async (_: unknown, item: { title: string; output: string; skip: (m: string) => void }) => {
           // At most a few updates a second: the line renderer prints every one of them.
           let shownAt = 0
-          const record = await execute(run, task, (text) => {
+          const record = await execute(run, task, args, (text) => {
             if (Date.now() - shownAt < 250) return
             shownAt = Date.now()
             item.output = text

@@ -27,9 +27,29 @@ export interface TaskResult {
   details: string[]
 }
 
+/**
+ * What a task takes on its command line: positionals in order, then --options. `check` validates a value
+ * before anything runs and returns what is expected, or null when the value is fine.
+ */
+export interface ArgSpec {
+  name: string
+  positional?: true
+  type: 'string' | 'boolean'
+  help: string
+  /** Shown in usage for a string value, e.g. RATE. */
+  value?: string
+  check?: (value: string) => string | null
+}
+
+export type TaskArgs = Readonly<Record<string, string | boolean | undefined>>
+
 export interface TaskContext {
   readonly task: string
   readonly settings: Settings
+  /** The task's own arguments: from its command line, or from the playbook entry. */
+  readonly args: TaskArgs
+  /** Aborted when the run is interrupted (SIGINT, SIGTERM): long steps stop and clean up. */
+  readonly signal: AbortSignal
   readonly check: boolean
   readonly diff: boolean
   readonly force: boolean
@@ -54,6 +74,12 @@ export interface Task {
   name: string
   description: string
   tags: string[]
+  args?: ArgSpec[]
+  /**
+   * false for an action that makes something new each time it runs (a backup is a new point in time),
+   * so a second run changes again; every other task reports no change the second time.
+   */
+  idempotent?: false
   run(ctx: TaskContext): Promise<TaskResult>
 }
 
@@ -78,15 +104,20 @@ export function runWhenMain(meta: ImportMeta, task: Task): void {
   void import('./cli.ts').then(async (cli) => process.exit(await cli.main(process.argv.slice(2), task)))
 }
 
-/** A playbook: the runbook it replaces, as an ordered list of tasks (optionally with extra tags). */
+/** One step of a playbook: a task, with arguments (as on its command line) and extra tags. */
+export interface PlaybookStep { task: Task; args?: TaskArgs; tags?: string[] }
+
+/** A playbook: the runbook it replaces, as an ordered list of tasks. */
 export interface Playbook {
   name: string
   description: string
-  tasks: (Task | { task: Task; tags: string[] })[]
+  tasks: (Task | PlaybookStep)[]
 }
 
 export const definePlaybook = (playbook: Playbook): Playbook => playbook
 
-export function playbookEntries(p: Playbook): { task: Task; tags: string[] }[] {
-  return p.tasks.map((e) => ('task' in e ? { task: e.task, tags: [...e.task.tags, ...e.tags] } : { task: e, tags: e.tags }))
+export interface Step { task: Task; args: TaskArgs; tags: string[] }
+
+export function playbookEntries(p: Playbook): Step[] {
+  return p.tasks.map((e) => ('task' in e ? { task: e.task, args: e.args ?? {}, tags: [...e.task.tags, ...(e.tags ?? [])] } : { task: e, args: {}, tags: e.tags }))
 }

@@ -1,5 +1,6 @@
 // Every task citadel knows, in the order `citadel list` shows them. A new task file is added here.
 import type { Task } from '../lib/task.ts'
+import backupCreate from './backup-create.ts'
 import createDirs from './create-dirs.ts'
 import createSymlinks from './create-symlinks.ts'
 import repairSymlinks from './repair-symlinks.ts'
@@ -7,4 +8,4 @@ import verifyPrereq from './verify-prereq.ts'
 import verifySymlinks from './verify-symlinks.ts'
 import writeEnvScript from './write-env-script.ts'
 
-export const tasks: Task[] = [verifyPrereq, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript]
+export const tasks: Task[] = [verifyPrereq, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate]

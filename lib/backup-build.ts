@@ -1,0 +1,140 @@
+// The steps of making a backup that are not the copy itself: what the copy will cost, and the manifest.
+// Hashing reads the source while rsync writes the slow backup disk, so the manifest costs no extra pass
+// over that disk; a file is taken from that early hash only when its source provably did not change.
+import { promises as fs, lstatSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { CATALOG, DATA, MANIFEST, walkTree, type Catalog, type Tree, type TreeFile } from './backups.ts'
+import { hashFiles, type HashOutcome } from './hashing.ts'
+import { compareBytewise, formatManifest, parseManifest, type ManifestEntry } from './manifest.ts'
+import { excluded } from './rsync.ts'
+
+const BLOCK = 4096
+
+export interface CopyPlan {
+  source: Tree
+  /** Source files rsync will copy: all for a full backup, those not matching the parent for an incremental. */
+  toCopy: TreeFile[]
+  bytesToCopy: number
+  /** Bytes the backup will take on the backup disk, with room for directories, links and metadata. */
+  bytesNeeded: number
+}
+
+/** Walks the source and predicts, with rsync's own quick check (size and mtime), what will be copied. */
+export function planCopy(src: string, parentDir: string | null): CopyPlan {
+  const source = walkTree(src, excluded)
+  const toCopy = source.files.filter((f) => {
+    if (parentDir === null) return true
+    try {
+      const old = lstatSync(path.join(parentDir, DATA, f.rel))
+      return !old.isFile() || old.size !== f.size || Math.trunc(old.mtimeMs / 1000) !== Math.trunc(f.mtimeMs / 1000)
+    } catch {
+      return true
+    }
+  })
+  const bytesToCopy = toCopy.reduce((sum, f) => sum + f.size, 0)
+  const blocks = toCopy.reduce((sum, f) => sum + Math.ceil(f.size / BLOCK) * BLOCK, 0)
+  const entries = source.files.length + source.symlinks.length + source.dirs
+  // A directory entry and an inode per entry, and the manifest and catalog lines (two per file).
+  const overhead = entries * BLOCK + source.files.reduce((sum, f) => sum + 2 * (f.rel.length + 80), 0)
+  const bytesNeeded = blocks + overhead + Math.max(1 << 20, Math.ceil((blocks + overhead) * 0.01))
+  return { source, toCopy, bytesToCopy, bytesNeeded }
+}
+
+/** Hashes of source files taken while rsync copies, with the state each was hashed in. */
+export type EarlyHashes = Map<string, { hash: string; file: TreeFile }>
+
+export async function hashSource(src: string, files: TreeFile[], signal: AbortSignal, onProgress: (bytes: number) => void): Promise<EarlyHashes> {
+  // One core stays with rsync, which is busy on the other.
+  const threads = Math.max(1, os.availableParallelism() - 1)
+  const outcomes = await hashFiles(files.map((f) => ({ file: path.join(src, f.rel), size: f.size })), { threads, signal, onProgress })
+  const early: EarlyHashes = new Map()
+  outcomes.forEach((o, i) => {
+    if (o.sha256 !== null) early.set(files[i]!.rel, { hash: o.sha256, file: files[i]! })
+  })
+  return early
+}
+
+const unchanged = (a: TreeFile, b: { size: number; mtimeMs: number; ctimeMs: number; ino: number }) =>
+  a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs && a.ino === b.ino
+
+export interface ManifestResult {
+  copy: Tree
+  entries: ManifestEntry[]
+  catalog: Catalog
+  /** Bytes read to hash: early hashes of the source plus hashes of the copy. */
+  hashedBytes: number
+  reused: number
+}
+
+/**
+ * The manifest of `dir`/data. An entry comes from the parent's manifest when the file is the parent's
+ * (same inode), from the early hash when the source file is unchanged since it was hashed (same size,
+ * mtime, ctime and inode; rsync checks its own transfer), and otherwise from hashing the copy.
+ */
+export async function buildManifest(
+  dir: string,
+  src: string,
+  parentDir: string | null,
+  early: EarlyHashes,
+  signal: AbortSignal,
+  onProgress: (bytes: number, total: number) => void,
+): Promise<ManifestResult> {
+  const data = path.join(dir, DATA)
+  const copy = walkTree(data)
+  const parentHashes = new Map<string, string>()
+  if (parentDir !== null) for (const e of parseManifest(await fs.readFile(path.join(parentDir, MANIFEST), 'utf8'))) parentHashes.set(e.path, e.sha256)
+  const hashes = new Map<string, string>()
+  const toHash: TreeFile[] = []
+  let reused = 0
+  for (const f of copy.files) {
+    const fromParent = parentDir === null ? undefined : parentHashes.get(f.rel)
+    if (fromParent !== undefined) {
+      const old = statOrNull(path.join(parentDir!, DATA, f.rel))
+      if (old && old.ino === f.ino && old.dev === f.dev) {
+        hashes.set(f.rel, fromParent)
+        reused++
+        continue
+      }
+    }
+    const seen = early.get(f.rel)
+    const now = seen && statOrNull(path.join(src, f.rel))
+    if (seen && now && unchanged(seen.file, now) && f.size === seen.file.size && Math.abs(f.mtimeMs - seen.file.mtimeMs) < 1) hashes.set(f.rel, seen.hash)
+    else toHash.push(f)
+  }
+  const total = toHash.reduce((sum, f) => sum + f.size, 0)
+  const outcomes: HashOutcome[] = await hashFiles(toHash.map((f) => ({ file: path.join(data, f.rel), size: f.size })), { signal, onProgress: (done) => onProgress(done, total) })
+  outcomes.forEach((o, i) => {
+    if (o.sha256 === null) throw new Error(`cannot hash ${toHash[i]!.rel} in the copy: ${o.error}`)
+    hashes.set(toHash[i]!.rel, o.sha256)
+  })
+  const entries = [...hashes].map(([p, sha256]) => ({ path: p, sha256 }))
+  const catalog: Catalog = {
+    files: copy.files.map((f): [string, number] => [f.rel, f.size]).sort((a, b) => compareBytewise(a[0], b[0])),
+    symlinks: copy.symlinks.map((l): [string, string] => [l.rel, l.target]).sort((a, b) => compareBytewise(a[0], b[0])),
+  }
+  const hashedEarly = [...early.values()].reduce((sum, e) => sum + e.file.size, 0)
+  return { copy, entries, catalog, hashedBytes: hashedEarly + total, reused }
+}
+
+function statOrNull(p: string) {
+  try {
+    return lstatSync(p)
+  } catch {
+    return null
+  }
+}
+
+/**
+ * Writes the manifest and catalog into the backup. A file equal to the parent's is a hard link to it:
+ * an unchanged incremental of many small files would otherwise spend megabytes on identical lists.
+ */
+export async function writeLists(dir: string, parentDir: string | null, result: ManifestResult): Promise<void> {
+  const files: [string, string][] = [[MANIFEST, formatManifest(result.entries)], [CATALOG, JSON.stringify(result.catalog) + '\n']]
+  for (const [name, content] of files) {
+    const target = path.join(dir, name)
+    const parentFile = parentDir === null ? null : path.join(parentDir, name)
+    if (parentFile && (await fs.readFile(parentFile, 'utf8').catch(() => null)) === content) await fs.link(parentFile, target)
+    else await fs.writeFile(target, content, { mode: 0o444 })
+  }
+}

@@ -1,0 +1,60 @@
+// The SHA256SUMS format of GNU coreutils `sha256sum`, so that a backup can be verified without citadel:
+// `cd data && sha256sum -c --strict ../SHA256SUMS`.
+
+/** `path` is relative to the backup's data/ directory, '/'-separated. */
+export interface ManifestEntry { path: string; sha256: string }
+
+/**
+ * Orders as the UTF-8 bytes do (like `LC_ALL=C sort`), so the manifest sorts the same everywhere.
+ * UTF-16 code units would put U+E000–U+FFFF after the surrogate pairs of emoji; UTF-8 puts them before.
+ */
+export function compareBytewise(a: string, b: string): number {
+  const shorter = Math.min(a.length, b.length)
+  for (let i = 0; i < shorter; i++) {
+    // UTF-8 preserves the order of code points, so comparing them compares the encoded bytes.
+    if (a.charCodeAt(i) !== b.charCodeAt(i)) return a.codePointAt(i)! - b.codePointAt(i)!
+  }
+  return a.length - b.length
+}
+
+// coreutils 9 escapes exactly these in a name and then marks the line with a leading backslash.
+const ESCAPED = /[\\\n\r]/g
+const ESCAPE: Record<string, string> = { '\\': '\\\\', '\n': '\\n', '\r': '\\r' }
+const UNESCAPE: Record<string, string | undefined> = { '\\': '\\', n: '\n', r: '\r' }
+
+function formatLine({ path, sha256 }: ManifestEntry): string {
+  if (!/^[0-9a-f]{64}$/.test(sha256)) throw new Error(`cannot list ${JSON.stringify(path)}: ${JSON.stringify(sha256)} is not 64 lowercase hex digits`)
+  if (path === '' || path.includes('\0')) throw new Error(`cannot list ${JSON.stringify(path)}: a file name cannot be empty or contain NUL`)
+  const escaped = path.replace(ESCAPED, (c) => ESCAPE[c])
+  return `${escaped === path ? '' : '\\'}${sha256}  ${escaped}\n`
+}
+
+/** The lines `sha256sum` prints in text mode for these files, sorted by name; '' for none. */
+export function formatManifest(entries: ManifestEntry[]): string {
+  return [...entries].sort((x, y) => compareBytewise(x.path, y.path)).map(formatLine).join('')
+}
+
+// Two spaces (text mode) or space and star (binary mode, `sha256sum -b`); the `s` flag lets the name hold
+// U+2028 and U+2029, which `.` would otherwise stop at.
+const LINE = /^(\\?)([0-9a-fA-F]{64}) [ *](.+)$/s
+
+function unescapeName(name: string, lineNumber: number): string {
+  return name.replace(/\\(.?)/gs, (_, c: string) => {
+    const plain = UNESCAPE[c]
+    if (plain === undefined) throw new Error(`SHA256SUMS line ${lineNumber}: invalid escape "\\${c}" in the name; only \\\\, \\n and \\r are defined`)
+    return plain
+  })
+}
+
+/** Reads what formatManifest or `sha256sum [-b]` wrote; throws naming the first malformed line. */
+export function parseManifest(text: string): ManifestEntry[] {
+  const lines = text.split('\n')
+  if (lines.at(-1) === '') lines.pop()
+  return lines.map((raw, index) => {
+    // sha256sum -c drops one trailing CR as well, so a manifest that passed through CRLF tools still reads.
+    const match = LINE.exec(raw.endsWith('\r') ? raw.slice(0, -1) : raw)
+    if (!match) throw new Error(`SHA256SUMS line ${index + 1}: expected "<64 hex digits>  <name>" or "<64 hex digits> *<name>", got ${JSON.stringify(raw)}`)
+    const [, escaped, sha256, name] = match
+    return { path: escaped ? unescapeName(name, index + 1) : name, sha256: sha256.toLowerCase() }
+  })
+}

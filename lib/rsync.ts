@@ -1,0 +1,59 @@
+// Copies a tree with rsync for a backup: archive mode with hard links, symlinks copied as symlinks,
+// unchanged files hard-linked to the previous backup, and progress parsed from --info=progress2.
+import type { Shell } from 'zx/core'
+
+/**
+ * What is never a model, one rule for rsync and one for citadel's own walk of the source, so the space
+ * check and the copy agree: interrupted Hugging Face downloads and citadel's temporary siblings.
+ */
+const EXCLUDES: { pattern: string; matches: (name: string, isDir: boolean) => boolean }[] = [
+  { pattern: '*.incomplete', matches: (name) => name.endsWith('.incomplete') },
+  { pattern: '.locks/', matches: (name, isDir) => isDir && name === '.locks' },
+  { pattern: '.*.citadel-*', matches: (name) => name.startsWith('.') && name.includes('.citadel-') },
+]
+
+export const excluded = (name: string, isDir: boolean) => EXCLUDES.some((e) => e.matches(name, isDir))
+
+/** Exit 24: some source files vanished during the copy. The rest is a complete copy. */
+export const RSYNC_VANISHED = 24
+
+const EXIT_MEANING: Record<number, string> = {
+  1: 'syntax or usage error', 2: 'protocol incompatibility', 3: 'errors selecting input/output files or directories',
+  10: 'error in socket I/O', 11: 'error in file I/O', 12: 'error in rsync protocol data stream', 13: 'errors with program diagnostics',
+  20: 'received SIGUSR1 or SIGINT', 23: 'partial transfer due to error', 30: 'timeout in data send/receive', 35: 'timeout waiting for daemon connection',
+}
+
+export interface CopyResult { exitCode: number; warnings: string[]; error: string | null }
+
+export interface CopyRequest {
+  src: string
+  dest: string
+  /** Absolute path of the previous backup's data/, for incrementals. */
+  linkDest: string | null
+  signal: AbortSignal
+  onBytes: (bytes: number) => void
+}
+
+/** Runs rsync SRC/ DEST/; resolves with its exit status, the vanished-file warnings, or the error. */
+export async function rsyncCopy($: Shell, req: CopyRequest): Promise<CopyResult> {
+  const linkDest = req.linkDest === null ? [] : [`--link-dest=${req.linkDest}`]
+  const excludes = EXCLUDES.map((e) => `--exclude=${e.pattern}`)
+  // --no-h prints plain digits; LC_ALL=C (set for every command) keeps the number format fixed.
+  const copy = $({ signal: req.signal, nothrow: true })`rsync --archive --hard-links --numeric-ids --info=progress2 --no-h --no-inc-recursive ${linkDest} ${excludes} -- ${req.src + '/'} ${req.dest + '/'}`
+  let pending = ''
+  copy.stdout.on('data', (chunk: Buffer) => {
+    const lines = (pending + chunk.toString()).split(/[\r\n]/)
+    pending = lines.pop() ?? ''
+    for (const line of lines) {
+      const m = /^\s*(\d+)\s+\d+%/.exec(line)
+      if (m) req.onBytes(Number(m[1]))
+    }
+  })
+  const out = await copy
+  if (req.signal.aborted) throw req.signal.reason
+  const stderr = out.stderr.split('\n').filter(Boolean)
+  const exitCode = out.exitCode ?? 1
+  if (exitCode === 0 || exitCode === RSYNC_VANISHED) return { exitCode, warnings: stderr.filter((l) => /vanished/.test(l)), error: null }
+  const cause = stderr.filter((l) => !/^rsync error:/.test(l)).slice(-2).join('; ') || stderr.at(-1) || 'no message'
+  return { exitCode, warnings: [], error: `rsync exit ${exitCode} (${EXIT_MEANING[exitCode] ?? 'see man rsync'}): ${cause}` }
+}
