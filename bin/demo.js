@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // A self-contained demo: lays out ./demo/ as a small server (app root, model disk, backup disk, two tiny
-// sample models) and runs the initial-setup playbook against it. No root, no real disks.
+// sample models), runs the initial-setup playbook against it, then makes and verifies a full and an
+// incremental backup. No root, no real disks.
 import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
@@ -41,15 +42,37 @@ for (const [tool, pkg] of [['rsync', 'rsync'], ['sha256sum', 'coreutils']]) {
 }
 const env = { ...process.env, CITADEL_ENV_FILE: path.join(demo, '.env') }
 for (const name of Object.keys(env)) if (/^(CITADEL_(?!ENV_FILE)|MODEL_|SYMLINK_|STORAGE_MONITOR_|BACKUP_)/.test(name)) delete env[name]
-console.log(again ? 'demo/ exists: running initial-setup again (expect changed=0; rm -rf demo to start over)\n' : 'Created demo/ with an app root, a model disk, a backup disk and two sample models.\n')
-const run = spawnSync(process.execPath, [path.join(project, 'bin', 'citadel.js'), 'run', 'initial-setup', ...process.argv.slice(2)], { env, stdio: 'inherit' })
+console.log(again ? 'demo/ exists: running it again (initial-setup should report changed=0; rm -rf demo to start over)' : 'Created demo/ with an app root, a model disk, a backup disk and two sample models.')
 const rel = (p) => path.relative(process.cwd(), p) || '.'
+const citadel = (...args) => {
+  console.log(`\n$ citadel ${args.join(' ')}`)
+  return spawnSync(process.execPath, [path.join(project, 'bin', 'citadel.js'), ...args], { env, stdio: 'inherit' }).status ?? 1
+}
+// The main job: lay out the server, then back the models up twice (the second time only what changed
+// is copied) and check every byte of both backups against their manifests.
+const steps = [
+  () => citadel('run', 'initial-setup', ...process.argv.slice(2)),
+  () => citadel('backup', 'create', '--type', 'full'),
+  () => citadel('backup', 'verify', '--sample', '1'),
+  () => {
+    const config = path.join(roots.models, 'active', 'yi-34b-chat', 'generation_config.json')
+    writeFileSync(config, JSON.stringify({ temperature: 0.7, written: new Date().toISOString() }) + '\n')
+    console.log(`\n(changed ${rel(config)}, so the incremental backup copies one file and hard-links the rest)`)
+    return citadel('backup', 'create', '--type', 'incremental')
+  },
+  () => citadel('backup', 'verify', '--sample', '1'),
+  () => citadel('backup', 'status'),
+]
+let status = 0
+for (const step of steps) if ((status = step()) !== 0) break
 console.log(`
 Where to look:
   ${rel(roots.app)}/models -> the active models on the model disk; model-links/ holds one link per model
   ${rel(roots.app)}/configs/storage-env.sh   what vLLM sources (. ${rel(roots.app)}/configs/storage-env.sh)
   ${rel(roots.app)}/logs/                    JSON lines of every run
+  ${rel(roots.backup)}/models/           backups: data/, SHA256SUMS, backup.json; latest -> the newest
 Try next:
   CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel task verify-symlinks
-  CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel run initial-setup --check --diff`)
-process.exit(run.status ?? 1)
+  CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel run initial-setup --check --diff
+  CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel backup verify --sample 0.1   (a different tenth each run)`)
+process.exit(status)

@@ -4,6 +4,7 @@
 import { promises as fs, lstatSync, readdirSync, readlinkSync } from 'node:fs'
 import path from 'node:path'
 import type { Settings } from './config.ts'
+import type { TaskContext } from './task.ts'
 import { atomicSymlink, atomicWriteFile, fsyncDir, lstatOrNull } from './fsx.ts'
 
 export type BackupType = 'full' | 'incremental'
@@ -105,7 +106,11 @@ export async function readCatalog(dir: string): Promise<Catalog> {
 export async function scanStore(s: Settings): Promise<Store> {
   const root = backupsDir(s)
   const store: Store = { complete: [], damaged: [], partials: [], latest: null }
-  const names = (await fs.readdir(root).catch(() => [] as string[])).sort()
+  // A missing store is an empty one; an unreadable one is an error, not "no backups".
+  const names = (await fs.readdir(root).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return [] as string[]
+    throw err
+  })).sort()
   for (const name of names) {
     const dir = path.join(root, name)
     if (name.endsWith(PARTIAL_SUFFIX) && BACKUP_NAME.test(name.slice(0, -PARTIAL_SUFFIX.length))) {
@@ -117,13 +122,16 @@ export async function scanStore(s: Settings): Promise<Store> {
     if (!(await lstatOrNull(dir))?.isDirectory()) continue
     try {
       const meta = await readMeta(dir)
+      if (!['full', 'incremental'].includes(meta.type) || !Array.isArray(meta.verifications) || typeof meta.files !== 'number')
+        throw new Error('not the metadata of a citadel backup')
       store.complete.push({ name, dir, type: meta.type, created, meta })
     } catch (err) {
       store.damaged.push({ name, reason: `${META} unreadable: ${(err as Error).message}` })
     }
   }
   const link = await fs.readlink(latestLink(s)).catch(() => null)
-  store.latest = link === null ? null : path.basename(link)
+  // Only a link to a directory of this store counts; citadel writes it relative.
+  store.latest = link !== null && path.dirname(path.resolve(root, link)) === root ? path.basename(link) : null
   return store
 }
 
@@ -150,7 +158,23 @@ export async function removeBackupDir(s: Settings, dir: string): Promise<void> {
   const st = await lstatOrNull(dir)
   if (!st) return
   if (!st.isDirectory()) throw new Error(`refusing to delete ${dir}: it is ${st.isSymbolicLink() ? 'a symlink' : 'not a directory'}`)
-  await fs.rm(dir, { recursive: true })
+  // Renamed first: a crash halfway through the delete then leaves a partial, which the next create or
+  // cleanup finishes removing, never a complete-looking backup with files missing.
+  let doomed = dir
+  if (bare === name) {
+    doomed = path.join(path.dirname(dir), partialName(name))
+    await fs.rename(dir, doomed)
+    await fsyncDir(path.dirname(dir))
+  }
+  await fs.rm(doomed, { recursive: true })
+}
+
+/** Removes what interrupted creates and cleanups left behind, saying so; create and cleanup both do. */
+export async function removePartials(ctx: TaskContext, store: Store): Promise<void> {
+  for (const dir of store.partials) {
+    ctx.warn(`${path.basename(dir)} was left by an interrupted backup or cleanup: ${ctx.check ? 'would remove' : 'removed'} it`)
+    await ctx.apply({ path: dir, action: 'remove interrupted backup', before: 'partial copy', after: null }, null, () => removeBackupDir(ctx.settings, dir))
+  }
 }
 
 export interface TreeFile { rel: string; size: number; ino: number; dev: number; nlink: number; mtimeMs: number; ctimeMs: number; blocks: number }

@@ -170,7 +170,7 @@ async function runTasks(playbook: string | null, chosen: Step[], values: Values)
   try {
     return await run({
       playbook,
-      tasks: chosen.map(({ task, args }) => ({ task, args })),
+      tasks: chosen.map(({ task, args, when }) => ({ task, args, when })),
       settings,
       check: Boolean(values.check),
       diff: Boolean(values.diff),

@@ -86,7 +86,13 @@ export function hashFiles(jobs: HashJob[], options: HashOptions = {}): Promise<H
           message.results.forEach((result, k) => (outcomes[batch![k]] = { file: jobs[batch![k]].file, ...result }))
           filesDone += batch!.length
         }
-        onProgress?.(bytesDone, filesDone)
+        // A throwing progress callback rejects the promise rather than leaving the workers running.
+        try {
+          onProgress?.(bytesDone, filesDone)
+        } catch (err) {
+          settle({ error: err })
+          return
+        }
         if (filesDone === jobs.length) settle(null)
         else if (message.type === 'done') sendNextBatch()
       })

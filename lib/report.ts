@@ -104,7 +104,8 @@ export function bytes(n: number): string {
 export function progressLine(verb: string, done: number, total: number, startedAt: number): string {
   const seconds = (Date.now() - startedAt) / 1000
   const rate = seconds > 0 ? done / seconds : 0
-  const left = rate > 0 && total > done ? Math.round((total - done) / rate) : null
+  // The first second's rate says more about start-up than about the disk.
+  const left = seconds >= 1 && rate > 0 && total > done ? Math.round((total - done) / rate) : null
   const eta = left === null ? '' : `, ${left >= 60 ? `${Math.floor(left / 60)}m${String(left % 60).padStart(2, '0')}s` : `${left}s`} left`
   return `${verb} ${bytes(done)} of ${bytes(total)} (${total > 0 ? Math.min(100, Math.floor((done / total) * 100)) : 100}%), ${bytes(Math.round(rate))}/s${eta}`
 }

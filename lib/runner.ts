@@ -11,13 +11,13 @@ import { RunLog } from './log.ts'
 import { formatReport, toReport, type TaskRecord } from './report.ts'
 import { makeShell } from './shell.ts'
 import type { Shell } from 'zx/core'
-import type { Change, Task, TaskArgs, TaskContext, TaskResult } from './task.ts'
+import type { Change, Task, TaskArgs, TaskContext, TaskResult, When } from './task.ts'
 
 export const EXIT = { ok: 0, failed: 2, locked: 3, invalid: 4, interrupted: 99 } as const
 
 export interface RunRequest {
   playbook: string | null
-  tasks: { task: Task; args: TaskArgs }[]
+  tasks: { task: Task; args: TaskArgs; when?: When | undefined }[]
   settings: Settings
   check: boolean
   diff: boolean
@@ -47,7 +47,7 @@ interface RunState {
 }
 
 /** Runs one task with its context; whatever happens, returns its record. */
-async function execute(run: RunState, task: Task, args: TaskArgs, progress: (text: string) => void): Promise<TaskRecord> {
+async function execute(run: RunState, task: Task, args: TaskArgs, when: When | undefined, progress: (text: string) => void): Promise<TaskRecord> {
   const { req, log, journal } = run
   const { settings, check } = req
   const t0 = Date.now()
@@ -88,7 +88,9 @@ async function execute(run: RunState, task: Task, args: TaskArgs, progress: (tex
   }
   let outcome: TaskResult
   try {
-    outcome = run.interrupted() ? result('failed', 'not started: interrupted by signal') : await task.run(ctx)
+    outcome = run.interrupted() ? result('failed', 'not started: interrupted by signal')
+      : when && !when.test(settings) ? result('skipped', when.otherwise)
+      : await task.run(ctx)
   } catch (err) {
     outcome = result('failed', err instanceof Interrupted ? err.message : `error: ${(err as Error).message}`)
   }
@@ -145,12 +147,12 @@ export async function run(req: RunRequest): Promise<number> {
     const records: TaskRecord[] = []
     const run: RunState = { req, log, journal, shell, records, interrupted: () => interrupted, signal: abort.signal }
     const listr = new Listr(
-      req.tasks.map(({ task, args }) => ({
+      req.tasks.map(({ task, args, when }) => ({
         title: task.name,
         task: async (_: unknown, item: { title: string; output: string; skip: (m: string) => void }) => {
           // At most a few updates a second: the line renderer prints every one of them.
           let shownAt = 0
-          const record = await execute(run, task, args, (text) => {
+          const record = await execute(run, task, args, when, (text) => {
             if (Date.now() - shownAt < 250) return
             shownAt = Date.now()
             item.output = text

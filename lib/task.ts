@@ -104,8 +104,11 @@ export function runWhenMain(meta: ImportMeta, task: Task): void {
   void import('./cli.ts').then(async (cli) => process.exit(await cli.main(process.argv.slice(2), task)))
 }
 
-/** One step of a playbook: a task, with arguments (as on its command line) and extra tags. */
-export interface PlaybookStep { task: Task; args?: TaskArgs; tags?: string[] }
+/** A condition on the settings, as Ansible's `when`; `otherwise` is the reason shown when it is false. */
+export interface When { test: (settings: Settings) => boolean; otherwise: string }
+
+/** One step of a playbook: a task, with arguments (as on its command line), a condition and extra tags. */
+export interface PlaybookStep { task: Task; args?: TaskArgs; when?: When; tags?: string[] }
 
 /** A playbook: the runbook it replaces, as an ordered list of tasks. */
 export interface Playbook {
@@ -116,8 +119,8 @@ export interface Playbook {
 
 export const definePlaybook = (playbook: Playbook): Playbook => playbook
 
-export interface Step { task: Task; args: TaskArgs; tags: string[] }
+export interface Step { task: Task; args: TaskArgs; when?: When; tags: string[] }
 
 export function playbookEntries(p: Playbook): Step[] {
-  return p.tasks.map((e) => ('task' in e ? { task: e.task, args: e.args ?? {}, tags: [...e.task.tags, ...(e.tags ?? [])] } : { task: e, args: {}, tags: e.tags }))
+  return p.tasks.map((e) => ('task' in e ? { ...e, args: e.args ?? {}, tags: [...e.task.tags, ...(e.tags ?? [])] } : { task: e, args: {}, tags: e.tags }))
 }

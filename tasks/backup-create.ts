@@ -4,7 +4,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { buildManifest, hashSource, planCopy, writeLists, type EarlyHashes } from '../lib/backup-build.ts'
-import { backupName, backupsDir, DATA, findBackup, partialName, pointLatest, removeBackupDir, scanStore, writeMeta, type BackupType } from '../lib/backups.ts'
+import { backupName, backupsDir, DATA, findBackup, partialName, pointLatest, removeBackupDir, removePartials, scanStore, writeMeta, type BackupType } from '../lib/backups.ts'
 import { fsyncDir, lstatOrNull } from '../lib/fsx.ts'
 import { bytes, progressLine } from '../lib/report.ts'
 import { rsyncCopy, RSYNC_VANISHED } from '../lib/rsync.ts'
@@ -29,10 +29,7 @@ const task = defineTask({
     if (!(await lstatOrNull(root))?.isDirectory()) return ctx.fail(`${root} is not a directory: run initial-setup first (or create-dirs)`)
 
     const store = await scanStore(settings)
-    for (const dir of store.partials) {
-      ctx.warn(`removed ${path.basename(dir)}, left by an interrupted backup`)
-      await ctx.apply({ path: dir, action: 'remove interrupted backup', before: 'partial copy', after: null }, null, () => removeBackupDir(settings, dir))
-    }
+    await removePartials(ctx, store)
     const parent = findBackup(store, undefined)
     let type = (ctx.args.type as BackupType | undefined) ?? (parent ? 'incremental' : 'full')
     if (type === 'incremental' && !parent) {

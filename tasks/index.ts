@@ -1,6 +1,9 @@
 // Every task citadel knows, in the order `citadel list` shows them. A new task file is added here.
 import type { Task } from '../lib/task.ts'
+import backupCleanup from './backup-cleanup.ts'
 import backupCreate from './backup-create.ts'
+import backupStatus from './backup-status.ts'
+import backupVerify from './backup-verify.ts'
 import createDirs from './create-dirs.ts'
 import createSymlinks from './create-symlinks.ts'
 import repairSymlinks from './repair-symlinks.ts'
@@ -8,4 +11,4 @@ import verifyPrereq from './verify-prereq.ts'
 import verifySymlinks from './verify-symlinks.ts'
 import writeEnvScript from './write-env-script.ts'
 
-export const tasks: Task[] = [verifyPrereq, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate]
+export const tasks: Task[] = [verifyPrereq, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus]

@@ -163,7 +163,7 @@ describe('backup create', () => {
 
     const next = await citadelJson(['backup', 'create'], roots.env)
     expect(next.code, next.stderr).toBe(0)
-    expect(next.doc.tasks[0].warnings.join('\n')).toMatch(/removed backup_\d{8}_\d{6}_full\.partial, left by an interrupted backup/)
+    expect(next.doc.tasks[0].warnings.join('\n')).toMatch(/backup_\d{8}_\d{6}_full\.partial was left by an interrupted backup or cleanup: removed it/)
     const names = backups(roots)
     expect(names).toHaveLength(1)
     expect(names[0]).toMatch(/^backup_\d{8}_\d{6}_full$/)

@@ -1,0 +1,139 @@
+// The state of the backup store as one plain object: every complete backup with its age, size, the bytes
+// only it holds and its last verification, the space left on the backup disk, and what needs attention.
+// `backup status` prints it; monitoring reads the same object.
+import { promises as fs, constants } from 'node:fs'
+import path from 'node:path'
+import type { Settings } from './config.ts'
+import { backupsDir, DATA, scanStore, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
+import { lstatOrNull } from './fsx.ts'
+
+export const DAY_MS = 86_400_000
+/** The weekly playbook makes a new backup every 7 days; one day of slack before the newest counts as overdue. */
+const OVERDUE_DAYS = 8
+
+export interface BackupSummary {
+  name: string
+  type: BackupType
+  created: string
+  age: string
+  age_seconds: number
+  files: number
+  bytes: number
+  /** Bytes of files no other backup shares through a hard link: what removing this backup alone frees. */
+  unique_bytes: number
+  last_verification: { at: string; rate: number; ok: boolean; problems: number } | null
+  latest: boolean
+}
+
+export interface BackupStatus {
+  store: string
+  /** Oldest first. */
+  backups: BackupSummary[]
+  /** bytes as the backups list them; bytes_on_disk counts each file shared through hard links once. */
+  totals: { backups: number; bytes: number; bytes_on_disk: number }
+  disk: { free_bytes: number; total_bytes: number }
+  latest: string | null
+  partials: string[]
+  damaged: { name: string; reason: string }[]
+  warnings: string[]
+}
+
+/** 3d 4h, 5h 12m, 7m: how long ago, to the precision an operator reads. */
+export function formatAge(ms: number): string {
+  const minutes = Math.max(0, Math.floor(ms / 60_000))
+  const [days, hours, rest] = [Math.floor(minutes / 1440), Math.floor(minutes / 60) % 24, minutes % 60]
+  return days ? `${days}d ${hours}h` : hours ? `${hours}h ${rest}m` : `${rest}m`
+}
+
+/**
+ * Which backups hold each file of their data/. A file with a single link belongs to its backup alone, so
+ * only its size is kept; files with more links are keyed by inode with the backups that reference them.
+ */
+export interface Sharing {
+  sole: Map<string, number>
+  linked: Map<string, { size: number; holders: Set<string> }>
+}
+
+export function sharing(backups: Backup[]): Sharing {
+  const result: Sharing = { sole: new Map(), linked: new Map() }
+  for (const backup of backups) {
+    let sole = 0
+    for (const file of walkTree(path.join(backup.dir, DATA)).files) {
+      if (file.nlink === 1) {
+        sole += file.size
+        continue
+      }
+      const key = `${file.dev}:${file.ino}`
+      const entry = result.linked.get(key) ?? { size: file.size, holders: new Set<string>() }
+      entry.holders.add(backup.name)
+      result.linked.set(key, entry)
+    }
+    result.sole.set(backup.name, sole)
+  }
+  return result
+}
+
+/** Bytes that removing the backups `names` gives back: files none of the other backups holds, each once. */
+export function bytesHeldOnlyBy(shared: Sharing, names: string[]): number {
+  const removed = new Set(names)
+  let total = names.reduce((sum, name) => sum + (shared.sole.get(name) ?? 0), 0)
+  for (const { size, holders } of shared.linked.values()) if ([...holders].every((h) => removed.has(h))) total += size
+  return total
+}
+
+function storeWarnings(root: string, store: Store, now: Date): string[] {
+  const warnings: string[] = []
+  const newest = store.complete.at(-1)
+  if (!newest) warnings.push(`no complete backup in ${root}`)
+  else {
+    const age = now.getTime() - newest.created.getTime()
+    if (age > OVERDUE_DAYS * DAY_MS) warnings.push(`the newest backup, ${newest.name}, is ${formatAge(age)} old (more than ${OVERDUE_DAYS} days)`)
+    const last = newest.meta.verifications.at(-1)
+    if (!last) warnings.push(`the newest backup, ${newest.name}, was never verified`)
+    else if (!last.ok) warnings.push(`the last verification of the newest backup, ${newest.name}, failed at ${last.at}: ${last.problems.length} problem${last.problems.length === 1 ? '' : 's'}`)
+    if (store.latest === null) warnings.push(`latest is missing or not a link; it should point at ${newest.name}`)
+  }
+  if (store.latest !== null && store.latest !== newest?.name)
+    warnings.push(`latest points at ${store.latest}, ${newest ? `not at the newest complete backup ${newest.name}` : 'which is not a complete backup'}`)
+  if (store.partials.length)
+    warnings.push(`partial backups left by interrupted creates: ${store.partials.map((p) => path.basename(p)).join(', ')}; backup cleanup removes them`)
+  for (const d of store.damaged) warnings.push(`${d.name} is damaged (${d.reason}): never counted, never removed`)
+  return warnings
+}
+
+/** Reads the store and the backup disk; throws when the store cannot be read. Changes nothing. */
+export async function backupStatus(settings: Settings, now = new Date()): Promise<BackupStatus> {
+  const root = backupsDir(settings)
+  if (!(await lstatOrNull(root))?.isDirectory()) throw new Error(`${root} is not a directory: run initial-setup first (or create-dirs)`)
+  // scanStore reads an unreadable directory as an empty store; that must not pass for "no backups".
+  await fs.access(root, constants.R_OK | constants.X_OK)
+  const store = await scanStore(settings)
+  const shared = sharing(store.complete)
+  const backups = store.complete.map((b): BackupSummary => {
+    const ageMs = now.getTime() - b.created.getTime()
+    const last = b.meta.verifications.at(-1)
+    return {
+      name: b.name,
+      type: b.type,
+      created: b.created.toISOString(),
+      age: formatAge(ageMs),
+      age_seconds: Math.floor(ageMs / 1000),
+      files: b.meta.files,
+      bytes: b.meta.bytes,
+      unique_bytes: bytesHeldOnlyBy(shared, [b.name]),
+      last_verification: last ? { at: last.at, rate: last.rate, ok: last.ok, problems: last.problems.length } : null,
+      latest: b.name === store.latest,
+    }
+  })
+  const { bavail, blocks, bsize } = await fs.statfs(root)
+  return {
+    store: root,
+    backups,
+    totals: { backups: backups.length, bytes: backups.reduce((sum, b) => sum + b.bytes, 0), bytes_on_disk: bytesHeldOnlyBy(shared, backups.map((b) => b.name)) },
+    disk: { free_bytes: bavail * bsize, total_bytes: blocks * bsize },
+    latest: store.latest,
+    partials: store.partials.map((p) => path.basename(p)),
+    damaged: store.damaged,
+    warnings: storeWarnings(root, store, now),
+  }
+}

@@ -1,0 +1,158 @@
+// Verifies a backup against what was recorded when it was made. Every run compares the whole tree with
+// the catalog (sizes, link targets, strays), which costs one walk; hashing everything would cost a full
+// read of the slow disk, so each run hashes a sample, and without a seed the files verified longest ago
+// come first, so a few runs together cover the whole backup.
+import { createHash, randomInt } from 'node:crypto'
+import { promises as fs } from 'node:fs'
+import path from 'node:path'
+import { DATA, MANIFEST, readCatalog, VERIFY_STATE, walkTree, writeMeta, type Backup, type Catalog, type Problem, type Verification } from './backups.ts'
+import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull } from './fsx.ts'
+import { hashFiles } from './hashing.ts'
+import { compareBytewise, parseManifest } from './manifest.ts'
+
+/** When each file of a backup last hashed as the manifest says: path → ISO time. */
+export type VerifyState = Record<string, string>
+
+export interface VerifyRequest {
+  rate: number
+  /** null: a random seed, and the files verified longest ago first. */
+  seed: number | null
+  signal: AbortSignal
+  onProgress: (bytesDone: number, bytesTotal: number) => void
+  warn: (message: string) => void
+}
+
+export interface VerifyOutcome {
+  verification: Verification
+  /** The files hashed, in bytewise order. */
+  sampled: string[]
+  /** Bytes of all files the catalog lists. */
+  totalBytes: number
+  state: VerifyState
+}
+
+/** Sizes, link targets and strays, from one walk of data/; returns the files fit to be hashed. */
+export async function checkTree(data: string, catalog: Catalog): Promise<{ problems: Problem[]; intact: [string, number][] }> {
+  const tree = walkTree(data)
+  const files = new Map(tree.files.map((f) => [f.rel, f.size]))
+  const links = new Map(tree.symlinks.map((l) => [l.rel, l.target]))
+  const problems: Problem[] = []
+  const intact: [string, number][] = []
+  for (const [rel, size] of catalog.files) {
+    const found = files.get(rel)
+    if (found === size) intact.push([rel, size])
+    else if (found !== undefined) problems.push({ kind: 'size', path: rel, detail: `${found} bytes, ${size} recorded` })
+    else problems.push({ kind: 'missing', path: rel, detail: `expected a file of ${size} bytes, found ${describeEntry(await lstatOrNull(path.join(data, rel)))}` })
+  }
+  for (const [rel, target] of catalog.symlinks) {
+    const found = links.get(rel)
+    if (found === target) continue
+    const what = found !== undefined ? `a link to ${found}` : describeEntry(await lstatOrNull(path.join(data, rel)))
+    problems.push({ kind: 'link', path: rel, detail: `expected a link to ${target}, found ${what}` })
+  }
+  // A path the catalog records as the other kind is already reported above.
+  const recorded = new Set([...catalog.files.map(([rel]) => rel), ...catalog.symlinks.map(([rel]) => rel)])
+  for (const f of tree.files) if (!recorded.has(f.rel)) problems.push({ kind: 'extra', path: f.rel, detail: `a file of ${f.size} bytes the backup did not record` })
+  for (const l of tree.symlinks) if (!recorded.has(l.rel)) problems.push({ kind: 'extra', path: l.rel, detail: `a link to ${l.target} the backup did not record` })
+  return { problems, intact }
+}
+
+/** A rank from the seed and the path alone: the same seed orders the same files the same way, whatever else is in the list. */
+const rank = (seed: number, rel: string) => createHash('sha256').update(`${seed}\0${rel}`).digest().readUIntBE(0, 6)
+
+/**
+ * The files to hash: in order of last verification (never first; ignored when `history` is null), ties by
+ * rank, taken until they hold at least `rate` of the bytes and of the files, so that empty and small files
+ * get their turn too.
+ */
+export function chooseSample(files: [string, number][], rate: number, seed: number, history: VerifyState | null): [string, number][] {
+  // 0, before any real time, for a file never verified (or a time that does not parse).
+  const lastVerified = (rel: string) => Date.parse(history?.[rel] ?? '') || 0
+  const order = files.map(([rel, size]) => ({ rel, size, at: lastVerified(rel), rank: rank(seed, rel) }))
+  order.sort((a, b) => a.at - b.at || a.rank - b.rank || compareBytewise(a.rel, b.rel))
+  const totalBytes = files.reduce((sum, [, size]) => sum + size, 0)
+  const wantedFiles = Math.ceil(rate * files.length)
+  const sample: [string, number][] = []
+  let bytes = 0
+  for (const f of order) {
+    if (sample.length >= wantedFiles && bytes >= rate * totalBytes) break
+    sample.push([f.rel, f.size])
+    bytes += f.size
+  }
+  return sample.sort((a, b) => compareBytewise(a[0], b[0]))
+}
+
+/** A Hugging Face cache names each blob by the SHA-256 of its content. */
+const HF_BLOB = /(^|\/)blobs\/[0-9a-f]{64}$/
+
+async function readState(dir: string, warn: (message: string) => void): Promise<VerifyState> {
+  const text = await readFileOrNull(path.join(dir, VERIFY_STATE))
+  if (text === null) return {}
+  try {
+    const state: unknown = JSON.parse(text)
+    if (state !== null && typeof state === 'object' && !Array.isArray(state)) return state as VerifyState
+  } catch {
+    // reported below, like any other content that is not the expected object
+  }
+  warn(`${VERIFY_STATE} is not a JSON object of times: starting over as if no file had been verified`)
+  return {}
+}
+
+/** Reads and hashes; writes nothing (see recordVerification). */
+export async function verifyBackup(backup: Backup, req: VerifyRequest): Promise<VerifyOutcome> {
+  const at = new Date().toISOString()
+  const data = path.join(backup.dir, DATA)
+  const catalog = await readCatalog(backup.dir)
+  const manifest = new Map(parseManifest(await fs.readFile(path.join(backup.dir, MANIFEST), 'utf8')).map((e) => [e.path, e.sha256]))
+  const state = await readState(backup.dir, req.warn)
+
+  const { problems, intact } = await checkTree(data, catalog)
+  const seed = req.seed ?? randomInt(2 ** 32)
+  const sample = chooseSample(intact, req.rate, seed, req.seed === null ? state : null)
+  const sampleBytes = sample.reduce((sum, [, size]) => sum + size, 0)
+  const jobs = sample.map(([rel, size]) => ({ file: path.join(data, rel), size }))
+  const first = await hashFiles(jobs, { signal: req.signal, onProgress: (done) => req.onProgress(done, sampleBytes) })
+
+  // A disagreement is read once more: a second read that agrees means the first was a read error.
+  const disagreeing = sample.flatMap(([rel], i) => (first[i]!.sha256 !== null && first[i]!.sha256 !== manifest.get(rel) ? [i] : []))
+  const second = new Map((await hashFiles(disagreeing.map((i) => jobs[i]!), { signal: req.signal })).map((o, j) => [disagreeing[j]!, o]))
+  const transient: string[] = []
+  const verified: string[] = []
+  for (const [i, [rel]] of sample.entries()) {
+    const expected = manifest.get(rel)
+    const outcome = second.get(i) ?? first[i]!
+    if (outcome.sha256 === null) problems.push({ kind: 'unreadable', path: rel, detail: outcome.error ?? 'read failed' })
+    else if (expected === undefined) problems.push({ kind: 'mismatch', path: rel, detail: `not in ${MANIFEST}; hashes to ${outcome.sha256}` })
+    else if (outcome.sha256 !== expected) problems.push({ kind: 'mismatch', path: rel, detail: `hashes to ${outcome.sha256}, ${MANIFEST} says ${expected}` })
+    else {
+      if (second.has(i)) transient.push(rel)
+      // The manifest was made from the copy, so it agrees with a blob that was already corrupt at the source.
+      if (HF_BLOB.test(rel) && path.basename(rel) !== expected) problems.push({ kind: 'blob-name', path: rel, detail: `content hashes to ${expected}, not to its name` })
+      else verified.push(rel)
+    }
+  }
+
+  problems.sort((a, b) => compareBytewise(a.path, b.path))
+  const verification: Verification = {
+    at,
+    rate: req.rate,
+    seed,
+    seeded: req.seed !== null,
+    files_checked: catalog.files.length,
+    files_hashed: sample.length,
+    bytes_hashed: first.reduce((sum, o) => sum + o.bytesRead, 0),
+    ok: problems.length === 0,
+    problems,
+    transient,
+  }
+  // Only files that proved good move to the back of the queue: a bad one is hashed again next run.
+  for (const rel of verified) state[rel] = at
+  const totalBytes = catalog.files.reduce((sum, [, size]) => sum + size, 0)
+  return { verification, sampled: sample.map(([rel]) => rel), totalBytes, state }
+}
+
+/** Appends the record to the backup's metadata and saves when each file was verified. */
+export async function recordVerification(backup: Backup, outcome: VerifyOutcome): Promise<void> {
+  await writeMeta(backup.dir, { ...backup.meta, verifications: [...backup.meta.verifications, outcome.verification] })
+  await atomicWriteFile(path.join(backup.dir, VERIFY_STATE), JSON.stringify(outcome.state) + '\n')
+}

@@ -1,0 +1,77 @@
+// Removes complete backups older than DAYS and what interrupted creates left. Whatever their age it keeps
+// the newest BACKUP_KEEP_MIN, the newest one whose last verification passed (a copy known to be good) and
+// the one `latest` points at. Damaged backups and anything not named like a backup are never touched.
+// A removed backup cannot be journaled, so a failed run does not bring it back.
+import path from 'node:path'
+import { bytesHeldOnlyBy, DAY_MS, formatAge, sharing } from '../lib/backup-status.ts'
+import { backupsDir, removeBackupDir, removePartials, scanStore, type Backup } from '../lib/backups.ts'
+import { lstatOrNull } from '../lib/fsx.ts'
+import { bytes, table } from '../lib/report.ts'
+import { defineTask, runWhenMain } from '../lib/task.ts'
+
+export interface Retention { days: number; keepMin: number; now: Date }
+
+/** Each complete backup (oldest first) with the first rule that keeps it, or 'remove'. */
+export function retentionVerdicts(complete: Backup[], latest: string | null, rule: Retention): { backup: Backup; verdict: string }[] {
+  const newest = new Set(complete.slice(Math.max(0, complete.length - rule.keepMin)).map((b) => b.name))
+  const lastVerified = complete.findLast((b) => b.meta.verifications.at(-1)?.ok === true)?.name
+  const cutoff = rule.now.getTime() - rule.days * DAY_MS
+  return complete.map((backup) => ({
+    backup,
+    verdict:
+      newest.has(backup.name) ? `keep: newest ${rule.keepMin}`
+      : backup.name === lastVerified ? 'keep: last verified'
+      : backup.name === latest ? 'keep: latest'
+      : backup.created.getTime() >= cutoff ? 'keep: within retention'
+      : 'remove',
+  }))
+}
+
+const count = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`
+
+const task = defineTask({
+  name: 'backup-cleanup',
+  description: 'Remove backups older than DAYS, always keeping the newest BACKUP_KEEP_MIN, the newest verified one and latest',
+  tags: ['backup', 'cleanup'],
+  args: [
+    { name: 'days', positional: true, type: 'string', value: 'DAYS', help: 'remove backups older than this many days (default: BACKUP_RETENTION_DAYS)',
+      check: (v) => (/^\d+$/.test(v) ? null : 'expected a whole number of days, e.g. 30') },
+  ],
+  async run(ctx) {
+    const { settings } = ctx
+    const root = backupsDir(settings)
+    if (!(await lstatOrNull(root))?.isDirectory()) return ctx.fail(`${root} is not a directory: run initial-setup first (or create-dirs)`)
+    const days = typeof ctx.args.days === 'string' ? Number(ctx.args.days) : settings.backup.retentionDays
+    const now = new Date()
+    const verb = ctx.check ? 'would remove' : 'removed'
+    const store = await scanStore(settings)
+
+    for (const d of store.damaged) ctx.warn(`${d.name} is damaged (${d.reason}): left alone`)
+    await removePartials(ctx, store)
+
+    const verdicts = retentionVerdicts(store.complete, store.latest, { days, keepMin: settings.backup.keepMin, now })
+    const ageOf = (b: Backup) => formatAge(now.getTime() - b.created.getTime())
+    if (verdicts.length) ctx.detail(...table([['BACKUP', 'AGE', 'VERDICT'], ...verdicts.map((v) => [v.backup.name, ageOf(v.backup), v.verdict])]))
+    const doomed = verdicts.filter((v) => v.verdict === 'remove').map((v) => v.backup)
+    // Files an incremental shares with a removed backup stay on disk: only what no kept backup holds is freed.
+    const freed = doomed.length ? bytesHeldOnlyBy(sharing(store.complete), doomed.map((b) => b.name)) : 0
+    for (const b of doomed) {
+      const before = `${b.type} backup, ${ageOf(b)} old, ${count(b.meta.files, 'file')}, ${bytes(b.meta.bytes)}`
+      await ctx.apply({ path: b.dir, action: 'remove backup', before, after: null }, null, () => removeBackupDir(settings, b.dir))
+    }
+
+    const removed = [doomed.length ? `${count(doomed.length, 'backup')} (${bytes(freed)})` : '', store.partials.length ? count(store.partials.length, 'partial backup') : ''].filter(Boolean)
+    return ctx.finish(`${removed.length ? `${verb} ${removed.join(' and ')}` : 'nothing to remove'}, kept ${verdicts.length - doomed.length}`, {
+      days,
+      keep_min: settings.backup.keepMin,
+      backups: verdicts.map((v) => ({ name: v.backup.name, age: ageOf(v.backup), verdict: v.verdict })),
+      removed: doomed.map((b) => b.name),
+      freed_bytes: freed,
+      partials: store.partials.map((p) => path.basename(p)),
+      damaged: store.damaged,
+    })
+  },
+})
+
+export default task
+runWhenMain(import.meta, task)
