@@ -20,14 +20,18 @@ export interface CopyPlan {
   bytesNeeded: number
 }
 
-/** Walks the source and predicts, with rsync's own quick check (size and mtime), what will be copied. */
+/**
+ * Walks the source and predicts what rsync will copy: a file is hard-linked to the parent's only when its
+ * quick check (size, mtime) and the attributes -a preserves (mode, and owner when root) all match.
+ */
 export function planCopy(src: string, parentDir: string | null): CopyPlan {
   const source = walkTree(src, excluded)
   const toCopy = source.files.filter((f) => {
     if (parentDir === null) return true
     try {
       const old = lstatSync(path.join(parentDir, DATA, f.rel))
-      return !old.isFile() || old.size !== f.size || Math.trunc(old.mtimeMs / 1000) !== Math.trunc(f.mtimeMs / 1000)
+      const owner = process.getuid?.() === 0 && (old.uid !== f.uid || old.gid !== f.gid)
+      return !old.isFile() || old.size !== f.size || Math.trunc(old.mtimeMs / 1000) !== Math.trunc(f.mtimeMs / 1000) || old.mode !== f.mode || owner
     } catch {
       return true
     }

@@ -177,31 +177,42 @@ export async function removePartials(ctx: TaskContext, store: Store): Promise<vo
   }
 }
 
-export interface TreeFile { rel: string; size: number; ino: number; dev: number; nlink: number; mtimeMs: number; ctimeMs: number; blocks: number }
-export interface Tree { files: TreeFile[]; symlinks: { rel: string; target: string }[]; dirs: number }
+export interface TreeFile { rel: string; size: number; mode: number; uid: number; gid: number; ino: number; dev: number; nlink: number; mtimeMs: number; ctimeMs: number; blocks: number }
+export interface Listing { files: string[]; symlinks: { rel: string; target: string }[]; dirs: number }
+export interface Tree extends Omit<Listing, 'files'> { files: TreeFile[] }
 
 /**
- * Every regular file and symlink below `root`, relative paths with '/'; `skip` leaves out an entry (and,
- * for a directory, all below it). Synchronous: for tens of thousands of entries it is several times faster.
+ * Every regular file and symlink below `root`, relative paths with '/', from directory entries alone (no
+ * stat); `skip` leaves out an entry and, for a directory, all below it. Synchronous: for tens of thousands
+ * of entries that is several times faster than the promise API.
  */
-export function walkTree(root: string, skip: (name: string, isDir: boolean) => boolean = () => false): Tree {
-  const tree: Tree = { files: [], symlinks: [], dirs: 0 }
+export function listTree(root: string, skip: (name: string, isDir: boolean) => boolean = () => false): Listing {
+  const listing: Listing = { files: [], symlinks: [], dirs: 0 }
   const visit = (dir: string, prefix: string) => {
     for (const entry of readdirSync(dir, { withFileTypes: true })) {
       const isDir = entry.isDirectory()
       if (skip(entry.name, isDir)) continue
       const rel = prefix + entry.name
-      const full = path.join(dir, entry.name)
       if (isDir) {
-        tree.dirs++
-        visit(full, rel + '/')
-      } else if (entry.isSymbolicLink()) tree.symlinks.push({ rel, target: readlinkSync(full) })
-      else if (entry.isFile()) {
-        const st = lstatSync(full)
-        tree.files.push({ rel, size: st.size, ino: st.ino, dev: st.dev, nlink: st.nlink, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, blocks: st.blocks })
-      }
+        listing.dirs++
+        visit(path.join(dir, entry.name), rel + '/')
+      } else if (entry.isSymbolicLink()) listing.symlinks.push({ rel, target: readlinkSync(path.join(dir, entry.name)) })
+      else if (entry.isFile()) listing.files.push(rel)
     }
   }
   visit(root, '')
-  return tree
+  return listing
+}
+
+export function statFiles(root: string, rels: string[]): TreeFile[] {
+  return rels.map((rel) => {
+    const st = lstatSync(path.join(root, rel))
+    return { rel, size: st.size, mode: st.mode, uid: st.uid, gid: st.gid, ino: st.ino, dev: st.dev, nlink: st.nlink, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, blocks: st.blocks }
+  })
+}
+
+/** listTree with every file's stat. */
+export function walkTree(root: string, skip?: (name: string, isDir: boolean) => boolean): Tree {
+  const listing = listTree(root, skip)
+  return { ...listing, files: statFiles(root, listing.files) }
 }

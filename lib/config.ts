@@ -2,9 +2,9 @@
 // environment, then a .env file, then the defaults. Invalid input never reaches a task.
 import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { parse as parseDotenv } from 'dotenv'
 import { z } from 'zod'
+import { projectRoot } from './fsx.ts'
 import { envNameOfAlias } from './layout.ts'
 
 export interface ModelEntry { alias: string; dir: string }
@@ -122,16 +122,6 @@ export class ConfigError extends Error {
   }
 }
 
-export function projectRoot(): string {
-  let dir = path.dirname(fileURLToPath(import.meta.url))
-  for (;;) {
-    const manifest = path.join(dir, 'package.json')
-    if (existsSync(manifest) && JSON.parse(readFileSync(manifest, 'utf8')).name === 'citadel') return dir
-    const parent = path.dirname(dir)
-    if (parent === dir) throw new Error('cannot find the citadel project root above ' + fileURLToPath(import.meta.url))
-    dir = parent
-  }
-}
 
 function readEnvFile(env: NodeJS.ProcessEnv): { file: string; values: Record<string, string> } {
   const named = env.CITADEL_ENV_FILE

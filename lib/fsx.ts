@@ -1,8 +1,9 @@
 // Filesystem primitives every task shares. All of them use lstat (never follow a link they inspect or
 // remove), publish by rename so a reader sees the old or the new state and nothing between.
 import { randomBytes } from 'node:crypto'
-import { promises as fs, constants, type Stats } from 'node:fs'
+import { existsSync, promises as fs, constants, readFileSync, type Stats } from 'node:fs'
 import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 
 export async function lstatOrNull(p: string): Promise<Stats | null> {
   try {
@@ -119,4 +120,16 @@ export async function which(name: string): Promise<string | null> {
     }
   }
   return null
+}
+
+/** The checkout citadel runs from: the nearest package.json named citadel above this module (or its bundle). */
+export function projectRoot(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url))
+  for (;;) {
+    const manifest = path.join(dir, 'package.json')
+    if (existsSync(manifest) && JSON.parse(readFileSync(manifest, 'utf8')).name === 'citadel') return dir
+    const parent = path.dirname(dir)
+    if (parent === dir) throw new Error('cannot find the citadel project root above ' + fileURLToPath(import.meta.url))
+    dir = parent
+  }
 }

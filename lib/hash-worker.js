@@ -40,9 +40,9 @@ function hashFile(file) {
     fd = openSync(file, OPEN_FLAGS)
     if (!fstatSync(fd).isFile()) return { sha256: null, bytesRead, error: 'not a regular file' }
     const hash = createHash('sha256')
-    for (;;) {
-      const n = readSync(fd, buffer, 0, CHUNK_BYTES, null)
-      if (n === 0) break
+    // A short read of a regular file is its end: small files cost one read, not two.
+    for (let n = CHUNK_BYTES; n === CHUNK_BYTES; ) {
+      n = readSync(fd, buffer, 0, CHUNK_BYTES, null)
       hash.update(buffer.subarray(0, n))
       bytesRead += n
       countRead(n)

@@ -4,7 +4,7 @@
 import os from 'node:os'
 import path from 'node:path'
 import { Worker } from 'node:worker_threads'
-import { projectRoot } from './config.ts'
+import { projectRoot } from './fsx.ts'
 
 /** `file` is absolute; `size` is what the caller expects, used to schedule and to weigh progress. */
 export interface HashJob { file: string; size: number }

@@ -1,5 +1,6 @@
 // Copies a tree with rsync for a backup: archive mode with hard links, symlinks copied as symlinks,
 // unchanged files hard-linked to the previous backup, and progress parsed from --info=progress2.
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { Shell } from 'zx/core'
 
 /**
@@ -39,7 +40,8 @@ export async function rsyncCopy($: Shell, req: CopyRequest): Promise<CopyResult>
   const linkDest = req.linkDest === null ? [] : [`--link-dest=${req.linkDest}`]
   const excludes = EXCLUDES.map((e) => `--exclude=${e.pattern}`)
   // --no-h prints plain digits; LC_ALL=C (set for every command) keeps the number format fixed.
-  const copy = $({ signal: req.signal, nothrow: true })`rsync --archive --hard-links --numeric-ids --info=progress2 --no-h --no-inc-recursive ${linkDest} ${excludes} -- ${req.src + '/'} ${req.dest + '/'}`
+  // Its own process group, so an abort stops rsync and the processes it forks, not just the shell.
+  const copy = $({ signal: req.signal, nothrow: true, detached: true })`rsync --archive --hard-links --numeric-ids --info=progress2 --no-h --no-inc-recursive ${linkDest} ${excludes} -- ${req.src + '/'} ${req.dest + '/'}`
   let pending = ''
   copy.stdout.on('data', (chunk: Buffer) => {
     const lines = (pending + chunk.toString()).split(/[\r\n]/)
@@ -50,10 +52,25 @@ export async function rsyncCopy($: Shell, req: CopyRequest): Promise<CopyResult>
     }
   })
   const out = await copy
-  if (req.signal.aborted) throw req.signal.reason
+  if (req.signal.aborted) {
+    // The caller deletes what rsync wrote next: only once nothing of rsync is left to write into it.
+    if (copy.child?.pid) await processGroupGone(copy.child.pid)
+    throw req.signal.reason
+  }
   const stderr = out.stderr.split('\n').filter(Boolean)
   const exitCode = out.exitCode ?? 1
-  if (exitCode === 0 || exitCode === RSYNC_VANISHED) return { exitCode, warnings: stderr.filter((l) => /vanished/.test(l)), error: null }
+  if (exitCode === 0 || exitCode === RSYNC_VANISHED) return { exitCode, warnings: stderr.filter((l) => l.startsWith('file has vanished: ')), error: null }
   const cause = stderr.filter((l) => !/^rsync error:/.test(l)).slice(-2).join('; ') || stderr.at(-1) || 'no message'
   return { exitCode, warnings: [], error: `rsync exit ${exitCode} (${EXIT_MEANING[exitCode] ?? 'see man rsync'}): ${cause}` }
+}
+
+async function processGroupGone(pgid: number): Promise<void> {
+  for (;;) {
+    try {
+      process.kill(-pgid, 0)
+    } catch {
+      return
+    }
+    await sleep(20)
+  }
 }

@@ -2,10 +2,10 @@
 // the catalog (sizes, link targets, strays), which costs one walk; hashing everything would cost a full
 // read of the slow disk, so each run hashes a sample, and without a seed the files verified longest ago
 // come first, so a few runs together cover the whole backup.
-import { createHash, randomInt } from 'node:crypto'
+import { randomInt } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { DATA, MANIFEST, readCatalog, VERIFY_STATE, walkTree, writeMeta, type Backup, type Catalog, type Problem, type Verification } from './backups.ts'
+import { DATA, listTree, MANIFEST, readCatalog, statFiles, VERIFY_STATE, writeMeta, type Backup, type Catalog, type Problem, type Verification } from './backups.ts'
 import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull } from './fsx.ts'
 import { hashFiles } from './hashing.ts'
 import { compareBytewise, parseManifest } from './manifest.ts'
@@ -31,17 +31,19 @@ export interface VerifyOutcome {
   state: VerifyState
 }
 
-/** Sizes, link targets and strays, from one walk of data/; returns the files fit to be hashed. */
-export async function checkTree(data: string, catalog: Catalog): Promise<{ problems: Problem[]; intact: [string, number][] }> {
-  const tree = walkTree(data)
-  const files = new Map(tree.files.map((f) => [f.rel, f.size]))
-  const links = new Map(tree.symlinks.map((l) => [l.rel, l.target]))
+/**
+ * Link targets, missing files and strays, from one walk of data/ by directory entries; returns the files
+ * that are there, with their recorded sizes. Sizes are checked later: by the hash's read for the sample,
+ * by a stat for the rest, so a full verification stats nothing twice.
+ */
+export async function checkTree(data: string, catalog: Catalog): Promise<{ problems: Problem[]; present: [string, number][] }> {
+  const listing = listTree(data)
+  const files = new Set(listing.files)
+  const links = new Map(listing.symlinks.map((l) => [l.rel, l.target]))
   const problems: Problem[] = []
-  const intact: [string, number][] = []
+  const present: [string, number][] = []
   for (const [rel, size] of catalog.files) {
-    const found = files.get(rel)
-    if (found === size) intact.push([rel, size])
-    else if (found !== undefined) problems.push({ kind: 'size', path: rel, detail: `${found} bytes, ${size} recorded` })
+    if (files.has(rel)) present.push([rel, size])
     else problems.push({ kind: 'missing', path: rel, detail: `expected a file of ${size} bytes, found ${describeEntry(await lstatOrNull(path.join(data, rel)))}` })
   }
   for (const [rel, target] of catalog.symlinks) {
@@ -52,13 +54,26 @@ export async function checkTree(data: string, catalog: Catalog): Promise<{ probl
   }
   // A path the catalog records as the other kind is already reported above.
   const recorded = new Set([...catalog.files.map(([rel]) => rel), ...catalog.symlinks.map(([rel]) => rel)])
-  for (const f of tree.files) if (!recorded.has(f.rel)) problems.push({ kind: 'extra', path: f.rel, detail: `a file of ${f.size} bytes the backup did not record` })
-  for (const l of tree.symlinks) if (!recorded.has(l.rel)) problems.push({ kind: 'extra', path: l.rel, detail: `a link to ${l.target} the backup did not record` })
-  return { problems, intact }
+  for (const rel of listing.files) if (!recorded.has(rel)) problems.push({ kind: 'extra', path: rel, detail: `${describeEntry(await lstatOrNull(path.join(data, rel)))} the backup did not record` })
+  for (const l of listing.symlinks) if (!recorded.has(l.rel)) problems.push({ kind: 'extra', path: l.rel, detail: `a link to ${l.target} the backup did not record` })
+  return { problems, present }
 }
 
-/** A rank from the seed and the path alone: the same seed orders the same files the same way, whatever else is in the list. */
-const rank = (seed: number, rel: string) => createHash('sha256').update(`${seed}\0${rel}`).digest().readUIntBE(0, 6)
+const sizeProblem = (rel: string, found: number, recorded: number): Problem => ({ kind: 'size', path: rel, detail: `${found} bytes, ${recorded} recorded` })
+
+/** A rank from the seed and the path alone (cyrb53): the same seed orders the same files the same way. */
+function rank(seed: number, rel: string): number {
+  let h1 = 0xdeadbeef ^ seed
+  let h2 = 0x41c6ce57 ^ seed
+  for (let i = 0; i < rel.length; i++) {
+    const c = rel.charCodeAt(i)
+    h1 = Math.imul(h1 ^ c, 2654435761)
+    h2 = Math.imul(h2 ^ c, 1597334677)
+  }
+  h1 = Math.imul(h1 ^ (h1 >>> 16), 2246822507) ^ Math.imul(h2 ^ (h2 >>> 13), 3266489909)
+  h2 = Math.imul(h2 ^ (h2 >>> 16), 2246822507) ^ Math.imul(h1 ^ (h1 >>> 13), 3266489909)
+  return 4294967296 * (2097151 & h2) + (h1 >>> 0)
+}
 
 /**
  * The files to hash: in order of last verification (never first; ignored when `history` is null), ties by
@@ -66,20 +81,21 @@ const rank = (seed: number, rel: string) => createHash('sha256').update(`${seed}
  * get their turn too.
  */
 export function chooseSample(files: [string, number][], rate: number, seed: number, history: VerifyState | null): [string, number][] {
+  // The result keeps the order of `files` (the catalog's, bytewise).
   // 0, before any real time, for a file never verified (or a time that does not parse).
   const lastVerified = (rel: string) => Date.parse(history?.[rel] ?? '') || 0
   const order = files.map(([rel, size]) => ({ rel, size, at: lastVerified(rel), rank: rank(seed, rel) }))
   order.sort((a, b) => a.at - b.at || a.rank - b.rank || compareBytewise(a.rel, b.rel))
   const totalBytes = files.reduce((sum, [, size]) => sum + size, 0)
   const wantedFiles = Math.ceil(rate * files.length)
-  const sample: [string, number][] = []
+  const chosen = new Set<string>()
   let bytes = 0
   for (const f of order) {
-    if (sample.length >= wantedFiles && bytes >= rate * totalBytes) break
-    sample.push([f.rel, f.size])
+    if (chosen.size >= wantedFiles && bytes >= rate * totalBytes) break
+    chosen.add(f.rel)
     bytes += f.size
   }
-  return sample.sort((a, b) => compareBytewise(a[0], b[0]))
+  return files.filter(([rel]) => chosen.has(rel))
 }
 
 /** A Hugging Face cache names each blob by the SHA-256 of its content. */
@@ -106,22 +122,28 @@ export async function verifyBackup(backup: Backup, req: VerifyRequest): Promise<
   const manifest = new Map(parseManifest(await fs.readFile(path.join(backup.dir, MANIFEST), 'utf8')).map((e) => [e.path, e.sha256]))
   const state = await readState(backup.dir, req.warn)
 
-  const { problems, intact } = await checkTree(data, catalog)
+  const { problems, present } = await checkTree(data, catalog)
   const seed = req.seed ?? randomInt(2 ** 32)
-  const sample = chooseSample(intact, req.rate, seed, req.seed === null ? state : null)
+  const sample = chooseSample(present, req.rate, seed, req.seed === null ? state : null)
+  const sampled = new Set(sample.map(([rel]) => rel))
+  const unsampled = present.filter(([rel]) => !sampled.has(rel))
+  statFiles(data, unsampled.map(([rel]) => rel)).forEach((f, i) => {
+    if (f.size !== unsampled[i]![1]) problems.push(sizeProblem(f.rel, f.size, unsampled[i]![1]))
+  })
   const sampleBytes = sample.reduce((sum, [, size]) => sum + size, 0)
   const jobs = sample.map(([rel, size]) => ({ file: path.join(data, rel), size }))
   const first = await hashFiles(jobs, { signal: req.signal, onProgress: (done) => req.onProgress(done, sampleBytes) })
 
   // A disagreement is read once more: a second read that agrees means the first was a read error.
-  const disagreeing = sample.flatMap(([rel], i) => (first[i]!.sha256 !== null && first[i]!.sha256 !== manifest.get(rel) ? [i] : []))
+  const disagreeing = sample.flatMap(([rel, size], i) => (first[i]!.sha256 !== null && first[i]!.bytesRead === size && first[i]!.sha256 !== manifest.get(rel) ? [i] : []))
   const second = new Map((await hashFiles(disagreeing.map((i) => jobs[i]!), { signal: req.signal })).map((o, j) => [disagreeing[j]!, o]))
   const transient: string[] = []
   const verified: string[] = []
-  for (const [i, [rel]] of sample.entries()) {
+  for (const [i, [rel, size]] of sample.entries()) {
     const expected = manifest.get(rel)
     const outcome = second.get(i) ?? first[i]!
     if (outcome.sha256 === null) problems.push({ kind: 'unreadable', path: rel, detail: outcome.error ?? 'read failed' })
+    else if (outcome.bytesRead !== size) problems.push(sizeProblem(rel, outcome.bytesRead, size))
     else if (expected === undefined) problems.push({ kind: 'mismatch', path: rel, detail: `not in ${MANIFEST}; hashes to ${outcome.sha256}` })
     else if (outcome.sha256 !== expected) problems.push({ kind: 'mismatch', path: rel, detail: `hashes to ${outcome.sha256}, ${MANIFEST} says ${expected}` })
     else {

@@ -1,7 +1,7 @@
 // backup create, for real: rsync into temporary backup disks, manifests checked by the stock sha256sum.
 import { execFileSync, spawnSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { appendFileSync, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync, watch } from 'node:fs'
+import { chmodSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, symlinkSync, utimesSync, watch, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterEach, describe, expect, it } from 'vitest'
@@ -74,6 +74,47 @@ describe('backup create', () => {
     // 3 MiB unchanged cost nothing: what grew is the new 100 kB file, the changed one, directories and lists.
     expect(grew).toBeLessThan(100 + 64)
     expect(sha256sumCheck(roots, incrName).status).toBe(0)
+  })
+
+  it('keeps modes, times and hard links inside the tree', async () => {
+    const roots = await setUp()
+    const weights = path.join(roots.active, 'm', 'weights.bin')
+    write(weights, randomBytes(10_000))
+    chmodSync(weights, 0o640)
+    utimesSync(weights, new Date('2025-01-02T03:04:05Z'), new Date('2025-01-02T03:04:05Z'))
+    linkSync(weights, path.join(roots.active, 'm', 'same-weights.bin'))
+    await create(roots)
+    const data = path.join(store(roots), backups(roots)[0]!, 'data', 'm')
+    const copy = lstatSync(path.join(data, 'weights.bin'))
+    expect(copy.mode & 0o7777).toBe(0o640)
+    expect(copy.mtime.toISOString()).toBe('2025-01-02T03:04:05.000Z')
+    expect(lstatSync(path.join(data, 'same-weights.bin')).ino).toBe(copy.ino)
+    expect(copy.ino).not.toBe(lstatSync(weights).ino)
+  })
+
+  it('completes with a warning when source files vanish during the copy (rsync exit 24)', async () => {
+    const roots = await setUp()
+    write(path.join(roots.active, 'm', 'aaa-big.safetensors'), randomBytes(256 << 20))
+    const doomed = path.join(roots.active, 'm', 'zzz-vanishing.json')
+    write(doomed, '{"soon": "gone"}\n')
+    // Once rsync is writing the big file its file list is made: the small file is in it and then gone.
+    const { child, done } = start(['backup', 'create', '--json'], roots.env)
+    const copying = () => readdirSync(store(roots)).filter((n) => n.endsWith('.partial')).some((n) => {
+      const dir = path.join(store(roots), n, 'data', 'm')
+      return existsSync(dir) && readdirSync(dir).some((f) => f.startsWith('.aaa-big'))
+    })
+    for (const until = Date.now() + 30_000; !copying(); await sleep(2)) if (Date.now() > until) throw new Error('rsync never started copying')
+    rmSync(doomed)
+    const result = await done
+    expect(child.exitCode, result.stderr).toBe(0)
+    const task = JSON.parse(result.stdout).tasks[0]
+    expect(task.data.rsync_exit).toBe(24)
+    expect(task.msg).toContain('some source files vanished during the copy')
+    expect(task.warnings.join('\n')).toMatch(/file has vanished: .*zzz-vanishing\.json/)
+    const [name] = backups(roots)
+    expect(meta(roots, name!).rsync).toMatchObject({ exit_code: 24, warnings: [expect.stringMatching(/vanished/)] })
+    expect(latest(roots)).toBe(name)
+    expect(sha256sumCheck(roots, name!).status).toBe(0)
   })
 
   it('an unchanged incremental hashes nothing and shares its manifest with its parent', async () => {
@@ -149,6 +190,22 @@ describe('backup create', () => {
     expect(backups(roots)).toEqual([])
   })
 
+  it('a create interrupted with SIGTERM mid-copy stops rsync, removes its partial copy and exits 99', async () => {
+    const roots = await setUp()
+    for (let i = 0; i < 6; i++) write(path.join(roots.active, 'm', `shard-${i}.safetensors`), randomBytes(48 << 20))
+    const { child, done } = start(['backup', 'create'], roots.env)
+    const partialData = () => readdirSync(store(roots)).filter((n) => n.endsWith('.partial')).map((n) => path.join(store(roots), n, 'data', 'm'))
+    for (const until = Date.now() + 30_000; !partialData().some((d) => existsSync(d) && readdirSync(d).length > 0); await sleep(5))
+      if (Date.now() > until) throw new Error('rsync never started copying')
+    child.kill('SIGTERM')
+    const result = await done
+    expect(result.code, result.stdout + result.stderr).toBe(99)
+    expect(result.stdout).toContain('interrupted by signal')
+    expect(backups(roots)).toEqual([])
+    expect(existsSync(path.join(store(roots), 'latest'))).toBe(false)
+    expect(spawnSync('pgrep', ['-f', `rsync .*${roots.base}`]).status, 'no rsync left running').toBe(1)
+  })
+
   it('a create killed with SIGKILL mid-copy leaves no complete backup, and the next create cleans up and succeeds', async () => {
     const roots = await setUp()
     for (let i = 0; i < 6; i++) write(path.join(roots.active, 'm', `shard-${i}.safetensors`), randomBytes(48 << 20))
@@ -210,11 +267,16 @@ describe.skipIf(!asRoot)('backup create on a small backup disk (root: mounts an 
     const [first] = backups(roots)
     const growing = path.join(roots.active, 'm', 'zz-growing.bin')
     write(growing, randomBytes(1 << 20))
-    // The moment the copy starts, the source grows by far more than the disk holds.
+    // A thousand empty files ahead of it keep rsync busy for a while before it reads the growing file.
+    for (let i = 0; i < 1000; i++) write(path.join(roots.active, 'm', 'aa', `empty-${i}`), '')
+    // The moment the copy starts, a download finishes as Hugging Face's do: a far bigger file is renamed
+    // into place, in one step, so rsync reads either all of it or none.
+    const bigger = path.join(roots.base, 'download.incomplete')
+    write(bigger, randomBytes(13 << 20))
     const watcher = watch(store(roots), (_event, name) => {
       if (name?.endsWith('.partial')) {
         watcher.close()
-        appendFileSync(growing, randomBytes(12 << 20))
+        renameSync(bigger, growing)
       }
     })
     const result = await citadelJson(['backup', 'create'], roots.env)

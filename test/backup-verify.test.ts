@@ -81,8 +81,9 @@ describe('backup verify', () => {
     expect(problemsOf(task)).toEqual([['a.bin', 'mismatch'], ['b.bin', 'size'], ['c.bin', 'missing'], ['deep/stray.bin', 'extra'], ['to-a', 'link']])
     expect(task.msg).toContain('5 problems: ')
     expect(task.data.verification.problems.find((p: any) => p.path === 'to-a').detail).toBe('expected a link to a.bin, found a link to b.bin')
-    // Only the files still fit to hash are hashed; the bad one stays first in line for the next run.
-    expect(task.data.sampled).toEqual(['a.bin', 'deep/d.bin', 'empty.bin'])
+    // Every file that is there is read (the read tells its size); the bad ones stay first in line for the next run.
+    expect(task.data.sampled).toEqual(['a.bin', 'b.bin', 'deep/d.bin', 'empty.bin'])
+    expect(task.data.verification.problems.find((p: any) => p.path === 'b.bin').detail).toBe('3 bytes, 13 recorded')
     expect(Object.keys(readJson(path.join(dir, 'verify-state.json'))).sort()).toEqual(['deep/d.bin', 'empty.bin'])
     const records = readJson(path.join(dir, 'backup.json')).verifications
     expect(records).toHaveLength(1)
