@@ -18,6 +18,8 @@ export interface CopyPlan {
   bytesToCopy: number
   /** Bytes the backup will take on the backup disk, with room for directories, links and metadata. */
   bytesNeeded: number
+  /** dev:ino of each of the parent's files, by path: the manifest takes the parent's hash where they match. */
+  parentInodes: Map<string, string>
 }
 
 /**
@@ -26,15 +28,15 @@ export interface CopyPlan {
  */
 export function planCopy(src: string, parentDir: string | null): CopyPlan {
   const source = walkTree(src, excluded)
+  const asRoot = process.getuid?.() === 0
+  const parentInodes = new Map<string, string>()
   const toCopy = source.files.filter((f) => {
     if (parentDir === null) return true
-    try {
-      const old = lstatSync(path.join(parentDir, DATA, f.rel))
-      const owner = process.getuid?.() === 0 && (old.uid !== f.uid || old.gid !== f.gid)
-      return !old.isFile() || old.size !== f.size || Math.trunc(old.mtimeMs / 1000) !== Math.trunc(f.mtimeMs / 1000) || old.mode !== f.mode || owner
-    } catch {
-      return true
-    }
+    const old = statOrNull(path.join(parentDir, DATA, f.rel))
+    if (!old?.isFile()) return true
+    parentInodes.set(f.rel, `${old.dev}:${old.ino}`)
+    const owner = asRoot && (old.uid !== f.uid || old.gid !== f.gid)
+    return old.size !== f.size || Math.trunc(old.mtimeMs / 1000) !== Math.trunc(f.mtimeMs / 1000) || old.mode !== f.mode || owner
   })
   const bytesToCopy = toCopy.reduce((sum, f) => sum + f.size, 0)
   const blocks = toCopy.reduce((sum, f) => sum + Math.ceil(f.size / BLOCK) * BLOCK, 0)
@@ -42,7 +44,7 @@ export function planCopy(src: string, parentDir: string | null): CopyPlan {
   // A directory entry and an inode per entry, and the manifest and catalog lines (two per file).
   const overhead = entries * BLOCK + source.files.reduce((sum, f) => sum + 2 * (f.rel.length + 80), 0)
   const bytesNeeded = blocks + overhead + Math.max(1 << 20, Math.ceil((blocks + overhead) * 0.01))
-  return { source, toCopy, bytesToCopy, bytesNeeded }
+  return { source, toCopy, bytesToCopy, bytesNeeded, parentInodes }
 }
 
 /** Hashes of source files taken while rsync copies, with the state each was hashed in. */
@@ -80,6 +82,7 @@ export async function buildManifest(
   dir: string,
   src: string,
   parentDir: string | null,
+  parentInodes: Map<string, string>,
   early: EarlyHashes,
   signal: AbortSignal,
   onProgress: (bytes: number, total: number) => void,
@@ -92,14 +95,11 @@ export async function buildManifest(
   const toHash: TreeFile[] = []
   let reused = 0
   for (const f of copy.files) {
-    const fromParent = parentDir === null ? undefined : parentHashes.get(f.rel)
-    if (fromParent !== undefined) {
-      const old = statOrNull(path.join(parentDir!, DATA, f.rel))
-      if (old && old.ino === f.ino && old.dev === f.dev) {
-        hashes.set(f.rel, fromParent)
-        reused++
-        continue
-      }
+    const fromParent = parentHashes.get(f.rel)
+    if (fromParent !== undefined && parentInodes.get(f.rel) === `${f.dev}:${f.ino}`) {
+      hashes.set(f.rel, fromParent)
+      reused++
+      continue
     }
     const seen = early.get(f.rel)
     const now = seen && statOrNull(path.join(src, f.rel))

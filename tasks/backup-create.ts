@@ -71,7 +71,7 @@ const task = defineTask({
         if (copy.error) throw new Error(copy.error)
         for (const w of copy.warnings) ctx.warn(w)
         const hashStart = Date.now()
-        const manifest = await buildManifest(partial, src, parentDir, await early, ctx.signal, (done, total) => ctx.progress(progressLine('hashing the copy:', done, total, hashStart)))
+        const manifest = await buildManifest(partial, src, parentDir, plan.parentInodes, await early, ctx.signal, (done, total) => ctx.progress(progressLine('hashing the copy:', done, total, hashStart)))
         await writeLists(partial, parentDir, manifest)
         const totalBytes = manifest.copy.files.reduce((s, f) => s + f.size, 0)
         await writeMeta(partial, {

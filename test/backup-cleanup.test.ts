@@ -1,27 +1,12 @@
 import { spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, symlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { DAY_MS } from '../lib/backup-status.ts'
 import { backupName, type Backup, type BackupMeta, type Verification } from '../lib/backups.ts'
 import { retentionVerdicts } from '../tasks/backup-cleanup.ts'
-import { citadel, citadelJson, makeRoots, snapshot, type Roots } from './helpers.ts'
-
-const storeOf = (roots: Roots) => path.join(roots.backup, 'models')
-
-async function setUp(env: Record<string, string> = {}): Promise<Roots> {
-  const roots = makeRoots(env)
-  expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
-  return roots
-}
-
-/** Writes `files` into the active models and backs them up with the real command; returns the backup's name. */
-async function backUp(roots: Roots, files: Record<string, string>): Promise<string> {
-  for (const [rel, content] of Object.entries(files)) writeFileSync(path.join(roots.active, rel), content)
-  const result = await citadelJson(['backup', 'create'], roots.env)
-  expect(result.code, result.stdout + result.stderr).toBe(0)
-  return result.doc.tasks[0].data.backup
-}
+import { backUp, pointLatest, setUpServer, storeOf } from './backup-helpers.ts'
+import { citadel, citadelJson, snapshot, type Roots } from './helpers.ts'
 
 /** Renames a backup as if it had been made `days` ago, in its name, its metadata and `latest`. */
 function backdate(roots: Roots, name: string, days: number): string {
@@ -38,11 +23,6 @@ function editMeta(roots: Roots, name: string, edit: (meta: BackupMeta) => void) 
   const meta = JSON.parse(readFileSync(file, 'utf8')) as BackupMeta
   edit(meta)
   writeFileSync(file, JSON.stringify(meta, null, 2) + '\n')
-}
-
-function pointLatest(roots: Roots, name: string) {
-  unlinkSync(path.join(storeOf(roots), 'latest'))
-  symlinkSync(name, path.join(storeOf(roots), 'latest'))
 }
 
 const verification = (ok: boolean): Verification => ({
@@ -77,7 +57,7 @@ describe('retentionVerdicts', () => {
 
 describe('backup cleanup', () => {
   it('keeps the newest verified backup and the newest BACKUP_KEEP_MIN past retention, removes the rest; --check removes nothing', async () => {
-    const roots = await setUp({ BACKUP_KEEP_MIN: '2' })
+    const roots = await setUpServer({ BACKUP_KEEP_MIN: '2' })
     const made: string[] = []
     for (let i = 0; i < 5; i++) made.push(await backUp(roots, i ? { 'step.txt': 'x'.repeat(i + 1) } : { 'a.bin': 'alpha', 'step.txt': 'x' }))
     const [b0, b1, b2, b3, b4] = made.map((name, i) => backdate(roots, name, 95 - 10 * i)) as [string, string, string, string, string]
@@ -124,7 +104,7 @@ describe('backup cleanup', () => {
   })
 
   it('never touches names outside the pattern, a symlink named like a backup, or a damaged backup', async () => {
-    const roots = await setUp({ BACKUP_KEEP_MIN: '1' })
+    const roots = await setUpServer({ BACKUP_KEEP_MIN: '1' })
     const old = backdate(roots, await backUp(roots, { 'a.bin': 'alpha' }), 100)
     await backUp(roots, { 'a.bin': 'alpha2' })
     const store = storeOf(roots)
@@ -155,7 +135,7 @@ describe('backup cleanup', () => {
   })
 
   it('removing an old full backup leaves a newer incremental intact: content, manifest, fewer links', async () => {
-    const roots = await setUp({ BACKUP_KEEP_MIN: '1' })
+    const roots = await setUpServer({ BACKUP_KEEP_MIN: '1' })
     const full = backdate(roots, await backUp(roots, { 'a.bin': 'a'.repeat(100), 'b.bin': 'b'.repeat(200), 'c.bin': 'c'.repeat(300) }), 40)
     const incremental = await backUp(roots, { 'c.bin': 'C'.repeat(350) })
     const data = path.join(storeOf(roots), incremental, 'data')
@@ -175,7 +155,7 @@ describe('backup cleanup', () => {
   })
 
   it('removes leftover .partial directories and says so', async () => {
-    const roots = await setUp()
+    const roots = await setUpServer()
     const kept = await backUp(roots, { 'a.bin': 'alpha' })
     const partial = path.join(storeOf(roots), 'backup_20260101_000000_incremental.partial')
     mkdirSync(path.join(partial, 'data'), { recursive: true })
@@ -194,7 +174,7 @@ describe('backup cleanup', () => {
   })
 
   it('refuses DAYS that is not a whole number: exit 4, one line naming DAYS, nothing changed', async () => {
-    const roots = await setUp()
+    const roots = await setUpServer()
     await backUp(roots, { 'a.bin': 'alpha' })
     const before = snapshot(roots.base)
     for (const days of ['abc', '1.5']) {

@@ -1,29 +1,10 @@
-import { mkdirSync, readFileSync, renameSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { DAY_MS } from '../lib/backup-status.ts'
 import { backupName, type BackupMeta } from '../lib/backups.ts'
+import { backUp, pointLatest, setUpServer, storeOf } from './backup-helpers.ts'
 import { citadel, citadelJson, makeRoots, snapshot, type Roots } from './helpers.ts'
-
-const storeOf = (roots: Roots) => path.join(roots.backup, 'models')
-
-async function setUp(): Promise<Roots> {
-  const roots = makeRoots()
-  expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
-  return roots
-}
-
-async function backUp(roots: Roots, files: Record<string, string>): Promise<string> {
-  for (const [rel, content] of Object.entries(files)) writeFileSync(path.join(roots.active, rel), content)
-  const result = await citadelJson(['backup', 'create'], roots.env)
-  expect(result.code, result.stdout + result.stderr).toBe(0)
-  return result.doc.tasks[0].data.backup
-}
-
-function pointLatest(roots: Roots, name: string) {
-  unlinkSync(path.join(storeOf(roots), 'latest'))
-  symlinkSync(name, path.join(storeOf(roots), 'latest'))
-}
 
 async function status(roots: Roots) {
   const result = await citadelJson(['backup', 'status'], roots.env)
@@ -34,7 +15,7 @@ async function status(roots: Roots) {
 
 describe('backup status', () => {
   it('reports each backup, the bytes only it holds, the totals and the backup disk', async () => {
-    const roots = await setUp()
+    const roots = await setUpServer()
     const full = await backUp(roots, { 'a.bin': 'a'.repeat(1000), 'b.bin': 'b'.repeat(2000), 'c.bin': 'c'.repeat(3000) })
     const incremental = await backUp(roots, { 'b.bin': 'B'.repeat(2500) })
     const before = snapshot(roots.backup)
