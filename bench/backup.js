@@ -109,14 +109,18 @@ function bench(label, slug, make) {
   const data = path.join(store, full, 'data')
   const sums = []
   const ours = []
+  const inTask = []
   for (let i = 0; i < 3; i++) {
     sums.push(timed('sha256sum', ['-c', '--quiet', '../SHA256SUMS'], { cwd: data, env: { ...process.env, LC_ALL: 'C' } }).s)
-    ours.push(citadel('backup', 'verify', full, '--sample', '1').s)
+    const run = citadel('backup', 'verify', full, '--sample', '1', '--json')
+    ours.push(run.s)
+    inTask.push(JSON.parse(run.stdout).tasks[0].duration_ms / 1000)
   }
   const sumS = Math.min(...sums)
   const oursS = Math.min(...ours)
-  const rate = bytes / oursS
-  console.log(`  verify --sample 1       ${fmt(oursS)}   sha256sum -c ${fmt(sumS)}: ${(sumS / oursS).toFixed(2)}x faster; ${gb(rate)}/s = ${((rate / hashLimit) * 100).toFixed(0)}% of openssl speed -multi ${cores} (${gb(hashLimit)}/s)`)
+  const share = (seconds) => `${gb(bytes / seconds)}/s = ${((bytes / seconds / hashLimit) * 100).toFixed(0)}%`
+  console.log(`  verify --sample 1       ${fmt(oursS)}   sha256sum -c ${fmt(sumS)}: ${(sumS / oursS).toFixed(2)}x faster (target >= 5x large, >= 1x small)`)
+  console.log(`    throughput vs openssl speed -multi ${cores} (${gb(hashLimit)}/s, target > 70%): whole command ${share(oursS)}; the task itself (${fmt(Math.min(...inTask))}) ${share(Math.min(...inTask))}`)
   rmSync(dir, { recursive: true, force: true })
 }
 

@@ -80,5 +80,5 @@ async function loadCli() {
   return import(pathToFileURL(path.join(dir, 'cli.js')).href)
 }
 
-const { main } = await loadCli()
-process.exit(await main(process.argv.slice(2)))
+const { main, exitWhenFlushed } = await loadCli()
+exitWhenFlushed(await main(process.argv.slice(2)))

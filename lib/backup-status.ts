@@ -1,7 +1,7 @@
 // The state of the backup store as one plain object: every complete backup with its age, size, the bytes
 // only it holds and its last verification, the space left on the backup disk, and what needs attention.
 // `backup status` prints it; monitoring reads the same object.
-import { promises as fs, constants } from 'node:fs'
+import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Settings } from './config.ts'
 import { backupsDir, DATA, scanStore, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
@@ -105,8 +105,6 @@ function storeWarnings(root: string, store: Store, now: Date): string[] {
 export async function backupStatus(settings: Settings, now = new Date()): Promise<BackupStatus> {
   const root = backupsDir(settings)
   if (!(await lstatOrNull(root))?.isDirectory()) throw new Error(`${root} is not a directory: run initial-setup first (or create-dirs)`)
-  // scanStore reads an unreadable directory as an empty store; that must not pass for "no backups".
-  await fs.access(root, constants.R_OK | constants.X_OK)
   const store = await scanStore(settings)
   const shared = sharing(store.complete)
   const backups = store.complete.map((b): BackupSummary => {

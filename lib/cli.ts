@@ -229,6 +229,14 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   },
 }
 
+/**
+ * Exits once stdout has been written out: on a pipe, process.exit() would cut a long --json document
+ * short (`citadel backup verify --json | jq` on a backup of many files).
+ */
+export function exitWhenFlushed(code: number): void {
+  process.stdout.write('', () => process.exit(code))
+}
+
 /** Runs the command line `argv` (without node and script); resolves to the exit code. */
 export async function main(argv: string[], standalone?: Task): Promise<number> {
   try {

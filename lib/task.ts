@@ -101,7 +101,7 @@ const startedScript = () => {
 /** Lets `tsx tasks/NAME.ts [options]` behave exactly like `citadel task NAME [options]`. */
 export function runWhenMain(meta: ImportMeta, task: Task): void {
   if (startedScript() !== fileURLToPath(meta.url)) return
-  void import('./cli.ts').then(async (cli) => process.exit(await cli.main(process.argv.slice(2), task)))
+  void import('./cli.ts').then(async (cli) => cli.exitWhenFlushed(await cli.main(process.argv.slice(2), task)))
 }
 
 /** A condition on the settings, as Ansible's `when`; `otherwise` is the reason shown when it is false. */

@@ -47,7 +47,9 @@ const task = defineTask({
 
     const started = new Date()
     let name = backupName(started, type)
-    for (let t = started.getTime(); store.complete.some((b) => b.name.slice(0, 22) === name.slice(0, 22)) || (await lstatOrNull(path.join(root, name))); ) name = backupName(new Date((t += 1000)), type)
+    // Names sort by time: a second already taken by a backup of either type moves this one to the next.
+    const second = (n: string) => n.slice(0, 'backup_YYYYMMDD_HHMMSS'.length)
+    for (let t = started.getTime(); store.complete.some((b) => second(b.name) === second(name)) || (await lstatOrNull(path.join(root, name))); ) name = backupName(new Date((t += 1000)), type)
     const final = path.join(root, name)
     const summary = `${plan.source.files.length} files, ${bytes(plan.source.files.reduce((s, f) => s + f.size, 0))}; ${bytes(plan.bytesToCopy)} to copy`
     if (ctx.check) {

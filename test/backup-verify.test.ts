@@ -1,8 +1,9 @@
+import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { chmodSync, mkdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { citadel, citadelJson, makeRoots, snapshot, type Roots } from './helpers.ts'
+import { CITADEL, citadel, citadelJson, makeRoots, snapshot, type Roots } from './helpers.ts'
 
 const sha256 = (content: string | Buffer) => createHash('sha256').update(content).digest('hex')
 
@@ -127,6 +128,15 @@ describe('backup verify', () => {
     expect([...covered].sort()).toEqual(Object.keys(files).sort())
     expect(seeds.size).toBeGreaterThan(1)
     expect(readJson(path.join(dir, 'backup.json')).verifications).toHaveLength(10)
+  })
+
+  it('its --json document arrives whole through a pipe, even to a reader that is slow to start', async () => {
+    const { roots } = await backupOf(manyFiles(4000))
+    // 4,000 sampled paths make a document bigger than a pipe's 64 KiB buffer; the reader only starts once
+    // citadel is done, so the rest is still waiting to be written when citadel finishes.
+    const piped = spawnSync('bash', ['-c', '"$@" | (sleep 2; cat)', 'bash', process.execPath, CITADEL, 'backup', 'verify', '--sample', '1', '--json'], { env: roots.env, encoding: 'utf8', maxBuffer: 1 << 26 })
+    expect(piped.stdout.length).toBeGreaterThan(65536)
+    expect(JSON.parse(piped.stdout).tasks[0].data.sampled).toHaveLength(4000)
   })
 
   it('checks Hugging Face blobs against their names', async () => {
