@@ -6,6 +6,7 @@ import path from 'node:path'
 import type { Settings } from './config.ts'
 import { backupsDir, DATA, scanStore, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
 import { lstatOrNull } from './fsx.ts'
+import { count } from './report.ts'
 
 export const DAY_MS = 86_400_000
 /** The weekly playbook makes a new backup every 7 days; one day of slack before the newest counts as overdue. */
@@ -90,7 +91,7 @@ function storeWarnings(root: string, store: Store, now: Date): string[] {
     if (age > OVERDUE_DAYS * DAY_MS) warnings.push(`the newest backup, ${newest.name}, is ${formatAge(age)} old (more than ${OVERDUE_DAYS} days)`)
     const last = newest.meta.verifications.at(-1)
     if (!last) warnings.push(`the newest backup, ${newest.name}, was never verified`)
-    else if (!last.ok) warnings.push(`the last verification of the newest backup, ${newest.name}, failed at ${last.at}: ${last.problems.length} problem${last.problems.length === 1 ? '' : 's'}`)
+    else if (!last.ok) warnings.push(`the last verification of the newest backup, ${newest.name}, failed at ${last.at}: ${count(last.problems.length, 'problem')}`)
     if (store.latest === null) warnings.push(`latest is missing or not a link; it should point at ${newest.name}`)
   }
   if (store.latest !== null && store.latest !== newest?.name)

@@ -68,6 +68,9 @@ export function summarize(items: string[], shown = 3): string {
   return items.slice(0, shown).join('; ') + (items.length > shown ? `; and ${items.length - shown} more` : '')
 }
 
+/** 1 backup, 2 backups: a count with its noun. */
+export const count = (n: number, noun: string) => `${n} ${noun}${n === 1 ? '' : 's'}`
+
 /** Left-aligned columns, two spaces apart. */
 export function table(rows: string[][]): string[] {
   const widths = rows[0]?.map((_, col) => Math.max(...rows.map((r) => (r[col] ?? '').length))) ?? []

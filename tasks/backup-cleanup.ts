@@ -6,7 +6,7 @@ import path from 'node:path'
 import { bytesHeldOnlyBy, DAY_MS, formatAge, sharing } from '../lib/backup-status.ts'
 import { backupsDir, removeBackupDir, removePartials, scanStore, type Backup } from '../lib/backups.ts'
 import { lstatOrNull } from '../lib/fsx.ts'
-import { bytes, table } from '../lib/report.ts'
+import { bytes, count, table } from '../lib/report.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 
 export interface Retention { days: number; keepMin: number; now: Date }
@@ -26,8 +26,6 @@ export function retentionVerdicts(complete: Backup[], latest: string | null, rul
       : 'remove',
   }))
 }
-
-const count = (n: number, what: string) => `${n} ${what}${n === 1 ? '' : 's'}`
 
 const task = defineTask({
   name: 'backup-cleanup',

@@ -6,7 +6,7 @@ import path from 'node:path'
 import { buildManifest, hashSource, planCopy, writeLists, type EarlyHashes } from '../lib/backup-build.ts'
 import { backupName, backupsDir, DATA, findBackup, partialName, pointLatest, removeBackupDir, removePartials, scanStore, writeMeta, type BackupType } from '../lib/backups.ts'
 import { fsyncDir, lstatOrNull } from '../lib/fsx.ts'
-import { bytes, progressLine } from '../lib/report.ts'
+import { bytes, count, progressLine } from '../lib/report.ts'
 import { rsyncCopy, RSYNC_VANISHED } from '../lib/rsync.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 
@@ -51,7 +51,7 @@ const task = defineTask({
     const second = (n: string) => n.slice(0, 'backup_YYYYMMDD_HHMMSS'.length)
     for (let t = started.getTime(); store.complete.some((b) => second(b.name) === second(name)) || (await lstatOrNull(path.join(root, name))); ) name = backupName(new Date((t += 1000)), type)
     const final = path.join(root, name)
-    const summary = `${plan.source.files.length} files, ${bytes(plan.source.files.reduce((s, f) => s + f.size, 0))}; ${bytes(plan.bytesToCopy)} to copy`
+    const summary = `${count(plan.source.files.length, 'file')}, ${bytes(plan.source.files.reduce((s, f) => s + f.size, 0))}; ${bytes(plan.bytesToCopy)} to copy`
     if (ctx.check) {
       await ctx.apply({ path: final, action: `create ${type} backup`, before: null, after: summary }, null, async () => {})
       return ctx.finish(`would create ${name} of ${src} (${summary})`)
@@ -93,7 +93,7 @@ const task = defineTask({
     })
     await ctx.apply({ path: path.join(root, 'latest'), action: 'point latest', before: store.latest, after: name }, null, () => pointLatest(settings, name))
     const vanished = outcome.rsync_exit === RSYNC_VANISHED ? '; some source files vanished during the copy (see warnings)' : ''
-    return ctx.finish(`${name}: ${outcome.files} files, ${bytes(outcome.bytes as number)}, ${bytes(outcome.copied_bytes as number)} copied, ${bytes(outcome.hashed_bytes as number)} hashed${vanished}`, { backup: name, type, source: src, parent: parentDir && path.basename(parentDir), ...outcome })
+    return ctx.finish(`${name}: ${count(outcome.files as number, 'file')}, ${bytes(outcome.bytes as number)}, ${bytes(outcome.copied_bytes as number)} copied, ${bytes(outcome.hashed_bytes as number)} hashed${vanished}`, { backup: name, type, source: src, parent: parentDir && path.basename(parentDir), ...outcome })
   },
 })
 

@@ -1,7 +1,7 @@
 // Ensures nothing: shows every complete backup (age, size, the bytes only it holds, its last verification),
 // the space left on the backup disk and what needs attention. Warnings never fail it; an unreadable store does.
 import { backupStatus, formatAge, type BackupStatus, type BackupSummary } from '../lib/backup-status.ts'
-import { bytes, table } from '../lib/report.ts'
+import { bytes, count, table } from '../lib/report.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 
 function verified(b: BackupSummary, now: Date): string {
@@ -29,10 +29,10 @@ const task = defineTask({
         ...backups.map((b) => [b.name, b.type, b.age, String(b.files), bytes(b.bytes), bytes(b.unique_bytes), verified(b, now), b.latest ? 'yes' : '']),
       ]))
     const space = `${bytes(disk.free_bytes)} free of ${bytes(disk.total_bytes)}`
-    ctx.detail(`total: ${totals.backups} backups, ${bytes(totals.bytes)} (${bytes(totals.bytes_on_disk)} on disk); backup disk: ${space}`)
+    ctx.detail(`total: ${count(totals.backups, 'backup')}, ${bytes(totals.bytes)} (${bytes(totals.bytes_on_disk)} on disk); backup disk: ${space}`)
     const newest = backups.at(-1)
-    const headline = newest ? `${backups.length} backup${backups.length === 1 ? '' : 's'}, newest ${newest.age} old` : 'no complete backup'
-    const warned = status.warnings.length ? `; ${status.warnings.length} warning${status.warnings.length === 1 ? '' : 's'}` : ''
+    const headline = newest ? `${count(backups.length, 'backup')}, newest ${newest.age} old` : 'no complete backup'
+    const warned = status.warnings.length ? `; ${count(status.warnings.length, 'warning')}` : ''
     return ctx.finish(`${headline}; backup disk: ${space}${warned}`, { ...status })
   },
 })

@@ -3,7 +3,7 @@
 // not: that is bookkeeping, not a change to the backup, so the task reports ok when nothing is wrong.
 import path from 'node:path'
 import { backupsDir, findBackup, scanStore } from '../lib/backups.ts'
-import { bytes, progressLine, summarize, table } from '../lib/report.ts'
+import { bytes, count, progressLine, summarize, table } from '../lib/report.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 import { recordVerification, verifyBackup } from '../lib/verify.ts'
 
@@ -44,9 +44,9 @@ const task = defineTask({
     for (const rel of v.transient) ctx.warn(`${rel}: the first read disagreed with the manifest, a second agreed: a read error, not corruption`)
     if (v.problems.length) ctx.detail(...table([['PATH', 'PROBLEM', 'DETAIL'], ...v.problems.map((p) => [p.path, p.kind, p.detail])]))
     const share = outcome.totalBytes > 0 ? Math.round((v.bytes_hashed / outcome.totalBytes) * 100) : 100
-    const head = `${backup.name}: ${v.files_checked} files checked, ${v.files_hashed} hashed (${bytes(v.bytes_hashed)}, ${share}% of bytes)`
+    const head = `${backup.name}: ${count(v.files_checked, 'file')} checked, ${v.files_hashed} hashed (${bytes(v.bytes_hashed)}, ${share}% of bytes)`
     const data = { backup: backup.name, verification: v, sampled }
-    if (!v.ok) return ctx.fail(`${head}: ${v.problems.length} problem${v.problems.length === 1 ? '' : 's'}: ${summarize(v.problems.map((p) => `${p.path}: ${p.kind}`))}`, data)
+    if (!v.ok) return ctx.fail(`${head}: ${count(v.problems.length, 'problem')}: ${summarize(v.problems.map((p) => `${p.path}: ${p.kind}`))}`, data)
     return ctx.finish(`${head}: ok`, data)
   },
 })

@@ -1,7 +1,7 @@
 // Ensures the server can run citadel: tools present, both disks mounted, writable and with free space,
 // the configured owner real. Changes nothing; fails on what blocks setup, warns on what degrades it.
 import { promises as fs, constants } from 'node:fs'
-import { table } from '../lib/report.ts'
+import { count, table } from '../lib/report.ts'
 import { which } from '../lib/fsx.ts'
 import { mountOf, resolveOwner } from '../lib/system.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
@@ -67,7 +67,7 @@ const task = defineTask({
     const failed = checks.filter((c) => c.status === 'failed')
     if (failed.length) return ctx.fail(failed.map((c) => `${c.check}: ${c.detail}`).join('; '), { checks })
     const warnings = checks.length - checks.filter((c) => c.status === 'ok').length
-    return ctx.finish(`${checks.length} checks, ${warnings} warning${warnings === 1 ? '' : 's'}`, { checks })
+    return ctx.finish(`${count(checks.length, 'check')}, ${count(warnings, 'warning')}`, { checks })
   },
 })
 

@@ -173,7 +173,7 @@ describe('backup create', () => {
     const before = snapshot(roots.backup)
     const result = await citadelJson(['backup', 'create', '--check'], roots.env)
     expect(result.code).toBe(0)
-    expect(result.doc.tasks[0].msg).toMatch(/^would create backup_\d{8}_\d{6}_full of .* \(1 files, 9\.77 KiB; 9\.77 KiB to copy\)$/)
+    expect(result.doc.tasks[0].msg).toMatch(/^would create backup_\d{8}_\d{6}_full of .* \(1 file, 9\.77 KiB; 9\.77 KiB to copy\)$/)
     expect(snapshot(roots.backup)).toEqual(before)
   })
 
