@@ -96,7 +96,13 @@ export async function readMeta(dir: string): Promise<BackupMeta> {
   return JSON.parse(await fs.readFile(path.join(dir, META), 'utf8')) as BackupMeta
 }
 
-export const writeMeta = (dir: string, meta: BackupMeta) => atomicWriteFile(path.join(dir, META), JSON.stringify(meta, null, 2) + '\n')
+const metaText = (meta: BackupMeta) => JSON.stringify(meta, null, 2) + '\n'
+
+/** Replaces the metadata of a published backup atomically. */
+export const writeMeta = (dir: string, meta: BackupMeta) => atomicWriteFile(path.join(dir, META), metaText(meta))
+
+/** The first metadata of a backup still being made: the one syncfs before it is published makes it durable. */
+export const writeFirstMeta = (dir: string, meta: BackupMeta) => fs.writeFile(path.join(dir, META), metaText(meta), { flag: 'wx' })
 
 export async function readCatalog(dir: string): Promise<Catalog> {
   return JSON.parse(await fs.readFile(path.join(dir, CATALOG), 'utf8')) as Catalog

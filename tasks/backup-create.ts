@@ -4,7 +4,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { buildManifest, hashSource, planCopy, writeLists, type EarlyHashes } from '../lib/backup-build.ts'
-import { backupName, backupsDir, DATA, findBackup, partialName, pointLatest, removeBackupDir, removePartials, scanStore, writeMeta, type BackupType } from '../lib/backups.ts'
+import { backupName, backupsDir, DATA, findBackup, partialName, pointLatest, removeBackupDir, removePartials, scanStore, writeFirstMeta, type BackupType } from '../lib/backups.ts'
 import { fsyncDir, lstatOrNull } from '../lib/fsx.ts'
 import { bytes, count, progressLine } from '../lib/report.ts'
 import { rsyncCopy, RSYNC_VANISHED } from '../lib/rsync.ts'
@@ -76,7 +76,7 @@ const task = defineTask({
         const manifest = await buildManifest(partial, src, parentDir, plan.parentInodes, await early, ctx.signal, (done, total) => ctx.progress(progressLine('hashing the copy:', done, total, hashStart)))
         await writeLists(partial, parentDir, manifest)
         const totalBytes = manifest.copy.files.reduce((s, f) => s + f.size, 0)
-        await writeMeta(partial, {
+        await writeFirstMeta(partial, {
           format: 1, name, type, source: src, started: started.toISOString(), finished: new Date().toISOString(),
           files: manifest.copy.files.length, bytes: totalBytes, symlinks: manifest.copy.symlinks.length, parent: parentDir && path.basename(parentDir),
           rsync: { exit_code: copy.exitCode, warnings: copy.warnings }, hashed_bytes: manifest.hashedBytes, reused_hashes: manifest.reused, verifications: [],
