@@ -150,10 +150,12 @@ export async function run(req: RunRequest): Promise<number> {
       req.tasks.map(({ task, args, when }) => ({
         title: task.name,
         task: async (_: unknown, item: { title: string; output: string; skip: (m: string) => void }) => {
-          // At most a few updates a second: the line renderer prints every one of them.
+          // A few updates a second on a terminal. Elsewhere (a log, the journal under systemd) the line
+          // renderer prints every update as a line of its own: one every ten seconds is plenty there.
           let shownAt = 0
+          const every = process.stdout.isTTY ? 250 : 10_000
           const record = await execute(run, task, args, when, (text) => {
-            if (Date.now() - shownAt < 250) return
+            if (Date.now() - shownAt < every) return
             shownAt = Date.now()
             item.output = text
           })
