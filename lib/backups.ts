@@ -141,10 +141,13 @@ export async function scanStore(s: Settings): Promise<Store> {
   return store
 }
 
-/** The backup an operator means by NAME, `latest` or nothing (the latest). */
+/**
+ * The backup an operator means by NAME, or by `latest` or nothing: what `latest` points at, or the newest
+ * complete backup when `latest` is missing or points at something that is not one.
+ */
 export function findBackup(store: Store, wanted: string | undefined): Backup | null {
-  const name = wanted === undefined || wanted === 'latest' ? (store.latest ?? store.complete.at(-1)?.name) : path.basename(wanted)
-  return store.complete.find((b) => b.name === name) ?? null
+  if (wanted !== undefined && wanted !== 'latest') return store.complete.find((b) => b.name === path.basename(wanted)) ?? null
+  return store.complete.find((b) => b.name === store.latest) ?? store.complete.at(-1) ?? null
 }
 
 /** Points `latest` at a complete backup by a relative link, in one rename. */

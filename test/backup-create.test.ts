@@ -125,6 +125,17 @@ describe('backup create', () => {
     expect(lstatSync(path.join(storeOf(roots), b!, 'SHA256SUMS')).ino).toBe(lstatSync(path.join(storeOf(roots), a!, 'SHA256SUMS')).ino)
   })
 
+  it('bases an incremental on the newest complete backup when latest points at something else, and repairs latest', async () => {
+    const roots = await setUpServer()
+    writeFile(path.join(roots.active, 'm', 'w.bin'), randomBytes(10_000))
+    const full = (await create(roots)).data.backup
+    rmSync(path.join(storeOf(roots), 'latest'))
+    symlinkSync('backup_20200101_000000_full', path.join(storeOf(roots), 'latest'))
+    const incr = await create(roots)
+    expect(incr.data).toMatchObject({ type: 'incremental', parent: full, hashed_bytes: 0 })
+    expect(latest(roots)).toBe(incr.data.backup)
+  })
+
   it('writes a manifest the stock sha256sum -c accepts for hostile file names', async () => {
     const roots = await setUpServer()
     const names = ['with space.bin', `quote's "double".json`, 'back\\slash.txt', 'new\nline.txt', 'modèle–ü 漢字 🚀.safetensors', '-dash.bin', 'tab\there']
