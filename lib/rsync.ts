@@ -39,9 +39,11 @@ export interface CopyRequest {
 export async function rsyncCopy($: Shell, req: CopyRequest): Promise<CopyResult> {
   const linkDest = req.linkDest === null ? [] : [`--link-dest=${req.linkDest}`]
   const excludes = EXCLUDES.map((e) => `--exclude=${e.pattern}`)
-  // --no-h prints plain digits; LC_ALL=C (set for every command) keeps the number format fixed.
+  // --no-h prints plain digits; LC_ALL=C (set for every command) keeps the number format fixed. Device
+  // nodes, FIFOs and sockets are never model files: the backup holds files, directories and links only,
+  // all of which its catalog records and verify checks.
   // Its own process group, so an abort stops rsync and the processes it forks, not just the shell.
-  const copy = $({ signal: req.signal, nothrow: true, detached: true })`rsync --archive --hard-links --numeric-ids --info=progress2 --no-h --no-inc-recursive ${linkDest} ${excludes} -- ${req.src + '/'} ${req.dest + '/'}`
+  const copy = $({ signal: req.signal, nothrow: true, detached: true })`rsync --archive --no-devices --no-specials --hard-links --numeric-ids --info=progress2 --no-h --no-inc-recursive ${linkDest} ${excludes} -- ${req.src + '/'} ${req.dest + '/'}`
   let pending = ''
   copy.stdout.on('data', (chunk: Buffer) => {
     const lines = (pending + chunk.toString()).split(/[\r\n]/)
