@@ -8,16 +8,16 @@ import type { TaskContext } from './task.ts'
 import { atomicSymlink, atomicWriteFile, fsyncDir, lstatOrNull } from './fsx.ts'
 
 export type BackupType = 'full' | 'incremental'
-export const BACKUP_NAME = /^backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})_(full|incremental)$/
+const BACKUP_NAME = /^backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})_(full|incremental)$/
 const PARTIAL_SUFFIX = '.partial'
 
 export const backupsDir = (s: Settings) => path.join(s.backupRoot, 'models')
-export const latestLink = (s: Settings) => path.join(backupsDir(s), 'latest')
+const latestLink = (s: Settings) => path.join(backupsDir(s), 'latest')
 
 /** The files of one backup directory. */
 export const DATA = 'data'
 export const MANIFEST = 'SHA256SUMS'
-export const META = 'backup.json'
+const META = 'backup.json'
 /** Sizes of the files and targets of the links under data/, as copied: what verify compares against. */
 export const CATALOG = 'files.json'
 /** When each file was last hashed by verify, so later runs start with the others. */
@@ -85,7 +85,7 @@ export function backupName(date: Date, type: BackupType): string {
   return `backup_${iso.slice(0, 10).replaceAll('-', '')}_${iso.slice(11, 19).replaceAll(':', '')}_${type}`
 }
 
-export function createdOf(name: string): Date | null {
+function createdOf(name: string): Date | null {
   const m = BACKUP_NAME.exec(name)
   return m ? new Date(Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!)) : null
 }
@@ -186,7 +186,7 @@ export async function removePartials(ctx: TaskContext, store: Store): Promise<vo
   }
 }
 
-export interface TreeFile { rel: string; size: number; mode: number; uid: number; gid: number; ino: number; dev: number; nlink: number; mtimeMs: number; ctimeMs: number; blocks: number }
+export interface TreeFile { rel: string; size: number; mode: number; uid: number; gid: number; ino: number; dev: number; nlink: number; mtimeMs: number; ctimeMs: number }
 export interface Listing { files: string[]; symlinks: { rel: string; target: string }[]; dirs: number }
 export interface Tree extends Omit<Listing, 'files'> { files: TreeFile[] }
 
@@ -216,7 +216,7 @@ export function listTree(root: string, skip: (name: string, isDir: boolean) => b
 export function statFiles(root: string, rels: string[]): TreeFile[] {
   return rels.map((rel) => {
     const st = lstatSync(path.join(root, rel))
-    return { rel, size: st.size, mode: st.mode, uid: st.uid, gid: st.gid, ino: st.ino, dev: st.dev, nlink: st.nlink, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, blocks: st.blocks }
+    return { rel, size: st.size, mode: st.mode, uid: st.uid, gid: st.gid, ino: st.ino, dev: st.dev, nlink: st.nlink, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs }
   })
 }
 
