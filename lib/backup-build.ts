@@ -1,13 +1,16 @@
-// The steps of making a backup that are not the copy itself: what the copy will cost, and the manifest.
+// Making a backup: what the copy will cost, the copy, the manifest, and publishing the result by rename.
 // Hashing reads the source while rsync writes the slow backup disk, so the manifest costs no extra pass
 // over that disk; a file is taken from that early hash only when its source provably did not change.
 import { promises as fs, lstatSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { CATALOG, DATA, MANIFEST, walkTree, type Catalog, type Tree, type TreeFile } from './backups.ts'
+import { CATALOG, DATA, MANIFEST, partialName, removeBackupDir, walkTree, writeFirstMeta, type BackupType, type Catalog, type Tree, type TreeFile } from './backups.ts'
+import { fsyncDir } from './fsx.ts'
 import { hashFiles, type HashOutcome } from './hashing.ts'
 import { compareBytewise, formatManifest, parseManifest, type ManifestEntry } from './manifest.ts'
-import { excluded } from './rsync.ts'
+import { bytes, progressLine } from './report.ts'
+import { excluded, rsyncCopy } from './rsync.ts'
+import type { TaskContext } from './task.ts'
 
 const BLOCK = 4096
 
@@ -140,5 +143,61 @@ export async function writeLists(dir: string, parentDir: string | null, result: 
     const parentFile = parentDir === null ? null : path.join(parentDir, name)
     if (parentFile && (await fs.readFile(parentFile, 'utf8').catch(() => null)) === content) await fs.link(parentFile, target)
     else await fs.writeFile(target, content, { mode: 0o444 })
+  }
+}
+
+export interface BuildRequest {
+  src: string
+  /** The backup's final path; it is built beside it as <final>.partial. */
+  final: string
+  name: string
+  type: BackupType
+  started: Date
+  parentDir: string | null
+  plan: CopyPlan
+}
+
+export interface BuildOutcome { files: number; bytes: number; copied_bytes: number; hashed_bytes: number; reused_hashes: number; rsync_exit: number }
+
+/**
+ * Copies, hashes, writes the lists and metadata, syncs the backup disk, then renames the partial directory
+ * to its final name. On any failure or interrupt the partial directory is removed and nothing is published.
+ */
+export async function buildBackup(ctx: TaskContext, req: BuildRequest): Promise<BuildOutcome> {
+  const { src, final, parentDir, plan } = req
+  const partial = path.join(path.dirname(final), partialName(req.name))
+  // Hashing the source stops with the copy: when rsync fails, and when the run is interrupted.
+  const stopHashing = new AbortController()
+  const hashSignal = AbortSignal.any([ctx.signal, stopHashing.signal])
+  let published = false
+  try {
+    await fs.mkdir(path.join(partial, DATA), { recursive: true, mode: 0o755 })
+    const copyStart = Date.now()
+    let copied = 0
+    let hashedEarly = 0
+    const show = () => ctx.progress(`${progressLine('copying', copied, plan.bytesToCopy, copyStart)}; hashed ${bytes(hashedEarly)}`)
+    const early = hashSource(src, plan.toCopy, hashSignal, (b) => ((hashedEarly = b), show()))
+    early.catch(() => {})
+    const copy = await rsyncCopy(ctx.$, { src, dest: path.join(partial, DATA), linkDest: parentDir && path.join(parentDir, DATA), signal: ctx.signal, onBytes: (b) => ((copied = b), show()) })
+    if (copy.error) throw new Error(copy.error)
+    for (const w of copy.warnings) ctx.warn(w)
+    const hashStart = Date.now()
+    const manifest = await buildManifest(partial, src, parentDir, plan.parentInodes, await early, ctx.signal, (done, total) => ctx.progress(progressLine('hashing the copy:', done, total, hashStart)))
+    await writeLists(partial, parentDir, manifest)
+    const totalBytes = manifest.copy.files.reduce((s, f) => s + f.size, 0)
+    await writeFirstMeta(partial, {
+      format: 1, name: req.name, type: req.type, source: src, started: req.started.toISOString(), finished: new Date().toISOString(),
+      files: manifest.copy.files.length, bytes: totalBytes, symlinks: manifest.copy.symlinks.length, parent: parentDir && path.basename(parentDir),
+      rsync: { exit_code: copy.exitCode, warnings: copy.warnings }, hashed_bytes: manifest.hashedBytes, reused_hashes: manifest.reused, verifications: [],
+    })
+    ctx.progress('syncing the backup disk')
+    await ctx.$`sync --file-system ${partial}`
+    await fs.rename(partial, final)
+    published = true
+    await fsyncDir(path.dirname(final))
+    return { files: manifest.copy.files.length, bytes: totalBytes, copied_bytes: copied, hashed_bytes: manifest.hashedBytes, reused_hashes: manifest.reused, rsync_exit: copy.exitCode }
+  } finally {
+    stopHashing.abort()
+    if (!published) await removeBackupDir(ctx.settings, partial).catch((err) => ctx.warn(`could not remove ${partial}: ${(err as Error).message}`))
   }
 }

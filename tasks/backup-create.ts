@@ -1,13 +1,14 @@
-// Makes a new backup of the active models (or SRC): rsync into backup_<UTC time>_<type>.partial, manifest,
-// metadata, one syncfs, then rename to the final name and point `latest` at it. Until that rename nothing
-// counts as a backup; whatever an interrupted run leaves is removed by the next create or cleanup.
+// Makes a new backup of the active models (or SRC): checks the source and the space on the backup disk,
+// builds the backup as a .partial directory and publishes it by rename (lib/backup-build.ts), then points
+// `latest` at it. Until that rename nothing counts as a backup; whatever an interrupted run leaves is removed
+// by the next create or cleanup.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { buildManifest, hashSource, planCopy, writeLists, type EarlyHashes } from '../lib/backup-build.ts'
-import { backupName, backupsDir, DATA, findBackup, partialName, pointLatest, removeBackupDir, removePartials, scanStore, writeFirstMeta, type BackupType } from '../lib/backups.ts'
-import { fsyncDir, lstatOrNull } from '../lib/fsx.ts'
-import { bytes, count, progressLine } from '../lib/report.ts'
-import { rsyncCopy, RSYNC_VANISHED } from '../lib/rsync.ts'
+import { buildBackup, planCopy, type BuildOutcome } from '../lib/backup-build.ts'
+import { backupName, backupsDir, findBackup, pointLatest, removePartials, scanStore, type BackupType } from '../lib/backups.ts'
+import { lstatOrNull } from '../lib/fsx.ts'
+import { bytes, count } from '../lib/report.ts'
+import { RSYNC_VANISHED } from '../lib/rsync.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 
 const task = defineTask({
@@ -52,48 +53,16 @@ const task = defineTask({
     for (let t = started.getTime(); store.complete.some((b) => second(b.name) === second(name)) || (await lstatOrNull(path.join(root, name))); ) name = backupName(new Date((t += 1000)), type)
     const final = path.join(root, name)
     const summary = `${count(plan.source.files.length, 'file')}, ${bytes(plan.source.files.reduce((s, f) => s + f.size, 0))}; ${bytes(plan.bytesToCopy)} to copy`
-    if (ctx.check) {
-      await ctx.apply({ path: final, action: `create ${type} backup`, before: null, after: summary }, null, async () => {})
-      return ctx.finish(`would create ${name} of ${src} (${summary})`)
-    }
-
-    const partial = path.join(root, partialName(name))
-    let published = false
-    const outcome: Record<string, unknown> = {}
+    // Neither step is journaled: a finished backup is data, not configuration, and no rollback removes it.
+    let made: BuildOutcome | undefined
     await ctx.apply({ path: final, action: `create ${type} backup`, before: null, after: summary }, null, async () => {
-      try {
-        await fs.mkdir(path.join(partial, DATA), { recursive: true, mode: 0o755 })
-        const copyStart = Date.now()
-        let copied = 0
-        let hashedEarly = 0
-        const show = () => ctx.progress(`${progressLine('copying', copied, plan.bytesToCopy, copyStart)}; hashed ${bytes(hashedEarly)}`)
-        const early: Promise<EarlyHashes> = hashSource(src, plan.toCopy, ctx.signal, (b) => ((hashedEarly = b), show()))
-        early.catch(() => {})
-        const copy = await rsyncCopy(ctx.$, { src, dest: path.join(partial, DATA), linkDest: parentDir && path.join(parentDir, DATA), signal: ctx.signal, onBytes: (b) => ((copied = b), show()) })
-        if (copy.error) throw new Error(copy.error)
-        for (const w of copy.warnings) ctx.warn(w)
-        const hashStart = Date.now()
-        const manifest = await buildManifest(partial, src, parentDir, plan.parentInodes, await early, ctx.signal, (done, total) => ctx.progress(progressLine('hashing the copy:', done, total, hashStart)))
-        await writeLists(partial, parentDir, manifest)
-        const totalBytes = manifest.copy.files.reduce((s, f) => s + f.size, 0)
-        await writeFirstMeta(partial, {
-          format: 1, name, type, source: src, started: started.toISOString(), finished: new Date().toISOString(),
-          files: manifest.copy.files.length, bytes: totalBytes, symlinks: manifest.copy.symlinks.length, parent: parentDir && path.basename(parentDir),
-          rsync: { exit_code: copy.exitCode, warnings: copy.warnings }, hashed_bytes: manifest.hashedBytes, reused_hashes: manifest.reused, verifications: [],
-        })
-        ctx.progress('syncing the backup disk')
-        await ctx.$`sync --file-system ${partial}`
-        await fs.rename(partial, final)
-        published = true
-        await fsyncDir(root)
-        Object.assign(outcome, { files: manifest.copy.files.length, bytes: totalBytes, copied_bytes: copied, hashed_bytes: manifest.hashedBytes, reused_hashes: manifest.reused, rsync_exit: copy.exitCode })
-      } finally {
-        if (!published) await removeBackupDir(settings, partial).catch((err) => ctx.warn(`could not remove ${partial}: ${(err as Error).message}`))
-      }
+      made = await buildBackup(ctx, { src, final, name, type, started, parentDir, plan })
     })
     await ctx.apply({ path: path.join(root, 'latest'), action: 'point latest', before: store.latest, after: name }, null, () => pointLatest(settings, name))
-    const vanished = outcome.rsync_exit === RSYNC_VANISHED ? '; some source files vanished during the copy (see warnings)' : ''
-    return ctx.finish(`${name}: ${count(outcome.files as number, 'file')}, ${bytes(outcome.bytes as number)}, ${bytes(outcome.copied_bytes as number)} copied, ${bytes(outcome.hashed_bytes as number)} hashed${vanished}`, { backup: name, type, source: src, parent: parentDir && path.basename(parentDir), ...outcome })
+    if (ctx.check) return ctx.finish(`would create ${name} of ${src} (${summary})`)
+    const { files, bytes: size, copied_bytes, hashed_bytes, rsync_exit } = made!
+    const vanished = rsync_exit === RSYNC_VANISHED ? '; some source files vanished during the copy (see warnings)' : ''
+    return ctx.finish(`${name}: ${count(files, 'file')}, ${bytes(size)}, ${bytes(copied_bytes)} copied, ${bytes(hashed_bytes)} hashed${vanished}`, { backup: name, type, source: src, parent: parentDir && path.basename(parentDir), ...made })
   },
 })
 
