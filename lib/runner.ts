@@ -41,7 +41,6 @@ interface RunState {
   shell: Shell
   /** The records of the tasks finished so far, in order. */
   records: TaskRecord[]
-  interrupted: () => boolean
   /** Aborted by the first SIGINT or SIGTERM. */
   signal: AbortSignal
 }
@@ -70,7 +69,7 @@ async function execute(run: RunState, task: Task, args: TaskArgs, when: When | u
     warn: (message) => void warnings.push(message),
     detail: (...lines) => void details.push(...lines),
     async apply(change, undo, act) {
-      if (run.interrupted()) throw new Interrupted()
+      if (run.signal.aborted) throw new Interrupted()
       changes.push(change)
       if (check) return
       log.event('change', { task: task.name, ...change })
@@ -88,7 +87,7 @@ async function execute(run: RunState, task: Task, args: TaskArgs, when: When | u
   }
   let outcome: TaskResult
   try {
-    outcome = run.interrupted() ? result('failed', 'not started: interrupted by signal')
+    outcome = run.signal.aborted ? result('failed', 'not started: interrupted by signal')
       : when && !when.test(settings) ? result('skipped', when.otherwise)
       : await task.run(ctx)
   } catch (err) {
@@ -119,14 +118,12 @@ export async function run(req: RunRequest): Promise<number> {
       say(`warning: took over a stale lock of pid ${h.pid} (${h.command}, started ${h.started}); that process is gone`))
   }
   const journal = new Journal(journalFile(state), runId)
-  let interrupted = false
   const abort = new AbortController()
   const onSignal = (signal: NodeJS.Signals) => {
-    if (interrupted) {
+    if (abort.signal.aborted) {
       say(`${signal} again: stopping now; the journal is kept and the next run rolls it back`)
       process.exit(EXIT.interrupted)
     }
-    interrupted = true
     say(`${signal}: stopping after the current step, then rolling back`)
     abort.abort(new Interrupted())
   }
@@ -145,7 +142,7 @@ export async function run(req: RunRequest): Promise<number> {
 
     const shell = makeShell((fields) => log.event('command', fields))
     const records: TaskRecord[] = []
-    const run: RunState = { req, log, journal, shell, records, interrupted: () => interrupted, signal: abort.signal }
+    const run: RunState = { req, log, journal, shell, records, signal: abort.signal }
     const listr = new Listr(
       req.tasks.map(({ task, args, when }) => ({
         title: task.name,
@@ -176,6 +173,7 @@ export async function run(req: RunRequest): Promise<number> {
     )
     await listr.run().catch(() => {})
 
+    const interrupted = abort.signal.aborted
     const failed = records.some((r) => r.status === 'failed') || interrupted
     let rollback: RollbackStep[] = []
     if (!check && failed) {
