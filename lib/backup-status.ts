@@ -4,8 +4,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Settings } from './config.ts'
-import { backupsDir, DATA, scanStore, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
-import { lstatOrNull } from './fsx.ts'
+import { backupsDir, DATA, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
 import { count } from './report.ts'
 
 export const DAY_MS = 86_400_000
@@ -105,7 +104,8 @@ function storeWarnings(root: string, store: Store, now: Date): string[] {
 /** Reads the store and the backup disk; throws when the store cannot be read. Changes nothing. */
 export async function backupStatus(settings: Settings, now = new Date()): Promise<BackupStatus> {
   const root = backupsDir(settings)
-  if (!(await lstatOrNull(root))?.isDirectory()) throw new Error(`${root} is not a directory: run initial-setup first (or create-dirs)`)
+  const missing = await storeMissing(settings)
+  if (missing) throw new Error(missing)
   const store = await scanStore(settings)
   const shared = sharing(store.complete)
   const backups = store.complete.map((b): BackupSummary => {

@@ -108,6 +108,12 @@ export async function readCatalog(dir: string): Promise<Catalog> {
   return JSON.parse(await fs.readFile(path.join(dir, CATALOG), 'utf8')) as Catalog
 }
 
+/** Why there is no store to work in (initial-setup makes it), or null when there is one. */
+export async function storeMissing(s: Settings): Promise<string | null> {
+  const root = backupsDir(s)
+  return (await lstatOrNull(root))?.isDirectory() ? null : `${root} is not a directory: run initial-setup first (or create-dirs)`
+}
+
 /** Reads the store; only real directories directly inside <backup root>/models count. */
 export async function scanStore(s: Settings): Promise<Store> {
   const root = backupsDir(s)

@@ -4,8 +4,7 @@
 // A removed backup cannot be journaled, so a failed run does not bring it back.
 import path from 'node:path'
 import { bytesHeldOnlyBy, DAY_MS, formatAge, sharing } from '../lib/backup-status.ts'
-import { backupsDir, removeBackupDir, removePartials, scanStore, type Backup } from '../lib/backups.ts'
-import { lstatOrNull } from '../lib/fsx.ts'
+import { removeBackupDir, removePartials, scanStore, storeMissing, type Backup } from '../lib/backups.ts'
 import { bytes, count, table } from '../lib/report.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 
@@ -37,8 +36,8 @@ const task = defineTask({
   ],
   async run(ctx) {
     const { settings } = ctx
-    const root = backupsDir(settings)
-    if (!(await lstatOrNull(root))?.isDirectory()) return ctx.fail(`${root} is not a directory: run initial-setup first (or create-dirs)`)
+    const missing = await storeMissing(settings)
+    if (missing) return ctx.fail(missing)
     const days = typeof ctx.args.days === 'string' ? Number(ctx.args.days) : settings.backup.retentionDays
     const now = new Date()
     const verb = ctx.check ? 'would remove' : 'removed'

@@ -5,7 +5,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { buildBackup, planCopy, type BuildOutcome } from '../lib/backup-build.ts'
-import { backupName, backupsDir, findBackup, pointLatest, removePartials, scanStore, type BackupType } from '../lib/backups.ts'
+import { backupName, backupsDir, findBackup, pointLatest, removePartials, scanStore, storeMissing, type BackupType } from '../lib/backups.ts'
 import { lstatOrNull } from '../lib/fsx.ts'
 import { bytes, count } from '../lib/report.ts'
 import { RSYNC_VANISHED } from '../lib/rsync.ts'
@@ -27,7 +27,8 @@ const task = defineTask({
     if (!(await fs.stat(src).catch(() => null))?.isDirectory()) return ctx.fail(`source ${src} is not a directory`)
     const rel = path.relative(src, root)
     if (!rel.startsWith('..') && !path.isAbsolute(rel)) return ctx.fail(`source ${src} contains the backup directory ${root}; back up something that does not`)
-    if (!(await lstatOrNull(root))?.isDirectory()) return ctx.fail(`${root} is not a directory: run initial-setup first (or create-dirs)`)
+    const missing = await storeMissing(settings)
+    if (missing) return ctx.fail(missing)
 
     const store = await scanStore(settings)
     await removePartials(ctx, store)

@@ -154,6 +154,29 @@ describe('backup cleanup', () => {
     expect(sums.status, sums.stdout + sums.stderr).toBe(0)
   })
 
+  it('a delete that fails halfway leaves a partial backup, never a complete-looking one, and the next cleanup finishes it', async (ctx) => {
+    const roots = await setUpServer({ BACKUP_KEEP_MIN: '1' })
+    const old = backdate(roots, await backUp(roots, { 'a.bin': 'alpha', 'b.bin': 'bravo' }), 100)
+    await backUp(roots, { 'a.bin': 'alpha2', 'b.bin': 'bravo2' })
+    // An immutable file stops the delete partway, as a crash or an I/O error would.
+    const stuck = path.join(storeOf(roots), old, 'data', 'b.bin')
+    if (spawnSync('chattr', ['+i', stuck]).status !== 0) return ctx.skip('needs root and a filesystem with chattr +i to make a delete fail halfway')
+    try {
+      const failed = await citadelJson(['backup', 'cleanup'], roots.env)
+      expect(failed.code).toBe(2)
+      expect(entries(roots)).not.toContain(old)
+      expect(entries(roots)).toContain(`${old}.partial`)
+      expect((await citadelJson(['backup', 'status'], roots.env)).doc.tasks[0].data.backups.map((b: any) => b.name)).not.toContain(old)
+    } finally {
+      // Wherever the file ended up, it must be deletable again for the next cleanup and for this test's own.
+      for (const dir of [old, `${old}.partial`]) spawnSync('chattr', ['-i', path.join(storeOf(roots), dir, 'data', 'b.bin')])
+    }
+    const next = await citadelJson(['backup', 'cleanup'], roots.env)
+    expect(next.code, next.stderr).toBe(0)
+    expect(next.doc.tasks[0].warnings).toEqual([`${old}.partial was left by an interrupted backup or cleanup: removed it`])
+    expect(entries(roots).filter((n) => n.startsWith(old))).toEqual([])
+  })
+
   it('removes leftover .partial directories and says so', async () => {
     const roots = await setUpServer()
     const kept = await backUp(roots, { 'a.bin': 'alpha' })
