@@ -88,7 +88,7 @@ function findPlaybook(name: string): Playbook {
 }
 
 function usageOf(task: Task, prefix = `citadel task ${task.name}`): string {
-  const words = (task.args ?? []).map((a) => (a.positional ? `[${a.value ?? a.name.toUpperCase()}]` : `[--${a.name}${a.type === 'string' ? ` ${a.value ?? 'VALUE'}` : ''}]`))
+  const words = (task.args ?? []).map((a) => (a.positional ? `[${a.value ?? a.name.toUpperCase()}${a.variadic ? ' ...' : ''}]` : `[--${a.name}${a.type === 'string' ? ` ${a.value ?? 'VALUE'}` : ''}]`))
   return [prefix, ...words, '[options]'].join(' ')
 }
 
@@ -105,16 +105,19 @@ function taskHelp(task: Task): string {
 function taskArgs(task: Task, values: Values, positionals: string[]): TaskArgs {
   const specs = task.args ?? []
   const slots = specs.filter((a) => a.positional)
-  if (positionals.length > slots.length) {
+  if (positionals.length > slots.length && !slots.at(-1)?.variadic) {
     const expected = slots.length ? `at most ${slots.map((a) => a.value ?? a.name.toUpperCase()).join(' ')}` : 'no arguments'
     throw new UsageError(`task ${task.name} takes ${expected}, got "${positionals[slots.length]}" too`)
   }
-  const args: Record<string, string | boolean | undefined> = {}
+  const args: Record<string, string | boolean | readonly string[] | undefined> = {}
   for (const spec of specs) {
-    const value = spec.positional ? positionals[slots.indexOf(spec)] : values[spec.name]
-    if (value === undefined) continue
-    const problem = typeof value === 'string' ? spec.check?.(value) : null
-    if (problem) throw new UsageError(`${spec.positional ? (spec.value ?? spec.name.toUpperCase()) : `--${spec.name}`} "${value}" is not valid: ${problem}`)
+    const at = slots.indexOf(spec)
+    const value = !spec.positional ? values[spec.name] : spec.variadic ? positionals.slice(at) : positionals[at]
+    if (value === undefined || (Array.isArray(value) && value.length === 0)) continue
+    for (const one of typeof value === 'string' ? [value] : Array.isArray(value) ? value : []) {
+      const problem = spec.check?.(one)
+      if (problem) throw new UsageError(`${spec.positional ? (spec.value ?? spec.name.toUpperCase()) : `--${spec.name}`} "${one}" is not valid: ${problem}`)
+    }
     args[spec.name] = value
   }
   return args

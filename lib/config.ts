@@ -90,6 +90,10 @@ export const SETTINGS = {
   STORAGE_MONITOR_INODE_USAGE_WARNING: setting('0.8', 'Inode usage ratio that raises a warning', ratio('0.8')),
   STORAGE_MONITOR_INODE_USAGE_CRITICAL: setting('0.9', 'Inode usage ratio that is critical', ratio('0.9')),
   STORAGE_MONITOR_CHECK_INTERVAL: setting('60', 'Seconds between two monitor checks', wholeNumber(1, '60')),
+  STORAGE_MONITOR_CONSECUTIVE: setting('2', 'Samples in a row a new state must hold before the monitor alerts on it', wholeNumber(1, '2')),
+  STORAGE_MONITOR_SMART_INTERVAL: setting('1800', 'Seconds between two SMART reads in the monitor (smartctl never wakes a sleeping disk)', wholeNumber(1, '1800')),
+  STORAGE_MONITOR_ALERT_COMMAND: setting(undefined, 'Shell command run for each alert, with the alert as JSON on its stdin; empty = log and stderr only', text('expected a shell command').refine((v) => !v.includes('\0'), 'expected a shell command without NUL bytes')),
+  STORAGE_MONITOR_PROMETHEUS_FILE: setting(undefined, 'Prometheus textfile the monitor rewrites every cycle; default <app root>/metrics/citadel.prom', absolutePath),
   BACKUP_RETENTION_DAYS: setting('30', 'Backups older than this many days may be removed by cleanup', wholeNumber(0, '30')),
   BACKUP_VERIFY_SAMPLE_RATE: setting('0.1', 'Share of backup bytes whose hashes each verify run checks', ratio('0.1')),
   BACKUP_KEEP_MIN: setting('3', 'Complete backups cleanup always keeps, whatever their age', wholeNumber(1, '3')),
@@ -110,7 +114,17 @@ export interface Settings {
   modelVerificationEnabled: boolean
   modelAutoBackup: boolean
   symlinkForceRecreate: boolean
-  monitor: { diskWarning: number; diskCritical: number; inodeWarning: number; inodeCritical: number; checkInterval: number }
+  monitor: {
+    diskWarning: number
+    diskCritical: number
+    inodeWarning: number
+    inodeCritical: number
+    checkInterval: number
+    consecutive: number
+    smartInterval: number
+    alertCommand?: string
+    prometheusFile: string
+  }
   backup: { retentionDays: number; verifySampleRate: number; keepMin: number }
   /** Where each setting came from, for messages: env, the .env file's path, or default. */
   sources: Record<string, string>
@@ -192,6 +206,10 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
       inodeWarning: r.STORAGE_MONITOR_INODE_USAGE_WARNING,
       inodeCritical: r.STORAGE_MONITOR_INODE_USAGE_CRITICAL,
       checkInterval: r.STORAGE_MONITOR_CHECK_INTERVAL,
+      consecutive: r.STORAGE_MONITOR_CONSECUTIVE,
+      smartInterval: r.STORAGE_MONITOR_SMART_INTERVAL,
+      alertCommand: r.STORAGE_MONITOR_ALERT_COMMAND,
+      prometheusFile: r.STORAGE_MONITOR_PROMETHEUS_FILE ?? path.join(r.CITADEL_APP_ROOT, 'metrics', 'citadel.prom'),
     },
     backup: { retentionDays: r.BACKUP_RETENTION_DAYS, verifySampleRate: r.BACKUP_VERIFY_SAMPLE_RATE, keepMin: r.BACKUP_KEEP_MIN },
     sources,

@@ -23,6 +23,8 @@ export interface RunRequest {
   diff: boolean
   force: boolean
   json: boolean
+  /** Print nothing, neither progress nor report: the monitor runs a repair inside its own loop. */
+  quiet?: boolean
   command: string
 }
 
@@ -104,8 +106,11 @@ export async function run(req: RunRequest): Promise<number> {
   const runId = `${fileStamp()}-${process.pid}`
   const state = stateDir(settings)
   const log = new RunLog(logsDir(settings), runId, !check)
+  // A run of read-only tasks never takes the lock nor touches the journal, which belong to whatever
+  // run holds the lock right now.
+  const guarded = !check && !req.tasks.every(({ task }) => task.readOnly)
   let lock: Lock | null = null
-  if (!check) {
+  if (guarded) {
     try {
       await fs.mkdir(state, { recursive: true, mode: settings.dirMode })
     } catch (err) {
@@ -133,7 +138,7 @@ export async function run(req: RunRequest): Promise<number> {
     log.event('run-start', { command: req.command, playbook: req.playbook, tasks: req.tasks.map((t) => t.task.name), check, pid: process.pid })
     const leftover = await journal.entries()
     if (leftover.length && check) say(`warning: an interrupted run left ${leftover.length} changes in ${journal.file}; the next real run rolls them back`)
-    if (leftover.length && !check) {
+    if (leftover.length && guarded) {
       const steps = await journal.rollback()
       say(`rolled back ${steps.filter((s) => s.done).length} of ${steps.length} changes left by an interrupted run:`)
       for (const s of steps) say(`  ${s.done ? 'undone' : 'FAILED'} ${s.msg}`)
@@ -163,7 +168,7 @@ export async function run(req: RunRequest): Promise<number> {
         },
       })),
       {
-        renderer: req.json ? 'silent' : 'default',
+        renderer: req.json || req.quiet ? 'silent' : 'default',
         fallbackRenderer: 'simple',
         exitOnError: true,
         registerSignalListeners: false,
@@ -176,14 +181,13 @@ export async function run(req: RunRequest): Promise<number> {
     const interrupted = abort.signal.aborted
     const failed = records.some((r) => r.status === 'failed') || interrupted
     let rollback: RollbackStep[] = []
-    if (!check && failed) {
+    if (guarded && failed) {
       rollback = await journal.rollback()
       log.event('rollback', { steps: rollback })
-    } else if (!check) await journal.clear()
+    } else if (guarded) await journal.clear()
 
     const report = toReport(req.playbook, check, records, rollback, interrupted)
-    if (req.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n')
-    else process.stdout.write(formatReport(report, records, req.diff, Date.now() - started))
+    if (!req.quiet) process.stdout.write(req.json ? JSON.stringify(report, null, 2) + '\n' : formatReport(report, records, req.diff, Date.now() - started))
     const code = interrupted ? EXIT.interrupted : failed ? EXIT.failed : EXIT.ok
     log.event('run-end', { exit: code, stats: report.stats, ms: Date.now() - started })
     return code

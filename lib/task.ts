@@ -34,6 +34,8 @@ export interface TaskResult {
 export interface ArgSpec {
   name: string
   positional?: true
+  /** The last positional may take any number of values (citadel smart /dev/sda /dev/sdb). */
+  variadic?: true
   type: 'string' | 'boolean'
   help: string
   /** Shown in usage for a string value, e.g. RATE. */
@@ -41,7 +43,7 @@ export interface ArgSpec {
   check?: (value: string) => string | null
 }
 
-export type TaskArgs = Readonly<Record<string, string | boolean | undefined>>
+export type TaskArgs = Readonly<Record<string, string | boolean | readonly string[] | undefined>>
 
 export interface TaskContext {
   readonly task: string
@@ -80,6 +82,11 @@ export interface Task {
    * so a second run changes again; every other task reports no change the second time.
    */
   idempotent?: false
+  /**
+   * true for a task that only looks (a health check): it runs without the run lock, so an operator can
+   * check the disks while a backup runs. Its log still goes to the run log.
+   */
+  readOnly?: true
   run(ctx: TaskContext): Promise<TaskResult>
 }
 

@@ -1,0 +1,19 @@
+// The vocabulary every health check shares: a severity, and a problem that names its check, a stable key
+// (the monitor follows each key from sample to sample) and the reason in words an operator reads at 3 a.m.
+export type Severity = 'ok' | 'warning' | 'critical'
+
+export interface Problem {
+  check: 'filesystems' | 'symlinks' | 'smart' | 'backups' | 'perf'
+  severity: 'warning' | 'critical'
+  /** Stable across samples of the same condition, e.g. "filesystems:/mnt/citadel-models:disk". */
+  key: string
+  message: string
+}
+
+const RANK: Record<Severity, number> = { ok: 0, warning: 1, critical: 2 }
+
+export const worse = (a: Severity, b: Severity): Severity => (RANK[a] >= RANK[b] ? a : b)
+export const rank = (s: Severity): number => RANK[s]
+
+/** The overall severity of a set of problems. */
+export const overall = (problems: readonly Problem[]): Severity => problems.reduce<Severity>((acc, p) => worse(acc, p.severity), 'ok')
