@@ -87,6 +87,9 @@ function findPlaybook(name: string): Playbook {
   return playbook
 }
 
+/** Tasks an operator types often, with a command of their own. */
+const SHORT_NAMES: Record<string, string> = { 'check-smart': 'smart', 'check-perf': 'perf' }
+
 function usageOf(task: Task, prefix = `citadel task ${task.name}`): string {
   const words = (task.args ?? []).map((a) => (a.positional ? `[${a.value ?? a.name.toUpperCase()}${a.variadic ? ' ...' : ''}]` : `[--${a.name}${a.type === 'string' ? ` ${a.value ?? 'VALUE'}` : ''}]`))
   return [prefix, ...words, '[options]'].join(' ')
@@ -97,7 +100,8 @@ function taskHelp(task: Task): string {
     const left = a.positional ? (a.value ?? a.name.toUpperCase()) : `--${a.name}${a.type === 'string' ? ` ${a.value ?? 'VALUE'}` : ''}`
     return `  ${left.padEnd(21)}${a.help}`
   })
-  const alias = task.name.startsWith('backup-') ? `\nAlso: ${usageOf(task, `citadel backup ${task.name.slice('backup-'.length)}`)}` : ''
+  const short = task.name.startsWith('backup-') ? `backup ${task.name.slice('backup-'.length)}` : SHORT_NAMES[task.name]
+  const alias = short ? `\nAlso: ${usageOf(task, `citadel ${short}`)}` : ''
   return `Usage: ${usageOf(task)}${alias}\n\n${task.description}\nTags: ${task.tags.join(', ')}\n${args.length ? `\nArguments:\n${args.join('\n')}\n` : ''}\n${COMMON_HELP}`
 }
 
@@ -220,6 +224,8 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
     if (!task) throw new UsageError(`unknown backup action "${action}"; expected create, verify, cleanup or status`)
     return taskCommand(task, args)
   },
+  smart: (args) => taskCommand(findTask('check-smart'), args),
+  perf: (args) => taskCommand(findTask('check-perf'), args),
   async list(args) {
     const { values } = parse(args, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })
     if (values.help) return show(HELP.list!)

@@ -46,3 +46,7 @@ export const hfHome = (s: Settings) => path.join(s.modelsRoot, 'cache', 'hugging
 export const vllmCache = (s: Settings) => path.join(s.modelsRoot, 'cache', 'vllm')
 export const stateDir = (s: Settings) => path.join(s.appRoot, '.citadel')
 export const logsDir = (s: Settings) => path.join(s.appRoot, 'logs')
+/** Where health results live between runs: the monitor's health.json and state, perf history. */
+export const healthDir = (s: Settings) => path.join(s.appRoot, 'state')
+export const healthFile = (s: Settings) => path.join(healthDir(s), 'health.json')
+export const perfHistoryFile = (s: Settings) => path.join(healthDir(s), 'perf-history.jsonl')
