@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // A self-contained demo: lays out ./demo/ as a small server (app root, model disk, backup disk, two tiny
-// sample models), runs the initial-setup playbook against it, then makes and verifies a full and an
-// incremental backup. No root, no real disks.
+// sample models), runs the initial-setup playbook against it, makes and verifies a full and an incremental
+// backup, then shows the morning glance and the health report. No root, no real disks.
 import { spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
@@ -62,6 +62,18 @@ const steps = [
   },
   () => citadel('backup', 'verify', '--sample', '1'),
   () => citadel('backup', 'status'),
+  () => citadel('status'),
+  () => {
+    // health-check exits as monitoring plugins do: 1 or 2 is its verdict (this machine's own disk may be
+    // fuller than the 80% warning), not a failure of the demo.
+    const code = citadel('health-check', '--json')
+    console.log(`(exit ${code}: 0 ok, 1 warning, 2 critical, 3 unknown)`)
+    return code === 3 ? code : 0
+  },
+  () => {
+    const code = citadel('monitor', '--once')
+    return code === 3 ? code : 0
+  },
 ]
 let status = 0
 for (const step of steps) if ((status = step()) !== 0) break
@@ -71,8 +83,11 @@ Where to look:
   ${rel(roots.app)}/configs/storage-env.sh   what vLLM sources (. ${rel(roots.app)}/configs/storage-env.sh)
   ${rel(roots.app)}/logs/                    JSON lines of every run
   ${rel(roots.backup)}/models/           backups: data/, SHA256SUMS, backup.json; latest -> the newest
+  ${rel(roots.app)}/state/health.json        the last health report; metrics/citadel.prom for Prometheus
 Try next:
   CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel task verify-symlinks
   CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel run initial-setup --check --diff
-  CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel backup verify --sample 0.1   (a different tenth each run)`)
+  CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel backup verify --sample 0.1   (a different tenth each run)
+  CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel monitor --interval 5          (Ctrl-C stops it; rm a link to see a repair)
+  CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel perf ${rel(roots.models)} --quick`)
 process.exit(status)

@@ -5,6 +5,7 @@ import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Settings } from './config.ts'
 import { backupsDir, DATA, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
+import type { Problem } from './checks.ts'
 import { count } from './report.ts'
 
 export const DAY_MS = 86_400_000
@@ -134,5 +135,42 @@ export async function backupStatus(settings: Settings, now = new Date()): Promis
     partials: store.partials.map((p) => path.basename(p)),
     damaged: store.damaged,
     warnings: storeWarnings(root, store, now),
+  }
+}
+
+/** What monitoring needs of the store, read from the backups' metadata alone (no walk of their data). */
+export interface BackupHealth {
+  store: string
+  complete: number
+  newest: { name: string; type: BackupType; created: string; age: string; age_seconds: number } | null
+  /** The most recent verification of any complete backup: incrementals between two weekly verifies have none. */
+  last_verification: { backup: string; at: string; age_seconds: number; ok: boolean; problems: number } | null
+  latest: string | null
+  problems: Problem[]
+}
+
+export async function backupHealth(settings: Settings, now = new Date()): Promise<BackupHealth> {
+  const root = backupsDir(settings)
+  const problem = (severity: Problem['severity'], what: string, message: string): Problem => ({ check: 'backups', severity, key: `backups:${what}`, message })
+  const missing = await storeMissing(settings)
+  if (missing) return { store: root, complete: 0, newest: null, last_verification: null, latest: null, problems: [problem('critical', 'none', missing)] }
+  const store = await scanStore(settings)
+  const newest = store.complete.at(-1)
+  const verifications = store.complete.flatMap((b) => b.meta.verifications.map((v) => ({ backup: b.name, v }))).sort((a, b) => a.v.at.localeCompare(b.v.at))
+  const last = verifications.at(-1)
+  const problems: Problem[] = []
+  if (!newest) problems.push(problem('critical', 'none', `no complete backup in ${root}: run citadel backup create`))
+  const ageMs = newest ? now.getTime() - newest.created.getTime() : 0
+  if (newest && ageMs > OVERDUE_DAYS * DAY_MS)
+    problems.push(problem('warning', 'overdue', `the newest backup, ${newest.name}, is ${formatAge(ageMs)} old (more than ${OVERDUE_DAYS} days)`))
+  if (last && !last.v.ok)
+    problems.push(problem('warning', 'verification', `the last verification, of ${last.backup} at ${last.v.at}, failed: ${count(last.v.problems.length, 'problem')} (citadel backup verify ${last.backup})`))
+  return {
+    store: root,
+    complete: store.complete.length,
+    newest: newest ? { name: newest.name, type: newest.type, created: newest.created.toISOString(), age: formatAge(ageMs), age_seconds: Math.floor(ageMs / 1000) } : null,
+    last_verification: last ? { backup: last.backup, at: last.v.at, age_seconds: Math.floor((now.getTime() - Date.parse(last.v.at)) / 1000), ok: last.v.ok, problems: last.v.problems.length } : null,
+    latest: store.latest,
+    problems,
   }
 }

@@ -4,9 +4,12 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { playbooks } from '../playbooks/index.ts'
 import { tasks } from '../tasks/index.ts'
+import type { Settings } from './config.ts'
 import { playbookEntries, type Playbook, type Step, type Task, type TaskArgs } from './task.ts'
 
 const EXIT_INVALID = 4
+/** health-check and monitor --once answer as monitoring plugins: 3 is UNKNOWN, whatever kept them from judging. */
+const PLUGIN_UNKNOWN = 3
 
 class UsageError extends Error {}
 
@@ -47,6 +50,13 @@ Usage:
   citadel backup verify [BACKUP] [--sample RATE] [--seed N]
   citadel backup cleanup [DAYS]
   citadel backup status            the backup tasks, by their own names (see citadel help backup)
+  citadel health-check [--json]    every check in one report; exit 0 ok, 1 warning, 2 critical, 3 unknown
+  citadel status [--json]          the morning glance: usage, links, backup, SMART, monitor
+  citadel monitor [--interval S] [--once]
+                                   check in a loop, alert on changes, write health.json and metrics
+  citadel smart [DEVICE ...] [--json-input FILE]
+                                   SMART verdict of the disks under the model and backup roots
+  citadel perf [PATH] [--quick]    fio: sequential read/write and 4 KiB random read in PATH
   citadel list [--json]            playbooks with their tasks, and every task
   citadel help COMMAND             help on a command
 
@@ -56,6 +66,27 @@ ${COMMON_HELP}`,
   run: `Usage: citadel run PLAYBOOK [options]\n\nRuns the playbook's tasks in order; stops at the first failure and rolls the run back.\n\n${COMMON_HELP}`,
   task: `Usage: citadel task TASK [options]\n\nRuns one task, with the same lock, log and rollback as a playbook.\n\n${COMMON_HELP}`,
   list: `Usage: citadel list [--json]\n\nLists the playbooks with their tasks, and every task with its description and tags.`,
+  'health-check': `Usage: citadel health-check [--json]
+
+Runs every check (disk and inode usage, links, SMART, backups; perf from its last stored result) and
+prints the problems, or with --json the whole report. Changes nothing, takes no lock.
+Exit: 0 ok, 1 warning, 2 critical, 3 unknown (the checks could not run, or invalid settings), as
+monitoring plugins do: it drops into Nagios, Icinga or monit's \`check program\` as it is.`,
+  status: `Usage: citadel status [--json]
+
+The morning glance: usage per filesystem, link verdicts, the newest backup and its age, SMART verdicts
+(from the running monitor when it read them recently) and whether a monitor is running. Changes nothing.`,
+  monitor: `Usage: citadel monitor [--interval SECONDS] [--once]
+
+Checks usage, links and backups every interval (default STORAGE_MONITOR_CHECK_INTERVAL) and SMART every
+STORAGE_MONITOR_SMART_INTERVAL. Alerts when a condition changes (ok -> warning -> critical, and back to ok)
+and has held for STORAGE_MONITOR_CONSECUTIVE samples; a usage alert clears 5 points below its threshold.
+Alerts go to the log, to stderr and to STORAGE_MONITOR_ALERT_COMMAND (the alert as JSON on its stdin).
+A missing, wrong or broken link is repaired once (never with force). Every cycle rewrites
+<app root>/state/health.json and STORAGE_MONITOR_PROMETHEUS_FILE. SIGINT/SIGTERM end it after the cycle.
+
+  --interval SECONDS   seconds between cycles
+  --once               one cycle; exit as health-check does (0 ok, 1 warning, 2 critical, 3 unknown)`,
   backup: `Usage: citadel backup create|verify|cleanup|status [arguments] [options]
 
 Each is the task backup-NAME (citadel help backup-create, say): the same lock, log and report as a playbook.
@@ -158,20 +189,25 @@ function list(json: boolean): void {
   process.stdout.write(out.join('\n') + '\n')
 }
 
+/** The settings, or null after printing one line per invalid setting. */
+async function settingsOrNull(): Promise<Settings | null> {
+  const { loadSettings, ConfigError } = await import('./config.ts')
+  try {
+    return loadSettings()
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err
+    for (const problem of err.problems) process.stderr.write(`citadel: ${problem}\n`)
+    return null
+  }
+}
+
 async function runTasks(playbook: string | null, chosen: Step[], values: Values): Promise<number> {
   if (values['list-tasks']) {
     process.stdout.write(chosen.map(({ task }) => `${task.name}  ${task.description}`).join('\n') + '\n')
     return 0
   }
-  const { loadSettings, ConfigError } = await import('./config.ts')
-  let settings
-  try {
-    settings = loadSettings()
-  } catch (err) {
-    if (!(err instanceof ConfigError)) throw err
-    for (const problem of err.problems) process.stderr.write(`citadel: ${problem}\n`)
-    return EXIT_INVALID
-  }
+  const settings = await settingsOrNull()
+  if (!settings) return EXIT_INVALID
   const { run } = await import('./runner.ts')
   const { LockHeldError } = await import('./lock.ts')
   try {
@@ -223,6 +259,34 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
     const task = tasks.find((t) => t.name === `backup-${action}`)
     if (!task) throw new UsageError(`unknown backup action "${action}"; expected create, verify, cleanup or status`)
     return taskCommand(task, args)
+  },
+  async 'health-check'(args) {
+    const { values } = parse(args, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })
+    if (values.help) return show(HELP['health-check']!)
+    const settings = await settingsOrNull()
+    const { healthCheck } = await import('./health-commands.ts')
+    return settings ? healthCheck(settings, Boolean(values.json)) : PLUGIN_UNKNOWN
+  },
+  async status(args) {
+    const { values } = parse(args, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })
+    if (values.help) return show(HELP.status!)
+    const settings = await settingsOrNull()
+    const { status } = await import('./health-commands.ts')
+    return settings ? status(settings, Boolean(values.json)) : EXIT_INVALID
+  },
+  async monitor(args) {
+    const { values } = parse(args, { interval: { type: 'string' }, once: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })
+    if (values.help) return show(HELP.monitor!)
+    const invalid = values.once ? PLUGIN_UNKNOWN : EXIT_INVALID
+    const interval = values.interval
+    if (typeof interval === 'string' && !(/^\d+$/.test(interval) && Number(interval) >= 1)) {
+      process.stderr.write(`citadel: --interval "${interval}" is not valid: expected a whole number of seconds, at least 1\n`)
+      return invalid
+    }
+    const settings = await settingsOrNull()
+    if (!settings) return invalid
+    const { runMonitor } = await import('./monitor.ts')
+    return runMonitor({ settings, intervalSeconds: typeof interval === 'string' ? Number(interval) : settings.monitor.checkInterval, once: Boolean(values.once) })
   },
   smart: (args) => taskCommand(findTask('check-smart'), args),
   perf: (args) => taskCommand(findTask('check-perf'), args),

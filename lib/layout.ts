@@ -27,6 +27,8 @@ export function expectedDirs(s: Settings): string[] {
     app('configs'),
     app('logs'),
     app('model-links'),
+    app('state'),
+    app('metrics'),
   ]
 }
 

@@ -21,6 +21,16 @@ function processStart(pid: number): string | null {
   }
 }
 
+/** The live process holding the lock `file`, or null when it is free or its holder is gone. */
+export function liveHolder(file: string): LockHolder | null {
+  try {
+    const holder = JSON.parse(readFileSync(file, 'utf8')) as LockHolder
+    return holder.pid && isAlive(holder) ? holder : null
+  } catch {
+    return null
+  }
+}
+
 function isAlive(holder: LockHolder): boolean {
   try {
     process.kill(holder.pid, 0)
@@ -35,8 +45,8 @@ export class Lock {
   private constructor(readonly file: string, private readonly content: string) {}
 
   /** Takes the lock or throws LockHeldError; `onStale` hears about a dead holder it replaced. */
-  static async acquire(dir: string, command: string, onStale: (holder: LockHolder) => void): Promise<Lock> {
-    const file = path.join(dir, 'lock')
+  static async acquire(dir: string, command: string, onStale: (holder: LockHolder) => void, name = 'lock'): Promise<Lock> {
+    const file = path.join(dir, name)
     const me: LockHolder = { pid: process.pid, command, started: new Date().toISOString(), procStart: processStart(process.pid) }
     const content = JSON.stringify(me) + '\n'
     for (let attempt = 0; attempt < 5; attempt++) {

@@ -1,9 +1,23 @@
-// Daily: an incremental backup of the active models (unchanged files cost no space), when enabled.
+// Daily: links right, disks and backups judged, an incremental backup (when enabled), a fresh health report.
 import backupCreate from '../tasks/backup-create.ts'
+import checkBackups from '../tasks/check-backups.ts'
+import checkSmart from '../tasks/check-smart.ts'
+import checkUsage from '../tasks/check-usage.ts'
+import healthReport from '../tasks/health-report.ts'
+import repairSymlinks from '../tasks/repair-symlinks.ts'
+import verifySymlinks from '../tasks/verify-symlinks.ts'
 import { definePlaybook } from '../lib/task.ts'
 
 export default definePlaybook({
   name: 'daily',
-  description: 'Incremental backup of the active models when MODEL_AUTO_BACKUP is true',
-  tasks: [{ task: backupCreate, args: { type: 'incremental' }, when: { test: (s) => s.modelAutoBackup, otherwise: 'MODEL_AUTO_BACKUP is false' } }],
+  description: 'Repair and verify the links, check usage, SMART and backups, incremental backup, write the health report',
+  tasks: [
+    repairSymlinks,
+    verifySymlinks,
+    checkUsage,
+    checkSmart,
+    checkBackups,
+    { task: backupCreate, args: { type: 'incremental' }, when: { test: (s) => s.modelAutoBackup, otherwise: 'MODEL_AUTO_BACKUP is false' } },
+    healthReport,
+  ],
 })

@@ -1,10 +1,12 @@
-// Emergency: put the links vLLM depends on back, then take a full backup of what is there now.
+// Emergency: put the links vLLM depends on back, take a full backup of what is there now, then see where
+// things stand.
 import backupCreate from '../tasks/backup-create.ts'
+import healthReport from '../tasks/health-report.ts'
 import repairSymlinks from '../tasks/repair-symlinks.ts'
 import { definePlaybook } from '../lib/task.ts'
 
 export default definePlaybook({
   name: 'emergency',
-  description: 'Repair the symlinks, then make a full backup of the active models',
-  tasks: [repairSymlinks, { task: backupCreate, args: { type: 'full' } }],
+  description: 'Repair the symlinks, make a full backup of the active models, write the health report',
+  tasks: [repairSymlinks, { task: backupCreate, args: { type: 'full' } }, healthReport],
 })

@@ -1,4 +1,6 @@
-// First setup of a server: check it, lay out the tree, link the app to the model disk, write vLLM's env.
+// First setup of a server: check it, lay out the tree, link the app to the model disk, write vLLM's env,
+// then a first health report.
+import healthReport from '../tasks/health-report.ts'
 import createDirs from '../tasks/create-dirs.ts'
 import createSymlinks from '../tasks/create-symlinks.ts'
 import verifyPrereq from '../tasks/verify-prereq.ts'
@@ -8,6 +10,6 @@ import { definePlaybook } from '../lib/task.ts'
 
 export default definePlaybook({
   name: 'initial-setup',
-  description: 'Check prerequisites, create the directory tree and links, write storage-env.sh',
-  tasks: [verifyPrereq, createDirs, createSymlinks, verifySymlinks, writeEnvScript],
+  description: 'Check prerequisites, create the directory tree and links, write storage-env.sh, report health',
+  tasks: [verifyPrereq, createDirs, createSymlinks, verifySymlinks, writeEnvScript, healthReport],
 })

@@ -1,0 +1,78 @@
+// `citadel health-check` (one document and a monitoring-plugin exit status) and `citadel status` (the
+// morning glance). Both only look: no lock, nothing written, so they run beside a backup or the monitor.
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
+import { formatAge } from './backup-status.ts'
+import type { Settings } from './config.ts'
+import { collectHealth, PLUGIN_EXIT, type HealthReport, type SmartSnapshot } from './health.ts'
+import { healthDir, healthFile } from './layout.ts'
+import { liveHolder } from './lock.ts'
+import { MONITOR_LOCK } from './monitor.ts'
+import { bytes, count, table } from './report.ts'
+import { makeShell } from './shell.ts'
+
+const quietShell = () => makeShell(() => {})
+const percent = (ratio: number | null) => (ratio === null ? '-' : `${Math.ceil(ratio * 1000) / 10}%`)
+const ago = (iso: string) => `${formatAge(Date.now() - Date.parse(iso))} ago`
+
+/** First line as monitoring plugins print it, then one line per problem. */
+function pluginText(report: HealthReport): string {
+  const { problems } = report
+  const head = `CITADEL ${report.overall.toUpperCase()} - ${problems.length ? count(problems.length, 'problem') : 'all checks ok'}`
+  return [head, ...problems.map((p) => `${p.severity.padEnd(8)} ${p.check.padEnd(11)} ${p.message}`), ...report.notes.map((n) => `note     ${n}`)].join('\n') + '\n'
+}
+
+export async function healthCheck(settings: Settings, json: boolean): Promise<number> {
+  const report = await collectHealth({ settings, $: quietShell() })
+  process.stdout.write(json ? JSON.stringify(report, null, 2) + '\n' : pluginText(report))
+  return PLUGIN_EXIT[report.overall]
+}
+
+interface StoredHealth extends Partial<HealthReport> { monitor?: { pid: number } }
+
+function storedHealth(settings: Settings): StoredHealth | null {
+  try {
+    return JSON.parse(readFileSync(healthFile(settings), 'utf8')) as StoredHealth
+  } catch {
+    return null
+  }
+}
+
+/** 20 cells of bar: what share of the filesystem is used, at a glance. */
+const bar = (ratio: number) => {
+  const full = Math.min(20, Math.round(ratio * 20))
+  return `[${'#'.repeat(full)}${'.'.repeat(20 - full)}]`
+}
+
+export async function status(settings: Settings, json: boolean): Promise<number> {
+  const stored = storedHealth(settings)
+  const holder = liveHolder(path.join(healthDir(settings), MONITOR_LOCK))
+  // SMART as the running monitor last read it, while that reading is fresh; otherwise read the disks now
+  // (smartctl -n standby never spins a sleeping disk up).
+  const fresh = stored?.smart && stored.smart_read_at && Date.now() - Date.parse(stored.smart_read_at) < (settings.monitor.smartInterval + settings.monitor.checkInterval) * 1000
+  const smart: SmartSnapshot | undefined = holder && fresh ? { disks: stored.smart!, notes: stored.notes ?? [], read_at: stored.smart_read_at! } : undefined
+  const report = await collectHealth({ settings, $: quietShell(), ...(smart && { smart }) })
+  const monitor = { running: holder !== null, pid: holder?.pid ?? null, last_cycle_at: holder ? (stored?.generated_at ?? null) : null }
+  if (json) {
+    process.stdout.write(JSON.stringify({ ...report, monitor }, null, 2) + '\n')
+    return 0
+  }
+  const out = [`citadel on ${report.host}: overall ${report.overall.toUpperCase()}${report.problems.length ? ` (${count(report.problems.length, 'problem')})` : ''}`, '']
+  out.push(...table([
+    ['FILESYSTEM', 'ROOTS', 'USAGE', '', 'SIZE', 'FREE', 'INODES', 'VERDICT'],
+    ...report.filesystems.map((f) => [f.mount, f.roots.map((r) => r.name).join(','), bar(f.used_ratio), percent(f.used_ratio), bytes(f.size_bytes), bytes(f.available_bytes), percent(f.inodes_used_ratio), f.severity]),
+  ]))
+  const failing = report.symlinks.filter((l) => l.failing)
+  const waiting = report.symlinks.filter((l) => !l.failing && l.verdict !== 'ok')
+  out.push('', `links    ${report.symlinks.length - failing.length - waiting.length} ok${waiting.length ? `, ${waiting.length} waiting for their model` : ''}${failing.length ? `, ${failing.length} FAILING` : ''}`)
+  for (const l of failing) out.push(`         ${l.path}: ${l.verdict} (${l.reason})`)
+  const { newest, last_verification: last } = report.backups
+  out.push(`backup   ${newest ? `${newest.name}, ${newest.age} old` : 'no complete backup'}; ${last ? `last verification ${last.ok ? 'ok' : 'FAILED'} ${ago(last.at)}` : 'never verified'}`)
+  const disks = report.smart.map((d) => `${d.device} ${d.verdict}${d.temperature_celsius !== null ? ` ${d.temperature_celsius}°C` : ''}${d.verdict === 'healthy' ? '' : ` (${d.reasons[0] ?? ''})`}`)
+  out.push(`smart    ${disks.length ? disks.join(', ') : 'no disk to read'}${smart ? ` (monitor, ${ago(smart.read_at)})` : ''}`)
+  for (const note of report.notes) out.push(`         ${note}`)
+  out.push(`monitor  ${holder ? `running, pid ${holder.pid}${monitor.last_cycle_at ? `, last cycle ${ago(monitor.last_cycle_at)}` : ''}` : 'not running'}`)
+  if (report.problems.length) out.push('', 'problems:', ...report.problems.map((p) => `  ${p.severity.padEnd(8)} ${p.message}`))
+  process.stdout.write(out.join('\n') + '\n')
+  return 0
+}

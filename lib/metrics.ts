@@ -1,0 +1,72 @@
+// The health report as a Prometheus textfile for node_exporter's textfile collector. Only what
+// node_exporter lacks: verdicts, SMART readings, backup age, perf figures. Base units throughout.
+import { rank, type Severity } from './checks.ts'
+import type { HealthReport } from './health.ts'
+
+type Labels = Record<string, string>
+interface Family { name: string; help: string; type: 'gauge' | 'counter'; samples: { labels: Labels; value: number }[] }
+
+/** Label values may hold anything but these three, which the text format escapes. */
+const escape = (v: string) => v.replaceAll('\\', '\\\\').replaceAll('"', '\\"').replaceAll('\n', '\\n')
+
+function render(families: Family[]): string {
+  const lines: string[] = []
+  for (const f of families) {
+    if (f.samples.length === 0) continue
+    lines.push(`# HELP ${f.name} ${f.help}`, `# TYPE ${f.name} ${f.type}`)
+    for (const { labels, value } of f.samples) {
+      const pairs = Object.entries(labels).map(([k, v]) => `${k}="${escape(v)}"`).join(',')
+      lines.push(`${f.name}${pairs ? `{${pairs}}` : ''} ${Number.isFinite(value) ? value : 'NaN'}`)
+    }
+  }
+  return lines.join('\n') + '\n'
+}
+
+const CHECKS = ['filesystems', 'symlinks', 'smart', 'backups'] as const
+const SMART_VERDICTS = ['healthy', 'warning', 'failing', 'unavailable'] as const
+const LINK_VERDICTS = ['ok', 'missing', 'wrong-target', 'broken', 'not-a-link'] as const
+const seconds = (iso: string) => Date.parse(iso) / 1000
+
+export interface MonitorFigures { cycle_seconds: number; alerts_total: number; repairs_total: number }
+
+export function metricsText(report: HealthReport, monitor?: MonitorFigures): string {
+  const gauge = (name: string, help: string, samples: Family['samples']): Family => ({ name, help, type: 'gauge', samples })
+  const severityOf = (check: string): Severity => report.problems.filter((p) => p.check === check).reduce<Severity>((a, p) => (rank(p.severity) > rank(a) ? p.severity : a), 'ok')
+  const { backups } = report
+  const smartNumber = (key: 'temperature_celsius' | 'power_on_hours' | 'nvme_percentage_used', scale: number) =>
+    report.smart.filter((d) => d[key] !== null).map((d) => ({ labels: { device: d.device }, value: d[key]! * scale }))
+  const perf = report.perf.results.flatMap((r) => Object.entries(r.jobs).map(([job, j]) => ({ r, job, j })))
+  const families: Family[] = [
+    gauge('citadel_health_severity', 'Verdict of each check and overall: 0 ok, 1 warning, 2 critical', [
+      { labels: { check: 'overall' }, value: rank(report.overall) },
+      ...CHECKS.map((check) => ({ labels: { check }, value: rank(severityOf(check)) })),
+    ]),
+    gauge('citadel_health_problems', 'Problems the last health check found, by severity', (['warning', 'critical'] as const).map((severity) => ({ labels: { severity }, value: report.problems.filter((p) => p.severity === severity).length }))),
+    gauge('citadel_health_generated_timestamp_seconds', 'When the health report was made (Unix time)', [{ labels: {}, value: seconds(report.generated_at) }]),
+    gauge('citadel_filesystem_severity', 'Usage verdict per filesystem holding a citadel root: 0 ok, 1 warning, 2 critical', report.filesystems.map((f) => ({ labels: { mountpoint: f.mount, roots: f.roots.map((r) => r.name).join(',') }, value: rank(f.severity) }))),
+    gauge('citadel_symlink_verdict', 'Verdict of each expected link: 1 for its current verdict', report.symlinks.flatMap((l) => LINK_VERDICTS.map((verdict) => ({ labels: { path: l.path, verdict }, value: l.verdict === verdict ? 1 : 0 })))),
+    gauge('citadel_symlink_failing', 'Whether the link is a problem (a model not downloaded yet is not)', report.symlinks.map((l) => ({ labels: { path: l.path }, value: l.failing ? 1 : 0 }))),
+    gauge('citadel_smart_verdict', 'SMART verdict of each disk: 1 for its current verdict', report.smart.flatMap((d) => SMART_VERDICTS.map((verdict) => ({ labels: { device: d.device, verdict }, value: d.verdict === verdict ? 1 : 0 })))),
+    gauge('citadel_smart_temperature_celsius', 'Drive temperature as SMART reports it', smartNumber('temperature_celsius', 1)),
+    gauge('citadel_smart_power_on_seconds', 'Power-on time as SMART reports it', smartNumber('power_on_hours', 3600)),
+    gauge('citadel_smart_nvme_wear_ratio', 'NVMe percentage used (endurance consumed) as a ratio; 1 is the rated life', smartNumber('nvme_percentage_used', 0.01)),
+    gauge('citadel_smart_read_timestamp_seconds', 'When the SMART data was read (Unix time)', [{ labels: {}, value: seconds(report.smart_read_at) }]),
+    gauge('citadel_backup_complete', 'Complete backups in the store', [{ labels: {}, value: backups.complete }]),
+    gauge('citadel_backup_newest_timestamp_seconds', 'Creation time of the newest complete backup (Unix time)', backups.newest ? [{ labels: {}, value: seconds(backups.newest.created) }] : []),
+    gauge('citadel_backup_newest_age_seconds', 'Age of the newest complete backup', backups.newest ? [{ labels: {}, value: backups.newest.age_seconds }] : []),
+    gauge('citadel_backup_last_verification_timestamp_seconds', 'Time of the most recent backup verification (Unix time)', backups.last_verification ? [{ labels: {}, value: seconds(backups.last_verification.at) }] : []),
+    gauge('citadel_backup_last_verification_success', 'Whether the most recent backup verification passed', backups.last_verification ? [{ labels: {}, value: backups.last_verification.ok ? 1 : 0 }] : []),
+    gauge('citadel_perf_throughput_bytes_per_second', 'Throughput of the last fio run per job', perf.map(({ r, job, j }) => ({ labels: { path: r.path, job }, value: j.mb_s * 1e6 }))),
+    gauge('citadel_perf_iops', 'I/O operations per second of the last fio run per job', perf.map(({ r, job, j }) => ({ labels: { path: r.path, job }, value: j.iops }))),
+    gauge('citadel_perf_p99_latency_seconds', '99th percentile completion latency of the last fio run per job', perf.filter(({ j }) => j.p99_latency_ms !== null).map(({ r, job, j }) => ({ labels: { path: r.path, job }, value: j.p99_latency_ms! / 1000 }))),
+    gauge('citadel_perf_timestamp_seconds', 'When the last fio run per path finished (Unix time)', report.perf.results.map((r) => ({ labels: { path: r.path }, value: seconds(r.at) }))),
+  ]
+  if (monitor) {
+    families.push(
+      gauge('citadel_monitor_cycle_duration_seconds', 'How long the last monitor cycle took', [{ labels: {}, value: monitor.cycle_seconds }]),
+      { name: 'citadel_monitor_alerts_total', help: 'Alerts the monitor raised since it started', type: 'counter', samples: [{ labels: {}, value: monitor.alerts_total }] },
+      { name: 'citadel_monitor_repairs_total', help: 'Link repairs the monitor made since it started', type: 'counter', samples: [{ labels: {}, value: monitor.repairs_total }] },
+    )
+  }
+  return render(families)
+}

@@ -1,0 +1,213 @@
+// The monitor: a foreground loop (systemd keeps it running) that checks usage, links and backups every
+// interval and SMART every SMART interval, repairs a broken link once, and alerts only when a condition
+// changes and has held for STORAGE_MONITOR_CONSECUTIVE samples. Each cycle rewrites health.json and the
+// Prometheus textfile. What it has alerted on survives a restart, so a restart never repeats an alert.
+import { promises as fs, readFileSync } from 'node:fs'
+import os from 'node:os'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Shell } from 'zx/core'
+import { rank, type Problem, type Severity } from './checks.ts'
+import type { Settings } from './config.ts'
+import { collectHealth, PLUGIN_EXIT, publish, readSmartSnapshot, writeHealth, type HealthReport, type SmartSnapshot } from './health.ts'
+import { healthDir, healthFile, logsDir } from './layout.ts'
+import { Lock, LockHeldError } from './lock.ts'
+import { RunLog } from './log.ts'
+import { metricsText } from './metrics.ts'
+import { makeShell } from './shell.ts'
+
+export const MONITOR_LOCK = 'monitor.lock'
+
+export interface Alert {
+  at: string
+  host: string
+  /** problem: ok → warning/critical; worse: warning → critical; better: critical → warning; recovery: → ok. */
+  kind: 'problem' | 'worse' | 'better' | 'recovery'
+  check: Problem['check']
+  key: string
+  severity: Severity
+  previous: Severity
+  message: string
+}
+
+/** A condition the monitor has confirmed as not ok, as health.json keeps it across restarts. */
+export interface Condition { check: Problem['check']; severity: Severity; since: string; message: string }
+
+interface Tracked extends Condition { candidate: Severity; streak: number }
+
+/** Follows every problem key from sample to sample; a change counts once it held `consecutive` samples. */
+export class Tracker {
+  private readonly tracked = new Map<string, Tracked>()
+
+  constructor(private readonly consecutive: number, restored: Record<string, Condition> = {}) {
+    for (const [key, c] of Object.entries(restored)) this.tracked.set(key, { ...c, candidate: c.severity, streak: 0 })
+  }
+
+  /** What is confirmed now, by key: usage verdicts clear with hysteresis against it. */
+  held(): Map<string, Severity> {
+    return new Map([...this.tracked].map(([key, t]) => [key, t.severity]))
+  }
+
+  conditions(): Record<string, Condition> {
+    const out: Record<string, Condition> = {}
+    for (const [key, t] of this.tracked) if (t.severity !== 'ok') out[key] = { check: t.check, severity: t.severity, since: t.since, message: t.message }
+    return out
+  }
+
+  observe(problems: Problem[], now: Date): Alert[] {
+    const alerts: Alert[] = []
+    const byKey = new Map(problems.map((p) => [p.key, p]))
+    for (const key of new Set([...this.tracked.keys(), ...byKey.keys()])) {
+      const problem = byKey.get(key)
+      const level: Severity = problem?.severity ?? 'ok'
+      const t = this.tracked.get(key) ?? { check: problem!.check, severity: 'ok', since: now.toISOString(), message: problem!.message, candidate: 'ok', streak: 0 }
+      this.tracked.set(key, t)
+      if (level === t.severity) {
+        Object.assign(t, { candidate: level, streak: 0 }, problem && { message: problem.message })
+      } else {
+        t.streak = level === t.candidate ? t.streak + 1 : 1
+        t.candidate = level
+        if (t.streak >= this.consecutive) {
+          const previous = t.severity
+          const kind = level === 'ok' ? 'recovery' : previous === 'ok' ? 'problem' : rank(level) > rank(previous) ? 'worse' : 'better'
+          const message = problem ? problem.message : `ok again after ${previous} since ${t.since}: ${t.message}`
+          alerts.push({ at: now.toISOString(), host: os.hostname(), kind, check: t.check, key, severity: level, previous, message })
+          Object.assign(t, { severity: level, since: now.toISOString(), message, streak: 0 })
+        }
+      }
+      if (t.severity === 'ok' && t.candidate === 'ok') this.tracked.delete(key)
+    }
+    return alerts
+  }
+}
+
+const say = (line: string) => process.stderr.write(`citadel monitor: ${line}\n`)
+
+/** Conditions the last monitor confirmed, from its health.json; none when there is no readable one. */
+function restoredConditions(settings: Settings): Record<string, Condition> {
+  try {
+    return (JSON.parse(readFileSync(healthFile(settings), 'utf8')) as { monitor?: { conditions?: Record<string, Condition> } }).monitor?.conditions ?? {}
+  } catch {
+    return {}
+  }
+}
+
+/** Log, stderr and the operator's command; a failing command is reported and never stops the loop. */
+async function deliver(alert: Alert, settings: Settings, $: Shell, log: RunLog): Promise<void> {
+  log.event('alert', { ...alert })
+  say(`ALERT ${alert.kind} ${alert.severity} ${alert.key}: ${alert.message}`)
+  const command = settings.monitor.alertCommand
+  if (!command) return
+  try {
+    const result = await $({ nothrow: true, input: JSON.stringify(alert) + '\n', timeout: '30s' })`bash -c ${command}`
+    if (result.exitCode === 0) return
+    const why = result.signal ? `killed by ${result.signal} (30 s timeout)` : `exit ${result.exitCode}`
+    const detail = result.stderr.trim().split('\n')[0] ?? ''
+    log.event('alert-command-failed', { key: alert.key, why, stderr: result.stderr.slice(0, 2000) })
+    say(`alert command failed (${why})${detail ? `: ${detail}` : ''}; going on`)
+  } catch (err) {
+    log.event('alert-command-failed', { key: alert.key, why: (err as Error).message })
+    say(`alert command could not run: ${(err as Error).message}; going on`)
+  }
+}
+
+/** Link verdicts the monitor mends on its own; a real file or directory in the way waits for an operator. */
+const REPAIRABLE = new Set(['missing', 'wrong-target', 'broken'])
+
+export interface MonitorOptions { settings: Settings; intervalSeconds: number; once: boolean }
+
+export async function runMonitor({ settings, intervalSeconds, once }: MonitorOptions): Promise<number> {
+  const log = new RunLog(logsDir(settings), `monitor-${process.pid}`, true)
+  const $ = makeShell((fields) => log.event('command', fields))
+  let lock: Lock
+  try {
+    await fs.mkdir(healthDir(settings), { recursive: true })
+    lock = await Lock.acquire(healthDir(settings), `citadel monitor (pid ${process.pid})`, (h) => say(`took over the lock of a monitor that is gone (pid ${h.pid})`), MONITOR_LOCK)
+  } catch (err) {
+    say(err instanceof LockHeldError ? `a monitor is already running: pid ${err.holder.pid}, started ${err.holder.started}; its report is ${healthFile(settings)}` : `cannot start: ${(err as Error).message}`)
+    return PLUGIN_EXIT.unknown
+  }
+  const stop = new AbortController()
+  const onSignal = (signal: string) => {
+    if (!stop.signal.aborted) say(`${signal}: finishing this cycle, then exiting`)
+    stop.abort()
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+  const tracker = new Tracker(settings.monitor.consecutive, restoredConditions(settings))
+  const repaired = new Map<string, number>()
+  const started = new Date().toISOString()
+  let smart: SmartSnapshot | undefined
+  let alertsTotal = 0
+  let repairsTotal = 0
+  let exit: number = PLUGIN_EXIT.ok
+  log.event('monitor-start', { interval: intervalSeconds, smart_interval: settings.monitor.smartInterval, once, restored: Object.keys(tracker.conditions()) })
+  if (!once) say(`checking every ${intervalSeconds} s (SMART every ${settings.monitor.smartInterval} s); report ${healthFile(settings)}, metrics ${settings.monitor.prometheusFile}`)
+  try {
+    do {
+      const t0 = Date.now()
+      try {
+        if (!smart || t0 - Date.parse(smart.read_at) >= settings.monitor.smartInterval * 1000) smart = await readSmartSnapshot($, settings)
+        let report = await collectHealth({ settings, $, smart, held: tracker.held() })
+        const fixes = await repairLinks(settings, report, repaired, log)
+        repairsTotal += fixes
+        if (fixes) report = await collectHealth({ settings, $, smart, held: tracker.held() })
+        const alerts = tracker.observe(report.problems, new Date())
+        for (const alert of alerts) await deliver(alert, settings, $, log)
+        alertsTotal += alerts.length
+        const monitor = { pid: process.pid, started_at: started, interval_seconds: intervalSeconds, conditions: tracker.conditions() }
+        await writeHealth(settings, { ...report, monitor })
+        await publish(settings.monitor.prometheusFile, metricsText(report, { cycle_seconds: (Date.now() - t0) / 1000, alerts_total: alertsTotal, repairs_total: repairsTotal }))
+        exit = PLUGIN_EXIT[report.overall]
+        if (once) process.stdout.write(`${report.overall.toUpperCase()}: ${report.problems.length ? report.problems.map((p) => `${p.severity} ${p.message}`).join('; ') : 'no problems'}\n`)
+      } catch (err) {
+        exit = PLUGIN_EXIT.unknown
+        log.event('cycle-failed', { error: (err as Error).message })
+        say(`this cycle failed: ${(err as Error).message}; trying again in ${intervalSeconds} s`)
+      }
+      if (once) break
+      await sleep(Math.max(0, t0 + intervalSeconds * 1000 - Date.now()), undefined, { signal: stop.signal }).catch(() => {})
+    } while (!stop.signal.aborted)
+  } finally {
+    process.off('SIGINT', onSignal)
+    process.off('SIGTERM', onSignal)
+    log.event('monitor-stop', { alerts: alertsTotal, repairs: repairsTotal })
+    await lock.release()
+  }
+  return once ? exit : PLUGIN_EXIT.ok
+}
+
+/**
+ * Repairs links that went missing, wrong or broken, once per breakage: a link repaired before is left to
+ * the alerts until it has been ok for `consecutive` samples, so a repair that does not hold never loops.
+ * Returns how many links the repair fixed.
+ */
+async function repairLinks(settings: Settings, report: HealthReport, repaired: Map<string, number>, log: RunLog): Promise<number> {
+  for (const link of report.symlinks) {
+    if (link.failing || !repaired.has(link.path)) continue
+    const okStreak = repaired.get(link.path)! + 1
+    if (okStreak >= settings.monitor.consecutive) repaired.delete(link.path)
+    else repaired.set(link.path, okStreak)
+  }
+  const due = report.symlinks.filter((l) => l.failing && REPAIRABLE.has(l.verdict) && !repaired.has(l.path))
+  if (due.length === 0) return 0
+  const [{ run }, { default: repairSymlinks }, { inspectLinks }] = await Promise.all([import('./runner.ts'), import('../tasks/repair-symlinks.ts'), import('./links.ts')])
+  const noForce = { ...settings, symlinkForceRecreate: false }
+  try {
+    await run({ playbook: null, tasks: [{ task: repairSymlinks, args: {} }], settings: noForce, check: false, diff: false, force: false, json: false, quiet: true, command: 'citadel monitor: repair-symlinks' })
+  } catch (err) {
+    if (!(err instanceof LockHeldError)) throw err
+    say(`repair of ${due.map((l) => l.path).join(', ')} waits: another citadel run holds the lock (pid ${err.holder.pid})`)
+    return 0
+  }
+  const after = new Map((await inspectLinks(settings)).map((s) => [s.path, s]))
+  let fixed = 0
+  for (const link of due) {
+    repaired.set(link.path, 0)
+    const now = after.get(link.path)
+    const held = now !== undefined && !now.failing
+    if (held) fixed++
+    log.event('repair', { path: link.path, was: link.verdict, reason: link.reason, ok: held, now: now?.verdict })
+    say(held ? `repaired ${link.path} (was ${link.verdict}: ${link.reason})` : `repair of ${link.path} did not hold (${now?.verdict}: ${now?.reason}); alerting instead`)
+  }
+  return fixed
+}

@@ -1,0 +1,22 @@
+// Ensures nothing: judges the backup store as monitoring does. Critical with no complete backup; a warning
+// when the newest is more than 8 days old or the last verification failed. Reads metadata only.
+import { backupHealth } from '../lib/backup-status.ts'
+import { defineTask, runWhenMain } from '../lib/task.ts'
+
+const task = defineTask({
+  name: 'check-backups',
+  description: 'Judge the backups: age of the newest complete one and the last verification',
+  tags: ['monitor', 'backup'],
+  readOnly: true,
+  async run(ctx) {
+    const health = await backupHealth(ctx.settings)
+    for (const p of health.problems) ctx.warn(`${p.severity}: ${p.message}`)
+    const { newest, last_verification: last } = health
+    const verified = last ? `last verification ${last.ok ? 'ok' : 'FAILED'} (${last.backup})` : 'never verified'
+    const msg = newest ? `newest backup ${newest.age} old (${newest.type}), ${verified}` : 'no complete backup'
+    return ctx.finish(msg, { ...health })
+  },
+})
+
+export default task
+runWhenMain(import.meta, task)
