@@ -10,7 +10,7 @@ describe('initial-setup', () => {
     expect(first.code, first.stderr).toBe(0)
     expect(first.doc.playbook).toBe('initial-setup')
     expect(first.doc.tasks.map((t: any) => [t.name, t.status])).toEqual([
-      ['verify-prereq', 'ok'], ['create-dirs', 'changed'], ['create-symlinks', 'changed'], ['verify-symlinks', 'ok'], ['write-env-script', 'changed'],
+      ['verify-prereq', 'ok'], ['create-dirs', 'changed'], ['create-symlinks', 'changed'], ['verify-symlinks', 'ok'], ['write-env-script', 'changed'], ['health-report', 'ok'],
     ])
     const log = `storage_${new Date().toISOString().slice(0, 10)}.log`
     expect(tree(roots.base)).toEqual([
@@ -22,9 +22,12 @@ describe('initial-setup', () => {
       `app/downloads -> ${roots.models}/downloads`,
       'app/logs (dir)',
       `app/logs/${log} (file)`,
+      'app/metrics (dir)',
       'app/model-links (dir)',
       `app/models -> ${roots.active}`,
       `app/staging -> ${roots.models}/staging`,
+      'app/state (dir)',
+      'app/state/health.json (file)',
       'backup (dir)',
       'backup/models (dir)',
       'backup/system (dir)',
@@ -43,7 +46,7 @@ describe('initial-setup', () => {
 
     const second = await citadelJson(['run', 'initial-setup'], roots.env)
     expect(second.code).toBe(0)
-    expect(second.doc.stats).toEqual({ ok: 5, changed: 0, failed: 0, skipped: 0 })
+    expect(second.doc.stats).toEqual({ ok: 6, changed: 0, failed: 0, skipped: 0 })
 
     mkdirSync(path.join(roots.active, 'mixtral-8x7b-instruct'))
     const third = await citadelJson(['run', 'initial-setup'], roots.env)
@@ -59,7 +62,7 @@ describe('initial-setup', () => {
     expect(result.code, result.stderr).toBe(0)
     expect(result.doc.check).toBe(true)
     const changes = result.doc.tasks.flatMap((t: any) => t.changes)
-    expect(changes.filter((c: any) => c.action === 'create directory')).toHaveLength(13)
+    expect(changes.filter((c: any) => c.action === 'create directory')).toHaveLength(15)
     expect(changes.filter((c: any) => c.action === 'create link').map((c: any) => path.basename(c.path))).toEqual(['models', 'downloads', 'staging'])
     expect(changes.find((c: any) => c.action === 'create file').after).toContain('export HF_HOME=')
     expect(snapshot(roots.base)).toEqual(before)
