@@ -4,8 +4,8 @@
 import { randomBytes } from 'node:crypto'
 import { constants, promises as fs } from 'node:fs'
 import path from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import type { Shell } from 'zx/core'
+import { processGroupGone } from './system.ts'
 import { readFileOrNull, which } from './fsx.ts'
 import { bytes } from './report.ts'
 
@@ -132,7 +132,8 @@ export async function runPerf(req: PerfRequest): Promise<PerfResult> {
     }
     const jobs = { seq_read: measured.seq_read, seq_write: measured.seq_write, rand_read_4k: measured.rand_read_4k }
     const history = await readFileOrNull(req.historyFile)
-    const before = parseHistory(history).findLast((r) => r.path === dir)
+    // A --quick run and a full one measure different things (64 MiB may sit in a cache): compare like with like.
+    const before = parseHistory(history).findLast((r) => r.path === dir && r.quick === quick)
     const result: PerfResult = {
       path: dir, at: new Date().toISOString(), quick, engine, direct, notes, size_bytes, runtime_limit_seconds, jobs,
       previous: before ? { at: before.at, change: {
@@ -220,13 +221,3 @@ function fioReason(output: string): string {
   return (summaries.length ? summaries : lines.slice(-2).map((l) => l.slice('fio: '.length))).join('; ') || 'no message'
 }
 
-async function processGroupGone(pgid: number): Promise<void> {
-  for (;;) {
-    try {
-      process.kill(-pgid, 0)
-    } catch {
-      return
-    }
-    await sleep(20)
-  }
-}

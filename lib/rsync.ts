@@ -1,7 +1,7 @@
 // Copies a tree with rsync for a backup: archive mode with hard links, symlinks copied as symlinks,
 // unchanged files hard-linked to the previous backup, and progress parsed from --info=progress2.
-import { setTimeout as sleep } from 'node:timers/promises'
 import type { Shell } from 'zx/core'
+import { processGroupGone } from './system.ts'
 
 /**
  * What is never a model, one rule for rsync and one for citadel's own walk of the source, so the space
@@ -66,13 +66,3 @@ export async function rsyncCopy($: Shell, req: CopyRequest): Promise<CopyResult>
   return { exitCode, warnings: [], error: `rsync exit ${exitCode} (${EXIT_MEANING[exitCode] ?? 'see man rsync'}): ${cause}` }
 }
 
-async function processGroupGone(pgid: number): Promise<void> {
-  for (;;) {
-    try {
-      process.kill(-pgid, 0)
-    } catch {
-      return
-    }
-    await sleep(20)
-  }
-}

@@ -1,5 +1,6 @@
-// Thin wrappers around system tools (getent, findmnt) that return parsed data and throw errors naming
+// Thin wrappers around system tools (getent, findmnt) and processes that return parsed data and throw errors naming
 // the command. They take the caller's `$` so every command lands in the run log.
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { Shell } from 'zx/core'
 
 export interface Owner { uid: number; gid: number }
@@ -36,4 +37,19 @@ export async function mountOf($: Shell, path: string): Promise<Mount> {
   const fs = (JSON.parse(out.stdout) as { filesystems: { target: string; source: string; fstype: string }[] }).filesystems[0]
   if (!fs) throw new Error(`findmnt found no mount for ${path}`)
   return { target: fs.target, source: fs.source, fstype: fs.fstype }
+}
+
+/**
+ * Resolves once no process of the group `pgid` is left. A long command (rsync, fio) runs detached in its
+ * own group; after an abort its files are cleaned up only when nothing is left to write into them.
+ */
+export async function processGroupGone(pgid: number): Promise<void> {
+  for (;;) {
+    try {
+      process.kill(-pgid, 0)
+    } catch {
+      return
+    }
+    await sleep(20)
+  }
 }
