@@ -9,6 +9,7 @@ import type { Shell } from 'zx/core'
 import { rank, type Problem, type Severity } from './checks.ts'
 import type { Settings } from './config.ts'
 import { collectHealth, PLUGIN_EXIT, publish, readSmartSnapshot, writeHealth, type HealthReport, type SmartSnapshot } from './health.ts'
+import { removeTempSiblings } from './fsx.ts'
 import { healthDir, healthFile, logsDir } from './layout.ts'
 import { Lock, LockHeldError } from './lock.ts'
 import { RunLog } from './log.ts'
@@ -122,6 +123,9 @@ export async function runMonitor({ settings, intervalSeconds, once }: MonitorOpt
   try {
     await fs.mkdir(healthDir(settings), { recursive: true })
     lock = await Lock.acquire(healthDir(settings), `citadel monitor (pid ${process.pid})`, (h) => say(`took over the lock of a monitor that is gone (pid ${h.pid})`), MONITOR_LOCK)
+    // A monitor killed in the middle of a write leaves its temporary file, which only a monitor writes.
+    // (health.json is also written by the health-report task, whose temporary file may be in use now.)
+    await removeTempSiblings(settings.monitor.prometheusFile, 'write')
   } catch (err) {
     say(err instanceof LockHeldError ? `a monitor is already running: pid ${err.holder.pid}, started ${err.holder.started}; its report is ${healthFile(settings)}` : `cannot start: ${(err as Error).message}`)
     return PLUGIN_EXIT.unknown

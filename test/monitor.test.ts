@@ -139,13 +139,15 @@ describe('citadel monitor', () => {
     expect(done.stderr).toContain('alert command failed (exit 7): mail server down; going on')
   })
 
-  it('a second monitor on the same app root is refused', async () => {
+  it('status sees the running monitor, and a second monitor on the same app root is refused', async () => {
     const roots = await setUpServer(CALM)
     const run = monitor(roots)
     await until('the first cycle', () => cycleCount(roots))
     const second = await citadel(['monitor', '--once'], roots.env)
     expect(second.code).toBe(3)
     expect(second.stderr).toContain(`a monitor is already running: pid ${run.child.pid}`)
+    const status = await citadel(['status'], roots.env)
+    expect(status.stdout).toMatch(new RegExp(`monitor  running, pid ${run.child.pid}, last cycle \\d+m ago`))
     run.child.kill('SIGTERM')
     expect((await run.done).code).toBe(0)
   })
