@@ -61,7 +61,7 @@ function monitor(roots: Roots, args: string[] = ['--interval', '1']) {
 
 const logEvents = (roots: Roots, event: string) => {
   const dir = path.join(roots.app, 'logs')
-  return readdirSync(dir).filter((f) => f.startsWith('storage_')).flatMap((f) => readFileSync(path.join(dir, f), 'utf8').trim().split('\n'))
+  return readdirSync(dir).filter((f) => f.startsWith('storage_')).flatMap((f) => readFileSync(path.join(dir, f), 'utf8').split('\n').slice(0, -1))
     .map((l) => JSON.parse(l)).filter((e) => e.event === event)
 }
 
@@ -170,7 +170,8 @@ describe.skipIf(!asRoot)('citadel monitor on a real filling disk (root: mounts a
     cleanups.push(() => execFileSync('umount', [roots.models]))
     expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
     await backUp(roots, { 'm/a.bin': 'a' })
-    const alerts = () => (existsSync(received) ? readFileSync(received, 'utf8').trim().split('\n').map((l) => JSON.parse(l)) : [])
+    // Complete lines only: the alert command may be halfway through writing one.
+    const alerts = () => (existsSync(received) ? readFileSync(received, 'utf8').split('\n').slice(0, -1).map((l) => JSON.parse(l)) : [])
     const cycles = async (n: number) => {
       for (let i = 0; i < n; i++) {
         const seen = cycleCount(roots)
