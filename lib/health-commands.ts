@@ -23,7 +23,14 @@ function pluginText(report: HealthReport): string {
 }
 
 export async function healthCheck(settings: Settings, json: boolean): Promise<number> {
-  const report = await collectHealth({ settings, $: quietShell() })
+  let report: HealthReport
+  try {
+    report = await collectHealth({ settings, $: quietShell() })
+  } catch (err) {
+    // A check that cannot run is no verdict: monitoring systems read exit 3 as UNKNOWN.
+    process.stdout.write(`CITADEL UNKNOWN - the checks could not run: ${(err as Error).message}\n`)
+    return PLUGIN_EXIT.unknown
+  }
   process.stdout.write(json ? JSON.stringify(report, null, 2) + '\n' : pluginText(report))
   return PLUGIN_EXIT[report.overall]
 }

@@ -1,5 +1,5 @@
 // health-check, status and the health-report task, through the real command on temporary roots.
-import { readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs'
+import { readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { backupName } from '../lib/backups.ts'
@@ -56,6 +56,15 @@ describe('citadel health-check', () => {
     ])
     expect(result.doc.problems[1].message).toMatch(new RegExp(`^the newest backup, ${old}, is 9d 0h old \\(more than 8 days\\)$`))
     expect(result.doc.problems[2].message).toContain('failed: 1 problem')
+  })
+
+  it('answers UNKNOWN (3) when a check cannot run: a models root that is a symlink loop', async () => {
+    const roots = makeRoots(CALM)
+    rmSync(roots.models, { recursive: true })
+    symlinkSync(roots.models, roots.models)
+    const result = await citadel(['health-check'], roots.env)
+    expect(result.code).toBe(3)
+    expect(result.stdout).toBe(`CITADEL UNKNOWN - the checks could not run: ELOOP: too many symbolic links encountered, stat '${roots.models}'\n`)
   })
 
   it('answers UNKNOWN (3) to invalid settings, naming the setting', async () => {
