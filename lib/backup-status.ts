@@ -82,13 +82,19 @@ export function bytesHeldOnlyBy(shared: Sharing, names: string[]): number {
   return total
 }
 
+/** Why the newest backup counts as overdue, or null while it is recent enough. */
+function overdue(newest: Backup, now: Date): string | null {
+  const age = now.getTime() - newest.created.getTime()
+  return age > OVERDUE_DAYS * DAY_MS ? `the newest backup, ${newest.name}, is ${formatAge(age)} old (more than ${OVERDUE_DAYS} days)` : null
+}
+
 function storeWarnings(root: string, store: Store, now: Date): string[] {
   const warnings: string[] = []
   const newest = store.complete.at(-1)
   if (!newest) warnings.push(`no complete backup in ${root}`)
   else {
-    const age = now.getTime() - newest.created.getTime()
-    if (age > OVERDUE_DAYS * DAY_MS) warnings.push(`the newest backup, ${newest.name}, is ${formatAge(age)} old (more than ${OVERDUE_DAYS} days)`)
+    const late = overdue(newest, now)
+    if (late) warnings.push(late)
     const last = newest.meta.verifications.at(-1)
     if (!last) warnings.push(`the newest backup, ${newest.name}, was never verified`)
     else if (!last.ok) warnings.push(`the last verification of the newest backup, ${newest.name}, failed at ${last.at}: ${count(last.problems.length, 'problem')}`)
@@ -161,8 +167,8 @@ export async function backupHealth(settings: Settings, now = new Date()): Promis
   const problems: Problem[] = []
   if (!newest) problems.push(problem('critical', 'none', `no complete backup in ${root}: run citadel backup create`))
   const ageMs = newest ? now.getTime() - newest.created.getTime() : 0
-  if (newest && ageMs > OVERDUE_DAYS * DAY_MS)
-    problems.push(problem('warning', 'overdue', `the newest backup, ${newest.name}, is ${formatAge(ageMs)} old (more than ${OVERDUE_DAYS} days)`))
+  const late = newest && overdue(newest, now)
+  if (late) problems.push(problem('warning', 'overdue', late))
   if (last && !last.v.ok)
     problems.push(problem('warning', 'verification', `the last verification, of ${last.backup} at ${last.v.at}, failed: ${count(last.v.problems.length, 'problem')} (citadel backup verify ${last.backup})`))
   return {

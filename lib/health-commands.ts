@@ -1,11 +1,10 @@
 // `citadel health-check` (one document and a monitoring-plugin exit status) and `citadel status` (the
 // morning glance). Both only look: no lock, nothing written, so they run beside a backup or the monitor.
-import { readFileSync } from 'node:fs'
 import path from 'node:path'
 import { formatAge } from './backup-status.ts'
 import type { Settings } from './config.ts'
-import { collectHealth, PLUGIN_EXIT, type HealthReport, type SmartSnapshot } from './health.ts'
-import { healthDir, healthFile } from './layout.ts'
+import { collectHealth, PLUGIN_EXIT, readStoredHealth, type HealthReport, type SmartSnapshot } from './health.ts'
+import { healthDir } from './layout.ts'
 import { liveHolder } from './lock.ts'
 import { MONITOR_LOCK } from './monitor.ts'
 import { bytes, count, table } from './report.ts'
@@ -35,16 +34,6 @@ export async function healthCheck(settings: Settings, json: boolean): Promise<nu
   return PLUGIN_EXIT[report.overall]
 }
 
-interface StoredHealth extends Partial<HealthReport> { monitor?: { pid: number } }
-
-function storedHealth(settings: Settings): StoredHealth | null {
-  try {
-    return JSON.parse(readFileSync(healthFile(settings), 'utf8')) as StoredHealth
-  } catch {
-    return null
-  }
-}
-
 /** 20 cells of bar: what share of the filesystem is used, at a glance. */
 const bar = (ratio: number) => {
   const full = Math.min(20, Math.round(ratio * 20))
@@ -52,7 +41,7 @@ const bar = (ratio: number) => {
 }
 
 export async function status(settings: Settings, json: boolean): Promise<number> {
-  const stored = storedHealth(settings)
+  const stored = readStoredHealth(settings)
   const holder = liveHolder(path.join(healthDir(settings), MONITOR_LOCK))
   // SMART as the running monitor last read it, while that reading is fresh; otherwise read the disks now
   // (smartctl -n standby never spins a sleeping disk up).

@@ -1,6 +1,6 @@
 // The health report: every check in one document, the problems they found and the overall verdict.
 // health-check prints it, the health-report task and the monitor write it to <app root>/state/health.json.
-import { promises as fs } from 'node:fs'
+import { promises as fs, readFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import type { Shell } from 'zx/core'
@@ -9,12 +9,11 @@ import { overall, type Problem, type Severity } from './checks.ts'
 import type { Settings } from './config.ts'
 import { atomicWriteFile } from './fsx.ts'
 import { healthFile, perfHistoryFile } from './layout.ts'
-import { inspectLinks, type LinkState } from './links.ts'
+import { inspectLinks, linkHealth, type LinkHealth } from './links.ts'
+import type { Condition } from './monitor.ts'
 import { lastPerfResults, type PerfResult } from './perf.ts'
 import { smartHealth, smartProblems, type SmartReport } from './smart.ts'
 import { filesystemUsage, type FilesystemUsage } from './usage.ts'
-
-export interface LinkHealth { path: string; expected: string; actual: string | null; verdict: LinkState['verdict']; failing: boolean; reason: string; model: string | null }
 
 export interface SmartSnapshot { disks: SmartReport[]; notes: string[]; read_at: string }
 
@@ -36,9 +35,6 @@ export interface HealthReport {
 
 /** Exit status as monitoring plugins give it (Nagios, Icinga, monit `check program`). */
 export const PLUGIN_EXIT: Record<Severity | 'unknown', number> = { ok: 0, warning: 1, critical: 2, unknown: 3 }
-
-export const linkHealth = (states: LinkState[]): LinkHealth[] =>
-  states.map((s) => ({ path: s.path, expected: s.target, actual: s.actual, verdict: s.verdict, failing: s.failing, reason: s.reason, model: s.model ?? null }))
 
 export const linkProblems = (links: LinkHealth[]): Problem[] =>
   links.filter((l) => l.failing).map((l) => ({ check: 'symlinks', severity: 'critical', key: `symlinks:${l.path}`, message: `${l.path}: ${l.verdict} (${l.reason})` }))
@@ -87,6 +83,18 @@ export async function collectHealth(opts: CollectOptions): Promise<HealthReport>
 export async function publish(file: string, content: string): Promise<void> {
   await fs.mkdir(path.dirname(file), { recursive: true })
   await atomicWriteFile(file, content)
+}
+
+/** health.json as its last writer left it; a monitor adds its own section. */
+export interface StoredHealth extends Partial<HealthReport> { monitor?: { pid: number; conditions?: Record<string, Condition> } }
+
+/** The stored report, or null when there is none or it cannot be read. */
+export function readStoredHealth(settings: Settings): StoredHealth | null {
+  try {
+    return JSON.parse(readFileSync(healthFile(settings), 'utf8')) as StoredHealth
+  } catch {
+    return null
+  }
 }
 
 export const writeHealth = (settings: Settings, report: object) => publish(healthFile(settings), JSON.stringify(report, null, 2) + '\n')

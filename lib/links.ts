@@ -44,6 +44,12 @@ async function inspectLink(link: ExpectedLink): Promise<LinkState> {
 
 export const inspectLinks = (s: Settings) => Promise.all(expectedLinks(s).map(inspectLink))
 
+/** A link's verdict as reports carry it (verify-symlinks' data, the health report). */
+export interface LinkHealth { path: string; expected: string; actual: string | null; verdict: Verdict; failing: boolean; reason: string; model: string | null }
+
+export const linkHealth = (states: LinkState[]): LinkHealth[] =>
+  states.map((s) => ({ path: s.path, expected: s.target, actual: s.actual, verdict: s.verdict, failing: s.failing, reason: s.reason, model: s.model ?? null }))
+
 /**
  * In check mode nothing earlier in the run was really changed, so a link an earlier task would create
  * or retarget (or whose target it would create) is judged as it would be: not a failure.

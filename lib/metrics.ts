@@ -1,6 +1,6 @@
 // The health report as a Prometheus textfile for node_exporter's textfile collector. Only what
 // node_exporter lacks: verdicts, SMART readings, backup age, perf figures. Base units throughout.
-import { rank, type Severity } from './checks.ts'
+import { overall, rank } from './checks.ts'
 import type { HealthReport } from './health.ts'
 
 type Labels = Record<string, string>
@@ -31,7 +31,6 @@ export interface MonitorFigures { cycle_seconds: number; alerts_total: number; r
 
 export function metricsText(report: HealthReport, monitor?: MonitorFigures): string {
   const gauge = (name: string, help: string, samples: Family['samples']): Family => ({ name, help, type: 'gauge', samples })
-  const severityOf = (check: string): Severity => report.problems.filter((p) => p.check === check).reduce<Severity>((a, p) => (rank(p.severity) > rank(a) ? p.severity : a), 'ok')
   const { backups } = report
   const smartNumber = (key: 'temperature_celsius' | 'power_on_hours' | 'nvme_percentage_used', scale: number) =>
     report.smart.filter((d) => d[key] !== null).map((d) => ({ labels: { device: d.device }, value: d[key]! * scale }))
@@ -39,7 +38,7 @@ export function metricsText(report: HealthReport, monitor?: MonitorFigures): str
   const families: Family[] = [
     gauge('citadel_health_severity', 'Verdict of each check and overall: 0 ok, 1 warning, 2 critical', [
       { labels: { check: 'overall' }, value: rank(report.overall) },
-      ...CHECKS.map((check) => ({ labels: { check }, value: rank(severityOf(check)) })),
+      ...CHECKS.map((check) => ({ labels: { check }, value: rank(overall(report.problems.filter((p) => p.check === check))) })),
     ]),
     gauge('citadel_health_problems', 'Problems the last health check found, by severity', (['warning', 'critical'] as const).map((severity) => ({ labels: { severity }, value: report.problems.filter((p) => p.severity === severity).length }))),
     gauge('citadel_health_generated_timestamp_seconds', 'When the health report was made (Unix time)', [{ labels: {}, value: seconds(report.generated_at) }]),

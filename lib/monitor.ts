@@ -2,15 +2,16 @@
 // interval and SMART every SMART interval, repairs a broken link once, and alerts only when a condition
 // changes and has held for STORAGE_MONITOR_CONSECUTIVE samples. Each cycle rewrites health.json and the
 // Prometheus textfile. What it has alerted on survives a restart, so a restart never repeats an alert.
-import { promises as fs, readFileSync } from 'node:fs'
+import { promises as fs } from 'node:fs'
 import os from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Shell } from 'zx/core'
 import { rank, type Problem, type Severity } from './checks.ts'
 import type { Settings } from './config.ts'
-import { collectHealth, PLUGIN_EXIT, publish, readSmartSnapshot, writeHealth, type HealthReport, type SmartSnapshot } from './health.ts'
+import { collectHealth, PLUGIN_EXIT, publish, readSmartSnapshot, readStoredHealth, writeHealth, type HealthReport, type SmartSnapshot } from './health.ts'
 import { removeTempSiblings } from './fsx.ts'
 import { healthDir, healthFile, logsDir } from './layout.ts'
+import { inspectLinks } from './links.ts'
 import { Lock, LockHeldError } from './lock.ts'
 import { RunLog } from './log.ts'
 import { metricsText } from './metrics.ts'
@@ -83,15 +84,6 @@ export class Tracker {
 
 const say = (line: string) => process.stderr.write(`citadel monitor: ${line}\n`)
 
-/** Conditions the last monitor confirmed, from its health.json; none when there is no readable one. */
-function restoredConditions(settings: Settings): Record<string, Condition> {
-  try {
-    return (JSON.parse(readFileSync(healthFile(settings), 'utf8')) as { monitor?: { conditions?: Record<string, Condition> } }).monitor?.conditions ?? {}
-  } catch {
-    return {}
-  }
-}
-
 /** Log, stderr and the operator's command; a failing command is reported and never stops the loop. */
 async function deliver(alert: Alert, settings: Settings, $: Shell, log: RunLog): Promise<void> {
   log.event('alert', { ...alert })
@@ -137,7 +129,8 @@ export async function runMonitor({ settings, intervalSeconds, once }: MonitorOpt
   }
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
-  const tracker = new Tracker(settings.monitor.consecutive, restoredConditions(settings))
+  // What the last monitor confirmed: a restart must not alert on it again.
+  const tracker = new Tracker(settings.monitor.consecutive, readStoredHealth(settings)?.monitor?.conditions)
   const repaired = new Map<string, number>()
   const started = new Date().toISOString()
   let smart: SmartSnapshot | undefined
@@ -194,7 +187,8 @@ async function repairLinks(settings: Settings, report: HealthReport, repaired: M
   }
   const due = report.symlinks.filter((l) => l.failing && REPAIRABLE.has(l.verdict) && !repaired.has(l.path))
   if (due.length === 0) return 0
-  const [{ run }, { default: repairSymlinks }, { inspectLinks }] = await Promise.all([import('./runner.ts'), import('../tasks/repair-symlinks.ts'), import('./links.ts')])
+  // The runner (and listr2 with it) loads only when a link needs a repair.
+  const [{ run }, { default: repairSymlinks }] = await Promise.all([import('./runner.ts'), import('../tasks/repair-symlinks.ts')])
   const noForce = { ...settings, symlinkForceRecreate: false }
   try {
     await run({ playbook: null, tasks: [{ task: repairSymlinks, args: {} }], settings: noForce, check: false, diff: false, force: false, json: false, quiet: true, command: 'citadel monitor: repair-symlinks' })

@@ -75,6 +75,29 @@ describe('citadel health-check', () => {
   })
 })
 
+describe('read-only checks', () => {
+  it('run while another citadel run holds the lock; a task that changes things does not', async () => {
+    const roots = await setUpServer(CALM)
+    const lock = path.join(roots.app, '.citadel', 'lock')
+    writeFileSync(lock, JSON.stringify({ pid: process.pid, command: 'citadel backup create (the test)', started: new Date().toISOString(), procStart: null }))
+    for (const task of ['check-usage', 'check-smart', 'check-backups', 'health-report']) {
+      const result = await citadel(['task', task], roots.env)
+      expect(result.code, `${task}: ${result.stderr}`).toBe(0)
+    }
+    const changing = await citadel(['task', 'create-dirs'], roots.env)
+    expect(changing.code).toBe(3)
+    expect(changing.stderr).toContain(`pid ${process.pid} (citadel backup create (the test))`)
+    expect(JSON.parse(readFileSync(lock, 'utf8')).pid).toBe(process.pid)
+  })
+
+  it('citadel smart reads every device it is given', async () => {
+    const roots = makeRoots()
+    const result = await citadelJson(['smart', '/dev/citadel-missing-a', '/dev/citadel-missing-b'], roots.env)
+    expect(result.code, result.stderr).toBe(0)
+    expect(result.doc.tasks[0].data.disks.map((d: any) => [d.device, d.verdict])).toEqual([['/dev/citadel-missing-a', 'unavailable'], ['/dev/citadel-missing-b', 'unavailable']])
+  })
+})
+
 describe('citadel status', () => {
   it('gives the morning glance with a bar per filesystem, and the same data with --json', async () => {
     const roots = await setUpServer(CALM)

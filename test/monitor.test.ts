@@ -105,6 +105,17 @@ describe('citadel monitor', () => {
     expect(lint.status).toBe(0)
   })
 
+  it('removes the temporary metrics file a killed monitor left, and nothing else in that directory', async () => {
+    const roots = await setUpServer(CALM)
+    const metrics = path.join(roots.app, 'metrics')
+    const leftover = path.join(metrics, '.citadel.prom.citadel-write-4242-0badf00d')
+    const operators = path.join(metrics, 'node-other.prom')
+    writeFileSync(leftover, 'half a file')
+    writeFileSync(operators, 'mine 1\n')
+    await citadel(['monitor', '--once'], roots.env)
+    expect(readdirSync(metrics).sort()).toEqual(['citadel.prom', 'node-other.prom'])
+  })
+
   it('repairs a broken link once, logs it, and alerts instead of looping when a repair does not hold', async () => {
     const roots = await setUpServer(CALM)
     await backUp(roots, { 'm/a.bin': 'a' })

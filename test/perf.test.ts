@@ -158,6 +158,19 @@ describe.skipIf(skipReason !== '')(`citadel perf on a tmpfs${skipReason ? ` (ski
 })
 
 describe('citadel perf without measuring', () => {
+  it('compares a quick run only with an earlier quick run of the same path, never with a full one', async () => {
+    const dir = tmpfsDir('200m')
+    const roots = makeRoots()
+    const history = path.join(roots.app, 'state', 'perf-history.jsonl')
+    mkdirSync(path.dirname(history), { recursive: true })
+    const job = { mb_s: 1, iops: 1, p99_latency_ms: 1, runtime_seconds: 10 }
+    const full = { path: dir, at: '2026-11-01T00:00:00.000Z', quick: false, jobs: { seq_read: job, seq_write: job, rand_read_4k: job } }
+    writeFileSync(history, JSON.stringify(full) + '\n')
+    const result = await citadelJson(['perf', dir, '--quick'], roots.env)
+    expect(result.code, result.stderr).toBe(0)
+    expect(result.doc.tasks[0].data.previous).toBeNull()
+  })
+
   it('fails with one clear line on a missing path or a file', async () => {
     const roots = makeRoots()
     const missing = path.join(roots.base, 'nope')
