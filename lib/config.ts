@@ -47,6 +47,26 @@ const owner = text('expected user:group (names or numeric ids), e.g. citadel:cit
   .refine((v) => new RegExp(`^(${NAME})(:(${NAME}))?$`).test(v), 'expected user:group (names or numeric ids), e.g. citadel:citadel')
   .transform((v) => { const [user, group] = v.split(':') as [string, string | undefined]; return { user, group } })
 
+// A systemd calendar expression ends up on one line of a unit file: a newline or control character there
+// would smuggle in a directive. `install-services` has systemd-analyze check the expression itself.
+const calendar = text('expected a systemd calendar expression, e.g. *-*-* 03:00:00')
+  .refine((v) => v.trim() !== '' && !/[\x00-\x1f\x7f]/.test(v), 'expected a systemd calendar expression on one line, e.g. *-*-* 03:00:00')
+
+// [user@]host:/absolute/path, as rsync and ssh take it. A host starting with "-" would be read as an option.
+const REMOTE_PATTERN = /^(?:([a-z_][a-z0-9_.-]*)@)?([A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\]):(\/.*)$/
+const remote = text('expected [user@]host:/absolute/path, e.g. backup@nas:/srv/citadel-backup')
+  .refine((v) => REMOTE_PATTERN.test(v) && !/[\x00-\x1f]/.test(v), 'expected [user@]host:/absolute/path, e.g. backup@nas:/srv/citadel-backup')
+  .transform((v) => {
+    const [, user, host, dir] = REMOTE_PATTERN.exec(v) as RegExpExecArray
+    return { user, host: (host as string).replace(/^\[|\]$/g, ''), dir: path.posix.resolve(dir as string) }
+  })
+  .refine((r) => r.dir !== '/', 'expected a directory below / for the remote backups, not / itself')
+
+const HOST_KEY_CHECKING = ['yes', 'accept-new', 'no'] as const
+const hostKeyChecking = text('expected yes, accept-new or no')
+  .refine((v) => (HOST_KEY_CHECKING as readonly string[]).includes(v), 'expected yes, accept-new or no')
+  .transform((v) => v as (typeof HOST_KEY_CHECKING)[number])
+
 const ALIAS_PATTERN = /^[a-z0-9][a-z0-9_-]*$/
 
 const modelRegistry = z.string().transform((value, ctx) => {
@@ -97,6 +117,15 @@ export const SETTINGS = {
   BACKUP_RETENTION_DAYS: setting('30', 'Backups older than this many days may be removed by cleanup', wholeNumber(0, '30')),
   BACKUP_VERIFY_SAMPLE_RATE: setting('0.1', 'Share of backup bytes whose hashes each verify run checks', ratio('0.1')),
   BACKUP_KEEP_MIN: setting('3', 'Complete backups cleanup always keeps, whatever their age', wholeNumber(1, '3')),
+  BACKUP_REMOTE: setting(undefined, 'Off-host backup store as [user@]host:/absolute/path, reached with rsync over ssh; empty = none', remote),
+  BACKUP_SSH_PORT: setting('22', 'ssh port of the remote backup host', wholeNumber(1, '22').refine((n) => n <= 65535, 'expected a port from 1 to 65535')),
+  BACKUP_SSH_IDENTITY: setting(undefined, 'Private key ssh uses for the remote backup host; empty = ssh\'s own defaults', absolutePath),
+  BACKUP_SSH_STRICT_HOST_KEY_CHECKING: setting('accept-new', 'ssh StrictHostKeyChecking for the remote backup host: yes, accept-new or no', hostKeyChecking),
+  BACKUP_SSH_KNOWN_HOSTS: setting(undefined, 'known_hosts file for the remote backup host; empty = ssh\'s own (~/.ssh/known_hosts)', absolutePath),
+  CITADEL_SYSTEMD_DIR: setting('/etc/systemd/system', 'Directory install-services writes the systemd units into', absolutePath),
+  CITADEL_DAILY_SCHEDULE: setting('*-*-* 03:00:00', 'When the daily playbook runs (systemd OnCalendar)', calendar),
+  CITADEL_WEEKLY_SCHEDULE: setting('Sun *-*-* 04:00:00', 'When the weekly playbook runs (systemd OnCalendar)', calendar),
+  CITADEL_TIMER_RANDOM_DELAY: setting('1800', 'Seconds the timers may start late at random, so a fleet does not hit its NAS at once', wholeNumber(0, '1800')),
 } as const
 
 type SettingName = keyof typeof SETTINGS
@@ -125,9 +154,21 @@ export interface Settings {
     alertCommand?: string
     prometheusFile: string
   }
-  backup: { retentionDays: number; verifySampleRate: number; keepMin: number }
+  backup: { retentionDays: number; verifySampleRate: number; keepMin: number; remote?: RemoteSettings }
+  systemd: { dir: string; dailySchedule: string; weeklySchedule: string; randomDelay: number }
   /** Where each setting came from, for messages: env, the .env file's path, or default. */
   sources: Record<string, string>
+}
+
+export interface RemoteSettings {
+  user?: string
+  host: string
+  /** Directory on the remote host that holds the backups (the remote's backups/ lives inside it). */
+  dir: string
+  port: number
+  identity?: string
+  strictHostKeyChecking: 'yes' | 'accept-new' | 'no'
+  knownHosts?: string
 }
 
 export class ConfigError extends Error {
@@ -211,7 +252,24 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
       alertCommand: r.STORAGE_MONITOR_ALERT_COMMAND,
       prometheusFile: r.STORAGE_MONITOR_PROMETHEUS_FILE ?? path.join(r.CITADEL_APP_ROOT, 'metrics', 'citadel.prom'),
     },
-    backup: { retentionDays: r.BACKUP_RETENTION_DAYS, verifySampleRate: r.BACKUP_VERIFY_SAMPLE_RATE, keepMin: r.BACKUP_KEEP_MIN },
+    backup: {
+      retentionDays: r.BACKUP_RETENTION_DAYS,
+      verifySampleRate: r.BACKUP_VERIFY_SAMPLE_RATE,
+      keepMin: r.BACKUP_KEEP_MIN,
+      remote: r.BACKUP_REMOTE && {
+        ...r.BACKUP_REMOTE,
+        port: r.BACKUP_SSH_PORT,
+        identity: r.BACKUP_SSH_IDENTITY,
+        strictHostKeyChecking: r.BACKUP_SSH_STRICT_HOST_KEY_CHECKING,
+        knownHosts: r.BACKUP_SSH_KNOWN_HOSTS,
+      },
+    },
+    systemd: {
+      dir: r.CITADEL_SYSTEMD_DIR,
+      dailySchedule: r.CITADEL_DAILY_SCHEDULE,
+      weeklySchedule: r.CITADEL_WEEKLY_SCHEDULE,
+      randomDelay: r.CITADEL_TIMER_RANDOM_DELAY,
+    },
     sources,
   }
 }
