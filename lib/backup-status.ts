@@ -6,7 +6,8 @@ import path from 'node:path'
 import type { Settings } from './config.ts'
 import { backupsDir, DATA, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
 import type { Problem } from './checks.ts'
-import { count } from './report.ts'
+import { bytes, count, table } from './report.ts'
+import type { TaskContext, TaskResult } from './task.ts'
 
 export const DAY_MS = 86_400_000
 /** The weekly playbook makes a new backup every 7 days; one day of slack before the newest counts as overdue. */
@@ -20,8 +21,11 @@ export interface BackupSummary {
   age_seconds: number
   files: number
   bytes: number
-  /** Bytes of files no other backup shares through a hard link: what removing this backup alone frees. */
-  unique_bytes: number
+  /**
+   * Bytes of files no other backup shares through a hard link: what removing this backup alone frees.
+   * null for a remote store, whose inodes citadel does not walk.
+   */
+  unique_bytes: number | null
   last_verification: { at: string; rate: number; ok: boolean; problems: number } | null
   latest: boolean
 }
@@ -32,7 +36,7 @@ export interface BackupStatus {
   backups: BackupSummary[]
   /** bytes as the backups list them; bytes_on_disk counts each file shared through hard links once. */
   totals: { backups: number; bytes: number; bytes_on_disk: number }
-  disk: { free_bytes: number; total_bytes: number }
+  disk: Disk
   latest: string | null
   partials: string[]
   damaged: { name: string; reason: string }[]
@@ -108,13 +112,13 @@ function storeWarnings(root: string, store: Store, now: Date): string[] {
   return warnings
 }
 
-/** Reads the store and the backup disk; throws when the store cannot be read. Changes nothing. */
-export async function backupStatus(settings: Settings, now = new Date()): Promise<BackupStatus> {
-  const root = backupsDir(settings)
-  const missing = await storeMissing(settings)
-  if (missing) throw new Error(missing)
-  const store = await scanStore(settings)
-  const shared = sharing(store.complete)
+export interface Disk { free_bytes: number; total_bytes: number }
+
+/**
+ * The status of a store that has been read: `shared` tells the bytes each backup holds alone (null when
+ * unknown), `bytesOnDisk` what all of them take with shared files counted once.
+ */
+export function summarizeStore(root: string, store: Store, now: Date, disk: Disk, shared: Sharing | null, bytesOnDisk: number): BackupStatus {
   const backups = store.complete.map((b): BackupSummary => {
     const ageMs = now.getTime() - b.created.getTime()
     const last = b.meta.verifications.at(-1)
@@ -126,22 +130,55 @@ export async function backupStatus(settings: Settings, now = new Date()): Promis
       age_seconds: Math.floor(ageMs / 1000),
       files: b.meta.files,
       bytes: b.meta.bytes,
-      unique_bytes: bytesHeldOnlyBy(shared, [b.name]),
+      unique_bytes: shared && bytesHeldOnlyBy(shared, [b.name]),
       last_verification: last ? { at: last.at, rate: last.rate, ok: last.ok, problems: last.problems.length } : null,
       latest: b.name === store.latest,
     }
   })
-  const { bavail, blocks, bsize } = await fs.statfs(root)
   return {
     store: root,
     backups,
-    totals: { backups: backups.length, bytes: backups.reduce((sum, b) => sum + b.bytes, 0), bytes_on_disk: bytesHeldOnlyBy(shared, backups.map((b) => b.name)) },
-    disk: { free_bytes: bavail * bsize, total_bytes: blocks * bsize },
+    totals: { backups: backups.length, bytes: backups.reduce((sum, b) => sum + b.bytes, 0), bytes_on_disk: bytesOnDisk },
+    disk,
     latest: store.latest,
     partials: store.partials.map((p) => path.basename(p)),
     damaged: store.damaged,
     warnings: storeWarnings(root, store, now),
   }
+}
+
+/** Reads the store and the backup disk; throws when the store cannot be read. Changes nothing. */
+export async function backupStatus(settings: Settings, now = new Date()): Promise<BackupStatus> {
+  const root = backupsDir(settings)
+  const missing = await storeMissing(settings)
+  if (missing) throw new Error(missing)
+  const store = await scanStore(settings)
+  const shared = sharing(store.complete)
+  const { bavail, blocks, bsize } = await fs.statfs(root)
+  const onDisk = bytesHeldOnlyBy(shared, store.complete.map((b) => b.name))
+  return summarizeStore(root, store, now, { free_bytes: bavail * bsize, total_bytes: blocks * bsize }, shared, onDisk)
+}
+
+export interface Retention { days: number; keepMin: number; now: Date }
+
+/**
+ * Each complete backup (oldest first) with the first rule that keeps it, or 'remove': the newest keepMin,
+ * the newest whose last verification passed (a copy known to be good), the one `latest` points at, and
+ * those younger than `days` stay.
+ */
+export function retentionVerdicts(complete: Backup[], latest: string | null, rule: Retention): { backup: Backup; verdict: string }[] {
+  const newest = new Set(complete.slice(Math.max(0, complete.length - rule.keepMin)).map((b) => b.name))
+  const lastVerified = complete.findLast((b) => b.meta.verifications.at(-1)?.ok === true)?.name
+  const cutoff = rule.now.getTime() - rule.days * DAY_MS
+  return complete.map((backup) => ({
+    backup,
+    verdict:
+      newest.has(backup.name) ? `keep: newest ${rule.keepMin}`
+      : backup.name === lastVerified ? 'keep: last verified'
+      : backup.name === latest ? 'keep: latest'
+      : backup.created.getTime() >= cutoff ? 'keep: within retention'
+      : 'remove',
+  }))
 }
 
 /** What monitoring needs of the store, read from the backups' metadata alone (no walk of their data). */
@@ -179,4 +216,26 @@ export async function backupHealth(settings: Settings, now = new Date()): Promis
     latest: store.latest,
     problems,
   }
+}
+
+function verified(b: BackupSummary, now: Date): string {
+  const v = b.last_verification
+  return v ? `${v.ok ? 'ok' : 'FAILED'} ${formatAge(now.getTime() - Date.parse(v.at))} ago` : 'never'
+}
+
+/** The backup-status report of a store, local or remote: the table, totals, warnings and the headline. */
+export function showStatus(ctx: TaskContext, status: BackupStatus, now: Date, diskName: string): TaskResult {
+  for (const w of status.warnings) ctx.warn(w)
+  const { backups, totals, disk } = status
+  if (backups.length)
+    ctx.detail(...table([
+      ['NAME', 'TYPE', 'AGE', 'FILES', 'SIZE', 'UNIQUE', 'VERIFIED', 'LATEST'],
+      ...backups.map((b) => [b.name, b.type, b.age, String(b.files), bytes(b.bytes), b.unique_bytes === null ? '-' : bytes(b.unique_bytes), verified(b, now), b.latest ? 'yes' : '']),
+    ]))
+  const space = `${bytes(disk.free_bytes)} free of ${bytes(disk.total_bytes)}`
+  ctx.detail(`total: ${count(totals.backups, 'backup')}, ${bytes(totals.bytes)} (${bytes(totals.bytes_on_disk)} on disk); ${diskName}: ${space}`)
+  const newest = backups.at(-1)
+  const headline = newest ? `${count(backups.length, 'backup')}, newest ${newest.age} old` : 'no complete backup'
+  const warned = status.warnings.length ? `; ${count(status.warnings.length, 'warning')}` : ''
+  return ctx.finish(`${headline}; ${diskName}: ${space}${warned}`, { ...status })
 }

@@ -17,7 +17,7 @@ const latestLink = (s: Settings) => path.join(backupsDir(s), 'latest')
 /** The files of one backup directory. */
 export const DATA = 'data'
 export const MANIFEST = 'SHA256SUMS'
-const META = 'backup.json'
+export const META = 'backup.json'
 /** Sizes of the files and targets of the links under data/, as copied: what verify compares against. */
 export const CATALOG = 'files.json'
 /** When each file was last hashed by verify, so later runs start with the others. */
@@ -85,18 +85,28 @@ export function backupName(date: Date, type: BackupType): string {
   return `backup_${iso.slice(0, 10).replaceAll('-', '')}_${iso.slice(11, 19).replaceAll(':', '')}_${type}`
 }
 
-function createdOf(name: string): Date | null {
+export function createdOf(name: string): Date | null {
   const m = BACKUP_NAME.exec(name)
   return m ? new Date(Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!)) : null
 }
 
 export const partialName = (name: string) => name + PARTIAL_SUFFIX
 
+/** A directory an interrupted create (or delete) left: a backup's name with .partial after it. */
+export const isPartialName = (name: string) => name.endsWith(PARTIAL_SUFFIX) && BACKUP_NAME.test(name.slice(0, -PARTIAL_SUFFIX.length))
+
+/** Throws unless `meta` reads as the metadata of a citadel backup. */
+export function checkMeta(meta: BackupMeta): BackupMeta {
+  if (!['full', 'incremental'].includes(meta?.type) || !Array.isArray(meta.verifications) || typeof meta.files !== 'number')
+    throw new Error('not the metadata of a citadel backup')
+  return meta
+}
+
 export async function readMeta(dir: string): Promise<BackupMeta> {
   return JSON.parse(await fs.readFile(path.join(dir, META), 'utf8')) as BackupMeta
 }
 
-const metaText = (meta: BackupMeta) => JSON.stringify(meta, null, 2) + '\n'
+export const metaText = (meta: BackupMeta) => JSON.stringify(meta, null, 2) + '\n'
 
 /** Replaces the metadata of a published backup atomically. */
 export const writeMeta = (dir: string, meta: BackupMeta) => atomicWriteFile(path.join(dir, META), metaText(meta))
@@ -125,7 +135,7 @@ export async function scanStore(s: Settings): Promise<Store> {
   })).sort()
   for (const name of names) {
     const dir = path.join(root, name)
-    if (name.endsWith(PARTIAL_SUFFIX) && BACKUP_NAME.test(name.slice(0, -PARTIAL_SUFFIX.length))) {
+    if (isPartialName(name)) {
       if ((await lstatOrNull(dir))?.isDirectory()) store.partials.push(dir)
       continue
     }
@@ -133,9 +143,7 @@ export async function scanStore(s: Settings): Promise<Store> {
     if (!created) continue
     if (!(await lstatOrNull(dir))?.isDirectory()) continue
     try {
-      const meta = await readMeta(dir)
-      if (!['full', 'incremental'].includes(meta.type) || !Array.isArray(meta.verifications) || typeof meta.files !== 'number')
-        throw new Error('not the metadata of a citadel backup')
+      const meta = checkMeta(await readMeta(dir))
       store.complete.push({ name, dir, type: meta.type, created, meta })
     } catch (err) {
       store.damaged.push({ name, reason: `${META} unreadable: ${(err as Error).message}` })
@@ -154,6 +162,14 @@ export async function scanStore(s: Settings): Promise<Store> {
 export function findBackup(store: Store, wanted: string | undefined): Backup | null {
   if (wanted !== undefined && wanted !== 'latest') return store.complete.find((b) => b.name === path.basename(wanted)) ?? null
   return store.complete.find((b) => b.name === store.latest) ?? store.complete.at(-1) ?? null
+}
+
+/** Why findBackup found nothing, with what there is instead. */
+export function noSuchBackup(store: Store, wanted: string | undefined, where: string): string {
+  if (!store.complete.length) return `no complete backup in ${where}: make one with citadel backup create`
+  const damaged = store.damaged.find((d) => d.name === path.basename(wanted ?? ''))
+  const available = `available: ${store.complete.map((b) => b.name).join(', ')}`
+  return damaged ? `${damaged.name} is damaged (${damaged.reason}); ${available}` : `no complete backup named ${wanted ?? `latest (${store.latest})`}; ${available}`
 }
 
 /** Points `latest` at a complete backup by a relative link, in one rename. */

@@ -122,6 +122,7 @@ export const SETTINGS = {
   BACKUP_SSH_IDENTITY: setting(undefined, 'Private key ssh uses for the remote backup host; empty = ssh\'s own defaults', absolutePath),
   BACKUP_SSH_STRICT_HOST_KEY_CHECKING: setting('accept-new', 'ssh StrictHostKeyChecking for the remote backup host: yes, accept-new or no', hostKeyChecking),
   BACKUP_SSH_KNOWN_HOSTS: setting(undefined, 'known_hosts file for the remote backup host; empty = ssh\'s own (~/.ssh/known_hosts)', absolutePath),
+  BACKUP_REMOTE_BANDWIDTH_LIMIT: setting('0', 'KiB per second rsync may send to the remote backup host, so a send does not fill the uplink; 0 = no limit', wholeNumber(0, '20000')),
   CITADEL_SYSTEMD_DIR: setting('/etc/systemd/system', 'Directory install-services writes the systemd units into', absolutePath),
   CITADEL_DAILY_SCHEDULE: setting('*-*-* 03:00:00', 'When the daily playbook runs (systemd OnCalendar)', calendar),
   CITADEL_WEEKLY_SCHEDULE: setting('Sun *-*-* 04:00:00', 'When the weekly playbook runs (systemd OnCalendar)', calendar),
@@ -169,6 +170,8 @@ export interface RemoteSettings {
   identity?: string
   strictHostKeyChecking: 'yes' | 'accept-new' | 'no'
   knownHosts?: string
+  /** KiB/s for rsync's --bwlimit; 0 = none. */
+  bandwidthLimit: number
 }
 
 export class ConfigError extends Error {
@@ -262,6 +265,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
         identity: r.BACKUP_SSH_IDENTITY,
         strictHostKeyChecking: r.BACKUP_SSH_STRICT_HOST_KEY_CHECKING,
         knownHosts: r.BACKUP_SSH_KNOWN_HOSTS,
+        bandwidthLimit: r.BACKUP_REMOTE_BANDWIDTH_LIMIT,
       },
     },
     systemd: {

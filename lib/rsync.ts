@@ -28,9 +28,16 @@ export interface CopyResult { exitCode: number; warnings: string[]; error: strin
 
 export interface CopyRequest {
   src: string
+  /** A local path, or host:path with `rsh` set. */
   dest: string
-  /** Absolute path of the previous backup's data/, for incrementals. */
+  /** Absolute path of the previous backup's data/, for incrementals (on the destination's host). */
   linkDest: string | null
+  /** The ssh command line for rsync's -e, to copy to a remote host. */
+  rsh?: string
+  /** KiB/s, for a copy over a network link that others share. */
+  bandwidthLimit?: number
+  /** Patterns to leave out instead of what is never a model (a backup sent on keeps its own rules). */
+  excludes?: string[]
   signal: AbortSignal
   onBytes: (bytes: number) => void
 }
@@ -38,12 +45,15 @@ export interface CopyRequest {
 /** Runs rsync SRC/ DEST/; resolves with its exit status, the vanished-file warnings, or the error. */
 export async function rsyncCopy($: Shell, req: CopyRequest): Promise<CopyResult> {
   const linkDest = req.linkDest === null ? [] : [`--link-dest=${req.linkDest}`]
-  const excludes = EXCLUDES.map((e) => `--exclude=${e.pattern}`)
+  const excludes = (req.excludes ?? EXCLUDES.map((e) => e.pattern)).map((pattern) => `--exclude=${pattern}`)
+  // --protect-args keeps the remote shell from splitting or expanding the paths and options sent over.
+  const remote = req.rsh === undefined ? [] : ['--protect-args', '--rsh', req.rsh]
+  const limit = req.bandwidthLimit ? [`--bwlimit=${req.bandwidthLimit}`] : []
   // --no-h prints plain digits; LC_ALL=C (set for every command) keeps the number format fixed. Device
   // nodes, FIFOs and sockets are never model files: the backup holds files, directories and links only,
   // all of which its catalog records and verify checks.
   // Its own process group, so an abort stops rsync and the processes it forks, not just the shell.
-  const copy = $({ signal: req.signal, nothrow: true, detached: true })`rsync --archive --no-devices --no-specials --hard-links --numeric-ids --info=progress2 --no-h --no-inc-recursive ${linkDest} ${excludes} -- ${req.src + '/'} ${req.dest + '/'}`
+  const copy = $({ signal: req.signal, nothrow: true, detached: true })`rsync --archive --no-devices --no-specials --hard-links --numeric-ids --info=progress2 --no-h --no-inc-recursive ${remote} ${limit} ${linkDest} ${excludes} -- ${req.src + '/'} ${req.dest + '/'}`
   let pending = ''
   copy.stdout.on('data', (chunk: Buffer) => {
     const lines = (pending + chunk.toString()).split(/[\r\n]/)

@@ -9,6 +9,17 @@ import { DATA, listTree, MANIFEST, readCatalog, statFiles, VERIFY_STATE, writeMe
 import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull } from './fsx.ts'
 import { hashFiles } from './hashing.ts'
 import { compareBytewise, parseManifest } from './manifest.ts'
+import { bytes, count, summarize, table } from './report.ts'
+import type { ArgSpec, TaskContext, TaskResult } from './task.ts'
+
+export const SAMPLE_ARG: ArgSpec = {
+  name: 'sample', type: 'string', value: 'RATE', help: 'share of the bytes and of the files to hash (default: BACKUP_VERIFY_SAMPLE_RATE)',
+  check: (v) => (/^(\d+\.?\d*|\.\d+)$/.test(v) && Number(v) > 0 && Number(v) <= 1 ? null : 'expected a ratio greater than 0 and at most 1, e.g. 0.1'),
+}
+export const SEED_ARG: ArgSpec = {
+  name: 'seed', type: 'string', value: 'N', help: 'the same N hashes the same sample, whichever files were verified recently',
+  check: (v) => (/^\d+$/.test(v) && Number.isSafeInteger(Number(v)) ? null : 'expected a whole number, e.g. 7'),
+}
 
 /** When each file of a backup last hashed as the manifest says: path → ISO time. */
 export type VerifyState = Record<string, string>
@@ -80,7 +91,7 @@ function rank(seed: number, rel: string): number {
  * rank, taken until they hold at least `rate` of the bytes and of the files, so that empty and small files
  * get their turn too.
  */
-function chooseSample(files: [string, number][], rate: number, seed: number, history: VerifyState | null): [string, number][] {
+export function chooseSample(files: [string, number][], rate: number, seed: number, history: VerifyState | null): [string, number][] {
   // The result keeps the order of `files` (the catalog's, bytewise).
   // 0, before any real time, for a file never verified (or a time that does not parse).
   const lastVerified = (rel: string) => Date.parse(history?.[rel] ?? '') || 0
@@ -99,7 +110,7 @@ function chooseSample(files: [string, number][], rate: number, seed: number, his
 }
 
 /** A Hugging Face cache names each blob by the SHA-256 of its content. */
-const HF_BLOB = /(^|\/)blobs\/[0-9a-f]{64}$/
+export const HF_BLOB = /(^|\/)blobs\/[0-9a-f]{64}$/
 
 async function readState(dir: string, warn: (message: string) => void): Promise<VerifyState> {
   const text = await readFileOrNull(path.join(dir, VERIFY_STATE))
@@ -177,4 +188,16 @@ export async function verifyBackup(backup: Backup, req: VerifyRequest): Promise<
 export async function recordVerification(backup: Backup, outcome: VerifyOutcome): Promise<void> {
   await writeMeta(backup.dir, { ...backup.meta, verifications: [...backup.meta.verifications, outcome.verification] })
   await atomicWriteFile(path.join(backup.dir, VERIFY_STATE), JSON.stringify(outcome.state) + '\n')
+}
+
+/** The backup-verify report of one verification, local or remote: failed on any problem. */
+export function showVerification(ctx: TaskContext, name: string, outcome: { verification: Verification; sampled: string[]; totalBytes: number }): TaskResult {
+  const { verification: v, sampled } = outcome
+  for (const rel of v.transient) ctx.warn(`${rel}: the first read disagreed with the manifest, a second agreed: a read error, not corruption`)
+  if (v.problems.length) ctx.detail(...table([['PATH', 'PROBLEM', 'DETAIL'], ...v.problems.map((p) => [p.path, p.kind, p.detail])]))
+  const share = outcome.totalBytes > 0 ? Math.round((v.bytes_hashed / outcome.totalBytes) * 100) : 100
+  const head = `${name}: ${count(v.files_checked, 'file')} checked, ${v.files_hashed} hashed (${bytes(v.bytes_hashed)}, ${share}% of bytes)`
+  const data = { backup: name, verification: v, sampled }
+  if (!v.ok) return ctx.fail(`${head}: ${count(v.problems.length, 'problem')}: ${summarize(v.problems.map((p) => `${p.path}: ${p.kind}`))}`, data)
+  return ctx.finish(`${head}: ok`, data)
 }

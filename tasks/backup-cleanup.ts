@@ -3,28 +3,10 @@
 // the one `latest` points at. Damaged backups and anything not named like a backup are never touched.
 // A removed backup cannot be journaled, so a failed run does not bring it back.
 import path from 'node:path'
-import { bytesHeldOnlyBy, DAY_MS, formatAge, sharing } from '../lib/backup-status.ts'
+import { bytesHeldOnlyBy, formatAge, retentionVerdicts, sharing } from '../lib/backup-status.ts'
 import { removeBackupDir, removePartials, scanStore, storeMissing, type Backup } from '../lib/backups.ts'
 import { bytes, count, table } from '../lib/report.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
-
-export interface Retention { days: number; keepMin: number; now: Date }
-
-/** Each complete backup (oldest first) with the first rule that keeps it, or 'remove'. */
-export function retentionVerdicts(complete: Backup[], latest: string | null, rule: Retention): { backup: Backup; verdict: string }[] {
-  const newest = new Set(complete.slice(Math.max(0, complete.length - rule.keepMin)).map((b) => b.name))
-  const lastVerified = complete.findLast((b) => b.meta.verifications.at(-1)?.ok === true)?.name
-  const cutoff = rule.now.getTime() - rule.days * DAY_MS
-  return complete.map((backup) => ({
-    backup,
-    verdict:
-      newest.has(backup.name) ? `keep: newest ${rule.keepMin}`
-      : backup.name === lastVerified ? 'keep: last verified'
-      : backup.name === latest ? 'keep: latest'
-      : backup.created.getTime() >= cutoff ? 'keep: within retention'
-      : 'remove',
-  }))
-}
 
 const task = defineTask({
   name: 'backup-cleanup',

@@ -5,10 +5,8 @@ import path from 'node:path'
 import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull } from '../lib/fsx.ts'
 import { envNameOfAlias, envScriptPath, hfHome, vllmCache } from '../lib/layout.ts'
 import type { Settings } from '../lib/config.ts'
+import { shellQuote } from '../lib/quote.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
-
-/** POSIX single quoting: nothing inside is expanded; a quote becomes '\''. */
-export const shellQuote = (value: string) => `'${value.replaceAll("'", `'\\''`)}'`
 
 export function envScript(s: Settings): string {
   const vars: [string, string][] = [

@@ -4,7 +4,7 @@ import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { DAY_MS } from '../lib/backup-status.ts'
 import { backupName, type Backup, type BackupMeta, type Verification } from '../lib/backups.ts'
-import { retentionVerdicts } from '../tasks/backup-cleanup.ts'
+import { retentionVerdicts } from '../lib/backup-status.ts'
 import { backUp, pointLatest, setUpServer, storeOf } from './backup-helpers.ts'
 import { citadel, citadelJson, snapshot, type Roots } from './helpers.ts'
 
