@@ -8,6 +8,7 @@ const task = defineTask({
   name: 'remote-backup-status',
   description: 'Show each backup in BACKUP_REMOTE with its age, size and last verification, the space left there, and what needs attention',
   tags: ['backup', 'status', 'remote'],
+  readOnly: true,
   async run(ctx) {
     return withRemote(ctx, async (r) => {
       const now = new Date()

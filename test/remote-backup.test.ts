@@ -200,6 +200,21 @@ describe.skipIf(sshdMissing)('backups over ssh', () => {
   }, 90_000)
 })
 
+describe.skipIf(sshdMissing)('the weekly playbook with BACKUP_REMOTE', () => {
+  it('sends the verified full backup off the host and verifies the remote copy', async () => {
+    const { roots, remoteStore } = await serverWithRemote()
+    writeFile(path.join(roots.active, 'm', 'w.safetensors'), 'w'.repeat(10_000))
+    const weekly = await citadelJson(['run', 'weekly', '--skip-tags', 'perf'], roots.env)
+    expect(weekly.code, weekly.stderr + JSON.stringify(weekly.doc?.tasks)).toBe(0)
+    expect(weekly.doc.tasks.map((t: { name: string; status: string }) => [t.name, t.status])).toEqual([
+      ['backup-create', 'changed'], ['backup-verify', 'ok'], ['remote-backup-create', 'changed'], ['remote-backup-verify', 'ok'], ['backup-cleanup', 'ok'], ['remote-backup-cleanup', 'ok'],
+    ])
+    const name = weekly.doc.tasks[0].data.backup
+    expect(remoteBackups(remoteStore)).toEqual([name])
+    expect(JSON.parse(readFileSync(path.join(remoteStore, name, 'backup.json'), 'utf8')).verifications).toHaveLength(1)
+  }, 60_000)
+})
+
 describe('backups over ssh without a remote', () => {
   it('says BACKUP_REMOTE is not set and exits 2', async () => {
     const roots = await setUpServer()
