@@ -36,6 +36,14 @@ describe('settings', () => {
     expect(loadSettings({ CITADEL_ENV_FILE: roots.env.CITADEL_ENV_FILE, CITADEL_OWNER: '1000:1000' }).owner).toEqual({ user: '1000', group: '1000' })
   })
 
+  it('reads BACKUP_REMOTE as user, host and directory, with the ssh settings beside it', () => {
+    const env = { CITADEL_ENV_FILE: makeRoots().env.CITADEL_ENV_FILE }
+    expect(loadSettings({ ...env, BACKUP_REMOTE: 'backup@nas.example:/srv/citadel-backup/' }).backup.remote)
+      .toEqual({ user: 'backup', host: 'nas.example', dir: '/srv/citadel-backup', port: 22, identity: undefined, strictHostKeyChecking: 'accept-new', knownHosts: undefined, bandwidthLimit: 0 })
+    expect(loadSettings({ ...env, BACKUP_REMOTE: '[fd00::7]:/backup dir', BACKUP_SSH_PORT: '2222' }).backup.remote).toMatchObject({ user: undefined, host: 'fd00::7', dir: '/backup dir', port: 2222 })
+    expect(loadSettings(env).backup.remote).toBeUndefined()
+  })
+
   it('.env.example lists every setting with its default', () => {
     const example = readFileSync(path.join(PROJECT, '.env.example'), 'utf8')
     for (const [name, spec] of Object.entries(SETTINGS)) {
@@ -84,6 +92,17 @@ const BAD: [string, string, string][] = [
   ['BACKUP_RETENTION_DAYS', '1.5', 'whole number'],
   ['BACKUP_VERIFY_SAMPLE_RATE', '0', 'ratio'],
   ['BACKUP_KEEP_MIN', '0', 'whole number'],
+  ['BACKUP_REMOTE', 'nas', '[user@]host:/absolute/path'],
+  ['BACKUP_REMOTE', 'nas:relative/dir', '[user@]host:/absolute/path'],
+  ['BACKUP_REMOTE', '-oProxyCommand=touch:/x', '[user@]host:/absolute/path'],
+  ['BACKUP_REMOTE', 'nas:/', 'not / itself'],
+  ['BACKUP_SSH_PORT', '70000', 'port from 1 to 65535'],
+  ['BACKUP_SSH_IDENTITY', 'id_ed25519', 'absolute path'],
+  ['BACKUP_SSH_STRICT_HOST_KEY_CHECKING', 'maybe', 'yes, accept-new or no'],
+  ['BACKUP_REMOTE_BANDWIDTH_LIMIT', 'fast', 'whole number'],
+  ['CITADEL_SYSTEMD_DIR', 'systemd', 'absolute path'],
+  ['CITADEL_DAILY_SCHEDULE', '03:00\nExecStartPre=/bin/sh', 'one line'],
+  ['CITADEL_TIMER_RANDOM_DELAY', '-1', 'whole number'],
 ]
 
 describe('invalid settings', () => {

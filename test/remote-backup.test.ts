@@ -155,6 +155,21 @@ describe.skipIf(sshdMissing)('backups over ssh', () => {
     expect(disks()).toEqual(before)
   }, 60_000)
 
+  it('refuses an unknown host key under yes, and records it on first use under accept-new', async () => {
+    const { roots } = await serverWithRemote()
+    const knownHosts = path.join(roots.base, 'known_hosts')
+    writeFileSync(knownHosts, '')
+    Object.assign(roots.env, { BACKUP_SSH_KNOWN_HOSTS: knownHosts })
+    const refused = await remote(roots, 'status')
+    expect(refused.code).toBe(2)
+    expect(refused.task.msg).toMatch(/^cannot reach the remote backup host .*: Host key verification failed/)
+    expect(readFileSync(knownHosts, 'utf8')).toBe('')
+    roots.env.BACKUP_SSH_STRICT_HOST_KEY_CHECKING = 'accept-new'
+    const accepted = await remote(roots, 'status')
+    expect(accepted.code, JSON.stringify(accepted.task)).toBe(0)
+    expect(readFileSync(knownHosts, 'utf8')).toContain('ssh-ed25519')
+  }, 60_000)
+
   it('works with a remote path full of characters a shell would expand', async () => {
     const { roots, remoteStore } = await serverWithRemote(`remote dir 'quoted' $HOME; *`)
     const name = await backUp(roots, { "m/it's a file $x.bin": 'data', 'm/ü n i.json': '{}' })
