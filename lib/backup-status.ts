@@ -239,3 +239,21 @@ export function showStatus(ctx: TaskContext, status: BackupStatus, now: Date, di
   const warned = status.warnings.length ? `; ${count(status.warnings.length, 'warning')}` : ''
   return ctx.finish(`${headline}; ${diskName}: ${space}${warned}`, { ...status })
 }
+
+export interface RetentionPlan {
+  /** Every complete backup, oldest first, with its age and the rule that keeps it, or 'remove'. */
+  backups: { name: string; age: string; verdict: string }[]
+  /** The backups to remove, each with how the change record describes it. */
+  doomed: { backup: Backup; before: string }[]
+}
+
+/** Cleanup's plan for a store, local or remote, shown as a table under the task. */
+export function planRetention(ctx: TaskContext, complete: Backup[], latest: string | null, days: number, now: Date): RetentionPlan {
+  const verdicts = retentionVerdicts(complete, latest, { days, keepMin: ctx.settings.backup.keepMin, now })
+  const ageOf = (b: Backup) => formatAge(now.getTime() - b.created.getTime())
+  if (verdicts.length) ctx.detail(...table([['BACKUP', 'AGE', 'VERDICT'], ...verdicts.map((v) => [v.backup.name, ageOf(v.backup), v.verdict])]))
+  return {
+    backups: verdicts.map((v) => ({ name: v.backup.name, age: ageOf(v.backup), verdict: v.verdict })),
+    doomed: verdicts.filter((v) => v.verdict === 'remove').map(({ backup: b }) => ({ backup: b, before: `${b.type} backup, ${ageOf(b)} old, ${count(b.meta.files, 'file')}, ${bytes(b.meta.bytes)}` })),
+  }
+}

@@ -3,9 +3,9 @@
 // the one `latest` points at. Damaged backups and anything not named like a backup are never touched.
 // A removed backup cannot be journaled, so a failed run does not bring it back.
 import path from 'node:path'
-import { bytesHeldOnlyBy, formatAge, retentionVerdicts, sharing } from '../lib/backup-status.ts'
-import { removeBackupDir, removePartials, scanStore, storeMissing, type Backup } from '../lib/backups.ts'
-import { bytes, count, table } from '../lib/report.ts'
+import { bytesHeldOnlyBy, planRetention, sharing } from '../lib/backup-status.ts'
+import { removeBackupDir, removePartials, scanStore, storeMissing } from '../lib/backups.ts'
+import { bytes, count } from '../lib/report.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 
 const task = defineTask({
@@ -28,23 +28,18 @@ const task = defineTask({
     for (const d of store.damaged) ctx.warn(`${d.name} is damaged (${d.reason}): left alone`)
     await removePartials(ctx, store)
 
-    const verdicts = retentionVerdicts(store.complete, store.latest, { days, keepMin: settings.backup.keepMin, now })
-    const ageOf = (b: Backup) => formatAge(now.getTime() - b.created.getTime())
-    if (verdicts.length) ctx.detail(...table([['BACKUP', 'AGE', 'VERDICT'], ...verdicts.map((v) => [v.backup.name, ageOf(v.backup), v.verdict])]))
-    const doomed = verdicts.filter((v) => v.verdict === 'remove').map((v) => v.backup)
+    const plan = planRetention(ctx, store.complete, store.latest, days, now)
     // Files an incremental shares with a removed backup stay on disk: only what no kept backup holds is freed.
-    const freed = doomed.length ? bytesHeldOnlyBy(sharing(store.complete), doomed.map((b) => b.name)) : 0
-    for (const b of doomed) {
-      const before = `${b.type} backup, ${ageOf(b)} old, ${count(b.meta.files, 'file')}, ${bytes(b.meta.bytes)}`
-      await ctx.apply({ path: b.dir, action: 'remove backup', before, after: null }, null, () => removeBackupDir(settings, b.dir))
-    }
+    const freed = plan.doomed.length ? bytesHeldOnlyBy(sharing(store.complete), plan.doomed.map((d) => d.backup.name)) : 0
+    for (const { backup, before } of plan.doomed)
+      await ctx.apply({ path: backup.dir, action: 'remove backup', before, after: null }, null, () => removeBackupDir(settings, backup.dir))
 
-    const removed = [doomed.length ? `${count(doomed.length, 'backup')} (${bytes(freed)})` : '', store.partials.length ? count(store.partials.length, 'partial backup') : ''].filter(Boolean)
-    return ctx.finish(`${removed.length ? `${verb} ${removed.join(' and ')}` : 'nothing to remove'}, kept ${verdicts.length - doomed.length}`, {
+    const removed = [plan.doomed.length ? `${count(plan.doomed.length, 'backup')} (${bytes(freed)})` : '', store.partials.length ? count(store.partials.length, 'partial backup') : ''].filter(Boolean)
+    return ctx.finish(`${removed.length ? `${verb} ${removed.join(' and ')}` : 'nothing to remove'}, kept ${plan.backups.length - plan.doomed.length}`, {
       days,
       keep_min: settings.backup.keepMin,
-      backups: verdicts.map((v) => ({ name: v.backup.name, age: ageOf(v.backup), verdict: v.verdict })),
-      removed: doomed.map((b) => b.name),
+      backups: plan.backups,
+      removed: plan.doomed.map((d) => d.backup.name),
       freed_bytes: freed,
       partials: store.partials.map((p) => path.basename(p)),
       damaged: store.damaged,

@@ -1,9 +1,8 @@
 // Removes remote backups older than DAYS and what interrupted sends left, by the local rules: whatever their
 // age it keeps the newest BACKUP_KEEP_MIN, the newest whose last remote verification passed and the one
 // remote latest points at. Damaged backups and anything not named like a backup are never touched.
-import { formatAge, retentionVerdicts } from '../lib/backup-status.ts'
-import type { Backup } from '../lib/backups.ts'
-import { bytes, count, table } from '../lib/report.ts'
+import { planRetention } from '../lib/backup-status.ts'
+import { count } from '../lib/report.ts'
 import { remoteHost, remoteLabel, removeRemote, removeRemotePartials, scanRemote, withRemote } from '../lib/remote.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 import backupCleanup from './backup-cleanup.ts'
@@ -20,21 +19,16 @@ const task = defineTask({
       const store = await scanRemote(ctx.$, r)
       for (const d of store.damaged) ctx.warn(`${d.name} on ${remoteHost(r)} is damaged (${d.reason}): left alone`)
       await removeRemotePartials(ctx, r, store)
-      const verdicts = retentionVerdicts(store.complete, store.latest, { days, keepMin: ctx.settings.backup.keepMin, now })
-      const ageOf = (b: Backup) => formatAge(now.getTime() - b.created.getTime())
-      if (verdicts.length) ctx.detail(...table([['BACKUP', 'AGE', 'VERDICT'], ...verdicts.map((v) => [v.backup.name, ageOf(v.backup), v.verdict])]))
-      const doomed = verdicts.filter((v) => v.verdict === 'remove').map((v) => v.backup)
-      for (const b of doomed) {
-        const before = `${b.type} backup, ${ageOf(b)} old, ${count(b.meta.files, 'file')}, ${bytes(b.meta.bytes)}`
-        await ctx.apply({ path: `${remoteLabel(r)}/${b.name}`, action: 'remove backup', before, after: null }, null, () => removeRemote(ctx.$, r, [b.name]))
-      }
-      const removed = [doomed.length ? count(doomed.length, 'backup') : '', store.partials.length ? count(store.partials.length, 'partial backup') : ''].filter(Boolean)
+      const plan = planRetention(ctx, store.complete, store.latest, days, now)
+      for (const { backup, before } of plan.doomed)
+        await ctx.apply({ path: `${remoteLabel(r)}/${backup.name}`, action: 'remove backup', before, after: null }, null, () => removeRemote(ctx.$, r, [backup.name]))
+      const removed = [plan.doomed.length ? count(plan.doomed.length, 'backup') : '', store.partials.length ? count(store.partials.length, 'partial backup') : ''].filter(Boolean)
       const verb = ctx.check ? 'would remove' : 'removed'
-      return ctx.finish(`${removed.length ? `${verb} ${removed.join(' and ')}` : 'nothing to remove'} on ${remoteLabel(r)}, kept ${verdicts.length - doomed.length}`, {
+      return ctx.finish(`${removed.length ? `${verb} ${removed.join(' and ')}` : 'nothing to remove'} on ${remoteLabel(r)}, kept ${plan.backups.length - plan.doomed.length}`, {
         days,
         keep_min: ctx.settings.backup.keepMin,
-        backups: verdicts.map((v) => ({ name: v.backup.name, age: ageOf(v.backup), verdict: v.verdict })),
-        removed: doomed.map((b) => b.name),
+        backups: plan.backups,
+        removed: plan.doomed.map((d) => d.backup.name),
         partials: store.partials.map((p) => p.split('/').at(-1)),
         damaged: store.damaged,
       })
