@@ -50,10 +50,12 @@ Usage:
   citadel backup verify [BACKUP] [--sample RATE] [--seed N]
   citadel backup cleanup [DAYS]
   citadel backup status            the backup tasks, by their own names (see citadel help backup)
+  citadel backup ACTION --remote   the same on BACKUP_REMOTE, over ssh
   citadel health-check [--json]    every check in one report; exit 0 ok, 1 warning, 2 critical, 3 unknown
-  citadel status [--json]          the morning glance: usage, links, backup, SMART, monitor
+  citadel status [--json]          the morning glance: usage, links, backup, SMART, monitor, timers
   citadel monitor [--interval S] [--once]
                                    check in a loop, alert on changes, write health.json and metrics
+  citadel start-monitor            start citadel-monitor.service, or say how to run the monitor by hand
   citadel smart [DEVICE ...] [--json-input FILE]
                                    SMART verdict of the disks under the model and backup roots
   citadel perf [PATH] [--quick]    fio: sequential read/write and 4 KiB random read in PATH
@@ -75,7 +77,8 @@ monitoring plugins do: it drops into Nagios, Icinga or monit's \`check program\`
   status: `Usage: citadel status [--json]
 
 The morning glance: usage per filesystem, link verdicts, the newest backup and its age, SMART verdicts
-(from the running monitor when it read them recently) and whether a monitor is running. Changes nothing.`,
+(from the running monitor when it read them recently), whether a monitor is running, and the systemd units:
+whether citadel-monitor.service is active and when the daily and weekly timers fire next. Changes nothing.`,
   monitor: `Usage: citadel monitor [--interval SECONDS] [--once]
 
 Checks usage, links and backups every interval (default STORAGE_MONITOR_CHECK_INTERVAL) and SMART every
@@ -87,10 +90,23 @@ A missing, wrong or broken link is repaired once (never with force). Every cycle
 
   --interval SECONDS   seconds between cycles
   --once               one cycle; exit as health-check does (0 ok, 1 warning, 2 critical, 3 unknown)`,
-  backup: `Usage: citadel backup create|verify|cleanup|status [arguments] [options]
+  'start-monitor': `Usage: citadel start-monitor
+
+Starts the monitor as the systemd service citadel-monitor.service (systemctl start), when systemd runs this
+machine and \`citadel run install-services\` has installed the unit in CITADEL_SYSTEMD_DIR. Otherwise it
+starts nothing and says how to run \`citadel monitor\` in the foreground.
+Exit: 0 started, or a monitor already runs; 2 systemctl start failed (see journalctl -u citadel-monitor);
+3 a monitor outside systemd holds the monitor lock (stop it first); 4 invalid settings or arguments;
+5 nothing started: systemd is not running or the unit is not installed (the message says what to run).`,
+  backup: `Usage: citadel backup create|verify|cleanup|status [--remote] [arguments] [options]
 
 Each is the task backup-NAME (citadel help backup-create, say): the same lock, log and report as a playbook.
-Backups live in <backup root>/models/backup_<UTC date>_<time>_<full|incremental>/; latest points at the newest.`,
+Backups live in <backup root>/models/backup_<UTC date>_<time>_<full|incremental>/; latest points at the newest.
+
+With --remote each works on BACKUP_REMOTE ([user@]host:/path) over ssh instead, as the task
+remote-backup-NAME: create sends a local backup (latest, or BACKUP) there, hard-linked to the newest
+remote one; verify has the remote host's sha256sum -c hash a sample; status and cleanup follow the
+local rules.`,
 }
 
 const csv = (v: string | boolean | undefined) => (typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : [])
@@ -131,7 +147,8 @@ function taskHelp(task: Task): string {
     const left = a.positional ? (a.value ?? a.name.toUpperCase()) : `--${a.name}${a.type === 'string' ? ` ${a.value ?? 'VALUE'}` : ''}`
     return `  ${left.padEnd(21)}${a.help}`
   })
-  const short = task.name.startsWith('backup-') ? `backup ${task.name.slice('backup-'.length)}` : SHORT_NAMES[task.name]
+  const backupAction = /^(remote-)?backup-(.+)$/.exec(task.name)
+  const short = backupAction ? `backup ${backupAction[2]}${backupAction[1] ? ' --remote' : ''}` : SHORT_NAMES[task.name]
   const alias = short ? `\nAlso: ${usageOf(task, `citadel ${short}`)}` : ''
   return `Usage: ${usageOf(task)}${alias}\n\n${task.description}\nTags: ${task.tags.join(', ')}\n${args.length ? `\nArguments:\n${args.join('\n')}\n` : ''}\n${COMMON_HELP}`
 }
@@ -256,9 +273,11 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   },
   async backup([action, ...args]) {
     if (action === undefined || action === '-h' || action === '--help') return show(HELP.backup!)
-    const task = tasks.find((t) => t.name === `backup-${action}`)
+    // --remote picks the remote-backup-NAME task, which works on BACKUP_REMOTE by the same rules.
+    const remote = args.includes('--remote')
+    const task = tasks.find((t) => t.name === `${remote ? 'remote-' : ''}backup-${action}`)
     if (!task) throw new UsageError(`unknown backup action "${action}"; expected create, verify, cleanup or status`)
-    return taskCommand(task, args)
+    return taskCommand(task, args.filter((a) => a !== '--remote'))
   },
   async 'health-check'(args) {
     const { values } = parse(args, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })
@@ -287,6 +306,14 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
     if (!settings) return invalid
     const { runMonitor } = await import('./monitor.ts')
     return runMonitor({ settings, intervalSeconds: typeof interval === 'string' ? Number(interval) : settings.monitor.checkInterval, once: Boolean(values.once) })
+  },
+  async 'start-monitor'(args) {
+    const { values, positionals } = parse(args, { help: { type: 'boolean', short: 'h' } })
+    if (values.help) return show(HELP['start-monitor']!)
+    if (positionals.length) throw new UsageError(`start-monitor takes no arguments, got "${positionals[0]}"`)
+    const settings = await settingsOrNull()
+    const { startMonitor } = await import('./health-commands.ts')
+    return settings ? startMonitor(settings) : EXIT_INVALID
   },
   smart: (args) => taskCommand(findTask('check-smart'), args),
   perf: (args) => taskCommand(findTask('check-perf'), args),

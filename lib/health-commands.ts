@@ -9,6 +9,7 @@ import { liveHolder } from './lock.ts'
 import { MONITOR_LOCK } from './monitor.ts'
 import { bytes, count, table } from './report.ts'
 import { makeShell } from './shell.ts'
+import { MONITOR_UNIT, servicesState, type ServicesState } from './systemd.ts'
 
 const quietShell = () => makeShell(() => {})
 const percent = (ratio: number | null) => (ratio === null ? '-' : `${Math.ceil(ratio * 1000) / 10}%`)
@@ -47,10 +48,11 @@ export async function status(settings: Settings, json: boolean): Promise<number>
   // (smartctl -n standby never spins a sleeping disk up).
   const fresh = stored?.smart && stored.smart_read_at && Date.now() - Date.parse(stored.smart_read_at) < (settings.monitor.smartInterval + settings.monitor.checkInterval) * 1000
   const smart: SmartSnapshot | undefined = holder && fresh ? { disks: stored.smart!, notes: stored.notes ?? [], read_at: stored.smart_read_at! } : undefined
-  const report = await collectHealth({ settings, $: quietShell(), ...(smart && { smart }) })
+  const $ = quietShell()
+  const [report, services] = await Promise.all([collectHealth({ settings, $, ...(smart && { smart }) }), servicesState(settings, $)])
   const monitor = { running: holder !== null, pid: holder?.pid ?? null, last_cycle_at: holder ? (stored?.generated_at ?? null) : null }
   if (json) {
-    process.stdout.write(JSON.stringify({ ...report, monitor }, null, 2) + '\n')
+    process.stdout.write(JSON.stringify({ ...report, monitor, services }, null, 2) + '\n')
     return 0
   }
   const out = [`citadel on ${report.host}: overall ${report.overall.toUpperCase()}${report.problems.length ? ` (${count(report.problems.length, 'problem')})` : ''}`, '']
@@ -68,7 +70,58 @@ export async function status(settings: Settings, json: boolean): Promise<number>
   out.push(`smart    ${disks.length ? disks.join(', ') : 'no disk to read'}${smart ? ` (monitor, ${ago(smart.read_at)})` : ''}`)
   for (const note of report.notes) out.push(`         ${note}`)
   out.push(`monitor  ${holder ? `running, pid ${holder.pid}${monitor.last_cycle_at ? `, last cycle ${ago(monitor.last_cycle_at)}` : ''}` : 'not running'}`)
+  out.push(`services ${servicesLine(services)}`)
   if (report.problems.length) out.push('', 'problems:', ...report.problems.map((p) => `  ${p.severity.padEnd(8)} ${p.message}`))
   process.stdout.write(out.join('\n') + '\n')
   return 0
+}
+
+/** The systemd part of status in one line: the monitor service and when the timers fire next, or why not. */
+function servicesLine(sv: ServicesState): string {
+  const install = 'citadel run install-services installs them'
+  if (sv.systemd === 'not running') return `systemd is not running; units ${sv.missing.length ? `not installed (${install})` : `installed in ${sv.dir}, not enabled`}`
+  if (!sv.installed.includes(MONITOR_UNIT)) return `units not installed in ${sv.dir} (${install})`
+  if (!sv.monitor) return sv.note ?? 'unknown'
+  const next = (iso: string | null) => (iso ? `next in ${formatAge(Date.parse(iso) - Date.now())} (${iso.slice(0, 16).replace('T', ' ')} UTC)` : 'no next run')
+  const timers = sv.timers.map((t) => `${t.unit.replace(/^citadel-|\.timer$/g, '')} ${t.active_state === 'active' ? next(t.next_elapse) : (t.active_state ?? 'unknown')}`)
+  return [`${MONITOR_UNIT} ${sv.monitor.active_state ?? 'unknown'} (${sv.monitor.unit_file_state ?? 'unknown'})`, ...timers, ...(sv.note ? [sv.note] : [])].join('; ')
+}
+
+/** Exit codes of start-monitor; 2 and 3 keep their meaning from the rest of citadel. */
+export const START_EXIT = { started: 0, failed: 2, otherMonitor: 3, notStarted: 5 } as const
+
+/**
+ * `citadel start-monitor`: starts citadel-monitor.service where systemd runs and the unit is installed;
+ * otherwise starts nothing and says how to run the monitor in the foreground.
+ */
+export async function startMonitor(settings: Settings): Promise<number> {
+  const $ = quietShell()
+  const holder = liveHolder(path.join(healthDir(settings), MONITOR_LOCK))
+  const services = await servicesState(settings, $)
+  if (services.systemd === 'running' && services.installed.includes(MONITOR_UNIT)) {
+    if (holder && services.monitor?.main_pid === holder.pid) {
+      process.stdout.write(`${MONITOR_UNIT} is already running: pid ${holder.pid}, since ${holder.started}\n`)
+      return START_EXIT.started
+    }
+    if (holder) {
+      // The service would only find the monitor lock taken, exit 3 and be restarted every 10 s.
+      process.stderr.write(`citadel: a monitor started outside systemd already runs (pid ${holder.pid}, since ${holder.started}); stop it, then run citadel start-monitor again\n`)
+      return START_EXIT.otherMonitor
+    }
+    const out = await $({ nothrow: true })`systemctl start ${MONITOR_UNIT}`
+    if (out.exitCode !== 0) {
+      process.stderr.write(`citadel: systemctl start ${MONITOR_UNIT} failed (exit ${out.exitCode}): ${out.stderr.trim() || 'no message'}; see journalctl -u ${MONITOR_UNIT}\n`)
+      return START_EXIT.failed
+    }
+    process.stdout.write(`started ${MONITOR_UNIT}; follow it with journalctl -u ${MONITOR_UNIT} -f, or citadel status\n`)
+    return START_EXIT.started
+  }
+  if (holder) {
+    process.stdout.write(`a monitor already runs: pid ${holder.pid}, since ${holder.started}\n`)
+    return START_EXIT.started
+  }
+  const why = services.systemd === 'running' ? `${MONITOR_UNIT} is not installed in ${services.dir}` : 'systemd is not running here'
+  process.stdout.write(`${why}: nothing started. Run the monitor in the foreground with \`citadel monitor\` (in tmux, or under your\n` +
+    `container's supervisor); where systemd runs, \`citadel run install-services\` installs and starts it as a service.\n`)
+  return START_EXIT.notStarted
 }

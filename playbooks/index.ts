@@ -3,6 +3,7 @@ import type { Playbook } from '../lib/task.ts'
 import daily from './daily.ts'
 import emergency from './emergency.ts'
 import initialSetup from './initial-setup.ts'
+import installServices from './install-services.ts'
 import weekly from './weekly.ts'
 
-export const playbooks: Playbook[] = [initialSetup, daily, weekly, emergency]
+export const playbooks: Playbook[] = [initialSetup, daily, weekly, emergency, installServices]

@@ -17,7 +17,10 @@ export interface Roots {
   models: string
   backup: string
   active: string
-  /** Environment for a citadel child: these roots, an empty .env, nothing inherited from the caller. */
+  /**
+   * Environment for a citadel child: these roots, an empty .env, nothing inherited from the caller. Units go
+   * to <base>/systemd (not created here), never into /etc/systemd/system, whatever task a test runs.
+   */
   env: Record<string, string>
 }
 
@@ -50,6 +53,7 @@ export function makeRoots(extraEnv: Record<string, string> = {}): Roots {
       CITADEL_APP_ROOT: app,
       CITADEL_MODELS_ROOT: models,
       CITADEL_BACKUP_ROOT: backup,
+      CITADEL_SYSTEMD_DIR: path.join(base, 'systemd'),
       ...extraEnv,
     },
   }
