@@ -1,6 +1,6 @@
 // Off-host backups, for real: a private sshd on loopback, rsync over ssh, the stock sha256sum on the far
 // side. The "remote host" is this machine, so the tests can look at what landed there.
-import { spawnSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
@@ -106,7 +106,7 @@ describe.skipIf(sshdMissing)('backups over ssh', () => {
   it('an interrupted send leaves no complete-looking backup, and a killed one is cleaned up by the next send', async () => {
     // 64 KiB/s: the 1 MiB file takes about 16 s to send, time enough to interrupt it.
     const { roots, remoteStore } = await serverWithRemote('remote', { BACKUP_REMOTE_BANDWIDTH_LIMIT: '64' })
-    const name = await backUp(roots, { 'm/shard.safetensors': randomBytes(1 << 20).toString('binary') })
+    const name = await backUp(roots, { 'm/shard.safetensors': randomBytes(1 << 19).toString('hex') })
     const sending = async () => {
       const run = start(['backup', 'create', '--remote'], roots.env)
       const partialData = path.join(remoteStore, `${name}.partial`, 'data')
@@ -136,6 +136,22 @@ describe.skipIf(sshdMissing)('backups over ssh', () => {
     expect(remoteBackups(remoteStore)).toEqual([name])
     expect(sha256sumCheck(path.join(remoteStore, name)).status).toBe(0)
   }, 90_000)
+
+  it('a remote disk without room for the backup: one line with the sizes, nothing sent, nothing left there', async () => {
+    const { roots, remoteStore } = await serverWithRemote()
+    // The remote directory becomes an 8 MiB tmpfs; the backup holds 12 MiB.
+    const remoteDir = path.dirname(remoteStore)
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', remoteDir])
+    try {
+      await backUp(roots, { 'm/big.safetensors': randomBytes(6 << 20).toString('hex') })
+      const full = await remote(roots, 'create')
+      expect(full.code).toBe(2)
+      expect(full.task.msg).toMatch(/^not enough space on root@127\.0\.0\.1:.*: sending backup_\S+ needs about 1[23]\.\d MiB, [\d.]+ (KiB|MiB) are free$/)
+      expect(readdirSync(remoteStore)).toEqual([])
+    } finally {
+      execFileSync('umount', [remoteDir])
+    }
+  }, 60_000)
 
   it('an unreachable host gives one clear line and exit 2, and changes nothing here', async () => {
     const { roots } = await serverWithRemote()
