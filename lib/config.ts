@@ -62,6 +62,9 @@ const remote = text('expected [user@]host:/absolute/path, e.g. backup@nas:/srv/c
   })
   .refine((r) => r.dir !== '/', 'expected a directory below / for the remote backups, not / itself')
 
+// ssh reads a file option as a quoted word: a double quote or a backslash in the path cannot be carried.
+const sshFile = absolutePath.refine((v) => !/["\\]/.test(v), 'expected an absolute path without double quotes or backslashes (ssh cannot take them in a file option)')
+
 const HOST_KEY_CHECKING = ['yes', 'accept-new', 'no'] as const
 const hostKeyChecking = text('expected yes, accept-new or no')
   .refine((v) => (HOST_KEY_CHECKING as readonly string[]).includes(v), 'expected yes, accept-new or no')
@@ -119,9 +122,9 @@ export const SETTINGS = {
   BACKUP_KEEP_MIN: setting('3', 'Complete backups cleanup always keeps, whatever their age', wholeNumber(1, '3')),
   BACKUP_REMOTE: setting(undefined, 'Off-host backup store as [user@]host:/absolute/path, reached with rsync over ssh; empty = none', remote),
   BACKUP_SSH_PORT: setting('22', 'ssh port of the remote backup host', wholeNumber(1, '22').refine((n) => n <= 65535, 'expected a port from 1 to 65535')),
-  BACKUP_SSH_IDENTITY: setting(undefined, 'Private key ssh uses for the remote backup host; empty = ssh\'s own defaults', absolutePath),
+  BACKUP_SSH_IDENTITY: setting(undefined, 'Private key ssh uses for the remote backup host; empty = ssh\'s own defaults', sshFile),
   BACKUP_SSH_STRICT_HOST_KEY_CHECKING: setting('accept-new', 'ssh StrictHostKeyChecking for the remote backup host: yes, accept-new or no', hostKeyChecking),
-  BACKUP_SSH_KNOWN_HOSTS: setting(undefined, 'known_hosts file for the remote backup host; empty = ssh\'s own (~/.ssh/known_hosts)', absolutePath),
+  BACKUP_SSH_KNOWN_HOSTS: setting(undefined, 'known_hosts file for the remote backup host; empty = ssh\'s own (~/.ssh/known_hosts)', sshFile),
   BACKUP_REMOTE_BANDWIDTH_LIMIT: setting('0', 'KiB per second rsync may send to the remote backup host, so a send does not fill the uplink; 0 = no limit', wholeNumber(0, '20000')),
   CITADEL_SYSTEMD_DIR: setting('/etc/systemd/system', 'Directory install-services writes the systemd units into', absolutePath),
   CITADEL_DAILY_SCHEDULE: setting('*-*-* 03:00:00', 'When the daily playbook runs (systemd OnCalendar)', calendar),

@@ -98,6 +98,7 @@ const BAD: [string, string, string][] = [
   ['BACKUP_REMOTE', 'nas:/', 'not / itself'],
   ['BACKUP_SSH_PORT', '70000', 'port from 1 to 65535'],
   ['BACKUP_SSH_IDENTITY', 'id_ed25519', 'absolute path'],
+  ['BACKUP_SSH_KNOWN_HOSTS', '/etc/ssh/"known"', 'without double quotes'],
   ['BACKUP_SSH_STRICT_HOST_KEY_CHECKING', 'maybe', 'yes, accept-new or no'],
   ['BACKUP_REMOTE_BANDWIDTH_LIMIT', 'fast', 'whole number'],
   ['CITADEL_SYSTEMD_DIR', 'systemd', 'absolute path'],
