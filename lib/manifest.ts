@@ -36,10 +36,11 @@ export function formatManifest(entries: ManifestEntry[]): string {
 
 const HEX64 = /^[0-9a-fA-F]{64}$/
 
-function unescapeName(name: string, lineNumber: number): string {
+/** A name as sha256sum escapes it (after the leading backslash that marks the line), back to the name. */
+export function unescapeName(name: string, where: string): string {
   return name.replace(/\\(.?)/gs, (_, c: string) => {
     const plain = UNESCAPE[c]
-    if (plain === undefined) throw new Error(`SHA256SUMS line ${lineNumber}: invalid escape "\\${c}" in the name; only \\\\, \\n and \\r are defined`)
+    if (plain === undefined) throw new Error(`${where}: invalid escape "\\${c}" in the name; only \\\\, \\n and \\r are defined`)
     return plain
   })
 }
@@ -62,6 +63,6 @@ export function parseManifest(text: string): ManifestEntry[] {
     const name = line.slice(at + 66)
     if (!HEX64.test(sha256) || line[at + 64] !== ' ' || (line[at + 65] !== ' ' && line[at + 65] !== '*') || name === '')
       throw new Error(`SHA256SUMS line ${index + 1}: expected "<64 hex digits>  <name>" or "<64 hex digits> *<name>", got ${JSON.stringify(raw)}`)
-    return { path: escaped ? unescapeName(name, index + 1) : name, sha256: sha256.toLowerCase() }
+    return { path: escaped ? unescapeName(name, `SHA256SUMS line ${index + 1}`) : name, sha256: sha256.toLowerCase() }
   })
 }

@@ -6,11 +6,11 @@ import path from 'node:path'
 import { planCopy } from './backup-build.ts'
 import { DATA, MANIFEST, META, metaText, partialName, VERIFY_STATE, type Backup, type Catalog, type Problem, type Verification } from './backups.ts'
 import type { RemoteSettings } from './config.ts'
-import { compareBytewise, formatManifest, parseManifest } from './manifest.ts'
+import { compareBytewise, formatManifest, parseManifest, unescapeName } from './manifest.ts'
 import { publishRemote, remoteComplaint, remoteHost, remoteLabel, remoteStoreDir, removeRemote, replaceRemoteFile, rsyncRsh, runRemote } from './remote.ts'
 import { rsyncCopy } from './rsync.ts'
 import type { TaskContext } from './task.ts'
-import { chooseSample, HF_BLOB, type VerifyState } from './verify.ts'
+import { chooseSample, HF_BLOB, parseVerifyState, type VerifyState } from './verify.ts'
 
 /**
  * Bytes the remote disk needs for `backup`: all of it, or with `localParent` (the local copy of the remote
@@ -66,16 +66,10 @@ async function readLists(ctx: TaskContext, r: RemoteSettings, backup: Backup): P
   const out = await runRemote(ctx.$, r, LISTS, [backup.dir], { signal: ctx.signal })
   if (out.exitCode !== 0) throw new Error(`cannot read ${backup.name} on ${remoteHost(r)}: ${remoteComplaint(out)}`)
   const [manifestText = '', catalogText = '', stateText = '', ...entries] = out.stdout.split('\0')
-  let state: VerifyState = {}
-  try {
-    if (stateText !== '') state = JSON.parse(stateText) as VerifyState
-  } catch {
-    ctx.warn(`${VERIFY_STATE} on the remote host is not JSON: starting over as if no file had been verified`)
-  }
   const lists: RemoteLists = {
     manifest: new Map(parseManifest(manifestText).map((e) => [e.path, e.sha256])),
     catalog: JSON.parse(catalogText) as Catalog,
-    state,
+    state: parseVerifyState(stateText, (message) => ctx.warn(`on ${remoteHost(r)}: ${message}`)),
     files: new Map(),
     links: new Map(),
     others: new Map(),
@@ -113,8 +107,6 @@ function compareWithCatalog(l: RemoteLists): { problems: Problem[]; present: [st
 const SHA256SUM_CHECK = String.raw`cd -- "$1/data" || exit 10
 exec sha256sum -c --strict -`
 
-const UNESCAPE: Record<string, string> = { '\\': '\\', n: '\n', r: '\r' }
-
 /** Runs sha256sum -c remotely on `files`; returns each file's answer (OK, FAILED, FAILED open or read). */
 async function remoteSha256Check(ctx: TaskContext, r: RemoteSettings, backup: Backup, manifest: Map<string, string>, files: [string, number][], onDone: (bytes: number) => void) {
   const sizes = new Map(files)
@@ -125,7 +117,7 @@ async function remoteSha256Check(ctx: TaskContext, r: RemoteSettings, backup: Ba
   const read = (line: string) => {
     const m = /^(\\?)(.*): (OK|FAILED|FAILED open or read)$/s.exec(line)
     if (!m) return
-    const name = m[1] ? m[2]!.replace(/\\(.)/gs, (_, c: string) => UNESCAPE[c] ?? c) : m[2]!
+    const name = m[1] ? unescapeName(m[2]!, `sha256sum -c on ${remoteHost(r)}`) : m[2]!
     answers.set(name, m[3]!)
     onDone((done += sizes.get(name) ?? 0))
   }

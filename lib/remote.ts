@@ -6,13 +6,11 @@ import path from 'node:path'
 import type { Shell } from 'zx/core'
 import type { RemoteSettings } from './config.ts'
 import type { TaskContext, TaskResult } from './task.ts'
-import { checkMeta, createdOf, isPartialName, type Backup, type BackupMeta, type Store } from './backups.ts'
+import { checkMeta, createdOf, isPartialName, metaText, type Backup, type BackupMeta, type Store } from './backups.ts'
 import { shellQuote } from './quote.ts'
 
 /** ssh's own exit status for "could not connect or authenticate"; a remote command's status is its own. */
 const SSH_FAILED = 255
-
-export class RemoteUnreachable extends Error {}
 
 /** <remote dir>/models, as <backup root>/models locally. */
 export const remoteStoreDir = (r: RemoteSettings) => path.posix.join(r.dir, 'models')
@@ -49,8 +47,8 @@ export const rsyncRsh = (r: RemoteSettings) => ['ssh', ...sshOptions(r)].map((w)
 export interface RemoteOutput { exitCode: number; stdout: string; stderr: string }
 
 /**
- * Runs `script` with `sh -c` on the remote host, `args` as $1, $2, ...; throws RemoteUnreachable when ssh
- * itself fails. The script's own exit status and output are the caller's to read.
+ * Runs `script` with `sh -c` on the remote host, `args` as $1, $2, ...; throws, naming the host and ssh's
+ * reason, when ssh itself fails. The script's own exit status and output are the caller's to read.
  */
 export async function runRemote($: Shell, r: RemoteSettings, script: string, args: string[], opts: { input?: string; signal?: AbortSignal; onStdout?: (chunk: string) => void } = {}): Promise<RemoteOutput> {
   const command = ['sh', '-c', script, 'citadel', ...args].map(shellQuote).join(' ')
@@ -60,7 +58,7 @@ export async function runRemote($: Shell, r: RemoteSettings, script: string, arg
   if (opts.signal?.aborted) throw opts.signal.reason
   if (out.exitCode === SSH_FAILED) {
     const why = out.stderr.split('\n').map((l) => l.trim()).filter(Boolean).at(-1) ?? `ssh exited ${SSH_FAILED}`
-    throw new RemoteUnreachable(`cannot reach the remote backup host ${remoteHost(r)} on port ${r.port}: ${why}`)
+    throw new Error(`cannot reach the remote backup host ${remoteHost(r)} on port ${r.port}: ${why}`)
   }
   return { exitCode: out.exitCode ?? 1, stdout: out.stdout, stderr: out.stderr }
 }
@@ -150,12 +148,10 @@ for name do
 done
 `
 
-const BACKUP_DIR_NAME = /^backup_\d{8}_\d{6}_(full|incremental)(\.partial)?$/
-
 /** Removes these backups (names, with or without .partial) from the remote store. */
 export async function removeRemote($: Shell, r: RemoteSettings, names: string[]): Promise<void> {
   if (!names.length) return
-  const bad = names.find((n) => !BACKUP_DIR_NAME.test(n))
+  const bad = names.find((n) => !isPartialName(n) && !createdOf(n))
   if (bad) throw new Error(`refusing to delete ${bad} on ${remoteHost(r)}: not a backup directory name`)
   const out = await runRemote($, r, REMOVE, [remoteStoreDir(r), ...names])
   if (out.exitCode !== 0) throw new Error(`cannot delete on ${remoteLabel(r)}: ${remoteComplaint(out)}`)
@@ -182,7 +178,7 @@ mv -T -- "$2" "$3"
 ${SWAP_LATEST}`
 
 export async function publishRemote($: Shell, r: RemoteSettings, partial: string, name: string, latest: string, meta: BackupMeta): Promise<void> {
-  const out = await runRemote($, r, PUBLISH, [remoteStoreDir(r), partial, name, latest], { input: JSON.stringify(meta, null, 2) + '\n' })
+  const out = await runRemote($, r, PUBLISH, [remoteStoreDir(r), partial, name, latest], { input: metaText(meta) })
   if (out.exitCode !== 0) throw new Error(`cannot publish ${name} on ${remoteLabel(r)}: ${remoteComplaint(out)}`)
 }
 

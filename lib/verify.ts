@@ -112,9 +112,9 @@ export function chooseSample(files: [string, number][], rate: number, seed: numb
 /** A Hugging Face cache names each blob by the SHA-256 of its content. */
 export const HF_BLOB = /(^|\/)blobs\/[0-9a-f]{64}$/
 
-async function readState(dir: string, warn: (message: string) => void): Promise<VerifyState> {
-  const text = await readFileOrNull(path.join(dir, VERIFY_STATE))
-  if (text === null) return {}
+/** The verify state from its file's text ('' or null: none yet); anything but an object of times starts over. */
+export function parseVerifyState(text: string | null, warn: (message: string) => void): VerifyState {
+  if (text === null || text === '') return {}
   try {
     const state: unknown = JSON.parse(text)
     if (state !== null && typeof state === 'object' && !Array.isArray(state)) return state as VerifyState
@@ -131,7 +131,7 @@ export async function verifyBackup(backup: Backup, req: VerifyRequest): Promise<
   const data = path.join(backup.dir, DATA)
   const catalog = await readCatalog(backup.dir)
   const manifest = new Map(parseManifest(await fs.readFile(path.join(backup.dir, MANIFEST), 'utf8')).map((e) => [e.path, e.sha256]))
-  const state = await readState(backup.dir, req.warn)
+  const state = parseVerifyState(await readFileOrNull(path.join(backup.dir, VERIFY_STATE)), req.warn)
 
   const { problems, present } = await checkTree(data, catalog)
   const seed = req.seed ?? randomInt(2 ** 32)

@@ -1,6 +1,7 @@
 // Removes remote backups older than DAYS and what interrupted sends left, by the local rules: whatever their
 // age it keeps the newest BACKUP_KEEP_MIN, the newest whose last remote verification passed and the one
 // remote latest points at. Damaged backups and anything not named like a backup are never touched.
+import path from 'node:path'
 import { planRetention } from '../lib/backup-status.ts'
 import { count } from '../lib/report.ts'
 import { remoteHost, remoteLabel, removeRemote, removeRemotePartials, scanRemote, withRemote } from '../lib/remote.ts'
@@ -29,7 +30,7 @@ const task = defineTask({
         keep_min: ctx.settings.backup.keepMin,
         backups: plan.backups,
         removed: plan.doomed.map((d) => d.backup.name),
-        partials: store.partials.map((p) => p.split('/').at(-1)),
+        partials: store.partials.map((p) => path.posix.basename(p)),
         damaged: store.damaged,
       })
     })

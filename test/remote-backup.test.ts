@@ -198,6 +198,17 @@ describe.skipIf(sshdMissing)('backups over ssh', () => {
     expect(verified.task.data.verification.files_hashed).toBe(2)
   }, 60_000)
 
+  it('reads back the names sha256sum escapes (a backslash, a newline) and finds a bad one among them', async () => {
+    const { roots, remoteStore } = await serverWithRemote()
+    const name = await backUp(roots, { 'm/back\\slash.bin': 'one', 'm/new\nline.bin': 'two' })
+    expect((await remote(roots, 'create')).code).toBe(0)
+    writeFileSync(path.join(remoteStore, name, 'data', 'm', 'new\nline.bin'), 'TWO')
+    const bad = await remote(roots, 'verify', '--sample', '1')
+    expect(bad.code).toBe(2)
+    expect(bad.task.data.verification.problems).toEqual([expect.objectContaining({ kind: 'mismatch', path: 'm/new\nline.bin' })])
+    expect(bad.task.data.verification.files_hashed).toBe(2)
+  }, 60_000)
+
   it('status and cleanup follow the local rules; --check changes nothing on the remote host', async () => {
     const { roots, remoteStore } = await serverWithRemote('remote', { BACKUP_KEEP_MIN: '1' })
     const names: string[] = []
