@@ -218,7 +218,7 @@ async function settingsOrNull(): Promise<Settings | null> {
   }
 }
 
-async function runTasks(playbook: string | null, chosen: Step[], values: Values): Promise<number> {
+async function runTasks(playbook: Playbook | null, chosen: Step[], values: Values): Promise<number> {
   if (values['list-tasks']) {
     process.stdout.write(chosen.map(({ task }) => `${task.name}  ${task.description}`).join('\n') + '\n')
     return 0
@@ -229,8 +229,9 @@ async function runTasks(playbook: string | null, chosen: Step[], values: Values)
   const { LockHeldError } = await import('./lock.ts')
   try {
     return await run({
-      playbook,
-      tasks: chosen.map(({ task, args, when }) => ({ task, args, when })),
+      playbook: playbook?.name ?? null,
+      onFailure: playbook?.onFailure ?? 'continue',
+      tasks: chosen.map(({ task, args, when, needs }) => ({ task, args, when, needs })),
       settings,
       check: Boolean(values.check),
       diff: Boolean(values.diff),
@@ -254,7 +255,7 @@ async function taskCommand(task: Task, argv: string[]): Promise<number> {
   const own = Object.fromEntries((task.args ?? []).filter((a) => !a.positional).map((a) => [a.name, { type: a.type }]))
   const { values, positionals } = parse(argv, { ...RUN_OPTIONS, ...own })
   if (values.help) return show(taskHelp(task))
-  return runTasks(null, [{ task, args: taskArgs(task, values, positionals), tags: task.tags }], values)
+  return runTasks(null, [{ task, args: taskArgs(task, values, positionals), tags: task.tags, needs: [] }], values)
 }
 
 /** Each command: its arguments in, its exit code out. */
@@ -264,7 +265,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
     if (values.help) return show(HELP.run!)
     if (positionals.length !== 1) throw new UsageError(`run takes one playbook name; expected one of: ${playbooks.map((p) => p.name).join(', ')}`)
     const playbook = findPlaybook(positionals[0]!)
-    return runTasks(playbook.name, select(playbookEntries(playbook), values), values)
+    return runTasks(playbook, select(playbookEntries(playbook), values), values)
   },
   async task([name, ...args]) {
     if (name === '-h' || name === '--help') return show(HELP.task!)

@@ -17,13 +17,18 @@ export class RunLog {
     this.flush()
   }
 
+  /** Where events go now, or null when this run writes no log (check mode) or cannot. */
+  get file(): string | null {
+    return this.enabled && !this.broken ? path.join(this.dir, `storage_${new Date().toISOString().slice(0, 10)}.log`) : null
+  }
+
   private flush(): void {
     try {
       if (!lstatSync(this.dir).isDirectory()) return
     } catch {
       return
     }
-    const file = path.join(this.dir, `storage_${new Date().toISOString().slice(0, 10)}.log`)
+    const file = this.file!
     try {
       appendFileSync(file, this.pending.join(''), { mode: 0o640 })
     } catch (err) {

@@ -1,20 +1,31 @@
 // What a run prints after its tasks: details per task, diffs with --diff, rollback, and the recap line;
 // or, with --json, one document built from the same records.
 import type { RollbackStep } from './journal.ts'
-import type { Change, Status, TaskResult } from './task.ts'
+import type { Change, FailurePolicy, Status, TaskResult } from './task.ts'
 
 export interface TaskRecord extends TaskResult {
   name: string
+  /** false when the step did not run: a step it needs did not complete, or a signal stopped the run. */
+  ran: boolean
+  /** The failed step that kept this one from running. */
+  blocked_by?: string
+  /** The task threw: a bug in citadel, exit 1. */
+  internal?: true
+  /** In a 'continue' run, the failed task's own changes, undone. */
+  rolled_back?: RollbackStep[]
   duration_ms: number
 }
 
-type JsonTask = Omit<TaskRecord, 'details'>
+type JsonTask = Omit<TaskRecord, 'details' | 'keepChanges' | 'rolled_back'> & { kept_changes?: true }
 
 export interface RunReport {
   playbook: string | null
+  on_failure: FailurePolicy
   check: boolean
   tasks: JsonTask[]
   stats: Record<Status, number>
+  /** Every failed step, in order. */
+  failed: string[]
   rolled_back: { task: string; done: boolean; msg: string }[]
   interrupted: boolean
 }
@@ -25,12 +36,14 @@ export function stats(records: TaskRecord[]): Record<Status, number> {
   return counts
 }
 
-export function toReport(playbook: string | null, check: boolean, records: TaskRecord[], rollback: RollbackStep[], interrupted: boolean): RunReport {
+export function toReport(playbook: string | null, onFailure: FailurePolicy, check: boolean, records: TaskRecord[], rollback: RollbackStep[], interrupted: boolean): RunReport {
   return {
     playbook,
+    on_failure: onFailure,
     check,
-    tasks: records.map(({ details: _details, ...rest }) => rest),
+    tasks: records.map(({ details: _details, keepChanges, rolled_back: _undone, ...rest }) => (keepChanges ? { ...rest, kept_changes: true as const } : rest)),
     stats: stats(records),
+    failed: records.filter((r) => r.status === 'failed').map((r) => r.name),
     rolled_back: rollback.map((s) => ({ task: s.task, done: s.done, msg: s.msg })),
     interrupted,
   }
@@ -86,8 +99,16 @@ export function formatReport(report: RunReport, records: TaskRecord[], withDiff:
     for (const w of t.warnings) out.push(`    warning: ${w}`)
   }
   if (report.rolled_back.length) {
-    out.push('', `ROLLBACK (${report.rolled_back.filter((s) => s.done).length}/${report.rolled_back.length} undone, newest first)`)
+    const whose = report.on_failure === 'continue' ? ", the failed steps' own changes" : ''
+    out.push('', `ROLLBACK (${report.rolled_back.filter((s) => s.done).length}/${report.rolled_back.length} undone${whose}, newest first)`)
     for (const s of report.rolled_back) out.push(`    ${s.done ? 'undone' : 'FAILED'} ${s.msg}`)
+  }
+  const failed = records.filter((r) => r.status === 'failed')
+  const blocked = records.filter((r) => r.blocked_by)
+  if (failed.length) {
+    out.push('', `FAILED (${failed.length}${report.on_failure === 'continue' ? '; the other steps ran and keep their changes' : '; the run was rolled back'})`)
+    for (const r of failed) out.push(`    ${r.name}: ${r.msg}`)
+    for (const r of blocked) out.push(`    ${r.name}: ${r.msg}`)
   }
   if (report.check) out.push('', 'check mode: nothing was changed')
   const s = report.stats

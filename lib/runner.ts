@@ -1,5 +1,6 @@
 // Runs an ordered list of tasks: takes the lock, rolls back what a killed run left behind, shows progress
-// with listr2, rolls the whole run back when a task fails or a signal arrives, then reports.
+// with listr2, handles a failure as the playbook declares (roll the whole run back, or undo only the failed
+// task's changes and go on with the steps that do not need it), then reports.
 import { promises as fs } from 'node:fs'
 import { Listr } from 'listr2'
 import type { Settings } from './config.ts'
@@ -11,13 +12,16 @@ import { RunLog } from './log.ts'
 import { formatReport, toReport, type TaskRecord } from './report.ts'
 import { makeShell } from './shell.ts'
 import type { Shell } from 'zx/core'
-import type { Change, Task, TaskArgs, TaskContext, TaskResult, When } from './task.ts'
+import type { Change, FailurePolicy, Task, TaskArgs, TaskContext, TaskResult, When } from './task.ts'
 
-export const EXIT = { ok: 0, failed: 2, locked: 3, invalid: 4, interrupted: 99 } as const
+export const EXIT = { ok: 0, internal: 1, failed: 2, locked: 3, invalid: 4, interrupted: 99 } as const
 
 export interface RunRequest {
   playbook: string | null
-  tasks: { task: Task; args: TaskArgs; when?: When | undefined }[]
+  /** 'continue' when not given: a single task (`citadel task`) keeps its changes on success, undoes them on failure. */
+  onFailure?: FailurePolicy
+  /** `needs`: names of earlier tasks of this run that must have completed for this one to run. */
+  tasks: { task: Task; args: TaskArgs; when?: When | undefined; needs?: string[] }[]
   settings: Settings
   check: boolean
   diff: boolean
@@ -32,6 +36,19 @@ class Interrupted extends Error {
   constructor() {
     super('interrupted by signal')
   }
+}
+
+/**
+ * A bug in citadel rather than a failure of the world. The world's failures reach a task as a system error
+ * (ENOSPC, EACCES: an errno code) or as an Error whose message lib/ wrote for the operator; a TypeError,
+ * ReferenceError or RangeError, a Node ERR_* code, or something thrown that is not an Error is a bug.
+ * A SyntaxError is JSON.parse meeting a damaged file: the file's fault, not the code's.
+ */
+export function isInternalError(err: unknown): boolean {
+  if (!(err instanceof Error)) return true
+  const code = (err as NodeJS.ErrnoException).code
+  if (typeof code === 'string') return code.startsWith('ERR_')
+  return err instanceof TypeError || err instanceof ReferenceError || err instanceof RangeError || err instanceof EvalError || err instanceof URIError
 }
 
 const say = (line: string) => process.stderr.write(`citadel: ${line}\n`)
@@ -85,19 +102,47 @@ async function execute(run: RunState, task: Task, args: TaskArgs, when: When | u
     },
     finish: (msg, data) => result(changes.length ? 'changed' : 'ok', msg, data),
     fail: (msg, data) => result('failed', msg, data),
+    failKeepingChanges: (msg, data) => ({ ...result('failed', msg, data), keepChanges: true }),
     skip: (msg, data) => result('skipped', msg, data),
   }
   let outcome: TaskResult
+  let internal = false
   try {
-    outcome = run.signal.aborted ? result('failed', 'not started: interrupted by signal')
-      : when && !when.test(settings) ? result('skipped', when.otherwise)
-      : await task.run(ctx)
+    outcome = when && !when.test(settings) ? result('skipped', when.otherwise) : await task.run(ctx)
   } catch (err) {
-    outcome = result('failed', err instanceof Interrupted ? err.message : `error: ${(err as Error).message}`)
+    internal = !(err instanceof Interrupted) && isInternalError(err)
+    if (!internal) outcome = result('failed', err instanceof Interrupted ? err.message : `error: ${(err as Error).message}`)
+    else {
+      const stack = err instanceof Error ? (err.stack ?? String(err)) : `thrown: ${JSON.stringify(err)}`
+      log.event('internal-error', { task: task.name, stack })
+      const where = log.file ? `the stack trace is in ${log.file}` : `stack trace:\n${stack}`
+      say(`internal error in task ${task.name} (a bug in citadel, please report it): ${err instanceof Error ? err.message : String(err)}; ${where}`)
+      outcome = result('failed', `internal error: ${err instanceof Error ? err.message : String(err)}`)
+    }
   }
-  const record: TaskRecord = { name: task.name, ...outcome, duration_ms: Date.now() - t0 }
+  const record: TaskRecord = { name: task.name, ...outcome, ran: true, duration_ms: Date.now() - t0, ...(internal ? { internal: true as const } : {}) }
   log.event('task', { task: task.name, status: record.status, msg: record.msg, changes: record.changes, warnings: record.warnings })
   return record
+}
+
+/**
+ * In a 'continue' run each task settles its journal entries when it ends (the journal then holds only the
+ * running task's): a failed task's changes are undone, unless it keeps them; a finished task's are
+ * dropped, so neither a later failure nor a kill ever undoes them.
+ */
+async function settle(journal: Journal, log: RunLog, record: TaskRecord): Promise<TaskRecord> {
+  if (record.status !== 'failed' || record.keepChanges) {
+    await journal.clear()
+    return record
+  }
+  const steps = await journal.rollback()
+  if (steps.length) log.event('rollback', { task: record.name, steps })
+  return { ...record, rolled_back: steps }
+}
+
+/** The record of a step that did not run: a step it needs did not complete, or a signal stopped the run. */
+function notRun(task: Task, msg: string, blockedBy?: string): TaskRecord {
+  return { name: task.name, status: 'skipped', msg, changes: [], warnings: [], data: {}, details: [], ran: false, duration_ms: 0, ...(blockedBy ? { blocked_by: blockedBy } : {}) }
 }
 
 export async function run(req: RunRequest): Promise<number> {
@@ -129,7 +174,9 @@ export async function run(req: RunRequest): Promise<number> {
       say(`${signal} again: stopping now; the journal is kept and the next run rolls it back`)
       process.exit(EXIT.interrupted)
     }
-    say(`${signal}: stopping after the current step, then rolling back`)
+    say(req.onFailure !== 'rollback'
+      ? `${signal}: stopping the current step and undoing its changes; the steps that finished keep theirs`
+      : `${signal}: stopping after the current step, then rolling back`)
     abort.abort(new Interrupted())
   }
   process.on('SIGINT', onSignal)
@@ -148,20 +195,35 @@ export async function run(req: RunRequest): Promise<number> {
     const shell = makeShell((fields) => log.event('command', fields))
     const records: TaskRecord[] = []
     const run: RunState = { req, log, journal, shell, records, signal: abort.signal }
+    const policy = req.onFailure ?? 'continue'
+    const continuing = policy === 'continue'
+    /** Tasks that did not complete, each with the failed task at the root of it. */
+    const incomplete = new Map<string, string>()
     const listr = new Listr(
-      req.tasks.map(({ task, args, when }) => ({
+      req.tasks.map(({ task, args, when, needs = [] }) => ({
         title: task.name,
         task: async (_: unknown, item: { title: string; output: string; skip: (m: string) => void }) => {
-          // A few updates a second on a terminal. Elsewhere (a log, the journal under systemd) the line
-          // renderer prints every update as a line of its own: one every ten seconds is plenty there.
-          let shownAt = 0
-          const every = process.stdout.isTTY ? 250 : 10_000
-          const record = await execute(run, task, args, when, (text) => {
-            if (Date.now() - shownAt < every) return
-            shownAt = Date.now()
-            item.output = text
-          })
+          const missing = needs.find((n) => incomplete.has(n))
+          let record: TaskRecord
+          if (abort.signal.aborted) record = notRun(task, 'not started: interrupted by signal')
+          else if (missing !== undefined) {
+            const root = incomplete.get(missing)!
+            record = notRun(task, `not run: it needs ${missing}, which ${root === missing ? 'failed' : `did not run because ${root} failed`}`, root)
+          } else {
+            // A few updates a second on a terminal. Elsewhere (a log, the journal under systemd) the line
+            // renderer prints every update as a line of its own: one every ten seconds is plenty there.
+            let shownAt = 0
+            const every = process.stdout.isTTY ? 250 : 10_000
+            record = await execute(run, task, args, when, (text) => {
+              if (Date.now() - shownAt < every) return
+              shownAt = Date.now()
+              item.output = text
+            })
+            if (guarded && continuing) record = await settle(journal, log, record)
+          }
           records.push(record)
+          if (record.status === 'failed') incomplete.set(task.name, task.name)
+          else if (record.blocked_by) incomplete.set(task.name, record.blocked_by)
           item.title = `${task.name}: ${record.msg}`
           if (record.status === 'skipped') item.skip(`${task.name}: ${record.msg}`)
           if (record.status === 'failed') throw new Error(`${task.name}: ${record.msg}`)
@@ -170,7 +232,7 @@ export async function run(req: RunRequest): Promise<number> {
       {
         renderer: req.json || req.quiet ? 'silent' : 'default',
         fallbackRenderer: 'simple',
-        exitOnError: true,
+        exitOnError: !continuing,
         registerSignalListeners: false,
         rendererOptions: { collapseSubtasks: false, showErrorMessage: false },
         fallbackRendererOptions: { timer: undefined },
@@ -180,15 +242,15 @@ export async function run(req: RunRequest): Promise<number> {
 
     const interrupted = abort.signal.aborted
     const failed = records.some((r) => r.status === 'failed') || interrupted
-    let rollback: RollbackStep[] = []
-    if (guarded && failed) {
+    let rollback: RollbackStep[] = records.flatMap((r) => r.rolled_back ?? [])
+    if (guarded && failed && !continuing) {
       rollback = await journal.rollback()
       log.event('rollback', { steps: rollback })
     } else if (guarded) await journal.clear()
 
-    const report = toReport(req.playbook, check, records, rollback, interrupted)
+    const report = toReport(req.playbook, policy, check, records, rollback, interrupted)
     if (!req.quiet) process.stdout.write(req.json ? JSON.stringify(report, null, 2) + '\n' : formatReport(report, records, req.diff, Date.now() - started))
-    const code = interrupted ? EXIT.interrupted : failed ? EXIT.failed : EXIT.ok
+    const code = interrupted ? EXIT.interrupted : records.some((r) => r.internal) ? EXIT.internal : failed ? EXIT.failed : EXIT.ok
     log.event('run-end', { exit: code, stats: report.stats, ms: Date.now() - started })
     return code
   } finally {

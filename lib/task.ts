@@ -25,6 +25,11 @@ export interface TaskResult {
   data: Record<string, unknown>
   /** Lines shown under the task in human output (a table, say); --json carries `data` instead. */
   details: string[]
+  /**
+   * A failure that keeps the task's changes: each change is right on its own (a repaired link), so undoing
+   * it would only put back what was broken. Only a playbook that rolls the whole run back undoes them.
+   */
+  keepChanges?: true
 }
 
 /**
@@ -69,6 +74,8 @@ export interface TaskContext {
   /** ok, or changed when apply() recorded changes. */
   finish(msg: string, data?: Record<string, unknown>): TaskResult
   fail(msg: string, data?: Record<string, unknown>): TaskResult
+  /** failed, keeping the changes made so far (see TaskResult.keepChanges). */
+  failKeepingChanges(msg: string, data?: Record<string, unknown>): TaskResult
   skip(msg: string, data?: Record<string, unknown>): TaskResult
 }
 
@@ -87,6 +94,11 @@ export interface Task {
    * check the disks while a backup runs. Its log still goes to the run log.
    */
   readOnly?: true
+  /**
+   * The disk roots the task reads or writes; the runner refuses the task when one of them is not the disk
+   * citadel laid out (not mounted, or another disk).
+   */
+  roots?: ('models' | 'backup')[]
   run(ctx: TaskContext): Promise<TaskResult>
 }
 
@@ -114,20 +126,36 @@ export function runWhenMain(meta: ImportMeta, task: Task): void {
 /** A condition on the settings, as Ansible's `when`; `otherwise` is the reason shown when it is false. */
 export interface When { test: (settings: Settings) => boolean; otherwise: string }
 
-/** One step of a playbook: a task, with arguments (as on its command line), a condition and extra tags. */
-export interface PlaybookStep { task: Task; args?: TaskArgs; when?: When; tags?: string[] }
+/**
+ * One step of a playbook: a task, with arguments (as on its command line), a condition, extra tags, and the
+ * earlier steps it needs: when one of those failed (or did not run because of a failure), this one does not
+ * run either and says why.
+ */
+export interface PlaybookStep { task: Task; args?: TaskArgs; when?: When; tags?: string[]; needs?: Task[] }
+
+/**
+ * How a run fails. 'rollback': all or nothing, the first failed step stops the run and every change of the
+ * run is undone (a first setup half done is worse than none). 'continue': a failed step undoes only its own
+ * changes, every finished step keeps its own, and the steps that do not need the failed one still run (a
+ * maintenance run that repaired a link must not break it again because the backup after it failed).
+ */
+export type FailurePolicy = 'rollback' | 'continue'
 
 /** A playbook: the runbook it replaces, as an ordered list of tasks. */
 export interface Playbook {
   name: string
   description: string
+  onFailure: FailurePolicy
   tasks: (Task | PlaybookStep)[]
 }
 
 export const definePlaybook = (playbook: Playbook): Playbook => playbook
 
-export interface Step { task: Task; args: TaskArgs; when?: When; tags: string[] }
+/** A step as the runner takes it; `needs` are task names. */
+export interface Step { task: Task; args: TaskArgs; when?: When; tags: string[]; needs: string[] }
 
 export function playbookEntries(p: Playbook): Step[] {
-  return p.tasks.map((e) => ('task' in e ? { ...e, args: e.args ?? {}, tags: [...e.task.tags, ...(e.tags ?? [])] } : { task: e, args: {}, tags: e.tags }))
+  return p.tasks.map((e) => ('task' in e
+    ? { ...e, args: e.args ?? {}, tags: [...e.task.tags, ...(e.tags ?? [])], needs: (e.needs ?? []).map((t) => t.name) }
+    : { task: e, args: {}, tags: e.tags, needs: [] }))
 }

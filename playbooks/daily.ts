@@ -1,4 +1,5 @@
 // Daily: links right, disks and backups judged, an incremental backup (when enabled), a fresh health report.
+// A failed step keeps what the others did; the health report always comes last.
 import backupCreate from '../tasks/backup-create.ts'
 import checkBackups from '../tasks/check-backups.ts'
 import checkSmart from '../tasks/check-smart.ts'
@@ -11,6 +12,8 @@ import { definePlaybook } from '../lib/task.ts'
 export default definePlaybook({
   name: 'daily',
   description: 'Repair and verify the links, check usage, SMART and backups, incremental backup, write the health report',
+  // A repaired link stays repaired when the backup after it fails.
+  onFailure: 'continue',
   tasks: [
     repairSymlinks,
     verifySymlinks,

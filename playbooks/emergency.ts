@@ -8,5 +8,7 @@ import { definePlaybook } from '../lib/task.ts'
 export default definePlaybook({
   name: 'emergency',
   description: 'Repair the symlinks, make a full backup of the active models, write the health report',
+  // The links vLLM needs stay repaired when the backup fails (the backup disk not mounted, say).
+  onFailure: 'continue',
   tasks: [repairSymlinks, { task: backupCreate, args: { type: 'full' } }, healthReport],
 })

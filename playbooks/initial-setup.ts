@@ -11,5 +11,7 @@ import { definePlaybook } from '../lib/task.ts'
 export default definePlaybook({
   name: 'initial-setup',
   description: 'Check prerequisites, create the directory tree and links, write storage-env.sh, report health',
+  // A first setup half done is worse than none: the operator fixes the cause and runs it again.
+  onFailure: 'rollback',
   tasks: [verifyPrereq, createDirs, createSymlinks, verifySymlinks, writeEnvScript, healthReport],
 })

@@ -5,5 +5,6 @@ import { definePlaybook } from '../lib/task.ts'
 export default definePlaybook({
   name: 'install-services',
   description: 'Write the systemd units of the monitor and of the daily and weekly timers; enable and start them where systemd runs',
+  onFailure: 'rollback',
   tasks: [installServices],
 })

@@ -1,6 +1,8 @@
 // Ensures every expected link is right again: recreates missing links, retargets wrong ones, and
 // recreates the missing target directory of a broken models/downloads/staging link. Same safety rules
-// as create-symlinks: nothing in the way is touched without --force, and then it is moved aside.
+// as create-symlinks: nothing in the way is touched without --force, and then it is moved aside. Unlike
+// create-symlinks it repairs every link it can even when another cannot be: each repair is right on its
+// own, so a failure for the others keeps it.
 import { promises as fs } from 'node:fs'
 import { fixLinks, planLinks } from '../lib/links.ts'
 import { summarize } from '../lib/report.ts'
@@ -12,7 +14,6 @@ const task = defineTask({
   tags: ['links', 'repair'],
   async run(ctx) {
     const plan = await planLinks(ctx)
-    if (plan.conflicts.length) return ctx.fail(summarize(plan.conflicts), { conflicts: plan.conflicts })
     for (const s of plan.missingTargets) {
       await ctx.apply({ path: s.target, action: 'create missing link target', before: null, after: 'directory' }, { op: 'rmdir', path: s.target }, async () => {
         await fs.mkdir(s.target, { mode: ctx.settings.dirMode })
@@ -23,7 +24,9 @@ const task = defineTask({
     for (const reason of plan.waiting) ctx.detail(`skipped ${reason}`)
     const repairs = [...plan.missingTargets.map((s) => ({ path: s.target, was: 'missing target' })), ...plan.fixes.map((s) => ({ path: s.path, was: s.verdict }))]
     const msg = repairs.length === 0 ? 'nothing to repair' : `${repairs.length} ${ctx.check ? 'to repair' : 'repaired'}`
-    return ctx.finish(msg + (plan.waiting.length ? `, ${plan.waiting.length} waiting for their model` : ''), { repairs, waiting: plan.waiting })
+    const data = { repairs, waiting: plan.waiting, conflicts: plan.conflicts }
+    if (plan.conflicts.length) return ctx.failKeepingChanges(`${repairs.length ? `${msg}; ` : ''}cannot repair ${plan.conflicts.length}: ${summarize(plan.conflicts)}`, data)
+    return ctx.finish(msg + (plan.waiting.length ? `, ${plan.waiting.length} waiting for their model` : ''), data)
   },
 })
 

@@ -55,18 +55,19 @@ describe('verify-symlinks', () => {
 })
 
 describe('repair-symlinks', () => {
-  it('fixes missing, wrong and broken links; the directory in the way needs --force and is moved aside', async () => {
+  it('fixes missing, wrong and broken links and keeps them; the directory in the way needs --force and is moved aside', async () => {
     const roots = await treeWithEveryVerdict()
     const refused = await citadelJson(['task', 'repair-symlinks'], roots.env)
     expect(refused.code).toBe(2)
     expect(refused.doc.tasks[0].msg).toContain(`${path.join(roots.app, 'model-links', 'mixtral')} is a directory with 1 entries`)
-    expect(readlinkSync(path.join(roots.app, 'downloads'))).toBe('/somewhere/else')
+    expect(refused.doc.tasks[0].data.repairs.map((r: any) => [path.basename(r.path), r.was])).toEqual([
+      ['staging', 'missing target'], ['downloads', 'wrong-target'], ['yi34b', 'missing'],
+    ])
+    expect(readlinkSync(path.join(roots.app, 'downloads'))).toBe(path.join(roots.models, 'downloads'))
 
     const repaired = await citadelJson(['task', 'repair-symlinks', '--force', '--diff'], roots.env)
     expect(repaired.code, repaired.stderr).toBe(0)
-    expect(repaired.doc.tasks[0].data.repairs.map((r: any) => [path.basename(r.path), r.was])).toEqual([
-      ['staging', 'missing target'], ['downloads', 'wrong-target'], ['mixtral', 'not-a-link'], ['yi34b', 'missing'],
-    ])
+    expect(repaired.doc.tasks[0].data.repairs.map((r: any) => [path.basename(r.path), r.was])).toEqual([['mixtral', 'not-a-link']])
     const verified = await citadelJson(['task', 'verify-symlinks'], roots.env)
     expect(verified.code).toBe(0)
     expect((await citadelJson(['task', 'repair-symlinks'], roots.env)).doc.stats.changed).toBe(0)
