@@ -65,7 +65,7 @@ interface RunState {
 }
 
 /** Runs one task with its context; whatever happens, returns its record. */
-async function execute(run: RunState, task: Task, args: TaskArgs, when: When | undefined, progress: (text: string) => void): Promise<TaskRecord> {
+async function execute(run: RunState, task: Task, args: TaskArgs, progress: (text: string) => void): Promise<TaskRecord> {
   const { req, log, journal } = run
   const { settings, check } = req
   const t0 = Date.now()
@@ -108,7 +108,7 @@ async function execute(run: RunState, task: Task, args: TaskArgs, when: When | u
   let outcome: TaskResult
   let internal = false
   try {
-    outcome = when && !when.test(settings) ? result('skipped', when.otherwise) : await task.run(ctx)
+    outcome = await task.run(ctx)
   } catch (err) {
     internal = !(err instanceof Interrupted) && isInternalError(err)
     if (!internal) outcome = result('failed', err instanceof Interrupted ? err.message : `error: ${(err as Error).message}`)
@@ -140,7 +140,7 @@ async function settle(journal: Journal, log: RunLog, record: TaskRecord): Promis
   return { ...record, rolled_back: steps }
 }
 
-/** The record of a step that did not run: a step it needs did not complete, or a signal stopped the run. */
+/** The record of a step that did not run: its condition is false, a step it needs did not complete, or a signal stopped the run. */
 function notRun(task: Task, msg: string, blockedBy?: string): TaskRecord {
   return { name: task.name, status: 'skipped', msg, changes: [], warnings: [], data: {}, details: [], ran: false, duration_ms: 0, ...(blockedBy ? { blocked_by: blockedBy } : {}) }
 }
@@ -206,6 +206,7 @@ export async function run(req: RunRequest): Promise<number> {
           const missing = needs.find((n) => incomplete.has(n))
           let record: TaskRecord
           if (abort.signal.aborted) record = notRun(task, 'not started: interrupted by signal')
+          else if (when && !when.test(req.settings)) record = notRun(task, when.otherwise)
           else if (missing !== undefined) {
             const root = incomplete.get(missing)!
             record = notRun(task, `not run: it needs ${missing}, which ${root === missing ? 'failed' : `did not run because ${root} failed`}`, root)
@@ -214,13 +215,14 @@ export async function run(req: RunRequest): Promise<number> {
             // renderer prints every update as a line of its own: one every ten seconds is plenty there.
             let shownAt = 0
             const every = process.stdout.isTTY ? 250 : 10_000
-            record = await execute(run, task, args, when, (text) => {
+            record = await execute(run, task, args, (text) => {
               if (Date.now() - shownAt < every) return
               shownAt = Date.now()
               item.output = text
             })
             if (guarded && continuing) record = await settle(journal, log, record)
           }
+          if (!record.ran) log.event('task', { task: task.name, status: record.status, msg: record.msg, ...(record.blocked_by ? { blocked_by: record.blocked_by } : {}) })
           records.push(record)
           if (record.status === 'failed') incomplete.set(task.name, task.name)
           else if (record.blocked_by) incomplete.set(task.name, record.blocked_by)

@@ -32,11 +32,11 @@ describe('playbooks', () => {
     const roots = await setUp()
     // The perf step measures 1 GiB per job: test/perf.test.ts runs it for real, here it is only listed.
     const listed = await citadel(['run', 'weekly', '--list-tasks'], roots.env)
-    expect(listed.stdout.split('\n').filter(Boolean).map((l) => l.split(' ')[0])).toEqual(['backup-create', 'backup-verify', 'remote-backup-create', 'remote-backup-verify', 'backup-cleanup', 'remote-backup-cleanup', 'check-perf'])
+    expect(listed.stdout.split('\n').filter(Boolean).map((l) => l.split(' ')[0])).toEqual(['backup-create', 'backup-verify', 'remote-backup-create', 'remote-backup-verify', 'backup-cleanup', 'remote-backup-cleanup', 'check-perf', 'health-report'])
     const first = await citadelJson(['run', 'weekly', '--skip-tags', 'perf'], roots.env)
     expect(first.code, first.stderr).toBe(0)
     expect(steps(first.doc)).toEqual([
-      ['backup-create', 'changed'], ['backup-verify', 'ok'], ['remote-backup-create', 'skipped'], ['remote-backup-verify', 'skipped'], ['backup-cleanup', 'ok'], ['remote-backup-cleanup', 'skipped'],
+      ['backup-create', 'changed'], ['backup-verify', 'ok'], ['remote-backup-create', 'skipped'], ['remote-backup-verify', 'skipped'], ['backup-cleanup', 'ok'], ['remote-backup-cleanup', 'skipped'], ['health-report', 'ok'],
     ])
     expect(first.doc.tasks[2].msg).toBe('BACKUP_REMOTE is not set')
     expect(first.doc.tasks[1].data.verification).toMatchObject({ ok: true, rate: 0.1 })
