@@ -80,5 +80,15 @@ async function loadCli() {
   return import(pathToFileURL(path.join(dir, 'cli.js')).href)
 }
 
-const { main, exitWhenFlushed } = await loadCli()
-exitWhenFlushed(await main(process.argv.slice(2)))
+const argv = process.argv.slice(2)
+let cli
+try {
+  cli = await loadCli()
+} catch (err) {
+  // A monitoring plugin must answer UNKNOWN (3) when citadel cannot even start; 1 reads as WARNING.
+  const plugin = argv[0] === 'health-check' || (argv[0] === 'monitor' && argv.includes('--once'))
+  if (plugin) process.stdout.write(`CITADEL UNKNOWN - citadel cannot start: ${err.message.split('\n')[0]}\n`)
+  process.stderr.write(`citadel: internal error, cannot start: ${err.stack ?? err}\n`)
+  process.exit(plugin ? 3 : 1)
+}
+cli.exitWhenFlushed(await cli.main(argv))

@@ -5,7 +5,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { playbooks } from '../playbooks/index.ts'
 import { tasks } from '../tasks/index.ts'
 import type { Settings } from './config.ts'
-import { playbookEntries, type Playbook, type Step, type Task, type TaskArgs } from './task.ts'
+import { isInternalError, playbookEntries, type Playbook, type Step, type Task, type TaskArgs } from './task.ts'
 
 const EXIT_INVALID = 4
 /** health-check and monitor --once answer as monitoring plugins: 3 is UNKNOWN, whatever kept them from judging. */
@@ -225,8 +225,8 @@ async function runTasks(playbook: Playbook | null, chosen: Step[], values: Value
   }
   const settings = await settingsOrNull()
   if (!settings) return EXIT_INVALID
-  const { run } = await import('./runner.ts')
-  const { LockHeldError } = await import('./lock.ts')
+  const { run, systemHint } = await import('./runner.ts')
+  const { LockHeldError, LockUnreadableError } = await import('./lock.ts')
   try {
     return await run({
       playbook: playbook?.name ?? null,
@@ -240,9 +240,15 @@ async function runTasks(playbook: Playbook | null, chosen: Step[], values: Value
       command: ['citadel', ...process.argv.slice(2)].join(' '),
     })
   } catch (err) {
-    if (!(err instanceof LockHeldError)) throw err
-    process.stderr.write(`citadel: ${err.message}\n`)
-    return 3
+    if (err instanceof LockHeldError || err instanceof LockUnreadableError) {
+      process.stderr.write(`citadel: ${err.message}\n`)
+      return 3
+    }
+    // The world's failure outside any task (the app root's disk, say): one line, as a task's would be.
+    if (isInternalError(err)) throw err
+    const code = (err as NodeJS.ErrnoException).code
+    process.stderr.write(`citadel: ${(err as Error).message}${typeof code === 'string' ? systemHint(code, settings.appRoot) : ''}\n`)
+    return 2
   }
 }
 
@@ -338,8 +344,29 @@ export function exitWhenFlushed(code: number): void {
   process.stdout.write('', () => process.exit(code))
 }
 
-/** Runs the command line `argv` (without node and script); resolves to the exit code. */
+/** Whether `argv` asks for a monitoring plugin's answer, where anything but 0-2 must read as UNKNOWN. */
+export const answersAsPlugin = (argv: string[]) => argv[0] === 'health-check' || (argv[0] === 'monitor' && argv.includes('--once'))
+
+/**
+ * Runs the command line `argv` (without node and script); resolves to the exit code. What escapes a
+ * command is one line and exit 2 when the world failed (a system error), its stack and exit 1 when it is
+ * a bug; a monitoring plugin answers UNKNOWN (3) either way, as Nagios reads 1 as WARNING.
+ */
 export async function main(argv: string[], standalone?: Task): Promise<number> {
+  try {
+    return await dispatch(argv, standalone)
+  } catch (err) {
+    const internal = isInternalError(err)
+    const message = err instanceof Error ? err.message : String(err)
+    if (!standalone && answersAsPlugin(argv) && !argv.includes('--json')) process.stdout.write(`CITADEL UNKNOWN - citadel itself failed: ${message}\n`)
+    process.stderr.write(internal
+      ? `citadel: internal error (a bug in citadel, please report it): ${err instanceof Error ? (err.stack ?? message) : message}\n`
+      : `citadel: ${message}\n`)
+    return !standalone && answersAsPlugin(argv) ? PLUGIN_UNKNOWN : internal ? 1 : 2
+  }
+}
+
+async function dispatch(argv: string[], standalone?: Task): Promise<number> {
   try {
     if (standalone) return await taskCommand(standalone, argv)
     const [command, ...rest] = argv

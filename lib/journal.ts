@@ -2,6 +2,7 @@
 // failed, interrupted or killed run can be put back the way it was, newest change first.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
+import { z } from 'zod'
 import { atomicSymlink, atomicWriteFile, lstatOrNull, octal, removeTempSiblings } from './fsx.ts'
 
 export type Undo =
@@ -14,9 +15,33 @@ export type Undo =
   | { op: 'chown'; path: string; uid: number; gid: number }
   | { op: 'restore-file'; path: string; content: string | null; mode: number }
 
+const mode = z.number().int().min(0).max(0o7777)
+const undoSchema = z.discriminatedUnion('op', [
+  z.object({ op: z.literal('remove-link'), path: z.string() }),
+  z.object({ op: z.literal('relink'), path: z.string(), target: z.string() }),
+  z.object({ op: z.literal('rmdir'), path: z.string() }),
+  z.object({ op: z.literal('mkdir'), path: z.string(), mode }),
+  z.object({ op: z.literal('move-back'), from: z.string(), to: z.string() }),
+  z.object({ op: z.literal('chmod'), path: z.string(), mode }),
+  z.object({ op: z.literal('chown'), path: z.string(), uid: z.number().int().min(0), gid: z.number().int().min(0) }),
+  z.object({ op: z.literal('restore-file'), path: z.string(), content: z.string().nullable(), mode }),
+]) satisfies z.ZodType<Undo>
+
 export interface JournalEntry { run: string; task: string; undo: Undo }
 /** Written when a change failed before it took effect: its undo must not run. */
 interface Cancel { run: string; task: string; cancel: true }
+
+const lineSchema = z.union([
+  z.object({ run: z.string(), task: z.string(), undo: undoSchema }),
+  z.object({ run: z.string(), task: z.string(), cancel: z.literal(true) }),
+])
+
+/** A journal this citadel cannot read: undoing part of it, or none of it silently, could do harm. */
+export class JournalError extends Error {
+  constructor(readonly file: string, line: number, why: string) {
+    super(`cannot roll back ${file}: line ${line} ${why}; nothing was undone and nothing else runs. Undo what it describes by hand where needed, then move the file away`)
+  }
+}
 export interface RollbackStep { undo: Undo; task: string; done: boolean; msg: string }
 
 export function describeUndo(u: Undo): string {
@@ -102,17 +127,23 @@ export class Journal {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
       throw err
     }
-    // A kill can cut the last line short; that change had not started, so it has nothing to undo.
+    // A kill can cut the last line short; that change had not started, so it has nothing to undo. Any
+    // other line that does not read is an error, never skipped.
     const entries: JournalEntry[] = []
-    for (const line of text.split('\n')) {
-      let entry: JournalEntry | Cancel
+    const lines = text.split('\n')
+    for (const [i, line] of lines.entries()) {
+      if (line === '' && i === lines.length - 1) break
+      let json: unknown
       try {
-        entry = JSON.parse(line) as JournalEntry | Cancel
+        json = JSON.parse(line)
       } catch {
-        continue
+        if (i === lines.length - 1) break
+        throw new JournalError(this.file, i + 1, 'is not JSON')
       }
-      if ('cancel' in entry) entries.pop()
-      else entries.push(entry)
+      const parsed = lineSchema.safeParse(json)
+      if (!parsed.success) throw new JournalError(this.file, i + 1, `is not a change citadel knows how to undo (${parsed.error.issues.map((x) => `${x.path.join('.') || 'the entry'}: ${x.message}`).join('; ')})`)
+      if ('cancel' in parsed.data) entries.pop()
+      else entries.push(parsed.data)
     }
     return entries
   }

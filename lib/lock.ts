@@ -1,9 +1,36 @@
 // One citadel run at a time per app root. The lock file names its holder; a lock whose process is gone
-// (or whose pid now belongs to another process) is stale and taken over.
+// (exited, a zombie nobody reaped, or whose pid now belongs to another process) is stale and taken over.
 import { promises as fs, readFileSync } from 'node:fs'
 import path from 'node:path'
+import { z } from 'zod'
+import { tempSibling } from './fsx.ts'
 
-export interface LockHolder { pid: number; command: string; started: string; procStart: string | null }
+const holderSchema = z.object({ pid: z.number().int().positive(), command: z.string(), started: z.string(), procStart: z.string().nullable() })
+export type LockHolder = z.infer<typeof holderSchema>
+
+/** A lock file that is not one citadel wrote: no run can tell whether its holder lives. */
+export class LockUnreadableError extends Error {
+  constructor(readonly file: string, why: string) {
+    super(`the lock file ${file} is not a citadel lock (${why}): if no citadel runs on this app root, move it away and rerun`)
+  }
+}
+
+/**
+ * The holder a lock file names; null for an empty file, which an older citadel killed (or stopped by a full
+ * disk) between creating the file and writing it left: its creator never ran a step.
+ */
+function parseHolder(file: string, text: string): LockHolder | null {
+  if (text === '') return null
+  let json: unknown
+  try {
+    json = JSON.parse(text)
+  } catch {
+    throw new LockUnreadableError(file, 'not JSON')
+  }
+  const parsed = holderSchema.safeParse(json)
+  if (!parsed.success) throw new LockUnreadableError(file, `expected pid, command, started and procStart: ${parsed.error.issues.map((i) => `${i.path.join('.') || 'the whole'}: ${i.message}`).join('; ')}`)
+  return parsed.data
+}
 
 export class LockHeldError extends Error {
   constructor(readonly holder: LockHolder, readonly file: string) {
@@ -11,32 +38,45 @@ export class LockHeldError extends Error {
   }
 }
 
-/** The kernel's start time of a process, which tells a live holder from a recycled pid. */
-function processStart(pid: number): string | null {
+/** The fields of /proc/PID/stat after the command name: [0] is the state, [19] the start time. */
+function procStat(pid: number): string[] | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')
   } catch {
     return null
   }
 }
 
-/** The live process holding the lock `file`, or null when it is free or its holder is gone. */
+/** The kernel's start time of a process, which tells a live holder from a recycled pid. */
+const processStart = (pid: number): string | null => procStat(pid)?.[19] ?? null
+
+/**
+ * Whether `pid` names a running process. A zombie (exited, not yet reaped by its parent) still answers
+ * kill(pid, 0) but will never do anything again.
+ */
+export function processRuns(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false
+  }
+  const state = procStat(pid)?.[0]
+  return state !== 'Z' && state !== 'X'
+}
+
+/** The live process holding the lock `file`, or null when it is free, its holder is gone, or it is unreadable. */
 export function liveHolder(file: string): LockHolder | null {
   try {
-    const holder = JSON.parse(readFileSync(file, 'utf8')) as LockHolder
-    return holder.pid && isAlive(holder) ? holder : null
+    const holder = parseHolder(file, readFileSync(file, 'utf8'))
+    return holder && isAlive(holder) ? holder : null
   } catch {
     return null
   }
 }
 
 function isAlive(holder: LockHolder): boolean {
-  try {
-    process.kill(holder.pid, 0)
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false
-  }
+  if (!processRuns(holder.pid)) return false
   const start = processStart(holder.pid)
   return holder.procStart === null || start === null || start === holder.procStart
 }
@@ -44,27 +84,37 @@ function isAlive(holder: LockHolder): boolean {
 export class Lock {
   private constructor(readonly file: string, private readonly content: string) {}
 
-  /** Takes the lock or throws LockHeldError; `onStale` hears about a dead holder it replaced. */
+  /**
+   * Takes the lock or throws LockHeldError (or LockUnreadableError); `onStale` hears about a dead holder it
+   * replaced. An empty lock file is replaced without a word: whoever created it never ran a step.
+   */
   static async acquire(dir: string, command: string, onStale: (holder: LockHolder) => void, name = 'lock'): Promise<Lock> {
     const file = path.join(dir, name)
     const me: LockHolder = { pid: process.pid, command, started: new Date().toISOString(), procStart: processStart(process.pid) }
     const content = JSON.stringify(me) + '\n'
+    // Written whole first, then linked into place: the lock is never seen empty or half written, and a
+    // full disk fails here with nothing left behind.
+    const tmp = tempSibling(file, 'write')
+    try {
+      await fs.writeFile(tmp, content, { flag: 'wx', mode: 0o644 })
+      return await Lock.take(file, tmp, content, onStale)
+    } finally {
+      await fs.rm(tmp, { force: true })
+    }
+  }
+
+  private static async take(file: string, tmp: string, content: string, onStale: (holder: LockHolder) => void): Promise<Lock> {
     for (let attempt = 0; attempt < 5; attempt++) {
       try {
-        await fs.writeFile(file, content, { flag: 'wx', mode: 0o644 })
+        await fs.link(tmp, file)
         return new Lock(file, content)
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
       }
       const seen = await fs.readFile(file, 'utf8').catch(() => null)
       if (seen === null) continue
-      let holder: LockHolder
-      try {
-        holder = JSON.parse(seen) as LockHolder
-      } catch {
-        holder = { pid: 0, command: 'unreadable lock file', started: 'unknown', procStart: null }
-      }
-      if (holder.pid && isAlive(holder)) throw new LockHeldError(holder, file)
+      const holder = parseHolder(file, seen)
+      if (holder && isAlive(holder)) throw new LockHeldError(holder, file)
       // Move the stale lock out of the way and confirm it is the one judged stale: a racing run may
       // have replaced it already, and then that lock goes back.
       const aside = `${file}.stale-${process.pid}`
@@ -76,7 +126,7 @@ export class Lock {
         continue
       }
       await fs.rm(aside, { force: true })
-      onStale(holder)
+      if (holder) onStale(holder)
     }
     throw new Error(`could not take the lock ${file}: it keeps changing hands`)
   }

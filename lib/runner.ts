@@ -4,15 +4,16 @@
 import { promises as fs } from 'node:fs'
 import { Listr } from 'listr2'
 import type { Settings } from './config.ts'
-import { fileStamp } from './fsx.ts'
-import { Journal, journalFile, type RollbackStep } from './journal.ts'
-import { logsDir, stateDir } from './layout.ts'
-import { Lock } from './lock.ts'
+import path from 'node:path'
+import { fileStamp, lstatOrNull } from './fsx.ts'
+import { Journal, JournalError, journalFile, type JournalEntry, type RollbackStep } from './journal.ts'
+import { healthDir, logsDir, stateDir } from './layout.ts'
+import { Lock, processRuns } from './lock.ts'
 import { RunLog } from './log.ts'
 import { formatReport, toReport, type TaskRecord } from './report.ts'
 import { makeShell } from './shell.ts'
 import type { Shell } from 'zx/core'
-import type { Change, FailurePolicy, Task, TaskArgs, TaskContext, TaskResult, When } from './task.ts'
+import { isInternalError, type Change, type FailurePolicy, type Task, type TaskArgs, type TaskContext, type TaskResult, type When } from './task.ts'
 
 export const EXIT = { ok: 0, internal: 1, failed: 2, locked: 3, invalid: 4, interrupted: 99 } as const
 
@@ -36,19 +37,6 @@ class Interrupted extends Error {
   constructor() {
     super('interrupted by signal')
   }
-}
-
-/**
- * A bug in citadel rather than a failure of the world. The world's failures reach a task as a system error
- * (ENOSPC, EACCES: an errno code) or as an Error whose message lib/ wrote for the operator; a TypeError,
- * ReferenceError or RangeError, a Node ERR_* code, or something thrown that is not an Error is a bug.
- * A SyntaxError is JSON.parse meeting a damaged file: the file's fault, not the code's.
- */
-export function isInternalError(err: unknown): boolean {
-  if (!(err instanceof Error)) return true
-  const code = (err as NodeJS.ErrnoException).code
-  if (typeof code === 'string') return code.startsWith('ERR_')
-  return err instanceof TypeError || err instanceof ReferenceError || err instanceof RangeError || err instanceof EvalError || err instanceof URIError
 }
 
 const say = (line: string) => process.stderr.write(`citadel: ${line}\n`)
@@ -125,6 +113,28 @@ async function execute(run: RunState, task: Task, args: TaskArgs, progress: (tex
   return record
 }
 
+/** What to do about a system error on the app root, after its code. */
+export function systemHint(code: string, appRoot: string): string {
+  if (code === 'ENOSPC' || code === 'EDQUOT') return ` (the disk of ${appRoot} is full: free space there and rerun)`
+  if (code === 'EACCES' || code === 'EPERM') return ` (run as root or as the owner of ${appRoot})`
+  if (code === 'EROFS') return ` (the filesystem of ${appRoot} is read-only)`
+  return ''
+}
+
+/**
+ * Removes the temporary files (tempSibling 'write') that killed processes left in `dir`: a kill between
+ * writing health.json's temporary file and renaming it leaves one. The pid in the name tells whose it is;
+ * a running writer's (the monitor's) are left alone.
+ */
+async function removeDeadTemps(dir: string): Promise<void> {
+  for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
+    const pid = /^\..+\.citadel-write-(\d+)-[0-9a-f]{8}$/.exec(name)?.[1]
+    if (pid === undefined || processRuns(Number(pid))) continue
+    const file = path.join(dir, name)
+    if ((await lstatOrNull(file))?.isFile()) await fs.unlink(file).catch(() => {})
+  }
+}
+
 /**
  * In a 'continue' run each task settles its journal entries when it ends (the journal then holds only the
  * running task's): a failed task's changes are undone, unless it keeps them; a finished task's are
@@ -158,15 +168,16 @@ export async function run(req: RunRequest): Promise<number> {
   if (guarded) {
     try {
       await fs.mkdir(state, { recursive: true, mode: settings.dirMode })
+      lock = await Lock.acquire(state, req.command, (h) =>
+        say(`warning: took over a stale lock of pid ${h.pid} (${h.command}, started ${h.started}); that process is gone`))
     } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code ?? 'error'
-      const hint = ['EACCES', 'EPERM'].includes(code) ? `: run as root or as the owner of ${settings.appRoot}` : ''
-      say(`cannot create ${state} (CITADEL_APP_ROOT) for the run's lock and journal: ${code}${hint}`)
+      const code = (err as NodeJS.ErrnoException).code
+      if (typeof code !== 'string' || code.startsWith('ERR_')) throw err
+      say(`cannot take the run's lock in ${state} (CITADEL_APP_ROOT): ${code}${systemHint(code, settings.appRoot)}; nothing was changed`)
       return EXIT.failed
     }
-    lock = await Lock.acquire(state, req.command, (h) =>
-      say(`warning: took over a stale lock of pid ${h.pid} (${h.command}, started ${h.started}); that process is gone`))
   }
+  if (!check) for (const dir of [healthDir(settings), state]) await removeDeadTemps(dir)
   const journal = new Journal(journalFile(state), runId)
   const abort = new AbortController()
   const onSignal = (signal: NodeJS.Signals) => {
@@ -183,7 +194,15 @@ export async function run(req: RunRequest): Promise<number> {
   process.on('SIGTERM', onSignal)
   try {
     log.event('run-start', { command: req.command, playbook: req.playbook, tasks: req.tasks.map((t) => t.task.name), check, pid: process.pid })
-    const leftover = await journal.entries()
+    let leftover: JournalEntry[]
+    try {
+      leftover = await journal.entries()
+    } catch (err) {
+      if (!(err instanceof JournalError)) throw err
+      say(err.message)
+      log.event('run-end', { exit: EXIT.failed, error: err.message })
+      return EXIT.failed
+    }
     if (leftover.length && check) say(`warning: an interrupted run left ${leftover.length} changes in ${journal.file}; the next real run rolls them back`)
     if (leftover.length && guarded) {
       const steps = await journal.rollback()

@@ -104,6 +104,19 @@ export interface Task {
 
 export const defineTask = (task: Task): Task => task
 
+/**
+ * A bug in citadel rather than a failure of the world. The world's failures reach a task as a system error
+ * (ENOSPC, EACCES: an errno code) or as an Error whose message lib/ wrote for the operator; a TypeError,
+ * ReferenceError or RangeError, a Node ERR_* code, or something thrown that is not an Error is a bug.
+ * A SyntaxError is JSON.parse meeting a damaged file: the file's fault, not the code's.
+ */
+export function isInternalError(err: unknown): boolean {
+  if (!(err instanceof Error)) return true
+  const code = (err as NodeJS.ErrnoException).code
+  if (typeof code === 'string') return code.startsWith('ERR_')
+  return err instanceof TypeError || err instanceof ReferenceError || err instanceof RangeError || err instanceof EvalError || err instanceof URIError
+}
+
 /** The script node was started with, resolved once: every task module asks on load. */
 let script: string | null | undefined
 const startedScript = () => {

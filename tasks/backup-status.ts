@@ -7,6 +7,8 @@ const task = defineTask({
   name: 'backup-status',
   description: 'Show each backup with its age, size, unique bytes and last verification, the space left on the backup disk, and what needs attention',
   tags: ['backup', 'status'],
+  // Only reads: it answers while another run holds the lock.
+  readOnly: true,
   async run(ctx) {
     const now = new Date()
     let status: BackupStatus
