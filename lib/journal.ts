@@ -31,10 +31,8 @@ export interface JournalEntry { run: string; task: string; undo: Undo }
 /** Written when a change failed before it took effect: its undo must not run. */
 interface Cancel { run: string; task: string; cancel: true }
 
-const lineSchema = z.union([
-  z.object({ run: z.string(), task: z.string(), undo: undoSchema }),
-  z.object({ run: z.string(), task: z.string(), cancel: z.literal(true) }),
-])
+const entrySchema = z.object({ run: z.string(), task: z.string(), undo: undoSchema })
+const cancelSchema = z.object({ run: z.string(), task: z.string(), cancel: z.literal(true) })
 
 /** A journal this citadel cannot read: undoing part of it, or none of it silently, could do harm. */
 export class JournalError extends Error {
@@ -140,7 +138,9 @@ export class Journal {
         if (i === lines.length - 1) break
         throw new JournalError(this.file, i + 1, 'is not JSON')
       }
-      const parsed = lineSchema.safeParse(json)
+      // Judged as the kind it claims to be, so the message names the field that is wrong.
+      const isCancel = typeof json === 'object' && json !== null && 'cancel' in json
+      const parsed = (isCancel ? cancelSchema : entrySchema).safeParse(json)
       if (!parsed.success) throw new JournalError(this.file, i + 1, `is not a change citadel knows how to undo (${parsed.error.issues.map((x) => `${x.path.join('.') || 'the entry'}: ${x.message}`).join('; ')})`)
       if ('cancel' in parsed.data) entries.pop()
       else entries.push(parsed.data)
