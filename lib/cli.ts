@@ -37,8 +37,8 @@ const COMMON_HELP = `Options:
   -h, --help           this help
 
 Settings come from the environment, then .env (or the file named by CITADEL_ENV_FILE), then defaults.
-Exit: 0 ok (changes included), 2 a task failed, 3 another run holds the lock, 4 invalid settings or
-arguments, 99 interrupted (rolled back).`
+Exit: 0 ok (changes included), 1 a bug in citadel (the run log holds the stack), 2 a task failed,
+3 another run holds the lock, 4 invalid settings or arguments, 99 interrupted.`
 
 const HELP: Record<string, string> = {
   main: `citadel: keeps the model storage of a vLLM server healthy.
@@ -65,8 +65,18 @@ Usage:
 Every task also runs on its own: npx tsx tasks/TASK.ts [options]
 
 ${COMMON_HELP}`,
-  run: `Usage: citadel run PLAYBOOK [options]\n\nRuns the playbook's tasks in order; stops at the first failure and rolls the run back.\n\n${COMMON_HELP}`,
-  task: `Usage: citadel task TASK [options]\n\nRuns one task, with the same lock, log and rollback as a playbook.\n\n${COMMON_HELP}`,
+  run: `Usage: citadel run PLAYBOOK [options]
+
+Runs the playbook's tasks in order. How a failure is handled is the playbook's (citadel list shows it):
+  rollback  (initial-setup, install-services) the first failure stops the run and every change of the
+            run is undone
+  continue  (daily, weekly, emergency) the failed task's own changes are undone, finished tasks keep
+            theirs, the steps that need the failed one are skipped saying so, every other step runs
+A SIGINT or SIGTERM stops after the current step: under rollback the run is undone, under continue only
+the step that was running.
+
+${COMMON_HELP}`,
+  task: `Usage: citadel task TASK [options]\n\nRuns one task, with the same lock and log as a playbook: it keeps its changes when it succeeds and\nundoes them when it fails.\n\n${COMMON_HELP}`,
   list: `Usage: citadel list [--json]\n\nLists the playbooks with their tasks, and every task with its description and tags.`,
   'health-check': `Usage: citadel health-check [--json]
 
@@ -192,7 +202,7 @@ function select(entries: Step[], values: Values): Step[] {
 function list(json: boolean): void {
   if (json) {
     const doc = {
-      playbooks: playbooks.map((p) => ({ name: p.name, description: p.description, tasks: playbookEntries(p).map((e) => e.task.name) })),
+      playbooks: playbooks.map((p) => ({ name: p.name, description: p.description, on_failure: p.onFailure, tasks: playbookEntries(p).map((e) => e.task.name) })),
       tasks: tasks.map((t) => ({ name: t.name, description: t.description, tags: t.tags })),
     }
     process.stdout.write(JSON.stringify(doc, null, 2) + '\n')
@@ -200,7 +210,10 @@ function list(json: boolean): void {
   }
   const width = Math.max(...tasks.map((t) => t.name.length), ...playbooks.map((p) => p.name.length)) + 2
   const out = ['PLAYBOOKS (citadel run NAME)']
-  for (const p of playbooks) out.push(`  ${p.name.padEnd(width)}${p.description}`, `  ${''.padEnd(width)}${playbookEntries(p).map((e) => e.task.name).join(' -> ')}`)
+  for (const p of playbooks) {
+    out.push(`  ${p.name.padEnd(width)}${p.description}`, `  ${''.padEnd(width)}${playbookEntries(p).map((e) => e.task.name).join(' -> ')}`)
+    out.push(`  ${''.padEnd(width)}on failure: ${p.onFailure === 'rollback' ? 'roll the whole run back' : "undo the failed step only, run the steps that do not need it"}`)
+  }
   out.push('', 'TASKS (citadel task NAME)')
   for (const t of tasks) out.push(`  ${t.name.padEnd(width)}${t.description} [${t.tags.join(', ')}]`)
   process.stdout.write(out.join('\n') + '\n')

@@ -168,6 +168,12 @@ export async function run(req: RunRequest): Promise<number> {
   if (guarded) {
     try {
       await fs.mkdir(state, { recursive: true, mode: settings.dirMode })
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code ?? 'error'
+      say(`cannot create ${state} (CITADEL_APP_ROOT) for the run's lock and journal: ${code}${systemHint(code, settings.appRoot)}`)
+      return EXIT.failed
+    }
+    try {
       lock = await Lock.acquire(state, req.command, (h) =>
         say(`warning: took over a stale lock of pid ${h.pid} (${h.command}, started ${h.started}); that process is gone`))
     } catch (err) {

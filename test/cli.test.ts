@@ -13,6 +13,9 @@ describe('command line', () => {
     const doc = JSON.parse(listed.stdout)
     expect(doc.playbooks.find((p: any) => p.name === 'initial-setup').tasks).toEqual(['verify-prereq', 'create-dirs', 'create-symlinks', 'verify-symlinks', 'write-env-script', 'health-report'])
     expect(doc.tasks.map((t: any) => t.name)).toEqual(tasks.map((t) => t.name))
+    expect(doc.playbooks.map((p: any) => [p.name, p.on_failure])).toEqual([
+      ['initial-setup', 'rollback'], ['daily', 'continue'], ['weekly', 'continue'], ['emergency', 'continue'], ['install-services', 'rollback'],
+    ])
     const text = await citadel(['list'], makeRoots().env)
     for (const t of tasks) expect(text.stdout).toContain(`${t.name}  `)
   })
