@@ -1,10 +1,11 @@
 // How each playbook fails, for real: a maintenance playbook keeps what its finished steps repaired and goes
 // on to the health report; the first setup stays all or nothing; a step that needs a failed one says so.
-import { existsSync, mkdirSync, readFileSync, readlinkSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { describe, expect, it } from 'vitest'
-import { setUpServer } from './backup-helpers.ts'
-import { citadel, citadelJson, makeRoots } from './helpers.ts'
+import { setUpServer, storeOf } from './backup-helpers.ts'
+import { citadel, citadelJson, makeRoots, start } from './helpers.ts'
 
 const steps = (doc: any) => doc.tasks.map((t: any) => [t.name, t.status])
 const taskOf = (doc: any, name: string) => doc.tasks.find((t: any) => t.name === name)
@@ -111,5 +112,65 @@ describe('a setup playbook stays all or nothing', () => {
     expect(run.doc.rolled_back.every((s: any) => s.done)).toBe(true)
     expect(existsSync(path.join(roots.app, 'models'))).toBe(false)
     expect(existsSync(path.join(roots.models, 'archive'))).toBe(false)
+  })
+})
+
+/** A set-up server with the staging link gone and enough files that daily's backup takes a moment. */
+async function dailyWithWork() {
+  const roots = await setUpServer()
+  const dir = path.join(roots.active, 'many-small-files')
+  mkdirSync(dir, { recursive: true })
+  for (let i = 0; i < 3000; i++) writeFileSync(path.join(dir, `shard-${i}.bin`), `weights ${i}\n`.repeat(64))
+  unlinkSync(path.join(roots.app, 'staging'))
+  return roots
+}
+
+async function waitForPartial(roots: { backup: string }) {
+  for (let i = 0; i < 6000; i++) {
+    if (readdirSync(storeOf(roots as any)).some((n) => n.endsWith('.partial'))) return
+    await sleep(5)
+  }
+  throw new Error('timed out waiting for the backup to start')
+}
+
+describe('a signal or a kill in a maintenance playbook', () => {
+  it('SIGTERM during the backup undoes only that step: the repaired link stays, exit 99', async () => {
+    const roots = await dailyWithWork()
+    const { child, done } = start(['run', 'daily', '--json'], roots.env)
+    await waitForPartial(roots)
+    child.kill('SIGTERM')
+    const result = await done
+    expect(result.code, result.stderr).toBe(99)
+    const doc = JSON.parse(result.stdout)
+    expect(doc.interrupted).toBe(true)
+    expect(taskOf(doc, 'repair-symlinks').status).toBe('changed')
+    expect(taskOf(doc, 'backup-create').status).toBe('failed')
+    expect(taskOf(doc, 'health-report')).toMatchObject({ status: 'skipped', ran: false, msg: 'not started: interrupted by signal' })
+    expect(readlinkSync(path.join(roots.app, 'staging'))).toBe(path.join(roots.models, 'staging'))
+    expect(existsSync(path.join(roots.app, '.citadel', 'journal.jsonl'))).toBe(false)
+  })
+
+  it('SIGKILL during the backup: the next run rolls back nothing a finished step did', async () => {
+    const roots = await dailyWithWork()
+    const { child, done } = start(['run', 'daily'], roots.env)
+    await waitForPartial(roots)
+    child.kill('SIGKILL')
+    expect((await done).signal).toBe('SIGKILL')
+    // Until children die with citadel, the killed run's rsync may still be copying: let it end before
+    // the next run and the cleanup of the tree.
+    const busy = () => readdirSync('/proc').filter((n) => /^\d+$/.test(n)).some((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(roots.backup)
+      } catch {
+        return false
+      }
+    })
+    for (let i = 0; busy() && i < 6000; i++) await sleep(5)
+
+    const next = await citadel(['task', 'create-dirs'], roots.env)
+    expect(next.code, next.stderr).toBe(0)
+    expect(next.stderr).toContain('took over a stale lock')
+    expect(next.stderr).not.toContain('rolled back')
+    expect(readlinkSync(path.join(roots.app, 'staging'))).toBe(path.join(roots.models, 'staging'))
   })
 })
