@@ -2,9 +2,9 @@
 // with listr2, handles a failure as the playbook declares (roll the whole run back, or undo only the failed
 // task's changes and go on with the steps that do not need it), then reports.
 import { promises as fs } from 'node:fs'
+import path from 'node:path'
 import { Listr } from 'listr2'
 import type { Settings } from './config.ts'
-import path from 'node:path'
 import { fileStamp, lstatOrNull } from './fsx.ts'
 import { Journal, JournalError, journalFile, type JournalEntry, type RollbackStep } from './journal.ts'
 import { healthDir, logsDir, stateDir } from './layout.ts'
@@ -101,11 +101,13 @@ async function execute(run: RunState, task: Task, args: TaskArgs, progress: (tex
     internal = !(err instanceof Interrupted) && isInternalError(err)
     if (!internal) outcome = result('failed', err instanceof Interrupted ? err.message : `error: ${(err as Error).message}`)
     else {
-      const stack = err instanceof Error ? (err.stack ?? String(err)) : `thrown: ${JSON.stringify(err)}`
+      const message = err instanceof Error ? err.message : String(err)
+      const stack = err instanceof Error ? (err.stack ?? message) : `thrown: ${JSON.stringify(err)}`
       log.event('internal-error', { task: task.name, stack })
+      // Without a run log (check mode, or a log disk that failed) the stack has nowhere else to go.
       const where = log.file ? `the stack trace is in ${log.file}` : `stack trace:\n${stack}`
-      say(`internal error in task ${task.name} (a bug in citadel, please report it): ${err instanceof Error ? err.message : String(err)}; ${where}`)
-      outcome = result('failed', `internal error: ${err instanceof Error ? err.message : String(err)}`)
+      say(`internal error in task ${task.name} (a bug in citadel, please report it): ${message}; ${where}`)
+      outcome = result('failed', `internal error: ${message}`)
     }
   }
   const record: TaskRecord = { name: task.name, ...outcome, ran: true, duration_ms: Date.now() - t0, ...(internal ? { internal: true as const } : {}) }
