@@ -17,18 +17,26 @@ export class RunLog {
     this.flush()
   }
 
-  /** Where events go now, or null when this run writes no log (check mode) or cannot. */
+  /** The file events were written to, or null when they were not: check mode, no logs directory yet, a failed disk. */
   get file(): string | null {
-    return this.enabled && !this.broken ? path.join(this.dir, `storage_${new Date().toISOString().slice(0, 10)}.log`) : null
+    return this.enabled && !this.broken && this.pending.length === 0 && this.dirExists() ? this.today() : null
+  }
+
+  private today(): string {
+    return path.join(this.dir, `storage_${new Date().toISOString().slice(0, 10)}.log`)
+  }
+
+  private dirExists(): boolean {
+    try {
+      return lstatSync(this.dir).isDirectory()
+    } catch {
+      return false
+    }
   }
 
   private flush(): void {
-    try {
-      if (!lstatSync(this.dir).isDirectory()) return
-    } catch {
-      return
-    }
-    const file = this.file!
+    if (!this.dirExists()) return
+    const file = this.today()
     try {
       appendFileSync(file, this.pending.join(''), { mode: 0o640 })
     } catch (err) {
