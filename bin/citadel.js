@@ -81,14 +81,20 @@ async function loadCli() {
 }
 
 const argv = process.argv.slice(2)
+// A monitoring plugin answers UNKNOWN (3) whatever fails, even before main() or outside it: Nagios reads
+// 1 as WARNING. main() handles what escapes a command; this is for the rest.
+const plugin = argv[0] === 'health-check' || (argv[0] === 'monitor' && argv.includes('--once'))
+function crash(what, err) {
+  if (plugin && !argv.includes('--json')) process.stdout.write(`CITADEL UNKNOWN - ${what}: ${String(err?.message ?? err).split('\n')[0]}\n`)
+  process.stderr.write(`citadel: internal error (a bug in citadel, please report it), ${what}: ${err?.stack ?? err}\n`)
+  process.exit(plugin ? 3 : 1)
+}
+process.on('uncaughtException', (err) => crash('citadel itself failed', err))
+process.on('unhandledRejection', (err) => crash('citadel itself failed', err))
 let cli
 try {
   cli = await loadCli()
 } catch (err) {
-  // A monitoring plugin must answer UNKNOWN (3) when citadel cannot even start; 1 reads as WARNING.
-  const plugin = argv[0] === 'health-check' || (argv[0] === 'monitor' && argv.includes('--once'))
-  if (plugin) process.stdout.write(`CITADEL UNKNOWN - citadel cannot start: ${err.message.split('\n')[0]}\n`)
-  process.stderr.write(`citadel: internal error, cannot start: ${err.stack ?? err}\n`)
-  process.exit(plugin ? 3 : 1)
+  crash('citadel cannot start', err)
 }
 cli.exitWhenFlushed(await cli.main(argv))
