@@ -358,7 +358,7 @@ export function exitWhenFlushed(code: number): void {
 }
 
 /** Whether `argv` asks for a monitoring plugin's answer, where anything but 0-2 must read as UNKNOWN. */
-export const answersAsPlugin = (argv: string[]) => argv[0] === 'health-check' || (argv[0] === 'monitor' && argv.includes('--once'))
+const answersAsPlugin = (argv: string[]) => argv[0] === 'health-check' || (argv[0] === 'monitor' && argv.includes('--once'))
 
 /**
  * Runs the command line `argv` (without node and script); resolves to the exit code. What escapes a
