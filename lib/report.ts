@@ -106,7 +106,10 @@ export function formatReport(report: RunReport, records: TaskRecord[], withDiff:
   const failed = records.filter((r) => r.status === 'failed')
   const blocked = records.filter((r) => r.blocked_by)
   if (failed.length) {
-    out.push('', `FAILED (${failed.length}${report.on_failure === 'continue' ? '; the other steps ran and keep their changes' : '; the run was rolled back'})`)
+    const then = report.on_failure === 'continue'
+      ? `the other steps ran${report.check ? '' : ' and keep their changes'}`
+      : `the run stopped there${report.check ? '' : ' and was rolled back'}`
+    out.push('', `FAILED (${failed.length}; ${then})`)
     for (const r of failed) out.push(`    ${r.name}: ${r.msg}`)
     for (const r of blocked) out.push(`    ${r.name}: ${r.msg}`)
   }
