@@ -4,7 +4,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Settings } from './config.ts'
-import { backupsDir, DATA, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
+import { backupsDir, DATA, latestDamaged, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
 import type { Problem } from './checks.ts'
 import { bytes, count, table } from './report.ts'
 import type { TaskContext, TaskResult } from './task.ts'
@@ -203,6 +203,8 @@ export async function backupHealth(settings: Settings, now = new Date()): Promis
   const last = verifications.at(-1)
   const problems: Problem[] = []
   if (!newest) problems.push(problem('critical', 'none', `no complete backup in ${root}: run citadel backup create`))
+  const broken = latestDamaged(store)
+  if (broken) problems.push(problem('critical', 'latest', `latest points at ${broken.name}, which is damaged (${broken.reason}): restore that file or make a new backup`))
   const ageMs = newest ? now.getTime() - newest.created.getTime() : 0
   const late = newest && overdue(newest, now)
   if (late) problems.push(problem('warning', 'overdue', late))
