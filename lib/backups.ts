@@ -59,6 +59,8 @@ export interface BackupMeta {
   hashed_bytes: number
   reused_hashes: number
   verifications: Verification[]
+  /** Files whose source changed while they were copied; absent in backups made before it was recorded. */
+  changed_during_copy?: string[]
 }
 
 export interface Catalog { files: [string, number][]; symlinks: [string, string][] }

@@ -1,14 +1,20 @@
 // What is damaged is reported as damaged, and bad bytes do not spread: damaged lists, a full backup disk,
 // backups from the future, files that change while copied, and files a verification found bad.
-import { chmodSync, readFileSync, truncateSync, writeFileSync } from 'node:fs'
+import { spawn, spawnSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { chmodSync, readFileSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { backUp, setUpServer, storeOf } from './backup-helpers.ts'
+import { backUp, setUpServer, storeOf, writeFile } from './backup-helpers.ts'
 import { citadelJson, type Roots } from './helpers.ts'
 
 const CALM = { STORAGE_MONITOR_DISK_USAGE_WARNING: '0.98', STORAGE_MONITOR_DISK_USAGE_CRITICAL: '0.99', STORAGE_MONITOR_INODE_USAGE_WARNING: '0.98', STORAGE_MONITOR_INODE_USAGE_CRITICAL: '0.99' }
+const sha256 = (content: string | Buffer) => createHash('sha256').update(content).digest('hex')
 const readJson = (file: string) => JSON.parse(readFileSync(file, 'utf8'))
 const backupDir = (roots: Roots, name: string) => path.join(storeOf(roots), name)
+
+/** The stock `sha256sum -c` on a backup's manifest, from inside its data/. */
+const sha256sumCheck = (dir: string) => spawnSync('sha256sum', ['-c', '--strict', '--quiet', '../SHA256SUMS'], { cwd: path.join(dir, 'data'), encoding: 'utf8' })
 
 describe('damaged lists are reported as damaged', () => {
   it('a truncated backup.json of latest fails verify, naming the backup and the file, and is critical in health-check', async () => {
@@ -65,5 +71,69 @@ describe('damaged lists are reported as damaged', () => {
     expect(verify.code).toBe(0)
     expect(verify.doc.tasks[0].warnings).toEqual([expect.stringMatching(new RegExp(`^${state} is not what citadel wrote at a\\.bin: .*: starting over as if no file had been verified$`))])
     expect(readJson(state)).toEqual({ 'a.bin': expect.any(String) })
+  })
+})
+
+describe('bad bytes do not spread', () => {
+  it('an incremental copies afresh from the source a file the last verification of its parent found bad, and says so', async () => {
+    const roots = await setUpServer()
+    const good = 'the weights as they should be '.repeat(100)
+    const parent = await backUp(roots, { 'm/a.bin': good, 'm/b.bin': 'bravo' })
+    // Bit rot in the backup: same size, same mtime and mode, so rsync's quick check still matches the source.
+    const rotten = path.join(backupDir(roots, parent), 'data', 'm', 'a.bin')
+    const st = statSync(rotten)
+    chmodSync(rotten, 0o644)
+    writeFileSync(rotten, good.replace('weights', 'weighTs'))
+    chmodSync(rotten, st.mode & 0o7777)
+    utimesSync(rotten, st.atime, st.mtime)
+    const verify = await citadelJson(['backup', 'verify', '--sample', '1'], roots.env)
+    expect(verify.code).toBe(2)
+    expect(verify.doc.tasks[0].data.verification.problems).toMatchObject([{ kind: 'mismatch', path: 'm/a.bin' }])
+
+    const next = await citadelJson(['backup', 'create'], roots.env)
+    expect(next.code, next.stdout + next.stderr).toBe(0)
+    const task = next.doc.tasks[0]
+    expect(task.data).toMatchObject({ type: 'incremental', parent, fresh: ['m/a.bin'] })
+    expect(task.warnings).toContain(`1 file the last verification of ${parent} found bad copied afresh from the source: m/a.bin`)
+    expect(task.data.copied_bytes).toBeGreaterThanOrEqual(good.length)
+    const dir = backupDir(roots, task.data.backup)
+    const copy = path.join(dir, 'data', 'm', 'a.bin')
+    expect(statSync(copy).ino).not.toBe(statSync(rotten).ino)
+    expect(sha256(readFileSync(copy))).toBe(sha256(good))
+    // What was not found bad is still shared with the parent.
+    expect(statSync(path.join(dir, 'data', 'm', 'b.bin')).ino).toBe(statSync(path.join(backupDir(roots, parent), 'data', 'm', 'b.bin')).ino)
+    expect(sha256sumCheck(dir).status).toBe(0)
+    expect((await citadelJson(['backup', 'verify', '--sample', '1'], roots.env)).code).toBe(0)
+
+    // Once a later verification of the parent hashes it good again, it is shared again.
+    chmodSync(rotten, 0o644)
+    writeFileSync(rotten, good)
+    chmodSync(rotten, st.mode & 0o7777)
+    utimesSync(rotten, st.atime, st.mtime)
+    expect((await citadelJson(['backup', 'verify', parent, '--sample', '1'], roots.env)).code).toBe(0)
+    const { planCopy } = await import('../lib/backup-build.ts')
+    expect(planCopy(roots.active, backupDir(roots, parent)).fresh).toEqual([])
+  })
+})
+
+describe('a file that changes while it is backed up', () => {
+  it('is a warning in the recap and in backup.json, and the manifest matches the copy', async () => {
+    const roots = await setUpServer()
+    writeFile(path.join(roots.active, 'm', 'steady.bin'), 'steady')
+    const log = path.join(roots.active, 'm', 'growing.log')
+    writeFile(log, 'start\n')
+    // A real writer, appending all through the backup.
+    const writer = spawn('bash', ['-c', 'while :; do echo more >> "$1"; sleep 0.002; done', 'bash', log], { stdio: 'ignore' })
+    try {
+      const result = await citadelJson(['backup', 'create'], roots.env)
+      expect(result.code, result.stdout + result.stderr).toBe(0)
+      const task = result.doc.tasks[0]
+      expect(task.warnings).toContainEqual(expect.stringMatching(/^1 file changed while being copied, so the backup may hold a mix of old and new content: m\/growing\.log; back up again once nothing writes to them$/))
+      const dir = backupDir(roots, task.data.backup)
+      expect(readJson(path.join(dir, 'backup.json')).changed_during_copy).toEqual(['m/growing.log'])
+      expect(sha256sumCheck(dir).status).toBe(0)
+    } finally {
+      writer.kill()
+    }
   })
 })
