@@ -1,12 +1,12 @@
 // What is damaged is reported as damaged, and bad bytes do not spread: damaged lists, a full backup disk,
 // backups from the future, files that change while copied, and files a verification found bad.
-import { spawn, spawnSync } from 'node:child_process'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { chmodSync, readFileSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs'
+import { chmodSync, readdirSync, readFileSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
-import { describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it } from 'vitest'
 import { backUp, setUpServer, storeOf, writeFile } from './backup-helpers.ts'
-import { citadelJson, type Roots } from './helpers.ts'
+import { citadel, citadelJson, makeRoots, snapshot, type Roots } from './helpers.ts'
 
 const CALM = { STORAGE_MONITOR_DISK_USAGE_WARNING: '0.98', STORAGE_MONITOR_DISK_USAGE_CRITICAL: '0.99', STORAGE_MONITOR_INODE_USAGE_WARNING: '0.98', STORAGE_MONITOR_INODE_USAGE_CRITICAL: '0.99' }
 const sha256 = (content: string | Buffer) => createHash('sha256').update(content).digest('hex')
@@ -135,5 +135,61 @@ describe('a file that changes while it is backed up', () => {
     } finally {
       writer.kill()
     }
+  })
+})
+
+const mounted: string[] = []
+afterEach(() => {
+  for (const dir of mounted.splice(0).reverse()) execFileSync('umount', [dir])
+})
+const asRoot = process.getuid?.() === 0
+if (!asRoot) console.warn('backup-trust: the tests on a small backup disk need root to mount a tmpfs; skipped')
+
+/** Set-up roots whose backup root is a fresh tmpfs mounted with `options`. */
+async function smallBackupDisk(options: string) {
+  const roots = makeRoots()
+  execFileSync('mount', ['-t', 'tmpfs', '-o', `${options},mode=0755`, 'tmpfs', roots.backup])
+  mounted.push(roots.backup)
+  expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
+  return roots
+}
+
+/** Fills `dir`'s filesystem to the last byte. */
+function fill(dir: string) {
+  for (const [i, size] of [4096, 1].entries()) {
+    try {
+      for (let n = 0; ; n++) writeFileSync(path.join(dir, `filler-${i}-${n}`), Buffer.alloc(size, 1))
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err
+    }
+  }
+}
+
+describe.skipIf(!asRoot)('on a small backup disk (root: mounts a tmpfs)', () => {
+  it('backup create refuses before copying when the disk has too few inodes, naming both figures', async () => {
+    const roots = await smallBackupDisk('size=8m,nr_inodes=64')
+    for (let i = 0; i < 100; i++) writeFile(path.join(roots.active, 'm', `tiny-${i}.bin`), `${i}`)
+    const before = snapshot(roots.backup)
+    const result = await citadelJson(['backup', 'create'], roots.env)
+    expect(result.code).toBe(2)
+    expect(result.doc.tasks[0].msg).toMatch(new RegExp(`^not enough space on ${roots.backup}: the backup needs (\\d+) inodes \\(100 files to copy, the rest directories, links and metadata\\), (\\d+) are free$`))
+    const [, needed, free] = /needs (\d+) inodes.*, (\d+) are free/.exec(result.doc.tasks[0].msg)!.map(Number)
+    expect(needed).toBeGreaterThan(free!)
+    expect(snapshot(roots.backup)).toEqual(before)
+  })
+
+  it('a verify that hashed everything and then finds the backup disk full prints its result, then the error', async () => {
+    const roots = await smallBackupDisk('size=8m')
+    const name = await backUp(roots, { 'm/a.bin': 'alpha', 'm/b.bin': 'bravo' })
+    const meta = path.join(backupDir(roots, name), 'backup.json')
+    const recorded = readFileSync(meta, 'utf8')
+    fill(roots.backup)
+    const result = await citadelJson(['backup', 'verify', '--sample', '1'], roots.env)
+    expect(result.code).toBe(2)
+    const task = result.doc.tasks[0]
+    expect(task.msg).toMatch(new RegExp(`^${name}: 2 files checked, 2 hashed \\(10 B, 100% of bytes\\): ok; this result was not recorded in ${name}: .*ENOSPC.*; the backup disk ${roots.backup} is full; free space there and verify again$`))
+    expect(task.data.verification).toMatchObject({ ok: true, files_hashed: 2, problems: [] })
+    expect(readFileSync(meta, 'utf8')).toBe(recorded)
+    expect(readdirSync(backupDir(roots, name)).sort()).toEqual(['SHA256SUMS', 'backup.json', 'data', 'files.json'])
   })
 })
