@@ -166,6 +166,15 @@ export function findBackup(store: Store, wanted: string | undefined): Backup | n
   return store.complete.find((b) => b.name === store.latest) ?? store.complete.at(-1) ?? null
 }
 
+/** A backup dated more than this ahead of now was made while the clock was wrong. */
+const CLOCK_SLACK_MS = 3_600_000
+
+/** Complete backups (oldest first) dated up to now, and those dated in the future. */
+export function byClock(complete: Backup[], now: Date): { dated: Backup[]; ahead: Backup[] } {
+  const ahead = (b: Backup) => b.created.getTime() > now.getTime() + CLOCK_SLACK_MS
+  return { dated: complete.filter((b) => !ahead(b)), ahead: complete.filter(ahead) }
+}
+
 /** The damaged backup `latest` points at, if it does: findBackup would silently fall back to an older one. */
 export const latestDamaged = (store: Store) => store.damaged.find((d) => d.name === store.latest) ?? null
 

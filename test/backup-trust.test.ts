@@ -2,10 +2,11 @@
 // backups from the future, files that change while copied, and files a verification found bad.
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { chmodSync, readdirSync, readFileSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs'
+import { chmodSync, cpSync, readdirSync, renameSync, readFileSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { backUp, setUpServer, storeOf, writeFile } from './backup-helpers.ts'
+import { backupName } from '../lib/backups.ts'
+import { backUp, pointLatest, setUpServer, storeOf, writeFile } from './backup-helpers.ts'
 import { citadel, citadelJson, makeRoots, snapshot, type Roots } from './helpers.ts'
 
 const CALM = { STORAGE_MONITOR_DISK_USAGE_WARNING: '0.98', STORAGE_MONITOR_DISK_USAGE_CRITICAL: '0.99', STORAGE_MONITOR_INODE_USAGE_WARNING: '0.98', STORAGE_MONITOR_INODE_USAGE_CRITICAL: '0.99' }
@@ -135,6 +136,27 @@ describe('a file that changes while it is backed up', () => {
     } finally {
       writer.kill()
     }
+  })
+})
+
+describe('a backup dated in the future', () => {
+  it('does not hide that the real newest backup is overdue, in health-check and backup status', async () => {
+    const roots = await setUpServer(CALM)
+    const made = await backUp(roots, { 'm/a.bin': 'alpha' })
+    const DAY = 86_400_000
+    const old = backupName(new Date(Date.now() - 10 * DAY), 'full')
+    renameSync(backupDir(roots, made), backupDir(roots, old))
+    // Made while the clock was a year ahead, say.
+    const ahead = backupName(new Date(Date.now() + 365 * DAY), 'incremental')
+    cpSync(backupDir(roots, old), backupDir(roots, ahead), { recursive: true, preserveTimestamps: true })
+    pointLatest(roots, ahead)
+
+    const message = `the newest backup, ${old}, is 10d 0h old (more than 8 days); ${ahead} is dated in the future (the clock was ahead?) and not counted`
+    const health = await citadelJson(['health-check'], roots.env)
+    expect(health.doc.problems).toContainEqual({ check: 'backups', severity: 'warning', key: 'backups:overdue', message })
+    expect(health.code).toBe(1)
+    const status = await citadelJson(['backup', 'status'], roots.env)
+    expect(status.doc.tasks[0].warnings).toContain(message)
   })
 })
 
