@@ -39,17 +39,16 @@ export function suspectFiles(dir: string): Set<string> {
   const metaFile = path.join(dir, META)
   const meta = parseFile(backupMetaSchema, metaFile, readFileSync(metaFile, 'utf8'))
   const lastBad = new Map<string, string>()
-  for (const v of meta.verifications) for (const p of v.problems) if (v.at > (lastBad.get(p.path) ?? '')) lastBad.set(p.path, v.at)
+  // A list that could not be read says nothing about the file of the same name under data/.
+  for (const v of meta.verifications) for (const p of v.problems) if (p.kind !== 'list' && v.at > (lastBad.get(p.path) ?? '')) lastBad.set(p.path, v.at)
   if (!lastBad.size) return new Set()
   const stateFile = path.join(dir, VERIFY_STATE)
-  const text = (() => {
-    try {
-      return readFileSync(stateFile, 'utf8')
-    } catch {
-      return null
-    }
-  })()
-  // Without a readable state no file proved good since: every file ever found bad stays suspect.
+  let text: string | null = null
+  try {
+    text = readFileSync(stateFile, 'utf8')
+  } catch {
+    // Without a readable state no file proved good since: every file ever found bad stays suspect.
+  }
   const good = parseVerifyState(text, () => {}, stateFile)
   return new Set([...lastBad].filter(([rel, at]) => !((good[rel] ?? '') > at)).map(([rel]) => rel))
 }
