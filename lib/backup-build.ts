@@ -1,16 +1,18 @@
 // Making a backup: what the copy will cost, the copy, the manifest, and publishing the result by rename.
 // Hashing reads the source while rsync writes the slow backup disk, so the manifest costs no extra pass
 // over that disk; a file is taken from that early hash only when its source provably did not change.
-import { promises as fs, lstatSync } from 'node:fs'
+import { promises as fs, lstatSync, readFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { CATALOG, DATA, MANIFEST, partialName, removeBackupDir, walkTree, writeFirstMeta, type BackupType, type Catalog, type Tree, type TreeFile } from './backups.ts'
+import { CATALOG, DATA, META, MANIFEST, partialName, removeBackupDir, VERIFY_STATE, walkTree, writeFirstMeta, type BackupType, type Catalog, type Tree, type TreeFile } from './backups.ts'
 import { fsyncDir } from './fsx.ts'
 import { hashFiles, type HashOutcome } from './hashing.ts'
 import { compareBytewise, formatManifest, parseManifest, type ManifestEntry } from './manifest.ts'
-import { bytes, progressLine } from './report.ts'
+import { bytes, count, progressLine, summarize } from './report.ts'
 import { excluded, rsyncCopy } from './rsync.ts'
+import { backupMetaSchema, parseFile } from './schemas.ts'
 import type { TaskContext } from './task.ts'
+import { parseVerifyState } from './verify.ts'
 
 const BLOCK = 4096
 
@@ -23,6 +25,32 @@ export interface CopyPlan {
   bytesNeeded: number
   /** dev:ino of each of the parent's files, by path: the manifest takes the parent's hash where they match. */
   parentInodes: Map<string, string>
+  /** Files the parent's last verification of them found bad: copied afresh, never linked to the parent's. */
+  fresh: string[]
+  /** New inodes the backup takes: files copied, directories, links, and its lists and metadata. */
+  inodesNeeded: number
+}
+
+/**
+ * Paths of the backup in `dir` whose last verification found a problem: a verification that found one,
+ * and no later one that hashed the file as the manifest says.
+ */
+export function suspectFiles(dir: string): Set<string> {
+  const metaFile = path.join(dir, META)
+  const meta = parseFile(backupMetaSchema, metaFile, readFileSync(metaFile, 'utf8'))
+  const lastBad = new Map<string, string>()
+  // A list that could not be read says nothing about the file of the same name under data/.
+  for (const v of meta.verifications) for (const p of v.problems) if (p.kind !== 'list' && v.at > (lastBad.get(p.path) ?? '')) lastBad.set(p.path, v.at)
+  if (!lastBad.size) return new Set()
+  const stateFile = path.join(dir, VERIFY_STATE)
+  let text: string | null = null
+  try {
+    text = readFileSync(stateFile, 'utf8')
+  } catch {
+    // Without a readable state no file proved good since: every file ever found bad stays suspect.
+  }
+  const good = parseVerifyState(text, () => {}, stateFile)
+  return new Set([...lastBad].filter(([rel, at]) => !((good[rel] ?? '') > at)).map(([rel]) => rel))
 }
 
 /**
@@ -33,8 +61,14 @@ export function planCopy(src: string, parentDir: string | null): CopyPlan {
   const source = walkTree(src, excluded)
   const asRoot = process.getuid?.() === 0
   const parentInodes = new Map<string, string>()
+  const suspect = parentDir === null ? new Set<string>() : suspectFiles(parentDir)
+  const fresh: string[] = []
   const toCopy = source.files.filter((f) => {
     if (parentDir === null) return true
+    if (suspect.has(f.rel)) {
+      fresh.push(f.rel)
+      return true
+    }
     const old = statOrNull(path.join(parentDir, DATA, f.rel))
     if (!old?.isFile()) return true
     parentInodes.set(f.rel, `${old.dev}:${old.ino}`)
@@ -47,7 +81,19 @@ export function planCopy(src: string, parentDir: string | null): CopyPlan {
   // A directory entry and an inode per entry, and the manifest and catalog lines (two per file).
   const overhead = entries * BLOCK + source.files.reduce((sum, f) => sum + 2 * (f.rel.length + 80), 0)
   const bytesNeeded = blocks + overhead + Math.max(1 << 20, Math.ceil((blocks + overhead) * 0.01))
-  return { source, toCopy, bytesToCopy, bytesNeeded, parentInodes }
+  // The data/ and partial directories, the manifest, catalog, metadata and verify state, and a margin.
+  const inodesNeeded = toCopy.length + source.symlinks.length + source.dirs + 8
+  return { source, toCopy, bytesToCopy, bytesNeeded, parentInodes, fresh, inodesNeeded }
+}
+
+/** Why the backup of `plan` does not fit on the disk of `dir` (bytes, then inodes), or null when it does. */
+export async function spaceShortfall(plan: CopyPlan, dir: string): Promise<string | null> {
+  const { bavail, bsize, files, ffree } = await fs.statfs(dir)
+  const available = bavail * bsize
+  if (plan.bytesNeeded > available) return `the backup needs ${plan.bytesNeeded} bytes (${plan.bytesToCopy} to copy, the rest directories, metadata and a margin), ${available} are available`
+  // A filesystem that makes inodes as it needs them (btrfs) reports none at all.
+  if (files > 0 && plan.inodesNeeded > ffree) return `the backup needs ${plan.inodesNeeded} inodes (${count(plan.toCopy.length, 'file')} to copy, the rest directories, links and metadata), ${ffree} are free`
+  return null
 }
 
 /** Hashes of source files taken while rsync copies, with the state each was hashed in. */
@@ -69,6 +115,8 @@ const unchanged = (a: TreeFile, b: { size: number; mtimeMs: number; ctimeMs: num
 
 export interface ManifestResult {
   copy: Tree
+  /** Copied files whose source changed (size, mtime, ctime or inode) between the walk and the end of the copy. */
+  changed: string[]
   entries: ManifestEntry[]
   catalog: Catalog
   /** Bytes read to hash: early hashes of the source plus hashes of the copy. */
@@ -85,7 +133,7 @@ export async function buildManifest(
   dir: string,
   src: string,
   parentDir: string | null,
-  parentInodes: Map<string, string>,
+  plan: CopyPlan,
   early: EarlyHashes,
   signal: AbortSignal,
   onProgress: (bytes: number, total: number) => void,
@@ -96,16 +144,21 @@ export async function buildManifest(
   if (parentDir !== null) for (const e of parseManifest(await fs.readFile(path.join(parentDir, MANIFEST), 'utf8'))) parentHashes.set(e.path, e.sha256)
   const hashes = new Map<string, string>()
   const toHash: TreeFile[] = []
+  const walked = new Map(plan.source.files.map((f) => [f.rel, f]))
+  const changed: string[] = []
   let reused = 0
   for (const f of copy.files) {
     const fromParent = parentHashes.get(f.rel)
-    if (fromParent !== undefined && parentInodes.get(f.rel) === `${f.dev}:${f.ino}`) {
+    if (fromParent !== undefined && plan.parentInodes.get(f.rel) === `${f.dev}:${f.ino}`) {
       hashes.set(f.rel, fromParent)
       reused++
       continue
     }
+    const now = statOrNull(path.join(src, f.rel))
+    const before = walked.get(f.rel)
+    // rsync may have read it half old, half new: the copy is hashed as it is, and the operator told.
+    if (before && now && !unchanged(before, now)) changed.push(f.rel)
     const seen = early.get(f.rel)
-    const now = seen && statOrNull(path.join(src, f.rel))
     if (seen && now && unchanged(seen.file, now) && f.size === seen.file.size && Math.abs(f.mtimeMs - seen.file.mtimeMs) < 1) hashes.set(f.rel, seen.hash)
     else toHash.push(f)
   }
@@ -121,7 +174,7 @@ export async function buildManifest(
     symlinks: copy.symlinks.map((l): [string, string] => [l.rel, l.target]).sort((a, b) => compareBytewise(a[0], b[0])),
   }
   const hashedEarly = [...early.values()].reduce((sum, e) => sum + e.file.size, 0)
-  return { copy, entries, catalog, hashedBytes: hashedEarly + total, reused }
+  return { copy, changed: changed.sort(compareBytewise), entries, catalog, hashedBytes: hashedEarly + total, reused }
 }
 
 function statOrNull(p: string) {
@@ -157,7 +210,12 @@ export interface BuildRequest {
   plan: CopyPlan
 }
 
-export interface BuildOutcome { files: number; bytes: number; copied_bytes: number; hashed_bytes: number; reused_hashes: number; rsync_exit: number }
+export interface BuildOutcome {
+  files: number; bytes: number; copied_bytes: number; hashed_bytes: number; reused_hashes: number; rsync_exit: number
+  /** Files copied afresh because the parent's copy was found bad. */
+  fresh: string[]
+  changed_during_copy: string[]
+}
 
 /**
  * Copies, hashes, writes the lists and metadata, syncs the backup disk, then renames the partial directory
@@ -178,26 +236,57 @@ export async function buildBackup(ctx: TaskContext, req: BuildRequest): Promise<
     const show = () => ctx.progress(`${progressLine('copying', copied, plan.bytesToCopy, copyStart)}; hashed ${bytes(hashedEarly)}`)
     const early = hashSource(src, plan.toCopy, hashSignal, (b) => ((hashedEarly = b), show()))
     early.catch(() => {})
-    const copy = await rsyncCopy(ctx.$, { src, dest: path.join(partial, DATA), linkDest: parentDir && path.join(parentDir, DATA), signal: ctx.signal, onBytes: (b) => ((copied = b), show()) })
-    if (copy.error) throw new Error(copy.error)
+    const dest = path.join(partial, DATA)
+    const copy = await rsyncCopy(ctx.$, { src, dest, linkDest: parentDir && path.join(parentDir, DATA), signal: ctx.signal, onBytes: (b) => ((copied = b), show()) })
+    if (copy.error) throw new Error((await diskFull(ctx, req, partial, copy.error)) ?? copy.error)
     for (const w of copy.warnings) ctx.warn(w)
+    if (plan.fresh.length) {
+      // --link-dest linked them to the parent's bad inode whenever their attributes matched: copied again, whole.
+      const linked = copied
+      const again = await rsyncCopy(ctx.$, { src, dest, linkDest: null, only: plan.fresh, signal: ctx.signal, onBytes: (b) => ((copied = linked + b), show()) })
+      if (again.error) throw new Error((await diskFull(ctx, req, partial, again.error)) ?? again.error)
+      for (const w of again.warnings) ctx.warn(w)
+      ctx.warn(`${count(plan.fresh.length, 'file')} the last verification of ${path.basename(parentDir!)} found bad copied afresh from the source: ${summarize(plan.fresh)}`)
+    }
     const hashStart = Date.now()
-    const manifest = await buildManifest(partial, src, parentDir, plan.parentInodes, await early, ctx.signal, (done, total) => ctx.progress(progressLine('hashing the copy:', done, total, hashStart)))
+    const manifest = await buildManifest(partial, src, parentDir, plan, await early, ctx.signal, (done, total) => ctx.progress(progressLine('hashing the copy:', done, total, hashStart)))
+    if (manifest.changed.length)
+      ctx.warn(`${count(manifest.changed.length, 'file')} changed while being copied, so the backup may hold a mix of old and new content: ${summarize(manifest.changed)}; back up again once nothing writes to them`)
     await writeLists(partial, parentDir, manifest)
     const totalBytes = manifest.copy.files.reduce((s, f) => s + f.size, 0)
     await writeFirstMeta(partial, {
       format: 1, name: req.name, type: req.type, source: src, started: req.started.toISOString(), finished: new Date().toISOString(),
       files: manifest.copy.files.length, bytes: totalBytes, symlinks: manifest.copy.symlinks.length, parent: parentDir && path.basename(parentDir),
       rsync: { exit_code: copy.exitCode, warnings: copy.warnings }, hashed_bytes: manifest.hashedBytes, reused_hashes: manifest.reused, verifications: [],
+      changed_during_copy: manifest.changed,
     })
     ctx.progress('syncing the backup disk')
     await ctx.$`sync --file-system ${partial}`
     await fs.rename(partial, final)
     published = true
     await fsyncDir(path.dirname(final))
-    return { files: manifest.copy.files.length, bytes: totalBytes, copied_bytes: copied, hashed_bytes: manifest.hashedBytes, reused_hashes: manifest.reused, rsync_exit: copy.exitCode }
+    return { files: manifest.copy.files.length, bytes: totalBytes, copied_bytes: copied, hashed_bytes: manifest.hashedBytes, reused_hashes: manifest.reused, rsync_exit: copy.exitCode, fresh: plan.fresh, changed_during_copy: manifest.changed }
   } finally {
     stopHashing.abort()
     if (!published) await removeBackupDir(ctx.settings, partial).catch((err) => ctx.warn(`could not remove ${partial}: ${(err as Error).message}`))
+  }
+}
+
+/**
+ * After a failed copy: when the backup disk is what ran out, says so, with the figures, instead of the
+ * broken pipe rsync's sender reports once its receiver died. Measured with the partial copy removed and
+ * the source walked again, because the source may have grown since the check before the copy.
+ */
+async function diskFull(ctx: TaskContext, req: BuildRequest, partial: string, error: string): Promise<string | null> {
+  try {
+    await removeBackupDir(ctx.settings, partial)
+    const short = await spaceShortfall(planCopy(req.src, req.parentDir), path.dirname(req.final))
+    if (short) return `the backup disk ${ctx.settings.backupRoot} is full: ${short} (the source grew during the copy); free space there or back up less`
+    if (!/No space left on device/.test(error)) return null
+    const { bavail, bsize } = await fs.statfs(path.dirname(req.final))
+    return `the backup disk ${ctx.settings.backupRoot} filled up during the copy (something else writes there?): ${bavail * bsize} bytes are free now that the partial copy is removed; ${error}`
+  } catch {
+    // rsync's own message is the best there is; the caller's cleanup reports what it cannot remove.
+    return null
   }
 }

@@ -4,7 +4,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Settings } from './config.ts'
-import { backupsDir, DATA, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
+import { backupsDir, byClock, DATA, latestDamaged, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
 import type { Problem } from './checks.ts'
 import { bytes, count, table } from './report.ts'
 import type { TaskContext, TaskResult } from './task.ts'
@@ -86,10 +86,17 @@ export function bytesHeldOnlyBy(shared: Sharing, names: string[]): number {
   return total
 }
 
-/** Why the newest backup counts as overdue, or null while it is recent enough. */
-function overdue(newest: Backup, now: Date): string | null {
+/**
+ * Why the backups count as overdue, or null while the newest is recent enough. One dated in the future
+ * (made while the clock was ahead) is never the recent one: it would hide that no backup was made since.
+ */
+function overdue(complete: Backup[], now: Date): string | null {
+  const { dated, ahead } = byClock(complete, now)
+  const future = ahead.length ? `; ${ahead.map((b) => b.name).join(', ')} ${ahead.length === 1 ? 'is' : 'are'} dated in the future (the clock was ahead?) and not counted` : ''
+  const newest = dated.at(-1)
+  if (!newest) return ahead.length ? `no backup is dated before now${future}` : null
   const age = now.getTime() - newest.created.getTime()
-  return age > OVERDUE_DAYS * DAY_MS ? `the newest backup, ${newest.name}, is ${formatAge(age)} old (more than ${OVERDUE_DAYS} days)` : null
+  return age > OVERDUE_DAYS * DAY_MS ? `the newest backup, ${newest.name}, is ${formatAge(age)} old (more than ${OVERDUE_DAYS} days)${future}` : null
 }
 
 function storeWarnings(root: string, store: Store, now: Date): string[] {
@@ -97,7 +104,7 @@ function storeWarnings(root: string, store: Store, now: Date): string[] {
   const newest = store.complete.at(-1)
   if (!newest) warnings.push(`no complete backup in ${root}`)
   else {
-    const late = overdue(newest, now)
+    const late = overdue(store.complete, now)
     if (late) warnings.push(late)
     const last = newest.meta.verifications.at(-1)
     if (!last) warnings.push(`the newest backup, ${newest.name}, was never verified`)
@@ -203,8 +210,10 @@ export async function backupHealth(settings: Settings, now = new Date()): Promis
   const last = verifications.at(-1)
   const problems: Problem[] = []
   if (!newest) problems.push(problem('critical', 'none', `no complete backup in ${root}: run citadel backup create`))
+  const broken = latestDamaged(store)
+  if (broken) problems.push(problem('critical', 'latest', `latest points at ${broken.name}, which is damaged (${broken.reason}): restore that file or make a new backup`))
   const ageMs = newest ? now.getTime() - newest.created.getTime() : 0
-  const late = newest && overdue(newest, now)
+  const late = newest && overdue(store.complete, now)
   if (late) problems.push(problem('warning', 'overdue', late))
   if (last && !last.v.ok)
     problems.push(problem('warning', 'verification', `the last verification, of ${last.backup} at ${last.v.at}, failed: ${count(last.v.problems.length, 'problem')} (citadel backup verify ${last.backup})`))

@@ -6,6 +6,7 @@ import path from 'node:path'
 import type { Settings } from './config.ts'
 import type { TaskContext } from './task.ts'
 import { atomicSymlink, atomicWriteFile, fsyncDir, lstatOrNull } from './fsx.ts'
+import { backupMetaSchema, catalogSchema, checkShape, parseFile } from './schemas.ts'
 
 export type BackupType = 'full' | 'incremental'
 const BACKUP_NAME = /^backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})_(full|incremental)$/
@@ -23,7 +24,8 @@ export const CATALOG = 'files.json'
 /** When each file was last hashed by verify, so later runs start with the others. */
 export const VERIFY_STATE = 'verify-state.json'
 
-export interface Problem { kind: 'mismatch' | 'missing' | 'size' | 'extra' | 'link' | 'blob-name' | 'unreadable'; path: string; detail: string }
+/** `list`: files.json or SHA256SUMS cannot be read, so nothing else could be checked; `path` names it. */
+export interface Problem { kind: 'mismatch' | 'missing' | 'size' | 'extra' | 'link' | 'blob-name' | 'unreadable' | 'list'; path: string; detail: string }
 
 export interface Verification {
   at: string
@@ -57,6 +59,8 @@ export interface BackupMeta {
   hashed_bytes: number
   reused_hashes: number
   verifications: Verification[]
+  /** Files whose source changed while they were copied; absent in backups made before it was recorded. */
+  changed_during_copy?: string[]
 }
 
 export interface Catalog { files: [string, number][]; symlinks: [string, string][] }
@@ -95,15 +99,12 @@ export const partialName = (name: string) => name + PARTIAL_SUFFIX
 /** A directory an interrupted create (or delete) left: a backup's name with .partial after it. */
 export const isPartialName = (name: string) => name.endsWith(PARTIAL_SUFFIX) && BACKUP_NAME.test(name.slice(0, -PARTIAL_SUFFIX.length))
 
-/** Throws unless `meta` reads as the metadata of a citadel backup. */
-export function checkMeta(meta: BackupMeta): BackupMeta {
-  if (!['full', 'incremental'].includes(meta?.type) || !Array.isArray(meta.verifications) || typeof meta.files !== 'number')
-    throw new Error('not the metadata of a citadel backup')
-  return meta
-}
+/** `meta`, the parsed content of `file`, as backup metadata; throws one line naming the file otherwise. */
+export const checkMeta = (meta: unknown, file = META): BackupMeta => checkShape(backupMetaSchema, file, meta)
 
 export async function readMeta(dir: string): Promise<BackupMeta> {
-  return JSON.parse(await fs.readFile(path.join(dir, META), 'utf8')) as BackupMeta
+  const file = path.join(dir, META)
+  return parseFile(backupMetaSchema, file, await fs.readFile(file, 'utf8'))
 }
 
 export const metaText = (meta: BackupMeta) => JSON.stringify(meta, null, 2) + '\n'
@@ -115,7 +116,8 @@ export const writeMeta = (dir: string, meta: BackupMeta) => atomicWriteFile(path
 export const writeFirstMeta = (dir: string, meta: BackupMeta) => fs.writeFile(path.join(dir, META), metaText(meta), { flag: 'wx' })
 
 export async function readCatalog(dir: string): Promise<Catalog> {
-  return JSON.parse(await fs.readFile(path.join(dir, CATALOG), 'utf8')) as Catalog
+  const file = path.join(dir, CATALOG)
+  return parseFile(catalogSchema, file, await fs.readFile(file, 'utf8'))
 }
 
 /** Why there is no store to work in (initial-setup makes it), or null when there is one. */
@@ -143,7 +145,7 @@ export async function scanStore(s: Settings): Promise<Store> {
     if (!created) continue
     if (!(await lstatOrNull(dir))?.isDirectory()) continue
     try {
-      const meta = checkMeta(await readMeta(dir))
+      const meta = await readMeta(dir)
       store.complete.push({ name, dir, type: meta.type, created, meta })
     } catch (err) {
       store.damaged.push({ name, reason: `${META} unreadable: ${(err as Error).message}` })
@@ -163,6 +165,18 @@ export function findBackup(store: Store, wanted: string | undefined): Backup | n
   if (wanted !== undefined && wanted !== 'latest') return store.complete.find((b) => b.name === path.basename(wanted)) ?? null
   return store.complete.find((b) => b.name === store.latest) ?? store.complete.at(-1) ?? null
 }
+
+/** A backup dated more than this ahead of now was made while the clock was wrong. */
+const CLOCK_SLACK_MS = 3_600_000
+
+/** Complete backups (oldest first) dated up to now, and those dated in the future. */
+export function byClock(complete: Backup[], now: Date): { dated: Backup[]; ahead: Backup[] } {
+  const ahead = (b: Backup) => b.created.getTime() > now.getTime() + CLOCK_SLACK_MS
+  return { dated: complete.filter((b) => !ahead(b)), ahead: complete.filter(ahead) }
+}
+
+/** The damaged backup `latest` points at, if it does: findBackup would silently fall back to an older one. */
+export const latestDamaged = (store: Store) => store.damaged.find((d) => d.name === store.latest) ?? null
 
 /** Why findBackup found nothing, with what there is instead. */
 export function noSuchBackup(store: Store, wanted: string | undefined, where: string): string {

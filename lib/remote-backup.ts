@@ -4,11 +4,12 @@
 import { randomInt } from 'node:crypto'
 import path from 'node:path'
 import { planCopy } from './backup-build.ts'
-import { DATA, MANIFEST, META, metaText, partialName, VERIFY_STATE, type Backup, type Catalog, type Problem, type Verification } from './backups.ts'
+import { CATALOG, DATA, MANIFEST, META, metaText, partialName, VERIFY_STATE, type Backup, type Catalog, type Problem, type Verification } from './backups.ts'
 import type { RemoteSettings } from './config.ts'
 import { compareBytewise, formatManifest, parseManifest, unescapeName } from './manifest.ts'
 import { publishRemote, remoteComplaint, remoteHost, remoteLabel, remoteStoreDir, removeRemote, replaceRemoteFile, rsyncRsh, runRemote } from './remote.ts'
 import { rsyncCopy } from './rsync.ts'
+import { catalogSchema, parseFile } from './schemas.ts'
 import type { TaskContext } from './task.ts'
 import { chooseSample, HF_BLOB, parseVerifyState, type VerifyState } from './verify.ts'
 
@@ -68,8 +69,8 @@ async function readLists(ctx: TaskContext, r: RemoteSettings, backup: Backup): P
   const [manifestText = '', catalogText = '', stateText = '', ...entries] = out.stdout.split('\0')
   const lists: RemoteLists = {
     manifest: new Map(parseManifest(manifestText).map((e) => [e.path, e.sha256])),
-    catalog: JSON.parse(catalogText) as Catalog,
-    state: parseVerifyState(stateText, (message) => ctx.warn(`on ${remoteHost(r)}: ${message}`)),
+    catalog: parseFile(catalogSchema, `${remoteHost(r)}:${backup.dir}/${CATALOG}`, catalogText),
+    state: parseVerifyState(stateText, (message) => ctx.warn(`on ${remoteHost(r)}: ${message}`), `${backup.dir}/${VERIFY_STATE}`),
     files: new Map(),
     links: new Map(),
     others: new Map(),

@@ -38,6 +38,8 @@ export interface CopyRequest {
   bandwidthLimit?: number
   /** Patterns to leave out instead of what is never a model (a backup sent on keeps its own rules). */
   excludes?: string[]
+  /** Copies only these files (paths relative to src), each whole and afresh, even one that looks up to date. */
+  only?: string[]
   signal: AbortSignal
   onBytes: (bytes: number) => void
 }
@@ -49,11 +51,12 @@ export async function rsyncCopy($: Shell, req: CopyRequest): Promise<CopyResult>
   // --protect-args keeps the remote shell from splitting or expanding the paths and options sent over.
   const remote = req.rsh === undefined ? [] : ['--protect-args', '--rsh', req.rsh]
   const limit = req.bandwidthLimit ? [`--bwlimit=${req.bandwidthLimit}`] : []
+  const only = req.only ? ['--ignore-times', '--whole-file', '--from0', '--files-from=-'] : []
   // --no-h prints plain digits; LC_ALL=C (set for every command) keeps the number format fixed. Device
   // nodes, FIFOs and sockets are never model files: the backup holds files, directories and links only,
   // all of which its catalog records and verify checks.
   // Its own process group, so an abort stops rsync and the processes it forks, not just the shell.
-  const copy = $({ signal: req.signal, nothrow: true, detached: true })`rsync --archive --no-devices --no-specials --hard-links --numeric-ids --info=progress2 --no-h --no-inc-recursive ${remote} ${limit} ${linkDest} ${excludes} -- ${req.src + '/'} ${req.dest + '/'}`
+  const copy = $({ signal: req.signal, nothrow: true, detached: true, input: req.only?.join('\0') })`rsync --archive --no-devices --no-specials --hard-links --numeric-ids --info=progress2 --no-h --no-inc-recursive ${remote} ${limit} ${linkDest} ${excludes} ${only} -- ${req.src + '/'} ${req.dest + '/'}`
   let pending = ''
   copy.stdout.on('data', (chunk: Buffer) => {
     const lines = (pending + chunk.toString()).split(/[\r\n]/)

@@ -5,11 +5,12 @@
 import { randomInt } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { DATA, listTree, MANIFEST, readCatalog, statFiles, VERIFY_STATE, writeMeta, type Backup, type Catalog, type Problem, type Verification } from './backups.ts'
+import { CATALOG, DATA, listTree, MANIFEST, readCatalog, statFiles, VERIFY_STATE, writeMeta, type Backup, type Catalog, type Problem, type Verification } from './backups.ts'
 import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull } from './fsx.ts'
 import { hashFiles } from './hashing.ts'
 import { compareBytewise, parseManifest } from './manifest.ts'
 import { bytes, count, summarize, table } from './report.ts'
+import { parseFile, verifyStateSchema } from './schemas.ts'
 import type { ArgSpec, TaskContext, TaskResult } from './task.ts'
 
 export const SAMPLE_ARG: ArgSpec = {
@@ -112,26 +113,43 @@ export function chooseSample(files: [string, number][], rate: number, seed: numb
 /** A Hugging Face cache names each blob by the SHA-256 of its content. */
 export const HF_BLOB = /(^|\/)blobs\/[0-9a-f]{64}$/
 
-/** The verify state from its file's text ('' or null: none yet); anything but an object of times starts over. */
-export function parseVerifyState(text: string | null, warn: (message: string) => void): VerifyState {
+/** The verify state from `file`'s text ('' or null: none yet); anything but an object of times starts over. */
+export function parseVerifyState(text: string | null, warn: (message: string) => void, file = VERIFY_STATE): VerifyState {
   if (text === null || text === '') return {}
   try {
-    const state: unknown = JSON.parse(text)
-    if (state !== null && typeof state === 'object' && !Array.isArray(state)) return state as VerifyState
-  } catch {
-    // reported below, like any other content that is not the expected object
+    return parseFile(verifyStateSchema, file, text)
+  } catch (err) {
+    warn(`${(err as Error).message}: starting over as if no file had been verified`)
+    return {}
   }
-  warn(`${VERIFY_STATE} is not a JSON object of times: starting over as if no file had been verified`)
-  return {}
+}
+
+/** The catalog and the manifest by path, or the problem that one of them cannot be read. */
+async function readLists(dir: string): Promise<{ catalog: Catalog; manifest: Map<string, string> } | Problem> {
+  let file = path.join(dir, CATALOG)
+  try {
+    const catalog = await readCatalog(dir)
+    file = path.join(dir, MANIFEST)
+    const manifest = new Map(parseManifest(await fs.readFile(file, 'utf8')).map((e) => [e.path, e.sha256]))
+    return { catalog, manifest }
+  } catch (err) {
+    const message = (err as Error).message
+    return { kind: 'list', path: path.basename(file), detail: message.includes(file) ? message : `${file}: ${message}` }
+  }
 }
 
 /** Reads and hashes; writes nothing (see recordVerification). */
 export async function verifyBackup(backup: Backup, req: VerifyRequest): Promise<VerifyOutcome> {
   const at = new Date().toISOString()
   const data = path.join(backup.dir, DATA)
-  const catalog = await readCatalog(backup.dir)
-  const manifest = new Map(parseManifest(await fs.readFile(path.join(backup.dir, MANIFEST), 'utf8')).map((e) => [e.path, e.sha256]))
-  const state = parseVerifyState(await readFileOrNull(path.join(backup.dir, VERIFY_STATE)), req.warn)
+  const stateFile = path.join(backup.dir, VERIFY_STATE)
+  const state = parseVerifyState(await readFileOrNull(stateFile), req.warn, stateFile)
+  const lists = await readLists(backup.dir)
+  if ('kind' in lists) {
+    const verification: Verification = { at, rate: req.rate, seed: req.seed ?? 0, seeded: req.seed !== null, files_checked: 0, files_hashed: 0, bytes_hashed: 0, ok: false, problems: [lists], transient: [] }
+    return { verification, sampled: [], totalBytes: 0, state }
+  }
+  const { catalog, manifest } = lists
 
   const { problems, present } = await checkTree(data, catalog)
   const seed = req.seed ?? randomInt(2 ** 32)
@@ -195,6 +213,8 @@ export function showVerification(ctx: TaskContext, name: string, outcome: { veri
   const { verification: v, sampled } = outcome
   for (const rel of v.transient) ctx.warn(`${rel}: the first read disagreed with the manifest, a second agreed: a read error, not corruption`)
   if (v.problems.length) ctx.detail(...table([['PATH', 'PROBLEM', 'DETAIL'], ...v.problems.map((p) => [p.path, p.kind, p.detail])]))
+  const lists = v.problems.filter((p) => p.kind === 'list')
+  if (lists.length) return ctx.fail(`${name} cannot be verified: ${lists.map((p) => p.detail).join('; ')}`, { backup: name, verification: v, sampled })
   const share = outcome.totalBytes > 0 ? Math.round((v.bytes_hashed / outcome.totalBytes) * 100) : 100
   const head = `${name}: ${count(v.files_checked, 'file')} checked, ${v.files_hashed} hashed (${bytes(v.bytes_hashed)}, ${share}% of bytes)`
   const data = { backup: name, verification: v, sampled }

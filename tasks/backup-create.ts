@@ -4,7 +4,7 @@
 // by the next create or cleanup.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { buildBackup, planCopy, type BuildOutcome } from '../lib/backup-build.ts'
+import { buildBackup, planCopy, spaceShortfall, type BuildOutcome } from '../lib/backup-build.ts'
 import { backupName, backupsDir, findBackup, pointLatest, removePartials, scanStore, storeMissing, type BackupType } from '../lib/backups.ts'
 import { lstatOrNull } from '../lib/fsx.ts'
 import { bytes, count } from '../lib/report.ts'
@@ -42,10 +42,8 @@ const task = defineTask({
 
     ctx.progress(`reading ${src}`)
     const plan = planCopy(src, parentDir)
-    const { bavail, bsize } = await fs.statfs(root)
-    const available = bavail * bsize
-    if (plan.bytesNeeded > available)
-      return ctx.fail(`not enough space on ${settings.backupRoot}: the backup needs ${plan.bytesNeeded} bytes (${plan.bytesToCopy} to copy, the rest directories, metadata and a margin), ${available} are available`)
+    const short = await spaceShortfall(plan, root)
+    if (short) return ctx.fail(`not enough space on ${settings.backupRoot}: ${short}`)
 
     const started = new Date()
     let name = backupName(started, type)

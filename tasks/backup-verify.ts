@@ -1,7 +1,7 @@
 // Ensures nothing: checks a backup (the latest, or BACKUP) against its catalog and hashes a sample against
 // its manifest, and fails on any problem. The record of the run goes into the backup's metadata, failed or
 // not: that is bookkeeping, not a change to the backup, so the task reports ok when nothing is wrong.
-import { backupsDir, findBackup, noSuchBackup, scanStore } from '../lib/backups.ts'
+import { backupsDir, findBackup, latestDamaged, noSuchBackup, scanStore } from '../lib/backups.ts'
 import { progressLine } from '../lib/report.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 import { recordVerification, SAMPLE_ARG, SEED_ARG, showVerification, verifyBackup } from '../lib/verify.ts'
@@ -18,6 +18,9 @@ const task = defineTask({
   async run(ctx) {
     const wanted = typeof ctx.args.backup === 'string' ? ctx.args.backup : undefined
     const store = await scanStore(ctx.settings)
+    // Verifying the newest good backup instead would pass while the one `latest` names is unreadable.
+    const broken = wanted === undefined || wanted === 'latest' ? latestDamaged(store) : null
+    if (broken) return ctx.fail(`latest points at ${broken.name}, which is damaged (${broken.reason}); restore that file, or verify another backup by name`)
     const backup = findBackup(store, wanted)
     if (!backup) return ctx.fail(noSuchBackup(store, wanted, backupsDir(ctx.settings)))
 
@@ -30,9 +33,12 @@ const task = defineTask({
       onProgress: (done, total) => ctx.progress(progressLine('hashing', done, total, started)),
       warn: (message) => ctx.warn(message),
     })
-    if (!ctx.check) await recordVerification(backup, outcome)
-
-    return showVerification(ctx, backup.name, outcome)
+    // The hashing is done: a record that cannot be written (a full backup disk) must not hide its result.
+    const unrecorded = ctx.check ? null : await recordVerification(backup, outcome).then(() => null, (err: NodeJS.ErrnoException) => err)
+    const result = showVerification(ctx, backup.name, outcome)
+    if (!unrecorded) return result
+    const full = unrecorded.code === 'ENOSPC' ? `the backup disk ${ctx.settings.backupRoot} is full; free space there and verify again` : 'verify again once it can be written'
+    return ctx.fail(`${result.msg}; this result was not recorded in ${backup.name}: ${unrecorded.message}; ${full}`, result.data)
   },
 })
 

@@ -1,0 +1,77 @@
+// What citadel reads back of the files it wrote earlier. A file cut short by a crash or a full disk, or
+// edited by hand, is refused here with one line naming the file and the first thing wrong with it, so no
+// code further on works from a shape it only assumed.
+import { z } from 'zod'
+
+const count = z.number().int().nonnegative()
+
+const problem = z.object({
+  kind: z.enum(['mismatch', 'missing', 'size', 'extra', 'link', 'blob-name', 'unreadable', 'list']),
+  path: z.string(),
+  detail: z.string(),
+})
+
+const verification = z.object({
+  at: z.iso.datetime(),
+  rate: z.number().positive().max(1),
+  seed: count,
+  seeded: z.boolean(),
+  files_checked: count,
+  files_hashed: count,
+  bytes_hashed: count,
+  ok: z.boolean(),
+  problems: z.array(problem),
+  transient: z.array(z.string()),
+})
+
+/** backup.json. Loose: fields a later citadel adds survive when this one rewrites the file. */
+export const backupMetaSchema = z.looseObject({
+  format: z.literal(1),
+  name: z.string(),
+  type: z.enum(['full', 'incremental']),
+  source: z.string(),
+  started: z.iso.datetime(),
+  finished: z.iso.datetime(),
+  files: count,
+  bytes: count,
+  symlinks: count,
+  parent: z.string().nullable(),
+  rsync: z.looseObject({ exit_code: z.number().int(), warnings: z.array(z.string()) }),
+  hashed_bytes: count,
+  reused_hashes: count,
+  verifications: z.array(verification),
+  /** Files whose source changed while they were copied; absent in backups made before it was recorded. */
+  changed_during_copy: z.array(z.string()).optional(),
+})
+
+/** files.json: sizes of the files and targets of the links under data/. */
+export const catalogSchema = z.object({
+  files: z.array(z.tuple([z.string(), count])),
+  symlinks: z.array(z.tuple([z.string(), z.string()])),
+})
+
+/** verify-state.json: when each file last hashed as the manifest says, path → ISO time. */
+export const verifyStateSchema = z.record(z.string(), z.iso.datetime())
+
+/**
+ * Parses `text`, the content of `file`, as JSON of `schema`; throws one line naming the file and what is
+ * wrong (JSON cut short, or the first field of the wrong shape).
+ */
+export function parseFile<T>(schema: z.ZodType<T>, file: string, text: string): T {
+  let value: unknown
+  try {
+    value = JSON.parse(text)
+  } catch (err) {
+    throw new Error(`${file} is not valid JSON (${text === '' ? 'empty' : (err as Error).message}): it was cut short or edited`)
+  }
+  return checkShape(schema, file, value)
+}
+
+/** `value`, read from `file`, as `schema` says; throws one line naming the file and the first field wrong. */
+export function checkShape<T>(schema: z.ZodType<T>, file: string, value: unknown): T {
+  const parsed = schema.safeParse(value)
+  if (parsed.success) return parsed.data
+  const issue = parsed.error.issues[0]!
+  const where = issue.path.length ? ` at ${issue.path.join('.')}` : ''
+  throw new Error(`${file} is not what citadel wrote${where}: ${issue.message}`)
+}
