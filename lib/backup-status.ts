@@ -4,7 +4,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Settings } from './config.ts'
-import { backupsDir, DATA, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
+import { backupsDir, DATA, isEmptyBackup, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
 import type { Problem } from './checks.ts'
 import { bytes, count, table } from './report.ts'
 import type { TaskContext, TaskResult } from './task.ts'
@@ -162,19 +162,26 @@ export async function backupStatus(settings: Settings, now = new Date()): Promis
 export interface Retention { days: number; keepMin: number; now: Date }
 
 /**
- * Each complete backup (oldest first) with the first rule that keeps it, or 'remove': the newest keepMin,
- * the newest whose last verification passed (a copy known to be good), the one `latest` points at, and
- * those younger than `days` stay.
+ * Each complete backup (oldest first) with the first rule that keeps it, or 'remove': of each source (each
+ * is its own chain) the newest keepMin and the newest whose last verification passed (a copy known to be
+ * good), the one `latest` points at, and those younger than `days` stay. An empty backup is a copy of
+ * nothing: it never counts as one of the newest nor as the verified one, so it cannot push out a real one.
  */
 export function retentionVerdicts(complete: Backup[], latest: string | null, rule: Retention): { backup: Backup; verdict: string }[] {
-  const newest = new Set(complete.slice(Math.max(0, complete.length - rule.keepMin)).map((b) => b.name))
-  const lastVerified = complete.findLast((b) => b.meta.verifications.at(-1)?.ok === true)?.name
+  const newest = new Set<string>()
+  const lastVerified = new Set<string>()
+  for (const source of new Set(complete.map((b) => b.meta.source))) {
+    const chain = complete.filter((b) => b.meta.source === source && !isEmptyBackup(b))
+    for (const b of chain.slice(Math.max(0, chain.length - rule.keepMin))) newest.add(b.name)
+    const verified = chain.findLast((b) => b.meta.verifications.at(-1)?.ok === true)
+    if (verified) lastVerified.add(verified.name)
+  }
   const cutoff = rule.now.getTime() - rule.days * DAY_MS
   return complete.map((backup) => ({
     backup,
     verdict:
       newest.has(backup.name) ? `keep: newest ${rule.keepMin}`
-      : backup.name === lastVerified ? 'keep: last verified'
+      : lastVerified.has(backup.name) ? 'keep: last verified'
       : backup.name === latest ? 'keep: latest'
       : backup.created.getTime() >= cutoff ? 'keep: within retention'
       : 'remove',

@@ -3,9 +3,11 @@
 // the store (status, verify, cleanup, the next incremental) can mistake an interrupted copy for a backup.
 import { promises as fs, lstatSync, readdirSync, readlinkSync } from 'node:fs'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { Settings } from './config.ts'
-import type { TaskContext } from './task.ts'
+import type { TaskContext, TaskResult } from './task.ts'
 import { atomicSymlink, atomicWriteFile, fsyncDir, lstatOrNull } from './fsx.ts'
+import { Lock, LockHeldError, type LockHolder } from './lock.ts'
 
 export type BackupType = 'full' | 'incremental'
 const BACKUP_NAME = /^backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})_(full|incremental)$/
@@ -164,12 +166,58 @@ export function findBackup(store: Store, wanted: string | undefined): Backup | n
   return store.complete.find((b) => b.name === store.latest) ?? store.complete.at(-1) ?? null
 }
 
+/** The complete backups of one source, oldest first: each source is its own chain of fulls and incrementals. */
+export const chainOf = (store: Store, source: string): Backup[] => store.complete.filter((b) => b.meta.source === source)
+
+/** A backup of nothing: never a copy of anything worth keeping, whatever its verification says. */
+export const isEmptyBackup = (b: Backup) => b.meta.files === 0
+
 /** Why findBackup found nothing, with what there is instead. */
 export function noSuchBackup(store: Store, wanted: string | undefined, where: string): string {
   if (!store.complete.length) return `no complete backup in ${where}: make one with citadel backup create`
   const damaged = store.damaged.find((d) => d.name === path.basename(wanted ?? ''))
   const available = `available: ${store.complete.map((b) => b.name).join(', ')}`
   return damaged ? `${damaged.name} is damaged (${damaged.reason}); ${available}` : `no complete backup named ${wanted ?? `latest (${store.latest})`}; ${available}`
+}
+
+/** Held in <backup root>/models while a backup is built or the store cleaned: app roots may share one store. */
+const STORE_LOCK = '.citadel-store.lock'
+const STORE_LOCK_POLL_MS = 2000
+
+/**
+ * Runs `work` holding the store lock. Another app root's create or cleanup may hold it for the length of a
+ * backup, so a cron job waits for it up to BACKUP_STORE_LOCK_WAIT seconds, then fails naming the holder.
+ * Check mode takes no lock: it writes nothing, not even the lock file.
+ */
+export async function withStoreLock(ctx: TaskContext, work: () => Promise<TaskResult>): Promise<TaskResult> {
+  if (ctx.check) return work()
+  const { settings } = ctx
+  const dir = backupsDir(settings)
+  const waitMs = settings.backup.storeLockWait * 1000
+  const started = Date.now()
+  const command = `citadel ${ctx.task} of ${settings.appRoot}`
+  const onStale = (h: LockHolder) => ctx.warn(`took over the backup store lock of pid ${h.pid} (${h.command}), which is gone`)
+  let lock: Lock | undefined
+  for (let waited = false; !lock; ) {
+    try {
+      lock = await Lock.acquire(dir, command, onStale, STORE_LOCK)
+    } catch (err) {
+      if (!(err instanceof LockHeldError)) throw err
+      const { holder } = err
+      const by = `pid ${holder.pid} (${holder.command}), started ${holder.started}`
+      if (Date.now() - started >= waitMs)
+        return ctx.fail(`the backup store ${dir} is still in use by ${by} after waiting ${settings.backup.storeLockWait}s (BACKUP_STORE_LOCK_WAIT): let that run finish and rerun, or raise the wait`)
+      if (!waited) ctx.log('store-lock-wait', { holder })
+      waited = true
+      ctx.progress(`waiting for the backup store, in use by ${by}`)
+      await sleep(STORE_LOCK_POLL_MS, undefined, { signal: ctx.signal })
+    }
+  }
+  try {
+    return await work()
+  } finally {
+    await lock.release()
+  }
 }
 
 /** Points `latest` at a complete backup by a relative link, in one rename. */

@@ -119,7 +119,9 @@ export const SETTINGS = {
   STORAGE_MONITOR_PROMETHEUS_FILE: setting(undefined, 'Prometheus textfile the monitor rewrites every cycle; default <app root>/metrics/citadel.prom', absolutePath),
   BACKUP_RETENTION_DAYS: setting('30', 'Backups older than this many days may be removed by cleanup', wholeNumber(0, '30')),
   BACKUP_VERIFY_SAMPLE_RATE: setting('0.1', 'Share of backup bytes whose hashes each verify run checks', ratio('0.1')),
-  BACKUP_KEEP_MIN: setting('3', 'Complete backups cleanup always keeps, whatever their age', wholeNumber(1, '3')),
+  BACKUP_KEEP_MIN: setting('3', 'Complete backups of each source cleanup always keeps, whatever their age', wholeNumber(1, '3')),
+  BACKUP_MAX_SHRINK: setting('0.5', 'Share by which the file count or bytes of a source may fall since its previous backup before backup create refuses (an unmounted disk looks like an emptied one); --force makes it anyway', ratio('0.5')),
+  BACKUP_STORE_LOCK_WAIT: setting('1800', 'Seconds backup create and cleanup wait for another app root\'s run to finish with a shared backup store before they fail', wholeNumber(0, '1800')),
   BACKUP_REMOTE: setting(undefined, 'Off-host backup store as [user@]host:/absolute/path, reached with rsync over ssh; empty = none', remote),
   BACKUP_SSH_PORT: setting('22', 'ssh port of the remote backup host', wholeNumber(1, '22').refine((n) => n <= 65535, 'expected a port from 1 to 65535')),
   BACKUP_SSH_IDENTITY: setting(undefined, 'Private key ssh uses for the remote backup host; empty = ssh\'s own defaults', sshFile),
@@ -158,7 +160,7 @@ export interface Settings {
     alertCommand?: string
     prometheusFile: string
   }
-  backup: { retentionDays: number; verifySampleRate: number; keepMin: number; remote?: RemoteSettings }
+  backup: { retentionDays: number; verifySampleRate: number; keepMin: number; maxShrink: number; storeLockWait: number; remote?: RemoteSettings }
   systemd: { dir: string; dailySchedule: string; weeklySchedule: string; randomDelay: number }
   /** Where each setting came from, for messages: env, the .env file's path, or default. */
   sources: Record<string, string>
@@ -262,6 +264,8 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
       retentionDays: r.BACKUP_RETENTION_DAYS,
       verifySampleRate: r.BACKUP_VERIFY_SAMPLE_RATE,
       keepMin: r.BACKUP_KEEP_MIN,
+      maxShrink: r.BACKUP_MAX_SHRINK,
+      storeLockWait: r.BACKUP_STORE_LOCK_WAIT,
       remote: r.BACKUP_REMOTE && {
         ...r.BACKUP_REMOTE,
         port: r.BACKUP_SSH_PORT,
