@@ -1,0 +1,77 @@
+// Two app roots sharing one backup store: one's cleanup or create must never remove the .partial the
+// other is still building. The create is frozen (SIGSTOP) while its partial exists, so the test does not
+// depend on how fast anything runs.
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { afterEach, describe, expect, it } from 'vitest'
+import { setUpServer, storeOf, writeFile } from './backup-helpers.ts'
+import { citadel, citadelJson, makeRoots, start, type Result } from './helpers.ts'
+
+const frozen: number[] = []
+afterEach(() => {
+  for (const pid of frozen.splice(0)) {
+    try {
+      process.kill(pid, 'SIGCONT')
+      process.kill(pid, 'SIGKILL')
+    } catch {}
+  }
+})
+
+async function until<T>(what: string, probe: () => T | undefined | false, seconds = 60): Promise<T> {
+  for (const end = Date.now() + seconds * 1000; Date.now() < end; await sleep(5)) {
+    const found = probe()
+    if (found) return found
+  }
+  throw new Error(`gave up waiting for ${what}`)
+}
+
+const logged = (app: string, event: string) => {
+  const dir = path.join(app, 'logs')
+  return existsSync(dir) && readdirSync(dir).some((f) => readFileSync(path.join(dir, f), 'utf8').includes(`"event":"${event}"`))
+}
+
+describe('a backup store shared by two app roots', () => {
+  it("waits for the other's create instead of removing its partial; both end right; a bounded wait fails naming the holder", async () => {
+    const one = await setUpServer()
+    const two = makeRoots({ CITADEL_BACKUP_ROOT: one.backup })
+    const three = makeRoots({ CITADEL_BACKUP_ROOT: one.backup })
+    for (const roots of [two, three]) expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
+    // Big enough that the copy and hash take a while, so the partial is seen before it is published.
+    for (let i = 0; i < 48; i++) writeFile(path.join(one.active, `m/shard-${i}.bin`), Buffer.alloc(2 << 20, i))
+    writeFile(path.join(three.active, 'n/a.bin'), 'model of app three')
+
+    const a = start(['backup', 'create'], one.env)
+    let aDone: Result | undefined
+    void a.done.then((r) => (aDone = r))
+    const partial = await until('the partial of the first create', () => aDone ? `done first: ${aDone.stderr}` : readdirSync(storeOf(one)).find((n) => n.endsWith('.partial')))
+    expect(partial).toMatch(/\.partial$/)
+    process.kill(a.child.pid!, 'SIGSTOP')
+    frozen.push(a.child.pid!)
+
+    const impatient = await citadelJson(['backup', 'create'], { ...three.env, BACKUP_STORE_LOCK_WAIT: '0' })
+    expect(impatient.code).toBe(2)
+    expect(impatient.doc.tasks[0].msg).toMatch(new RegExp(`^the backup store ${storeOf(one)} is still in use by pid ${a.child.pid} \\(citadel backup-create of ${one.app}\\), started \\S+ after waiting 0s \\(BACKUP_STORE_LOCK_WAIT\\): let that run finish and rerun, or raise the wait$`))
+    expect(existsSync(path.join(storeOf(one), partial))).toBe(true)
+
+    const cleanup = start(['backup', 'cleanup', '--json'], two.env)
+    let cleanupDone: Result | undefined
+    void cleanup.done.then((r) => (cleanupDone = r))
+    await until('the cleanup to wait for the store or end', () => cleanupDone || logged(two.app, 'store-lock-wait'))
+    expect(existsSync(path.join(storeOf(one), partial)), 'the partial the other app root is building').toBe(true)
+    const create = start(['backup', 'create', '--json'], three.env)
+    let createDone: Result | undefined
+    void create.done.then((r) => (createDone = r))
+    await until('the create of a third app root to wait for the store', () => createDone || logged(three.app, 'store-lock-wait'))
+
+    process.kill(a.child.pid!, 'SIGCONT')
+    const [first, cleaned, second] = await Promise.all([a.done, cleanup.done, create.done])
+    expect(first.code, first.stderr).toBe(0)
+    expect(cleaned.code, cleaned.stderr).toBe(0)
+    expect(JSON.parse(cleaned.stdout).tasks[0].data.partials).toEqual([])
+    expect(second.code, second.stderr).toBe(0)
+    const names = readdirSync(storeOf(one)).filter((n) => n.startsWith('backup_')).sort()
+    expect(names).toEqual([partial.replace(/\.partial$/, ''), JSON.parse(second.stdout).tasks[0].data.backup].sort())
+    expect(readdirSync(storeOf(one))).not.toContain('.citadel-store.lock')
+  })
+})
