@@ -22,8 +22,8 @@ describe('backup status', () => {
 
     const task = await status(roots)
     expect(task.data.backups).toEqual([
-      { name: full, type: 'full', created: expect.any(String), age: expect.stringMatching(/^\d+m$/), age_seconds: expect.any(Number), files: 3, bytes: 6000, unique_bytes: 2000, last_verification: null, latest: false },
-      { name: incremental, type: 'incremental', created: expect.any(String), age: expect.stringMatching(/^\d+m$/), age_seconds: expect.any(Number), files: 3, bytes: 6500, unique_bytes: 2500, last_verification: null, latest: true },
+      { name: full, type: 'full', source: roots.active, created: expect.any(String), age: expect.stringMatching(/^\d+m$/), age_seconds: expect.any(Number), files: 3, bytes: 6000, unique_bytes: 2000, last_verification: null, latest: false },
+      { name: incremental, type: 'incremental', source: roots.active, created: expect.any(String), age: expect.stringMatching(/^\d+m$/), age_seconds: expect.any(Number), files: 3, bytes: 6500, unique_bytes: 2500, last_verification: null, latest: true },
     ])
     // created is the time in the name, which is UTC.
     expect(task.data.backups.map((b: any) => backupName(new Date(b.created), b.type))).toEqual([full, incremental])
