@@ -96,9 +96,9 @@ function overdue(newest: Backup, now: Date): string | null {
 
 /**
  * How far the newest backup of a chain can be trusted, in the one wording backup status, health-check and
- * status share. Its own last verification decides; a newest never verified (the daily incrementals between
- * two weekly verifies) is fine while an earlier backup of the same source passed its last verification
- * less than OVERDUE_DAYS ago. An empty backup vouches for nothing.
+ * status share. Its own last verification decides. A newest never verified (the daily incrementals between
+ * two weekly verifies, a first backup) is fine while the chain's last verification passed, or it has had
+ * none yet, less than OVERDUE_DAYS ago; a failed one is never forgotten. An empty backup vouches for nothing.
  */
 export interface VerificationState {
   backup: string
@@ -111,22 +111,24 @@ export interface VerificationState {
 export function verificationState(chain: Backup[], now: Date): VerificationState | null {
   const newest = chain.at(-1)
   if (!newest) return null
-  const ago = (at: string) => `${formatAge(now.getTime() - Date.parse(at))} ago`
+  const ago = (ms: number) => `${formatAge(now.getTime() - ms)} ago`
+  const state = (text: string, problem: string | null) => ({ backup: newest.name, text, problem })
   const own = newest.meta.verifications.at(-1)
-  if (own?.ok) return { backup: newest.name, text: `verified ok ${ago(own.at)}`, problem: null }
+  if (own?.ok) return state(`verified ok ${ago(Date.parse(own.at))}`, null)
   if (own) {
     const found = count(own.problems.length, 'problem')
-    return { backup: newest.name, text: `last verification FAILED ${ago(own.at)}: ${found}`, problem: `the last verification of the newest backup, ${newest.name}, failed at ${own.at}: ${found}` }
+    return state(`last verification FAILED ${ago(Date.parse(own.at))}: ${found}`, `the last verification of the newest backup, ${newest.name}, failed at ${own.at}: ${found}`)
   }
   const earlier = chain.findLast((b) => b.meta.verifications.length > 0 && !isEmptyBackup(b))
   const last = earlier?.meta.verifications.at(-1)
-  const recent = last && now.getTime() - Date.parse(last.at) <= OVERDUE_DAYS * DAY_MS
-  if (earlier && last?.ok && recent) return { backup: newest.name, text: `not verified yet; ${earlier.name} verified ok ${ago(last.at)}`, problem: null }
-  const why =
-    !earlier || !last ? ''
-    : last.ok ? `; the last verification, of ${earlier.name}, passed ${ago(last.at)} (more than ${OVERDUE_DAYS} days)`
-    : `; the last verification, of ${earlier.name} at ${last.at}, failed: ${count(last.problems.length, 'problem')}`
-  return { backup: newest.name, text: `never verified${why}`, problem: `the newest backup, ${newest.name}, was never verified${why}` }
+  if (earlier && last && !last.ok) {
+    const why = `the last verification, of ${earlier.name} at ${last.at}, failed: ${count(last.problems.length, 'problem')}`
+    return state(`never verified; ${why}`, `the newest backup, ${newest.name}, was never verified; ${why}`)
+  }
+  const since = last ? Date.parse(last.at) : chain[0]!.created.getTime()
+  if (now.getTime() - since <= OVERDUE_DAYS * DAY_MS) return state(`not verified yet${earlier ? `; ${earlier.name} verified ok ${ago(since)}` : ''}`, null)
+  const why = earlier ? `the last verification, of ${earlier.name}, passed ${ago(since)}` : `no backup of ${newest.meta.source} was, the first made ${ago(since)}`
+  return state(`never verified; ${why} (more than ${OVERDUE_DAYS} days)`, `the newest backup, ${newest.name}, was never verified; ${why} (more than ${OVERDUE_DAYS} days)`)
 }
 
 /** Why the store has no backup of the active models: none at all, or only of other sources. */
