@@ -50,7 +50,7 @@ async function make(ctx: TaskContext, src: string): Promise<TaskResult> {
   if (shrunk) {
     // SYMLINK_FORCE_RECREATE turns --force on for every run: it must not wave an empty source through.
     if (!ctx.force || settings.symlinkForceRecreate)
-      return ctx.fail(`${shrunk}: check that the model disk is mounted and the models are in place, or rerun with --force to back it up anyway${settings.symlinkForceRecreate ? ' (SYMLINK_FORCE_RECREATE=true does not count: set it to false for that run)' : ''}`)
+      return ctx.fail(`${shrunk}; check that the model disk is mounted and the models are in place, or rerun with --force to back it up anyway${settings.symlinkForceRecreate ? ' (SYMLINK_FORCE_RECREATE=true does not count: set it to false for that run)' : ''}`)
     ctx.warn(`${shrunk}: backed up anyway (--force)`)
   }
   const { bavail, bsize } = await fs.statfs(root)

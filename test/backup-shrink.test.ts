@@ -38,7 +38,7 @@ describe('backup create refuses a source that looks emptied', () => {
     const refused = await citadelJson(['backup', 'create'], roots.env)
     expect(refused.code).toBe(2)
     expect(refused.doc.tasks[0].status).toBe('failed')
-    expect(refused.doc.tasks[0].msg).toBe(`${roots.active} holds no files: refusing to make an empty backup: check that the model disk is mounted and the models are in place, or rerun with --force to back it up anyway`)
+    expect(refused.doc.tasks[0].msg).toBe(`${roots.active} holds no files: refusing to make an empty backup; check that the model disk is mounted and the models are in place, or rerun with --force to back it up anyway`)
     expect(store(roots)).toEqual(before)
 
     const forced = await citadelJson(['backup', 'create', '--force'], roots.env)
@@ -56,7 +56,7 @@ describe('backup create refuses a source that looks emptied', () => {
 
     const refused = await citadelJson(['backup', 'create'], roots.env)
     expect(refused.code).toBe(2)
-    expect(refused.doc.tasks[0].msg).toBe(`${roots.active} holds 1 file, 3.91 KiB; its previous backup ${first} holds 4 files, 15.6 KiB: a fall of 75%, more than BACKUP_MAX_SHRINK=0.5 allows: check that the model disk is mounted and the models are in place, or rerun with --force to back it up anyway`)
+    expect(refused.doc.tasks[0].msg).toBe(`${roots.active} holds 1 file, 3.91 KiB; its previous backup ${first} holds 4 files, 15.6 KiB: a fall of 75%, more than BACKUP_MAX_SHRINK=0.5 allows; check that the model disk is mounted and the models are in place, or rerun with --force to back it up anyway`)
     expect(store(roots)).toEqual(before)
 
     // SYMLINK_FORCE_RECREATE turns --force on for links: it must not wave the shrunk source through.
