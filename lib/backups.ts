@@ -202,7 +202,17 @@ export async function withStoreLock(ctx: TaskContext, work: () => Promise<TaskRe
     try {
       lock = await Lock.acquire(dir, command, onStale, STORE_LOCK)
     } catch (err) {
-      if (!(err instanceof LockHeldError)) throw err
+      if (!(err instanceof LockHeldError)) {
+        const code = (err as NodeJS.ErrnoException).code
+        // Cleanup is what frees a full disk: a lock file that does not fit must not stop it. Another run
+        // cannot be copying onto a disk without room for one small file either.
+        if (code !== 'ENOSPC' && code !== 'EDQUOT') return ctx.fail(`cannot take the backup store lock in ${dir}: ${(err as Error).message}`)
+        // The lock file may have been created before its content did not fit: an empty one is that one.
+        const file = path.join(dir, STORE_LOCK)
+        if ((await lstatOrNull(file))?.size === 0) await fs.rm(file, { force: true })
+        ctx.warn(`the backup disk has no room for the store lock (${code}): working without it`)
+        return work()
+      }
       const { holder } = err
       const by = `pid ${holder.pid} (${holder.command}), started ${holder.started}`
       if (Date.now() - started >= waitMs)

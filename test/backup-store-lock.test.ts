@@ -1,7 +1,8 @@
 // Two app roots sharing one backup store: one's cleanup or create must never remove the .partial the
 // other is still building. The create is frozen (SIGSTOP) while its partial exists, so the test does not
 // depend on how fast anything runs.
-import { existsSync, readdirSync, readFileSync } from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterEach, describe, expect, it } from 'vitest'
@@ -9,7 +10,9 @@ import { setUpServer, storeOf, writeFile } from './backup-helpers.ts'
 import { citadel, citadelJson, makeRoots, start, type Result } from './helpers.ts'
 
 const frozen: number[] = []
+const mounted: string[] = []
 afterEach(() => {
+  for (const dir of mounted.splice(0)) execFileSync('umount', [dir])
   for (const pid of frozen.splice(0)) {
     try {
       process.kill(pid, 'SIGCONT')
@@ -73,5 +76,30 @@ describe('a backup store shared by two app roots', () => {
     const names = readdirSync(storeOf(one)).filter((n) => n.startsWith('backup_')).sort()
     expect(names).toEqual([partial.replace(/\.partial$/, ''), JSON.parse(second.stdout).tasks[0].data.backup].sort())
     expect(readdirSync(storeOf(one))).not.toContain('.citadel-store.lock')
+  })
+})
+
+describe.skipIf(process.getuid?.() !== 0)('a full backup disk (root: mounts a 4 MiB tmpfs)', () => {
+  it('cleanup, which frees it, still runs when even the store lock does not fit, and leaves no lock file', async () => {
+    const roots = makeRoots({ BACKUP_KEEP_MIN: '1' })
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0755', 'tmpfs', roots.backup])
+    mounted.push(roots.backup)
+    expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
+    writeFile(path.join(roots.active, 'm/a.bin'), 'alpha')
+    const first = await citadel(['backup', 'create'], roots.env)
+    expect(first.code, first.stdout + first.stderr).toBe(0)
+    writeFile(path.join(roots.active, 'm/a.bin'), 'alpha, changed')
+    const second = await citadel(['backup', 'create'], roots.env)
+    expect(second.code, second.stdout + second.stderr).toBe(0)
+    try {
+      for (let i = 0; ; i++) writeFileSync(path.join(roots.backup, `filler-${i}`), Buffer.alloc(4096, 1))
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err
+    }
+    const cleanup = await citadelJson(['backup', 'cleanup', '0'], roots.env)
+    expect(cleanup.code, cleanup.stderr).toBe(0)
+    expect(cleanup.doc.tasks[0].data.removed).toHaveLength(1)
+    expect(cleanup.doc.tasks[0].warnings).toEqual(['the backup disk has no room for the store lock (ENOSPC): working without it'])
+    expect(readdirSync(storeOf(roots))).not.toContain('.citadel-store.lock')
   })
 })
