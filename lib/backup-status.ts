@@ -245,7 +245,7 @@ export interface BackupHealth {
 }
 
 /** The backup line of `status`, in the words of verificationState. */
-export const backupLine = (h: BackupHealth) => h.newest ? `${h.newest.name}, ${h.newest.age} old; ${h.verification?.text ?? 'never verified'}` : 'no complete backup'
+export const backupLine = (h: BackupHealth) => h.newest && h.verification ? `${h.newest.name}, ${h.newest.age} old; ${h.verification.text}` : 'no complete backup'
 
 export async function backupHealth(settings: Settings, now = new Date()): Promise<BackupHealth> {
   const root = backupsDir(settings)

@@ -229,8 +229,8 @@ function editDistance(a: string, b: string): number {
  * A warning for each name in the env file or the environment that starts like a setting but is none. The
  * CITADEL_MODEL_<ALIAS> variables storage-env.sh exports for the registered models are citadel's own.
  */
-function misspellings(envFile: EnvFile, env: NodeJS.ProcessEnv, models: ModelEntry[] | undefined): string[] {
-  const known = new Set<string>([...Object.keys(SETTINGS), ...INTERNAL_NAMES, ...(models ?? []).map((m) => envNameOfAlias(m.alias))])
+function misspellings(envFile: EnvFile, env: NodeJS.ProcessEnv, models: ModelEntry[]): string[] {
+  const known = new Set<string>([...Object.keys(SETTINGS), ...INTERNAL_NAMES, ...models.map((m) => envNameOfAlias(m.alias))])
   const suspect = (name: string) => PREFIXES.some((p) => name.startsWith(p)) && !known.has(name)
   const closest = (name: string) => Object.keys(SETTINGS).reduce((best, n) => (editDistance(name, n) < editDistance(name, best) ? n : best))
   const found: [string, string][] = [
