@@ -127,8 +127,8 @@ export function verificationState(chain: Backup[], now: Date): VerificationState
   }
   const since = last ? Date.parse(last.at) : chain[0]!.created.getTime()
   if (now.getTime() - since <= OVERDUE_DAYS * DAY_MS) return state(`not verified yet${earlier ? `; ${earlier.name} verified ok ${ago(since)}` : ''}`, null)
-  const why = earlier ? `the last verification, of ${earlier.name}, passed ${ago(since)}` : `no backup of ${newest.meta.source} was, the first made ${ago(since)}`
-  return state(`never verified; ${why} (more than ${OVERDUE_DAYS} days)`, `the newest backup, ${newest.name}, was never verified; ${why} (more than ${OVERDUE_DAYS} days)`)
+  const why = earlier ? `; the last verification, of ${earlier.name}, passed ${ago(since)}` : `, nor any backup of ${newest.meta.source} since ${chain[0]!.name}, made ${ago(since)}`
+  return state(`never verified${why} (more than ${OVERDUE_DAYS} days)`, `the newest backup, ${newest.name}, was never verified${why} (more than ${OVERDUE_DAYS} days)`)
 }
 
 /** Why the store has no backup of the active models: none at all, or only of other sources. */

@@ -3,8 +3,8 @@
 import { readFileSync, readlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { DAY_MS } from '../lib/backup-status.ts'
-import type { BackupMeta } from '../lib/backups.ts'
+import { DAY_MS, verificationState } from '../lib/backup-status.ts'
+import { backupName, type Backup, type BackupMeta, type Verification } from '../lib/backups.ts'
 import { backUp, setUpServer, storeOf, writeFile } from './backup-helpers.ts'
 import { citadel, citadelJson, type Roots } from './helpers.ts'
 
@@ -76,5 +76,36 @@ describe('one rule for the last verification', () => {
     expect(stale.status).toEqual([warning])
     expect(stale.health).toEqual([warning])
     expect(stale.line).toMatch(new RegExp(`^backup   ${newest}, \\d+m old; never verified; the last verification, of ${verified}, passed 10d 0h ago \\(more than 8 days\\)$`))
+  })
+})
+
+describe('verificationState', () => {
+  const now = new Date('2026-03-01T12:00:00Z')
+  const check = (daysAgo: number, ok: boolean): Verification => ({
+    at: new Date(now.getTime() - daysAgo * DAY_MS).toISOString(), rate: 1, seed: 1, seeded: false, files_checked: 1, files_hashed: 1, bytes_hashed: 1, ok,
+    problems: ok ? [] : [{ kind: 'mismatch', path: 'a.bin', detail: 'hash differs from the manifest' }], transient: [],
+  })
+  const backup = (daysOld: number, verifications: Verification[] = [], files = 1): Backup => {
+    const created = new Date(now.getTime() - daysOld * DAY_MS)
+    const name = backupName(created, 'incremental')
+    return { name, dir: `/store/${name}`, type: 'incremental', created, meta: { source: '/models/active', files, verifications } as unknown as BackupMeta }
+  }
+  const judge = (chain: Backup[]) => {
+    const v = verificationState(chain, now)!
+    return [v.text, v.problem]
+  }
+
+  it('judges the newest backup by its own verification, else by the chain within 8 days; a failure is never forgotten', () => {
+    const [old, mid, top] = [backup(12, [check(11, true)]), backup(9), backup(1)]
+    expect(verificationState([], now)).toBeNull()
+    expect(judge([backup(1, [check(0.5, true)])])).toEqual(['verified ok 12h 0m ago', null])
+    expect(judge([backup(1, [check(0.5, false)])])).toEqual(['last verification FAILED 12h 0m ago: 1 problem', expect.stringMatching(/^the last verification of the newest backup, \S+, failed at \S+: 1 problem$/)])
+    expect(judge([backup(3, [check(2, true)]), top])).toEqual([expect.stringMatching(/^not verified yet; \S+ verified ok 2d 0h ago$/), null])
+    expect(judge([backup(3, [check(2, false)]), top])[1]).toMatch(/^the newest backup, \S+, was never verified; the last verification, of \S+ at \S+, failed: 1 problem$/)
+    expect(judge([old, top])[1]).toBe(`the newest backup, ${top.name}, was never verified; the last verification, of ${old.name}, passed 11d 0h ago (more than 8 days)`)
+    expect(judge([backup(3), top])).toEqual(['not verified yet', null])
+    expect(judge([mid, top])[1]).toBe(`the newest backup, ${top.name}, was never verified, nor any backup of /models/active since ${mid.name}, made 9d 0h ago (more than 8 days)`)
+    // An empty backup verified ok vouches for nothing.
+    expect(judge([old, backup(2, [check(1, true)], 0), top])[1]).toMatch(/passed 11d 0h ago \(more than 8 days\)$/)
   })
 })
