@@ -1,7 +1,7 @@
 // Two app roots sharing one backup store: one's cleanup or create must never remove the .partial the
 // other is still building. The create is frozen (SIGSTOP) while its partial exists, so the test does not
 // depend on how fast anything runs.
-import { execFileSync } from 'node:child_process'
+import { execFileSync, type ChildProcess } from 'node:child_process'
 import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -9,16 +9,16 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { setUpServer, storeOf, writeFile } from './backup-helpers.ts'
 import { citadel, citadelJson, makeRoots, start, type Result } from './helpers.ts'
 
-const frozen: number[] = []
+/** Children a failed assertion would leave frozen or waiting for the store. */
+const running: ChildProcess[] = []
 const mounted: string[] = []
 afterEach(() => {
-  for (const dir of mounted.splice(0)) execFileSync('umount', [dir])
-  for (const pid of frozen.splice(0)) {
-    try {
-      process.kill(pid, 'SIGCONT')
-      process.kill(pid, 'SIGKILL')
-    } catch {}
+  for (const child of running.splice(0)) {
+    if (child.exitCode !== null || child.signalCode !== null) continue
+    child.kill('SIGCONT')
+    child.kill('SIGKILL')
   }
+  for (const dir of mounted.splice(0)) execFileSync('umount', [dir])
 })
 
 async function until<T>(what: string, probe: () => T | undefined | false, seconds = 60): Promise<T> {
@@ -49,8 +49,8 @@ describe('a backup store shared by two app roots', () => {
     void a.done.then((r) => (aDone = r))
     const partial = await until('the partial of the first create', () => aDone ? `done first: ${aDone.stderr}` : readdirSync(storeOf(one)).find((n) => n.endsWith('.partial')))
     expect(partial).toMatch(/\.partial$/)
-    process.kill(a.child.pid!, 'SIGSTOP')
-    frozen.push(a.child.pid!)
+    running.push(a.child)
+    a.child.kill('SIGSTOP')
 
     const impatient = await citadelJson(['backup', 'create'], { ...three.env, BACKUP_STORE_LOCK_WAIT: '0' })
     expect(impatient.code).toBe(2)
@@ -58,16 +58,18 @@ describe('a backup store shared by two app roots', () => {
     expect(existsSync(path.join(storeOf(one), partial))).toBe(true)
 
     const cleanup = start(['backup', 'cleanup', '--json'], two.env)
+    running.push(cleanup.child)
     let cleanupDone: Result | undefined
     void cleanup.done.then((r) => (cleanupDone = r))
     await until('the cleanup to wait for the store or end', () => cleanupDone || logged(two.app, 'store-lock-wait'))
     expect(existsSync(path.join(storeOf(one), partial)), 'the partial the other app root is building').toBe(true)
     const create = start(['backup', 'create', '--json'], three.env)
+    running.push(create.child)
     let createDone: Result | undefined
     void create.done.then((r) => (createDone = r))
     await until('the create of a third app root to wait for the store', () => createDone || logged(three.app, 'store-lock-wait'))
 
-    process.kill(a.child.pid!, 'SIGCONT')
+    a.child.kill('SIGCONT')
     const [first, cleaned, second] = await Promise.all([a.done, cleanup.done, create.done])
     expect(first.code, first.stderr).toBe(0)
     expect(cleaned.code, cleaned.stderr).toBe(0)
