@@ -108,6 +108,8 @@ export interface VerificationState {
   problem: string | null
 }
 
+const recheck = (b: Backup) => ` (citadel backup verify ${b.name} --sample 1 names them)`
+
 export function verificationState(chain: Backup[], now: Date): VerificationState | null {
   const newest = chain.at(-1)
   if (!newest) return null
@@ -117,13 +119,13 @@ export function verificationState(chain: Backup[], now: Date): VerificationState
   if (own?.ok) return state(`verified ok ${ago(Date.parse(own.at))}`, null)
   if (own) {
     const found = count(own.problems.length, 'problem')
-    return state(`last verification FAILED ${ago(Date.parse(own.at))}: ${found}`, `the last verification of the newest backup, ${newest.name}, failed at ${own.at}: ${found}`)
+    return state(`last verification FAILED ${ago(Date.parse(own.at))}: ${found}`, `the last verification of the newest backup, ${newest.name}, failed at ${own.at}: ${found}${recheck(newest)}`)
   }
   const earlier = chain.findLast((b) => b.meta.verifications.length > 0 && !isEmptyBackup(b))
   const last = earlier?.meta.verifications.at(-1)
   if (earlier && last && !last.ok) {
     const why = `the last verification, of ${earlier.name} at ${last.at}, failed: ${count(last.problems.length, 'problem')}`
-    return state(`never verified; ${why}`, `the newest backup, ${newest.name}, was never verified; ${why}`)
+    return state(`never verified; ${why}`, `the newest backup, ${newest.name}, was never verified; ${why}${recheck(earlier)}`)
   }
   const since = last ? Date.parse(last.at) : chain[0]!.created.getTime()
   if (now.getTime() - since <= OVERDUE_DAYS * DAY_MS) return state(`not verified yet${earlier ? `; ${earlier.name} verified ok ${ago(since)}` : ''}`, null)

@@ -99,9 +99,9 @@ describe('verificationState', () => {
     const [old, mid, top] = [backup(12, [check(11, true)]), backup(9), backup(1)]
     expect(verificationState([], now)).toBeNull()
     expect(judge([backup(1, [check(0.5, true)])])).toEqual(['verified ok 12h 0m ago', null])
-    expect(judge([backup(1, [check(0.5, false)])])).toEqual(['last verification FAILED 12h 0m ago: 1 problem', expect.stringMatching(/^the last verification of the newest backup, \S+, failed at \S+: 1 problem$/)])
+    expect(judge([backup(1, [check(0.5, false)])])).toEqual(['last verification FAILED 12h 0m ago: 1 problem', expect.stringMatching(/^the last verification of the newest backup, \S+, failed at \S+: 1 problem \(citadel backup verify \S+ --sample 1 names them\)$/)])
     expect(judge([backup(3, [check(2, true)]), top])).toEqual([expect.stringMatching(/^not verified yet; \S+ verified ok 2d 0h ago$/), null])
-    expect(judge([backup(3, [check(2, false)]), top])[1]).toMatch(/^the newest backup, \S+, was never verified; the last verification, of \S+ at \S+, failed: 1 problem$/)
+    expect(judge([backup(3, [check(2, false)]), top])[1]).toMatch(/^the newest backup, \S+, was never verified; the last verification, of \S+ at \S+, failed: 1 problem \(citadel backup verify \S+ --sample 1 names them\)$/)
     expect(judge([old, top])[1]).toBe(`the newest backup, ${top.name}, was never verified; the last verification, of ${old.name}, passed 11d 0h ago (more than 8 days)`)
     expect(judge([backup(3), top])).toEqual(['not verified yet', null])
     expect(judge([mid, top])[1]).toBe(`the newest backup, ${top.name}, was never verified, nor any backup of /models/active since ${mid.name}, made 9d 0h ago (more than 8 days)`)

@@ -87,7 +87,7 @@ describe('backup status', () => {
     expect(stale.data.latest).toBeNull()
     expect(stale.warnings).toEqual([
       `the newest backup, ${old}, is ${stale.data.backups[1].age} old (more than 8 days)`,
-      `the last verification of the newest backup, ${old}, failed at ${failed.at}: 1 problem`,
+      `the last verification of the newest backup, ${old}, failed at ${failed.at}: 1 problem (citadel backup verify ${old} --sample 1 names them)`,
       `latest is missing or not a link; it should point at ${old}`,
       `partial backups left by interrupted creates: ${partial}; backup cleanup removes them`,
       damaged,

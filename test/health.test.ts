@@ -55,7 +55,7 @@ describe('citadel health-check', () => {
       'warning backups:verification',
     ])
     expect(result.doc.problems[1].message).toMatch(new RegExp(`^the newest backup, ${old}, is 9d 0h old \\(more than 8 days\\)$`))
-    expect(result.doc.problems[2].message).toBe(`the last verification of the newest backup, ${old}, failed at ${doc.verifications[0].at}: 1 problem`)
+    expect(result.doc.problems[2].message).toBe(`the last verification of the newest backup, ${old}, failed at ${doc.verifications[0].at}: 1 problem (citadel backup verify ${old} --sample 1 names them)`)
   })
 
   it('answers UNKNOWN (3) when a check cannot run: a models root that is a symlink loop', async () => {
