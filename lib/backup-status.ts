@@ -4,7 +4,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Settings } from './config.ts'
-import { backupsDir, byClock, DATA, latestDamaged, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
+import { backupsDir, byClock, chainOf, DATA, isEmptyBackup, latestDamaged, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
 import type { Problem } from './checks.ts'
 import { bytes, count, table } from './report.ts'
 import type { TaskContext, TaskResult } from './task.ts'
@@ -16,6 +16,8 @@ const OVERDUE_DAYS = 8
 export interface BackupSummary {
   name: string
   type: BackupType
+  /** The directory backed up: each source is its own chain. */
+  source: string
   created: string
   age: string
   age_seconds: number
@@ -99,16 +101,57 @@ function overdue(complete: Backup[], now: Date): string | null {
   return age > OVERDUE_DAYS * DAY_MS ? `the newest backup, ${newest.name}, is ${formatAge(age)} old (more than ${OVERDUE_DAYS} days)${future}` : null
 }
 
-function storeWarnings(root: string, store: Store, now: Date): string[] {
+/**
+ * How far the newest backup of a chain can be trusted, in the one wording backup status, health-check and
+ * status share. Its own last verification decides. A newest never verified (the daily incrementals between
+ * two weekly verifies, a first backup) is fine while the chain's last verification passed, or it has had
+ * none yet, less than OVERDUE_DAYS ago; a failed one is never forgotten. An empty backup vouches for nothing.
+ */
+export interface VerificationState {
+  backup: string
+  /** For a status line: "verified ok 2h ago", "not verified yet; NAME verified ok 2d ago", ... */
+  text: string
+  /** The warning, or null while the chain is verified recently enough. */
+  problem: string | null
+}
+
+const recheck = (b: Backup) => ` (citadel backup verify ${b.name} --sample 1 names them)`
+
+export function verificationState(chain: Backup[], now: Date): VerificationState | null {
+  const newest = chain.at(-1)
+  if (!newest) return null
+  const ago = (ms: number) => `${formatAge(now.getTime() - ms)} ago`
+  const state = (text: string, problem: string | null) => ({ backup: newest.name, text, problem })
+  const own = newest.meta.verifications.at(-1)
+  if (own?.ok) return state(`verified ok ${ago(Date.parse(own.at))}`, null)
+  if (own) {
+    const found = count(own.problems.length, 'problem')
+    return state(`last verification FAILED ${ago(Date.parse(own.at))}: ${found}`, `the last verification of the newest backup, ${newest.name}, failed at ${own.at}: ${found}${recheck(newest)}`)
+  }
+  const earlier = chain.findLast((b) => b.meta.verifications.length > 0 && !isEmptyBackup(b))
+  const last = earlier?.meta.verifications.at(-1)
+  if (earlier && last && !last.ok) {
+    const why = `the last verification, of ${earlier.name} at ${last.at}, failed: ${count(last.problems.length, 'problem')}`
+    return state(`never verified; ${why}`, `the newest backup, ${newest.name}, was never verified; ${why}${recheck(earlier)}`)
+  }
+  const since = last ? Date.parse(last.at) : chain[0]!.created.getTime()
+  if (now.getTime() - since <= OVERDUE_DAYS * DAY_MS) return state(`not verified yet${earlier ? `; ${earlier.name} verified ok ${ago(since)}` : ''}`, null)
+  const why = earlier ? `; the last verification, of ${earlier.name}, passed ${ago(since)}` : `, nor any backup of ${newest.meta.source} since ${chain[0]!.name}, made ${ago(since)}`
+  return state(`never verified${why} (more than ${OVERDUE_DAYS} days)`, `the newest backup, ${newest.name}, was never verified${why} (more than ${OVERDUE_DAYS} days)`)
+}
+
+/** Why the store has no backup of the active models: none at all, or only of other sources. */
+const noBackup = (root: string, store: Store, active: string) => store.complete.length ? `no complete backup of ${active} in ${root}` : `no complete backup in ${root}`
+
+function storeWarnings(root: string, store: Store, now: Date, active: string): string[] {
   const warnings: string[] = []
-  const newest = store.complete.at(-1)
-  if (!newest) warnings.push(`no complete backup in ${root}`)
+  const newest = chainOf(store, active).at(-1)
+  if (!newest) warnings.push(noBackup(root, store, active))
   else {
     const late = overdue(store.complete, now)
     if (late) warnings.push(late)
-    const last = newest.meta.verifications.at(-1)
-    if (!last) warnings.push(`the newest backup, ${newest.name}, was never verified`)
-    else if (!last.ok) warnings.push(`the last verification of the newest backup, ${newest.name}, failed at ${last.at}: ${count(last.problems.length, 'problem')}`)
+    const verification = verificationState(chainOf(store, active), now)?.problem
+    if (verification) warnings.push(verification)
     if (store.latest === null) warnings.push(`latest is missing or not a link; it should point at ${newest.name}`)
   }
   if (store.latest !== null && store.latest !== newest?.name)
@@ -123,15 +166,17 @@ export interface Disk { free_bytes: number; total_bytes: number }
 
 /**
  * The status of a store that has been read: `shared` tells the bytes each backup holds alone (null when
- * unknown), `bytesOnDisk` what all of them take with shared files counted once.
+ * unknown), `bytesOnDisk` what all of them take with shared files counted once. `active` is the source whose
+ * chain `latest` follows and the warnings judge: the active models.
  */
-export function summarizeStore(root: string, store: Store, now: Date, disk: Disk, shared: Sharing | null, bytesOnDisk: number): BackupStatus {
+export function summarizeStore(root: string, store: Store, now: Date, disk: Disk, shared: Sharing | null, bytesOnDisk: number, active: string): BackupStatus {
   const backups = store.complete.map((b): BackupSummary => {
     const ageMs = now.getTime() - b.created.getTime()
     const last = b.meta.verifications.at(-1)
     return {
       name: b.name,
       type: b.type,
+      source: b.meta.source,
       created: b.created.toISOString(),
       age: formatAge(ageMs),
       age_seconds: Math.floor(ageMs / 1000),
@@ -150,7 +195,7 @@ export function summarizeStore(root: string, store: Store, now: Date, disk: Disk
     latest: store.latest,
     partials: store.partials.map((p) => path.basename(p)),
     damaged: store.damaged,
-    warnings: storeWarnings(root, store, now),
+    warnings: storeWarnings(root, store, now, active),
   }
 }
 
@@ -163,25 +208,32 @@ export async function backupStatus(settings: Settings, now = new Date()): Promis
   const shared = sharing(store.complete)
   const { bavail, blocks, bsize } = await fs.statfs(root)
   const onDisk = bytesHeldOnlyBy(shared, store.complete.map((b) => b.name))
-  return summarizeStore(root, store, now, { free_bytes: bavail * bsize, total_bytes: blocks * bsize }, shared, onDisk)
+  return summarizeStore(root, store, now, { free_bytes: bavail * bsize, total_bytes: blocks * bsize }, shared, onDisk, settings.modelsActive)
 }
 
 export interface Retention { days: number; keepMin: number; now: Date }
 
 /**
- * Each complete backup (oldest first) with the first rule that keeps it, or 'remove': the newest keepMin,
- * the newest whose last verification passed (a copy known to be good), the one `latest` points at, and
- * those younger than `days` stay.
+ * Each complete backup (oldest first) with the first rule that keeps it, or 'remove': of each source (each
+ * is its own chain) the newest keepMin and the newest whose last verification passed (a copy known to be
+ * good), the one `latest` points at, and those younger than `days` stay. An empty backup is a copy of
+ * nothing: it never counts as one of the newest nor as the verified one, so it cannot push out a real one.
  */
 export function retentionVerdicts(complete: Backup[], latest: string | null, rule: Retention): { backup: Backup; verdict: string }[] {
-  const newest = new Set(complete.slice(Math.max(0, complete.length - rule.keepMin)).map((b) => b.name))
-  const lastVerified = complete.findLast((b) => b.meta.verifications.at(-1)?.ok === true)?.name
+  const newest = new Set<string>()
+  const lastVerified = new Set<string>()
+  for (const source of new Set(complete.map((b) => b.meta.source))) {
+    const chain = complete.filter((b) => b.meta.source === source && !isEmptyBackup(b))
+    for (const b of chain.slice(Math.max(0, chain.length - rule.keepMin))) newest.add(b.name)
+    const verified = chain.findLast((b) => b.meta.verifications.at(-1)?.ok === true)
+    if (verified) lastVerified.add(verified.name)
+  }
   const cutoff = rule.now.getTime() - rule.days * DAY_MS
   return complete.map((backup) => ({
     backup,
     verdict:
       newest.has(backup.name) ? `keep: newest ${rule.keepMin}`
-      : backup.name === lastVerified ? 'keep: last verified'
+      : lastVerified.has(backup.name) ? 'keep: last verified'
       : backup.name === latest ? 'keep: latest'
       : backup.created.getTime() >= cutoff ? 'keep: within retention'
       : 'remove',
@@ -196,33 +248,40 @@ export interface BackupHealth {
   /** The most recent verification of any complete backup: incrementals between two weekly verifies have none. */
   last_verification: { backup: string; at: string; age_seconds: number; ok: boolean; problems: number } | null
   latest: string | null
+  /** The newest backup of the active models and how far it can be trusted (see verificationState). */
+  verification: VerificationState | null
   problems: Problem[]
 }
+
+/** The backup line of `status`, in the words of verificationState. */
+export const backupLine = (h: BackupHealth) => h.newest && h.verification ? `${h.newest.name}, ${h.newest.age} old; ${h.verification.text}` : 'no complete backup'
 
 export async function backupHealth(settings: Settings, now = new Date()): Promise<BackupHealth> {
   const root = backupsDir(settings)
   const problem = (severity: Problem['severity'], what: string, message: string): Problem => ({ check: 'backups', severity, key: `backups:${what}`, message })
   const missing = await storeMissing(settings)
-  if (missing) return { store: root, complete: 0, newest: null, last_verification: null, latest: null, problems: [problem('critical', 'none', missing)] }
+  if (missing) return { store: root, complete: 0, newest: null, last_verification: null, latest: null, verification: null, problems: [problem('critical', 'none', missing)] }
   const store = await scanStore(settings)
-  const newest = store.complete.at(-1)
+  const chain = chainOf(store, settings.modelsActive)
+  const newest = chain.at(-1)
+  const verification = verificationState(chain, now)
   const verifications = store.complete.flatMap((b) => b.meta.verifications.map((v) => ({ backup: b.name, v }))).sort((a, b) => a.v.at.localeCompare(b.v.at))
   const last = verifications.at(-1)
   const problems: Problem[] = []
-  if (!newest) problems.push(problem('critical', 'none', `no complete backup in ${root}: run citadel backup create`))
+  if (!newest) problems.push(problem('critical', 'none', `${noBackup(root, store, settings.modelsActive)}: run citadel backup create`))
   const broken = latestDamaged(store)
   if (broken) problems.push(problem('critical', 'latest', `latest points at ${broken.name}, which is damaged (${broken.reason}): restore that file or make a new backup`))
   const ageMs = newest ? now.getTime() - newest.created.getTime() : 0
-  const late = newest && overdue(store.complete, now)
+  const late = newest && overdue(chain, now)
   if (late) problems.push(problem('warning', 'overdue', late))
-  if (last && !last.v.ok)
-    problems.push(problem('warning', 'verification', `the last verification, of ${last.backup} at ${last.v.at}, failed: ${count(last.v.problems.length, 'problem')} (citadel backup verify ${last.backup})`))
+  if (verification?.problem) problems.push(problem('warning', 'verification', verification.problem))
   return {
     store: root,
     complete: store.complete.length,
     newest: newest ? { name: newest.name, type: newest.type, created: newest.created.toISOString(), age: formatAge(ageMs), age_seconds: Math.floor(ageMs / 1000) } : null,
     last_verification: last ? { backup: last.backup, at: last.v.at, age_seconds: Math.floor((now.getTime() - Date.parse(last.v.at)) / 1000), ok: last.v.ok, problems: last.v.problems.length } : null,
     latest: store.latest,
+    verification,
     problems,
   }
 }
@@ -238,8 +297,8 @@ export function showStatus(ctx: TaskContext, status: BackupStatus, now: Date, di
   const { backups, totals, disk } = status
   if (backups.length)
     ctx.detail(...table([
-      ['NAME', 'TYPE', 'AGE', 'FILES', 'SIZE', 'UNIQUE', 'VERIFIED', 'LATEST'],
-      ...backups.map((b) => [b.name, b.type, b.age, String(b.files), bytes(b.bytes), b.unique_bytes === null ? '-' : bytes(b.unique_bytes), verified(b, now), b.latest ? 'yes' : '']),
+      ['NAME', 'TYPE', 'AGE', 'FILES', 'SIZE', 'UNIQUE', 'VERIFIED', 'LATEST', 'SOURCE'],
+      ...backups.map((b) => [b.name, b.type, b.age, String(b.files), bytes(b.bytes), b.unique_bytes === null ? '-' : bytes(b.unique_bytes), verified(b, now), b.latest ? 'yes' : '', b.source]),
     ]))
   const space = `${bytes(disk.free_bytes)} free of ${bytes(disk.total_bytes)}`
   ctx.detail(`total: ${count(totals.backups, 'backup')}, ${bytes(totals.bytes)} (${bytes(totals.bytes_on_disk)} on disk); ${diskName}: ${space}`)

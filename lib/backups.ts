@@ -3,10 +3,12 @@
 // the store (status, verify, cleanup, the next incremental) can mistake an interrupted copy for a backup.
 import { promises as fs, lstatSync, readdirSync, readlinkSync } from 'node:fs'
 import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { Settings } from './config.ts'
-import type { TaskContext } from './task.ts'
+import type { TaskContext, TaskResult } from './task.ts'
 import { atomicSymlink, atomicWriteFile, fsyncDir, lstatOrNull } from './fsx.ts'
 import { backupMetaSchema, catalogSchema, checkShape, parseFile } from './schemas.ts'
+import { Lock, LockHeldError, type LockHolder } from './lock.ts'
 
 export type BackupType = 'full' | 'incremental'
 const BACKUP_NAME = /^backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})_(full|incremental)$/
@@ -177,6 +179,11 @@ export function byClock(complete: Backup[], now: Date): { dated: Backup[]; ahead
 
 /** The damaged backup `latest` points at, if it does: findBackup would silently fall back to an older one. */
 export const latestDamaged = (store: Store) => store.damaged.find((d) => d.name === store.latest) ?? null
+/** The complete backups of one source, oldest first: each source is its own chain of fulls and incrementals. */
+export const chainOf = (store: Store, source: string): Backup[] => store.complete.filter((b) => b.meta.source === source)
+
+/** A backup of nothing: never a copy of anything worth keeping, whatever its verification says. */
+export const isEmptyBackup = (b: Backup) => b.meta.files === 0
 
 /** Why findBackup found nothing, with what there is instead. */
 export function noSuchBackup(store: Store, wanted: string | undefined, where: string): string {
@@ -184,6 +191,56 @@ export function noSuchBackup(store: Store, wanted: string | undefined, where: st
   const damaged = store.damaged.find((d) => d.name === path.basename(wanted ?? ''))
   const available = `available: ${store.complete.map((b) => b.name).join(', ')}`
   return damaged ? `${damaged.name} is damaged (${damaged.reason}); ${available}` : `no complete backup named ${wanted ?? `latest (${store.latest})`}; ${available}`
+}
+
+/** Held in <backup root>/models while a backup is built or the store cleaned: app roots may share one store. */
+const STORE_LOCK = '.citadel-store.lock'
+const STORE_LOCK_POLL_MS = 2000
+
+/**
+ * Runs `work` holding the store lock. Another app root's create or cleanup may hold it for the length of a
+ * backup, so a cron job waits for it up to BACKUP_STORE_LOCK_WAIT seconds, then fails naming the holder.
+ * Check mode takes no lock: it writes nothing, not even the lock file.
+ */
+export async function withStoreLock(ctx: TaskContext, work: () => Promise<TaskResult>): Promise<TaskResult> {
+  if (ctx.check) return work()
+  const { settings } = ctx
+  const dir = backupsDir(settings)
+  const waitMs = settings.backup.storeLockWait * 1000
+  const started = Date.now()
+  const command = `citadel ${ctx.task} of ${settings.appRoot}`
+  const onStale = (h: LockHolder) => ctx.warn(`took over the backup store lock of pid ${h.pid} (${h.command}), which is gone`)
+  let lock: Lock | undefined
+  for (let waited = false; !lock; ) {
+    try {
+      lock = await Lock.acquire(dir, command, onStale, STORE_LOCK)
+    } catch (err) {
+      if (!(err instanceof LockHeldError)) {
+        const code = (err as NodeJS.ErrnoException).code
+        // Cleanup is what frees a full disk: a lock file that does not fit must not stop it. Another run
+        // cannot be copying onto a disk without room for one small file either.
+        if (code !== 'ENOSPC' && code !== 'EDQUOT') return ctx.fail(`cannot take the backup store lock in ${dir}: ${(err as Error).message}`)
+        // The lock file may have been created before its content did not fit: an empty one is that one.
+        const file = path.join(dir, STORE_LOCK)
+        if ((await lstatOrNull(file))?.size === 0) await fs.rm(file, { force: true })
+        ctx.warn(`the backup disk has no room for the store lock (${code}): working without it`)
+        return work()
+      }
+      const { holder } = err
+      const by = `pid ${holder.pid} (${holder.command}), started ${holder.started}`
+      if (Date.now() - started >= waitMs)
+        return ctx.fail(`the backup store ${dir} is still in use by ${by} after waiting ${settings.backup.storeLockWait}s (BACKUP_STORE_LOCK_WAIT): let that run finish and rerun, or raise the wait`)
+      if (!waited) ctx.log('store-lock-wait', { holder })
+      waited = true
+      ctx.progress(`waiting for the backup store, in use by ${by}`)
+      await sleep(STORE_LOCK_POLL_MS, undefined, { signal: ctx.signal })
+    }
+  }
+  try {
+    return await work()
+  } finally {
+    await lock.release()
+  }
 }
 
 /** Points `latest` at a complete backup by a relative link, in one rename. */

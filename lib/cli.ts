@@ -223,7 +223,9 @@ function list(json: boolean): void {
 async function settingsOrNull(): Promise<Settings | null> {
   const { loadSettings, ConfigError } = await import('./config.ts')
   try {
-    return loadSettings()
+    const settings = loadSettings()
+    for (const warning of settings.warnings) process.stderr.write(`citadel: warning: ${warning}\n`)
+    return settings
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err
     for (const problem of err.problems) process.stderr.write(`citadel: ${problem}\n`)

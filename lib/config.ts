@@ -119,7 +119,9 @@ export const SETTINGS = {
   STORAGE_MONITOR_PROMETHEUS_FILE: setting(undefined, 'Prometheus textfile the monitor rewrites every cycle; default <app root>/metrics/citadel.prom', absolutePath),
   BACKUP_RETENTION_DAYS: setting('30', 'Backups older than this many days may be removed by cleanup', wholeNumber(0, '30')),
   BACKUP_VERIFY_SAMPLE_RATE: setting('0.1', 'Share of backup bytes whose hashes each verify run checks', ratio('0.1')),
-  BACKUP_KEEP_MIN: setting('3', 'Complete backups cleanup always keeps, whatever their age', wholeNumber(1, '3')),
+  BACKUP_KEEP_MIN: setting('3', 'Complete backups of each source cleanup always keeps, whatever their age', wholeNumber(1, '3')),
+  BACKUP_MAX_SHRINK: setting('0.5', 'Share by which the file count or bytes of a source may fall since its previous backup before backup create refuses (an unmounted disk looks like an emptied one); --force makes it anyway', ratio('0.5')),
+  BACKUP_STORE_LOCK_WAIT: setting('1800', 'Seconds backup create and cleanup wait for another app root\'s run to finish with a shared backup store before they fail', wholeNumber(0, '1800')),
   BACKUP_REMOTE: setting(undefined, 'Off-host backup store as [user@]host:/absolute/path, reached with rsync over ssh; empty = none', remote),
   BACKUP_SSH_PORT: setting('22', 'ssh port of the remote backup host', wholeNumber(1, '22').refine((n) => n <= 65535, 'expected a port from 1 to 65535')),
   BACKUP_SSH_IDENTITY: setting(undefined, 'Private key ssh uses for the remote backup host; empty = ssh\'s own defaults', sshFile),
@@ -158,10 +160,12 @@ export interface Settings {
     alertCommand?: string
     prometheusFile: string
   }
-  backup: { retentionDays: number; verifySampleRate: number; keepMin: number; remote?: RemoteSettings }
+  backup: { retentionDays: number; verifySampleRate: number; keepMin: number; maxShrink: number; storeLockWait: number; remote?: RemoteSettings }
   systemd: { dir: string; dailySchedule: string; weeklySchedule: string; randomDelay: number }
   /** Where each setting came from, for messages: env, the .env file's path, or default. */
   sources: Record<string, string>
+  /** Names that look like settings and are none (misspellings), each with where it was and the closest setting. */
+  warnings: string[]
 }
 
 export interface RemoteSettings {
@@ -184,14 +188,56 @@ export class ConfigError extends Error {
 }
 
 
-function readEnvFile(env: NodeJS.ProcessEnv): { file: string; values: Record<string, string> } {
+// dotenv's own line pattern: the same names it reads, found again with where they stand, which its parse drops.
+const DOTENV_LINE = /(?:^|^)\s*(?:export\s+)?([\w.-]+)(?:\s*=\s*?|:\s+?)(\s*'(?:\\'|[^'])*'|\s*"(?:\\"|[^"])*"|\s*`(?:\\`|[^`])*`|[^#\r\n]+)?\s*(?:#.*)?(?:$|$)/gm
+
+interface EnvFile { file: string; values: Record<string, string>; lines: Map<string, number> }
+
+function readEnvFile(env: NodeJS.ProcessEnv): EnvFile {
   const named = env.CITADEL_ENV_FILE
   const file = named ? path.resolve(named) : path.join(projectRoot(), '.env')
   if (!existsSync(file)) {
     if (named) throw new ConfigError([`invalid setting CITADEL_ENV_FILE=${JSON.stringify(named)}: file does not exist; expected the path of a readable .env file`])
-    return { file, values: {} }
+    return { file, values: {}, lines: new Map() }
   }
-  return { file, values: parseDotenv(readFileSync(file)) }
+  const content = readFileSync(file)
+  const text = content.toString().replace(/\r\n?/g, '\n')
+  const lines = new Map<string, number>()
+  for (const m of text.matchAll(DOTENV_LINE)) {
+    const key = m.index + (/^\s*(?:export\s+)?/.exec(m[0]) as RegExpExecArray)[0].length
+    lines.set(m[1]!, text.slice(0, key).split('\n').length)
+  }
+  return { file, values: parseDotenv(content), lines }
+}
+
+/** Names citadel itself sets or reads besides the settings: never a misspelling. */
+const INTERNAL_NAMES = new Set(['CITADEL_ENV_FILE', 'CITADEL_DEMO_DIR'])
+/** The beginnings of the settings' names: a name with one of them that is no setting is likely misspelled. */
+const PREFIXES = [...new Set(Object.keys(SETTINGS).map((n) => n.slice(0, n.indexOf('_') + 1)))]
+
+function editDistance(a: string, b: string): number {
+  let row = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    const next = [i]
+    for (let j = 1; j <= b.length; j++) next[j] = Math.min(row[j]! + 1, next[j - 1]! + 1, row[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1))
+    row = next
+  }
+  return row[b.length]!
+}
+
+/**
+ * A warning for each name in the env file or the environment that starts like a setting but is none. The
+ * CITADEL_MODEL_<ALIAS> variables storage-env.sh exports for the registered models are citadel's own.
+ */
+function misspellings(envFile: EnvFile, env: NodeJS.ProcessEnv, models: ModelEntry[]): string[] {
+  const known = new Set<string>([...Object.keys(SETTINGS), ...INTERNAL_NAMES, ...models.map((m) => envNameOfAlias(m.alias))])
+  const suspect = (name: string) => PREFIXES.some((p) => name.startsWith(p)) && !known.has(name)
+  const closest = (name: string) => Object.keys(SETTINGS).reduce((best, n) => (editDistance(name, n) < editDistance(name, best) ? n : best))
+  const found: [string, string][] = [
+    ...[...envFile.lines].filter(([name]) => suspect(name)).map(([name, line]): [string, string] => [name, `line ${line} of ${envFile.file}`]),
+    ...Object.keys(env).filter(suspect).sort().map((name): [string, string] => [name, 'the environment']),
+  ]
+  return found.map(([name, where]) => `${name} (${where}) is not a citadel setting and is ignored; did you mean ${closest(name)}?`)
 }
 
 /** Loads and validates every setting; throws ConfigError naming each bad one. Touches nothing on disk. */
@@ -262,6 +308,8 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
       retentionDays: r.BACKUP_RETENTION_DAYS,
       verifySampleRate: r.BACKUP_VERIFY_SAMPLE_RATE,
       keepMin: r.BACKUP_KEEP_MIN,
+      maxShrink: r.BACKUP_MAX_SHRINK,
+      storeLockWait: r.BACKUP_STORE_LOCK_WAIT,
       remote: r.BACKUP_REMOTE && {
         ...r.BACKUP_REMOTE,
         port: r.BACKUP_SSH_PORT,
@@ -278,5 +326,6 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
       randomDelay: r.CITADEL_TIMER_RANDOM_DELAY,
     },
     sources,
+    warnings: misspellings(envFile, env, r.MODEL_REGISTRY),
   }
 }

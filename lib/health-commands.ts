@@ -1,7 +1,7 @@
 // `citadel health-check` (one document and a monitoring-plugin exit status) and `citadel status` (the
 // morning glance). Both only look: no lock, nothing written, so they run beside a backup or the monitor.
 import path from 'node:path'
-import { formatAge } from './backup-status.ts'
+import { backupLine, formatAge } from './backup-status.ts'
 import type { Settings } from './config.ts'
 import { collectHealth, PLUGIN_EXIT, readStoredHealth, type HealthReport, type SmartSnapshot } from './health.ts'
 import { healthDir } from './layout.ts'
@@ -64,8 +64,7 @@ export async function status(settings: Settings, json: boolean): Promise<number>
   const waiting = report.symlinks.filter((l) => !l.failing && l.verdict !== 'ok')
   out.push('', `links    ${report.symlinks.length - failing.length - waiting.length} ok${waiting.length ? `, ${waiting.length} waiting for their model` : ''}${failing.length ? `, ${failing.length} FAILING` : ''}`)
   for (const l of failing) out.push(`         ${l.path}: ${l.verdict} (${l.reason})`)
-  const { newest, last_verification: last } = report.backups
-  out.push(`backup   ${newest ? `${newest.name}, ${newest.age} old` : 'no complete backup'}; ${last ? `last verification ${last.ok ? 'ok' : 'FAILED'} ${ago(last.at)}` : 'never verified'}`)
+  out.push(`backup   ${backupLine(report.backups)}`)
   const disks = report.smart.map((d) => `${d.device} ${d.verdict}${d.temperature_celsius !== null ? ` ${d.temperature_celsius}°C` : ''}${d.verdict === 'healthy' ? '' : ` (${d.reasons[0] ?? ''})`}`)
   out.push(`smart    ${disks.length ? disks.join(', ') : 'no disk to read'}${smart ? ` (monitor, ${ago(smart.read_at)})` : ''}`)
   for (const note of report.notes) out.push(`         ${note}`)

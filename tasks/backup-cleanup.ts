@@ -1,16 +1,17 @@
-// Removes complete backups older than DAYS and what interrupted creates left. Whatever their age it keeps
-// the newest BACKUP_KEEP_MIN, the newest one whose last verification passed (a copy known to be good) and
-// the one `latest` points at. Damaged backups and anything not named like a backup are never touched.
+// Removes complete backups older than DAYS and what interrupted creates left. Whatever their age it keeps,
+// of each source, the newest BACKUP_KEEP_MIN and the newest one whose last verification passed (a copy known
+// to be good; an empty backup never counts as one), and the one `latest` points at. It works under the store
+// lock, so a partial that another app root sharing the store is still building is never taken for a leftover. Damaged backups and anything not named like a backup are never touched.
 // A removed backup cannot be journaled, so a failed run does not bring it back.
 import path from 'node:path'
 import { bytesHeldOnlyBy, planRetention, sharing } from '../lib/backup-status.ts'
-import { removeBackupDir, removePartials, scanStore, storeMissing } from '../lib/backups.ts'
+import { removeBackupDir, removePartials, scanStore, storeMissing, withStoreLock } from '../lib/backups.ts'
 import { bytes, count } from '../lib/report.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
 
 const task = defineTask({
   name: 'backup-cleanup',
-  description: 'Remove backups older than DAYS, always keeping the newest BACKUP_KEEP_MIN, the newest verified one and latest',
+  description: 'Remove backups older than DAYS, always keeping of each source the newest BACKUP_KEEP_MIN and the newest verified one, and latest',
   tags: ['backup', 'cleanup'],
   args: [
     { name: 'days', positional: true, type: 'string', value: 'DAYS', help: 'remove backups older than this many days (default: BACKUP_RETENTION_DAYS)',
@@ -20,29 +21,31 @@ const task = defineTask({
     const { settings } = ctx
     const missing = await storeMissing(settings)
     if (missing) return ctx.fail(missing)
-    const days = typeof ctx.args.days === 'string' ? Number(ctx.args.days) : settings.backup.retentionDays
-    const now = new Date()
-    const verb = ctx.check ? 'would remove' : 'removed'
-    const store = await scanStore(settings)
+    return withStoreLock(ctx, async () => {
+      const days = typeof ctx.args.days === 'string' ? Number(ctx.args.days) : settings.backup.retentionDays
+      const now = new Date()
+      const verb = ctx.check ? 'would remove' : 'removed'
+      const store = await scanStore(settings)
 
-    for (const d of store.damaged) ctx.warn(`${d.name} is damaged (${d.reason}): left alone`)
-    await removePartials(ctx, store)
+      for (const d of store.damaged) ctx.warn(`${d.name} is damaged (${d.reason}): left alone`)
+      await removePartials(ctx, store)
 
-    const plan = planRetention(ctx, store.complete, store.latest, days, now)
-    // Files an incremental shares with a removed backup stay on disk: only what no kept backup holds is freed.
-    const freed = plan.doomed.length ? bytesHeldOnlyBy(sharing(store.complete), plan.doomed.map((d) => d.backup.name)) : 0
-    for (const { backup, before } of plan.doomed)
-      await ctx.apply({ path: backup.dir, action: 'remove backup', before, after: null }, null, () => removeBackupDir(settings, backup.dir))
+      const plan = planRetention(ctx, store.complete, store.latest, days, now)
+      // Files an incremental shares with a removed backup stay on disk: only what no kept backup holds is freed.
+      const freed = plan.doomed.length ? bytesHeldOnlyBy(sharing(store.complete), plan.doomed.map((d) => d.backup.name)) : 0
+      for (const { backup, before } of plan.doomed)
+        await ctx.apply({ path: backup.dir, action: 'remove backup', before, after: null }, null, () => removeBackupDir(settings, backup.dir))
 
-    const removed = [plan.doomed.length ? `${count(plan.doomed.length, 'backup')} (${bytes(freed)})` : '', store.partials.length ? count(store.partials.length, 'partial backup') : ''].filter(Boolean)
-    return ctx.finish(`${removed.length ? `${verb} ${removed.join(' and ')}` : 'nothing to remove'}, kept ${plan.backups.length - plan.doomed.length}`, {
-      days,
-      keep_min: settings.backup.keepMin,
-      backups: plan.backups,
-      removed: plan.doomed.map((d) => d.backup.name),
-      freed_bytes: freed,
-      partials: store.partials.map((p) => path.basename(p)),
-      damaged: store.damaged,
+      const removed = [plan.doomed.length ? `${count(plan.doomed.length, 'backup')} (${bytes(freed)})` : '', store.partials.length ? count(store.partials.length, 'partial backup') : ''].filter(Boolean)
+      return ctx.finish(`${removed.length ? `${verb} ${removed.join(' and ')}` : 'nothing to remove'}, kept ${plan.backups.length - plan.doomed.length}`, {
+        days,
+        keep_min: settings.backup.keepMin,
+        backups: plan.backups,
+        removed: plan.doomed.map((d) => d.backup.name),
+        freed_bytes: freed,
+        partials: store.partials.map((p) => path.basename(p)),
+        damaged: store.damaged,
+      })
     })
   },
 })

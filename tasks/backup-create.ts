@@ -1,19 +1,83 @@
-// Makes a new backup of the active models (or SRC): checks the source and the space on the backup disk,
-// builds the backup as a .partial directory and publishes it by rename (lib/backup-build.ts), then points
-// `latest` at it. Until that rename nothing counts as a backup; whatever an interrupted run leaves is removed
-// by the next create or cleanup.
+// Makes a new backup of the active models (or SRC): checks the source (never empty, never shrunk by more
+// than BACKUP_MAX_SHRINK since its previous backup, unless --force) and the space on the backup disk, builds
+// the backup as a .partial directory and publishes it by rename (lib/backup-build.ts), then points `latest`
+// at it when it is of the active models. Until that rename nothing counts as a backup; whatever an
+// interrupted run leaves is removed by the next create or cleanup, under the store lock so that another app
+// root sharing the store never removes a partial still being built.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { buildBackup, planCopy, spaceShortfall, type BuildOutcome } from '../lib/backup-build.ts'
-import { backupName, backupsDir, findBackup, pointLatest, removePartials, scanStore, storeMissing, type BackupType } from '../lib/backups.ts'
+import { backupName, backupsDir, chainOf, pointLatest, removePartials, scanStore, storeMissing, withStoreLock, type Backup, type BackupType, type TreeFile } from '../lib/backups.ts'
 import { lstatOrNull } from '../lib/fsx.ts'
 import { bytes, count } from '../lib/report.ts'
 import { RSYNC_VANISHED } from '../lib/rsync.ts'
-import { defineTask, runWhenMain } from '../lib/task.ts'
+import { defineTask, runWhenMain, type TaskContext, type TaskResult } from '../lib/task.ts'
+
+/**
+ * Why this source looks emptied rather than changed (an unmounted disk, a wrong mount), or null: no files
+ * at all, or fewer files or bytes than its previous backup by more than BACKUP_MAX_SHRINK.
+ */
+function shrinkage(src: string, files: TreeFile[], previous: Backup | null, maxShrink: number): string | null {
+  const size = files.reduce((s, f) => s + f.size, 0)
+  if (!files.length) return `${src} holds no files: refusing to make an empty backup`
+  if (!previous) return null
+  const was = previous.meta
+  const fell = (now: number, then: number) => (then > 0 ? (then - now) / then : 0)
+  const worst = Math.max(fell(files.length, was.files), fell(size, was.bytes))
+  if (worst <= maxShrink) return null
+  return `${src} holds ${count(files.length, 'file')}, ${bytes(size)}; its previous backup ${previous.name} holds ${count(was.files, 'file')}, ${bytes(was.bytes)}: a fall of ${Math.round(worst * 100)}%, more than BACKUP_MAX_SHRINK=${maxShrink} allows`
+}
+
+async function make(ctx: TaskContext, src: string): Promise<TaskResult> {
+  const { settings } = ctx
+  const root = backupsDir(settings)
+  const store = await scanStore(settings)
+  await removePartials(ctx, store)
+  // Each source is its own chain: its parent is the newest backup of the same source, and only a backup
+  // of the active models moves `latest`, which vLLM's restores and the daily incremental go by.
+  const previous = chainOf(store, src).at(-1) ?? null
+  const movesLatest = src === settings.modelsActive
+  let type = (ctx.args.type as BackupType | undefined) ?? (previous ? 'incremental' : 'full')
+  if (type === 'incremental' && !previous) {
+    ctx.warn(`no complete backup of ${src} to base an incremental on: making a full one`)
+    type = 'full'
+  }
+  const parentDir = type === 'incremental' ? previous!.dir : null
+
+  ctx.progress(`reading ${src}`)
+  const plan = planCopy(src, parentDir)
+  const shrunk = shrinkage(src, plan.source.files, previous, settings.backup.maxShrink)
+  if (shrunk) {
+    // SYMLINK_FORCE_RECREATE turns --force on for every run: it must not wave an empty source through.
+    if (!ctx.force || settings.symlinkForceRecreate)
+      return ctx.fail(`${shrunk}; check that the model disk is mounted and the models are in place, or rerun with --force to back it up anyway${settings.symlinkForceRecreate ? ' (SYMLINK_FORCE_RECREATE=true does not count: set it to false for that run)' : ''}`)
+    ctx.warn(`${shrunk}: backed up anyway (--force)`)
+  }
+  const short = await spaceShortfall(plan, root)
+  if (short) return ctx.fail(`not enough space on ${settings.backupRoot}: ${short}`)
+
+  const started = new Date()
+  let name = backupName(started, type)
+  // Names sort by time: a second already taken by a backup of either type moves this one to the next.
+  const second = (n: string) => n.slice(0, 'backup_YYYYMMDD_HHMMSS'.length)
+  for (let t = started.getTime(); store.complete.some((b) => second(b.name) === second(name)) || (await lstatOrNull(path.join(root, name))); ) name = backupName(new Date((t += 1000)), type)
+  const final = path.join(root, name)
+  const summary = `${count(plan.source.files.length, 'file')}, ${bytes(plan.source.files.reduce((s, f) => s + f.size, 0))}; ${bytes(plan.bytesToCopy)} to copy`
+  // Neither step is journaled: a finished backup is data, not configuration, and no rollback removes it.
+  let made: BuildOutcome | undefined
+  await ctx.apply({ path: final, action: `create ${type} backup`, before: null, after: summary }, null, async () => {
+    made = await buildBackup(ctx, { src, final, name, type, started, parentDir, plan })
+  })
+  if (movesLatest) await ctx.apply({ path: path.join(root, 'latest'), action: 'point latest', before: store.latest, after: name }, null, () => pointLatest(settings, name))
+  if (ctx.check) return ctx.finish(`would create ${name} of ${src} (${summary})`)
+  const { files, bytes: size, copied_bytes, hashed_bytes, rsync_exit } = made!
+  const vanished = rsync_exit === RSYNC_VANISHED ? '; some source files vanished during the copy (see warnings)' : ''
+  return ctx.finish(`${name}: ${count(files, 'file')}, ${bytes(size)}, ${bytes(copied_bytes)} copied, ${bytes(hashed_bytes)} hashed${vanished}`, { backup: name, type, source: src, parent: parentDir && path.basename(parentDir), ...made })
+}
 
 const task = defineTask({
   name: 'backup-create',
-  description: 'Back up the active models (or SRC) with rsync: full, or incremental with hard links to the last backup',
+  description: 'Back up the active models (or SRC) with rsync: full, or incremental with hard links to the newest backup of the same source',
   tags: ['backup'],
   idempotent: false,
   args: [
@@ -30,38 +94,7 @@ const task = defineTask({
     const missing = await storeMissing(settings)
     if (missing) return ctx.fail(missing)
 
-    const store = await scanStore(settings)
-    await removePartials(ctx, store)
-    const parent = findBackup(store, undefined)
-    let type = (ctx.args.type as BackupType | undefined) ?? (parent ? 'incremental' : 'full')
-    if (type === 'incremental' && !parent) {
-      ctx.warn('no complete backup to base an incremental on: making a full one')
-      type = 'full'
-    }
-    const parentDir = type === 'incremental' ? parent!.dir : null
-
-    ctx.progress(`reading ${src}`)
-    const plan = planCopy(src, parentDir)
-    const short = await spaceShortfall(plan, root)
-    if (short) return ctx.fail(`not enough space on ${settings.backupRoot}: ${short}`)
-
-    const started = new Date()
-    let name = backupName(started, type)
-    // Names sort by time: a second already taken by a backup of either type moves this one to the next.
-    const second = (n: string) => n.slice(0, 'backup_YYYYMMDD_HHMMSS'.length)
-    for (let t = started.getTime(); store.complete.some((b) => second(b.name) === second(name)) || (await lstatOrNull(path.join(root, name))); ) name = backupName(new Date((t += 1000)), type)
-    const final = path.join(root, name)
-    const summary = `${count(plan.source.files.length, 'file')}, ${bytes(plan.source.files.reduce((s, f) => s + f.size, 0))}; ${bytes(plan.bytesToCopy)} to copy`
-    // Neither step is journaled: a finished backup is data, not configuration, and no rollback removes it.
-    let made: BuildOutcome | undefined
-    await ctx.apply({ path: final, action: `create ${type} backup`, before: null, after: summary }, null, async () => {
-      made = await buildBackup(ctx, { src, final, name, type, started, parentDir, plan })
-    })
-    await ctx.apply({ path: path.join(root, 'latest'), action: 'point latest', before: store.latest, after: name }, null, () => pointLatest(settings, name))
-    if (ctx.check) return ctx.finish(`would create ${name} of ${src} (${summary})`)
-    const { files, bytes: size, copied_bytes, hashed_bytes, rsync_exit } = made!
-    const vanished = rsync_exit === RSYNC_VANISHED ? '; some source files vanished during the copy (see warnings)' : ''
-    return ctx.finish(`${name}: ${count(files, 'file')}, ${bytes(size)}, ${bytes(copied_bytes)} copied, ${bytes(hashed_bytes)} hashed${vanished}`, { backup: name, type, source: src, parent: parentDir && path.basename(parentDir), ...made })
+    return withStoreLock(ctx, () => make(ctx, src))
   },
 })
 

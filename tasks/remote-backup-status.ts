@@ -13,7 +13,7 @@ const task = defineTask({
     return withRemote(ctx, async (r) => {
       const now = new Date()
       const store = await scanRemote(ctx.$, r, 'du')
-      const status = summarizeStore(remoteLabel(r), store, now, store.disk, null, store.bytes_on_disk ?? 0)
+      const status = summarizeStore(remoteLabel(r), store, now, store.disk, null, store.bytes_on_disk ?? 0, ctx.settings.modelsActive)
       return showStatus(ctx, status, now, 'remote disk')
     })
   },

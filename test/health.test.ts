@@ -55,7 +55,7 @@ describe('citadel health-check', () => {
       'warning backups:verification',
     ])
     expect(result.doc.problems[1].message).toMatch(new RegExp(`^the newest backup, ${old}, is 9d 0h old \\(more than 8 days\\)$`))
-    expect(result.doc.problems[2].message).toContain('failed: 1 problem')
+    expect(result.doc.problems[2].message).toBe(`the last verification of the newest backup, ${old}, failed at ${doc.verifications[0].at}: 1 problem (citadel backup verify ${old} --sample 1 names them)`)
   })
 
   it('answers UNKNOWN (3) when a check cannot run: a models root that is a symlink loop', async () => {
@@ -108,7 +108,7 @@ describe('citadel status', () => {
     expect(human.stdout).toMatch(/^citadel on .+: overall OK\n/)
     expect(human.stdout).toMatch(/\[[#.]{20}\] +\d+(\.\d)?%/)
     expect(human.stdout).toContain('links    3 ok, 2 waiting for their model')
-    expect(human.stdout).toMatch(/backup   backup_\S+_full, \d+m old; never verified/)
+    expect(human.stdout).toMatch(/^backup   backup_\S+_full, \d+m old; not verified yet$/m)
     expect(human.stdout).toContain('monitor  not running')
     const json = await citadelJson(['status'], roots.env)
     expect(json.doc.monitor).toEqual({ running: false, pid: null, last_cycle_at: null })
