@@ -7,6 +7,7 @@ import { fileStamp } from './fsx.ts'
 import { Journal, journalFile, type RollbackStep } from './journal.ts'
 import { logsDir, stateDir } from './layout.ts'
 import { Lock } from './lock.ts'
+import { refusal as rootsRefusal } from './marks.ts'
 import { RunLog } from './log.ts'
 import { formatReport, toReport, type TaskRecord } from './report.ts'
 import { makeShell } from './shell.ts'
@@ -89,8 +90,11 @@ async function execute(run: RunState, task: Task, args: TaskArgs, when: When | u
   }
   let outcome: TaskResult
   try {
+    const skip = when && !when.test(settings)
+    const refused = task.roots && !skip && !run.signal.aborted ? await rootsRefusal(run.shell, settings, task.roots, check ? ctx.earlierChanges : []) : null
     outcome = run.signal.aborted ? result('failed', 'not started: interrupted by signal')
-      : when && !when.test(settings) ? result('skipped', when.otherwise)
+      : skip ? result('skipped', when.otherwise)
+      : refused ? result('failed', refused)
       : await task.run(ctx)
   } catch (err) {
     outcome = result('failed', err instanceof Interrupted ? err.message : `error: ${(err as Error).message}`)

@@ -87,6 +87,8 @@ export interface Task {
    * check the disks while a backup runs. Its log still goes to the run log.
    */
   readOnly?: true
+  /** The disk roots the task writes to or reads: the runner refuses it before it runs unless their marks hold. */
+  roots?: ('models' | 'backup')[]
   run(ctx: TaskContext): Promise<TaskResult>
 }
 

@@ -1,8 +1,9 @@
-// First setup of a server: check it, lay out the tree, link the app to the model disk, write vLLM's env,
-// then a first health report.
+// First setup of a server: check it, mark the disk roots (before anything is laid out on them), lay out
+// the tree, link the app to the model disk, write vLLM's env, then a first health report.
 import healthReport from '../tasks/health-report.ts'
 import createDirs from '../tasks/create-dirs.ts'
 import createSymlinks from '../tasks/create-symlinks.ts'
+import markRoots from '../tasks/mark-roots.ts'
 import verifyPrereq from '../tasks/verify-prereq.ts'
 import verifySymlinks from '../tasks/verify-symlinks.ts'
 import writeEnvScript from '../tasks/write-env-script.ts'
@@ -11,5 +12,5 @@ import { definePlaybook } from '../lib/task.ts'
 export default definePlaybook({
   name: 'initial-setup',
   description: 'Check prerequisites, create the directory tree and links, write storage-env.sh, report health',
-  tasks: [verifyPrereq, createDirs, createSymlinks, verifySymlinks, writeEnvScript, healthReport],
+  tasks: [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, writeEnvScript, healthReport],
 })

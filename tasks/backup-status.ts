@@ -7,6 +7,7 @@ const task = defineTask({
   name: 'backup-status',
   description: 'Show each backup with its age, size, unique bytes and last verification, the space left on the backup disk, and what needs attention',
   tags: ['backup', 'status'],
+  roots: ['backup'],
   async run(ctx) {
     const now = new Date()
     let status: BackupStatus

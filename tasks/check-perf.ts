@@ -38,6 +38,7 @@ const task = defineTask({
   name: 'check-perf',
   description: 'Measure I/O with fio in the models root (or PATH): sequential read and write, 4 KiB random read, against the previous run',
   tags: ['monitor', 'perf'],
+  roots: ['models'],
   args: [
     { name: 'path', positional: true, type: 'string', value: 'PATH', help: 'directory to measure (default: the models root)' },
     { name: 'quick', type: 'boolean', help: '64 MiB and 2 s per job instead of 1 GiB and 10 s' },

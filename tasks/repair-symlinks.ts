@@ -10,6 +10,7 @@ const task = defineTask({
   name: 'repair-symlinks',
   description: 'Fix missing, wrong and broken links (recreating a missing link target on the model disk)',
   tags: ['links', 'repair'],
+  roots: ['models'],
   async run(ctx) {
     const plan = await planLinks(ctx)
     if (plan.conflicts.length) return ctx.fail(summarize(plan.conflicts), { conflicts: plan.conflicts })

@@ -8,6 +8,7 @@ const task = defineTask({
   name: 'verify-symlinks',
   description: 'Give every expected link a verdict: ok, missing, wrong-target, broken or not-a-link',
   tags: ['setup', 'links', 'verify'],
+  roots: ['models'],
   async run(ctx) {
     const states = allowPlanned(await inspectLinks(ctx.settings), ctx)
     const links = states.map((s) => ({ path: s.path, expected: s.target, actual: s.actual, verdict: s.verdict, failing: s.failing, reason: s.reason, model: s.model ?? null }))
