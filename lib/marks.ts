@@ -10,6 +10,7 @@ import type { Shell } from 'zx/core'
 import type { Settings } from './config.ts'
 import { describeEntry, lstatOrNull, readFileOrNull } from './fsx.ts'
 import { stateDir } from './layout.ts'
+import { parseOwnJson } from './own-json.ts'
 import type { Change } from './task.ts'
 
 export type RootRole = 'models' | 'backup'
@@ -42,26 +43,10 @@ export const rememberedFile = (s: Settings) => path.join(stateDir(s), 'roots.jso
 /** The directories citadel lays out on a root: any of them there means the root was laid out before. */
 const LAYOUT: Record<RootRole, string[]> = { models: ['active', 'archive', 'downloads', 'staging'], backup: ['models', 'system'] }
 
-/** Parses a file citadel wrote earlier through its schema; any other shape is one line naming the file. */
-function parseOwn<T>(file: string, text: string, schema: z.ZodType<T>, what: string): T {
-  let doc: unknown
-  try {
-    doc = JSON.parse(text)
-  } catch (err) {
-    throw new Error(`${file} is not ${what}: ${(err as Error).message}`)
-  }
-  const parsed = schema.safeParse(doc)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!
-    throw new Error(`${file} is not ${what}: ${issue.path.join('.') || 'the document'}: ${issue.message}`)
-  }
-  return parsed.data
-}
-
 export async function readRemembered(s: Settings): Promise<Remembered> {
   const file = rememberedFile(s)
   const text = await readFileOrNull(file)
-  return text === null ? { format: 1, roots: {} } : parseOwn(file, text, rememberedSchema, "citadel's record of the root marks it laid out")
+  return text === null ? { format: 1, roots: {} } : parseOwnJson(file, text, rememberedSchema, "citadel's record of the root marks it laid out")
 }
 
 /** The UUID of the filesystem holding `dir`, where findmnt or blkid know it (a tmpfs has none). */
@@ -119,7 +104,7 @@ export async function inspectRoot($: Shell, s: Settings, role: RootRole, remembe
   }
   let mark: Mark
   try {
-    mark = parseOwn(file, text, markSchema, "a root mark citadel wrote")
+    mark = parseOwnJson(file, text, markSchema, "a root mark citadel wrote")
   } catch (err) {
     return { ...seen, verdict: 'foreign', reason: `${setting} ${root}: ${(err as Error).message}; ${newDiskHint}` }
   }
