@@ -89,7 +89,7 @@ export async function inspectRoot($: Shell, s: Settings, role: RootRole, remembe
   const known = remembered.roots[role] ?? null
   const st = await fs.stat(root).catch(() => null)
   const base = { role, setting, path: root, mark: null, remembered: known, fs_uuid: null, is_dir: false, laid_out: false, empty: false }
-  if (!st?.isDirectory()) return { ...base, verdict: 'unmarked', reason: `${setting} ${root} is ${describeEntry(st)}, not a directory: ${mountHint(root)}` }
+  if (!st?.isDirectory()) return { ...base, verdict: 'unmarked', reason: `${setting} ${root} ${st ? `is ${describeEntry(st)}, not a directory` : 'does not exist'}: ${mountHint(root)}` }
   const names = await fs.readdir(root)
   const laid_out = LAYOUT[role].some((d) => names.includes(d))
   const fs_uuid = await filesystemUuid($, root)
