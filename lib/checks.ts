@@ -2,8 +2,10 @@
 // (the monitor follows each key from sample to sample) and the reason in words an operator reads at 3 a.m.
 export type Severity = 'ok' | 'warning' | 'critical'
 
+export const CHECKS = ['roots', 'filesystems', 'symlinks', 'models', 'smart', 'backups', 'perf'] as const
+
 export interface Problem {
-  check: 'filesystems' | 'symlinks' | 'smart' | 'backups' | 'perf'
+  check: (typeof CHECKS)[number]
   severity: 'warning' | 'critical'
   /** Stable across samples of the same condition, e.g. "filesystems:/mnt/citadel-models:disk". */
   key: string

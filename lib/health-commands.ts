@@ -3,7 +3,7 @@
 import path from 'node:path'
 import { backupLine, formatAge } from './backup-status.ts'
 import type { Settings } from './config.ts'
-import { collectHealth, PLUGIN_EXIT, readStoredHealth, type HealthReport, type SmartSnapshot } from './health.ts'
+import { collectHealth, PLUGIN_EXIT, readStoredHealth, type HealthReport, type SmartSnapshot, type StoredHealth } from './health.ts'
 import { healthDir } from './layout.ts'
 import { liveHolder } from './lock.ts'
 import { MONITOR_LOCK } from './monitor.ts'
@@ -42,12 +42,17 @@ const bar = (ratio: number) => {
 }
 
 export async function status(settings: Settings, json: boolean): Promise<number> {
-  const stored = readStoredHealth(settings)
+  let stored: StoredHealth | null = null
+  try {
+    stored = readStoredHealth(settings)
+  } catch (err) {
+    process.stderr.write(`citadel: warning: ${(err as Error).message}; status reads the disks itself\n`)
+  }
   const holder = liveHolder(path.join(healthDir(settings), MONITOR_LOCK))
   // SMART as the running monitor last read it, while that reading is fresh; otherwise read the disks now
   // (smartctl -n standby never spins a sleeping disk up).
   const fresh = stored?.smart && stored.smart_read_at && Date.now() - Date.parse(stored.smart_read_at) < (settings.monitor.smartInterval + settings.monitor.checkInterval) * 1000
-  const smart: SmartSnapshot | undefined = holder && fresh ? { disks: stored.smart!, notes: stored.notes ?? [], read_at: stored.smart_read_at! } : undefined
+  const smart: SmartSnapshot | undefined = holder && fresh && stored ? { disks: stored.smart!, notes: stored.notes ?? [], read_at: stored.smart_read_at! } : undefined
   const $ = quietShell()
   const [report, services] = await Promise.all([collectHealth({ settings, $, ...(smart && { smart }) }), servicesState(settings, $)])
   const monitor = { running: holder !== null, pid: holder?.pid ?? null, last_cycle_at: holder ? (stored?.generated_at ?? null) : null }
@@ -60,9 +65,10 @@ export async function status(settings: Settings, json: boolean): Promise<number>
     ['FILESYSTEM', 'ROOTS', 'USAGE', '', 'SIZE', 'FREE', 'INODES', 'VERDICT'],
     ...report.filesystems.map((f) => [f.mount, f.roots.map((r) => r.name).join(','), bar(f.used_ratio), percent(f.used_ratio), bytes(f.size_bytes), bytes(f.available_bytes), percent(f.inodes_used_ratio), f.severity]),
   ]))
+  out.push('', `roots    ${report.roots.length ? report.roots.map((r) => `${r.role} ${r.verdict === 'ok' ? 'marked' : r.verdict.toUpperCase()}`).join(', ') : 'UNKNOWN'}`)
   const failing = report.symlinks.filter((l) => l.failing)
   const waiting = report.symlinks.filter((l) => !l.failing && l.verdict !== 'ok')
-  out.push('', `links    ${report.symlinks.length - failing.length - waiting.length} ok${waiting.length ? `, ${waiting.length} waiting for their model` : ''}${failing.length ? `, ${failing.length} FAILING` : ''}`)
+  out.push(`links    ${report.symlinks.length - failing.length - waiting.length} ok${waiting.length ? `, ${waiting.length} without their model directory` : ''}${failing.length ? `, ${failing.length} FAILING` : ''}`)
   for (const l of failing) out.push(`         ${l.path}: ${l.verdict} (${l.reason})`)
   out.push(`backup   ${backupLine(report.backups)}`)
   const disks = report.smart.map((d) => `${d.device} ${d.verdict}${d.temperature_celsius !== null ? ` ${d.temperature_celsius}°C` : ''}${d.verdict === 'healthy' ? '' : ` (${d.reasons[0] ?? ''})`}`)

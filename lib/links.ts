@@ -9,8 +9,12 @@ import type { TaskContext } from './task.ts'
 
 export type Verdict = 'ok' | 'missing' | 'wrong-target' | 'broken' | 'not-a-link'
 
+/** What stands at a link's target, symlinks followed: vLLM loads a model only from a directory. */
+export type TargetKind = 'directory' | 'file' | 'missing' | 'other'
+
 export interface LinkState extends ExpectedLink {
   verdict: Verdict
+  targetKind: TargetKind
   /** What is there now: the link's text, or what kind of entry stands in its place. */
   actual: string | null
   targetExists: boolean
@@ -19,15 +23,20 @@ export interface LinkState extends ExpectedLink {
   reason: string
 }
 
-const isDir = async (p: string) => (await fs.stat(p).catch(() => null))?.isDirectory() ?? false
+async function targetKind(p: string): Promise<TargetKind> {
+  const st = await fs.stat(p).catch(() => null)
+  return !st ? 'missing' : st.isDirectory() ? 'directory' : st.isFile() ? 'file' : 'other'
+}
 
 async function inspectLink(link: ExpectedLink): Promise<LinkState> {
   const st = await lstatOrNull(link.path)
-  const targetExists = await isDir(link.target)
+  const kind = await targetKind(link.target)
+  const targetExists = kind === 'directory'
   const notDownloaded = link.model !== undefined && !targetExists
-  const base = { ...link, targetExists }
+  const absent = kind === 'missing' ? 'is not there yet' : `is ${kind === 'file' ? 'a file' : 'not a directory'}`
+  const base = { ...link, targetExists, targetKind: kind }
   if (!st) {
-    return { ...base, verdict: 'missing', actual: null, failing: !notDownloaded, reason: notDownloaded ? `model directory ${link.target} is not there yet` : 'no link' }
+    return { ...base, verdict: 'missing', actual: null, failing: !notDownloaded, reason: notDownloaded ? `model directory ${link.target} ${absent}` : 'no link' }
   }
   if (!st.isSymbolicLink()) {
     return { ...base, verdict: 'not-a-link', actual: describeEntry(st), failing: true, reason: `${describeEntry(st)} stands where the link belongs` }
@@ -37,7 +46,7 @@ async function inspectLink(link: ExpectedLink): Promise<LinkState> {
     return { ...base, verdict: 'wrong-target', actual, failing: true, reason: `points to ${actual}, expected ${link.target}` }
   }
   if (!targetExists) {
-    return { ...base, verdict: 'broken', actual, failing: !notDownloaded, reason: notDownloaded ? `model directory ${link.target} is not there yet` : `target ${link.target} is missing` }
+    return { ...base, verdict: 'broken', actual, failing: !notDownloaded, reason: notDownloaded ? `model directory ${link.target} ${absent}` : `target ${link.target} is missing` }
   }
   return { ...base, verdict: 'ok', actual, failing: false, reason: 'points right' }
 }
@@ -45,10 +54,10 @@ async function inspectLink(link: ExpectedLink): Promise<LinkState> {
 export const inspectLinks = (s: Settings) => Promise.all(expectedLinks(s).map(inspectLink))
 
 /** A link's verdict as reports carry it (verify-symlinks' data, the health report). */
-export interface LinkHealth { path: string; expected: string; actual: string | null; verdict: Verdict; failing: boolean; reason: string; model: string | null }
+export interface LinkHealth { path: string; expected: string; actual: string | null; verdict: Verdict; failing: boolean; reason: string; model: string | null; target_kind: TargetKind }
 
 export const linkHealth = (states: LinkState[]): LinkHealth[] =>
-  states.map((s) => ({ path: s.path, expected: s.target, actual: s.actual, verdict: s.verdict, failing: s.failing, reason: s.reason, model: s.model ?? null }))
+  states.map((s) => ({ path: s.path, expected: s.target, actual: s.actual, verdict: s.verdict, failing: s.failing, reason: s.reason, model: s.model ?? null, target_kind: s.targetKind }))
 
 /**
  * In check mode nothing earlier in the run was really changed, so a link an earlier task would create

@@ -1,6 +1,6 @@
 // The health report as a Prometheus textfile for node_exporter's textfile collector. Only what
 // node_exporter lacks: verdicts, SMART readings, backup age, perf figures. Base units throughout.
-import { overall, rank } from './checks.ts'
+import { CHECKS, overall, rank } from './checks.ts'
 import type { HealthReport } from './health.ts'
 
 type Labels = Record<string, string>
@@ -22,7 +22,6 @@ function render(families: Family[]): string {
   return lines.join('\n') + '\n'
 }
 
-const CHECKS = ['filesystems', 'symlinks', 'smart', 'backups'] as const
 const SMART_VERDICTS = ['healthy', 'warning', 'failing', 'unavailable'] as const
 const LINK_VERDICTS = ['ok', 'missing', 'wrong-target', 'broken', 'not-a-link'] as const
 const seconds = (iso: string) => Date.parse(iso) / 1000
@@ -42,6 +41,8 @@ export function metricsText(report: HealthReport, monitor?: MonitorFigures): str
     ]),
     gauge('citadel_health_problems', 'Problems the last health check found, by severity', (['warning', 'critical'] as const).map((severity) => ({ labels: { severity }, value: report.problems.filter((p) => p.severity === severity).length }))),
     gauge('citadel_health_generated_timestamp_seconds', 'When the health report was made (Unix time)', [{ labels: {}, value: seconds(report.generated_at) }]),
+    gauge('citadel_root_marked', 'Whether the disk root carries the mark citadel laid out on it: 0 means not mounted or another disk (critical)', report.roots.map((r) => ({ labels: { root: r.role, path: r.path }, value: r.verdict === 'ok' ? 1 : 0 }))),
+    gauge('citadel_model_loadable', 'Whether a registered model\'s directory is there for vLLM to load (0 is a warning)', report.symlinks.filter((l) => l.model !== null).map((l) => ({ labels: { model: l.model!, path: l.expected }, value: l.target_kind === 'directory' ? 1 : 0 }))),
     gauge('citadel_filesystem_severity', 'Usage verdict per filesystem holding a citadel root: 0 ok, 1 warning, 2 critical', report.filesystems.map((f) => ({ labels: { mountpoint: f.mount, roots: f.roots.map((r) => r.name).join(',') }, value: rank(f.severity) }))),
     gauge('citadel_symlink_verdict', 'Verdict of each expected link: 1 for its current verdict', report.symlinks.flatMap((l) => LINK_VERDICTS.map((verdict) => ({ labels: { path: l.path, verdict }, value: l.verdict === verdict ? 1 : 0 })))),
     gauge('citadel_symlink_failing', 'Whether the link is a problem (a model not downloaded yet is not)', report.symlinks.map((l) => ({ labels: { path: l.path }, value: l.failing ? 1 : 0 }))),

@@ -130,7 +130,13 @@ export async function runMonitor({ settings, intervalSeconds, once }: MonitorOpt
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
   // What the last monitor confirmed: a restart must not alert on it again.
-  const tracker = new Tracker(settings.monitor.consecutive, readStoredHealth(settings)?.monitor?.conditions)
+  let restored: Record<string, Condition> | undefined
+  try {
+    restored = readStoredHealth(settings)?.monitor?.conditions
+  } catch (err) {
+    say(`${(err as Error).message}; starting without the conditions it held`)
+  }
+  const tracker = new Tracker(settings.monitor.consecutive, restored)
   const repaired = new Map<string, number>()
   const started = new Date().toISOString()
   let smart: SmartSnapshot | undefined
@@ -187,6 +193,12 @@ async function repairLinks(settings: Settings, report: HealthReport, repaired: M
   }
   const due = report.symlinks.filter((l) => l.failing && REPAIRABLE.has(l.verdict) && !repaired.has(l.path))
   if (due.length === 0) return 0
+  // Every link leads into the models root: toward an unmounted or swapped disk, the roots alert is the
+  // news, and a repair (which the runner would refuse) is not tried, so it cannot count as one that failed.
+  if (report.problems.some((p) => p.check === 'roots' && p.key !== 'roots:backup')) {
+    log.event('repair-withheld', { paths: due.map((l) => l.path), reason: 'models root not marked' })
+    return 0
+  }
   // The runner (and listr2 with it) loads only when a link needs a repair.
   const [{ run }, { default: repairSymlinks }] = await Promise.all([import('./runner.ts'), import('../tasks/repair-symlinks.ts')])
   const noForce = { ...settings, symlinkForceRecreate: false }

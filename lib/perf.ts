@@ -6,7 +6,9 @@ import { constants, promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Shell } from 'zx/core'
 import { processGroupGone } from './system.ts'
+import { z } from 'zod'
 import { readFileOrNull, which } from './fsx.ts'
+import { checkOwn } from './own-json.ts'
 import { bytes } from './report.ts'
 
 /** One fio job's figures; MB is 10^6 bytes, as disk vendors count. */
@@ -71,23 +73,37 @@ export function parseFio(doc: unknown, direction: 'read' | 'write'): PerfJob {
   return { mb_s: bw_bytes / 1e6, iops, p99_latency_ms: typeof p99 === 'number' ? p99 / 1e6 : null, runtime_seconds: runtime / 1000 }
 }
 
-/** Every line of a history that parses; a run killed mid-append leaves a torn last line. */
-function parseHistory(text: string | null): PerfResult[] {
+const perfJob = z.object({ mb_s: z.number(), iops: z.number(), p99_latency_ms: z.number().nullable(), runtime_seconds: z.number() })
+const change = z.number().nullable()
+const perfResult = z.object({
+  path: z.string(), at: z.string(), quick: z.boolean(), engine: z.enum(['io_uring', 'libaio', 'psync']), direct: z.boolean(),
+  notes: z.array(z.string()), size_bytes: z.number(), runtime_limit_seconds: z.number(),
+  jobs: z.object({ seq_read: perfJob, seq_write: perfJob, rand_read_4k: perfJob }),
+  previous: z.object({ at: z.string(), change: z.object({ seq_read_mb_s: change, seq_write_mb_s: change, rand_read_4k_iops: change }) }).nullable(),
+}) satisfies z.ZodType<PerfResult>
+
+/**
+ * Every result of a history. A line that is no JSON at all is what a run killed mid-append leaves (the
+ * next append may even continue it) and is passed over; a JSON line of another shape is not citadel's.
+ */
+function parseHistory(file: string, text: string | null): PerfResult[] {
   const results: PerfResult[] = []
-  for (const line of (text ?? '').split('\n')) {
+  for (const [i, line] of (text ?? '').split('\n').entries()) {
+    if (!line.trim()) continue
+    let doc: unknown
     try {
-      const r: unknown = JSON.parse(line)
-      if (isObject(r) && typeof r.path === 'string' && typeof r.at === 'string' && isObject(r.jobs)) results.push(r as unknown as PerfResult)
+      doc = JSON.parse(line)
     } catch {
-      // torn or empty
+      continue
     }
+    results.push(checkOwn(`${file} line ${i + 1}`, doc, perfResult, 'a perf result citadel wrote'))
   }
   return results
 }
 
-/** The newest result per path, by path. */
+/** The newest result per path, by path; throws one line naming the file when a line is not citadel's. */
 export async function lastPerfResults(historyFile: string): Promise<PerfResult[]> {
-  const newest = new Map(parseHistory(await readFileOrNull(historyFile)).map((r) => [r.path, r]))
+  const newest = new Map(parseHistory(historyFile, await readFileOrNull(historyFile)).map((r) => [r.path, r]))
   return [...newest.values()].sort((a, b) => a.path.localeCompare(b.path))
 }
 
@@ -133,7 +149,7 @@ export async function runPerf(req: PerfRequest): Promise<PerfResult> {
     const jobs = { seq_read: measured.seq_read, seq_write: measured.seq_write, rand_read_4k: measured.rand_read_4k }
     const history = await readFileOrNull(req.historyFile)
     // A --quick run and a full one measure different things (64 MiB may sit in a cache): compare like with like.
-    const before = parseHistory(history).findLast((r) => r.path === dir && r.quick === quick)
+    const before = parseHistory(req.historyFile, history).findLast((r) => r.path === dir && r.quick === quick)
     const result: PerfResult = {
       path: dir, at: new Date().toISOString(), quick, engine, direct, notes, size_bytes, runtime_limit_seconds, jobs,
       previous: before ? { at: before.at, change: {

@@ -9,6 +9,7 @@ import { fileStamp, lstatOrNull } from './fsx.ts'
 import { Journal, JournalError, journalFile, type JournalEntry, type RollbackStep } from './journal.ts'
 import { healthDir, logsDir, stateDir } from './layout.ts'
 import { Lock, processRuns } from './lock.ts'
+import { refusal as rootsRefusal } from './marks.ts'
 import { RunLog } from './log.ts'
 import { formatReport, toReport, type TaskRecord } from './report.ts'
 import { makeShell } from './shell.ts'
@@ -96,7 +97,8 @@ async function execute(run: RunState, task: Task, args: TaskArgs, progress: (tex
   let outcome: TaskResult
   let internal = false
   try {
-    outcome = await task.run(ctx)
+    const refused = task.roots ? await rootsRefusal(run.shell, settings, task.roots, check ? ctx.earlierChanges : []) : null
+    outcome = refused ? result('failed', refused) : await task.run(ctx)
   } catch (err) {
     internal = !(err instanceof Interrupted) && isInternalError(err)
     if (!internal) outcome = result('failed', err instanceof Interrupted ? err.message : `error: ${(err as Error).message}`)

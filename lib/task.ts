@@ -94,10 +94,7 @@ export interface Task {
    * check the disks while a backup runs. Its log still goes to the run log.
    */
   readOnly?: true
-  /**
-   * The disk roots the task reads or writes; the runner refuses the task when one of them is not the disk
-   * citadel laid out (not mounted, or another disk).
-   */
+  /** The disk roots the task writes to or reads: the runner refuses it before it runs unless their marks hold. */
   roots?: ('models' | 'backup')[]
   run(ctx: TaskContext): Promise<TaskResult>
 }

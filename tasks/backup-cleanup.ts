@@ -13,6 +13,7 @@ const task = defineTask({
   name: 'backup-cleanup',
   description: 'Remove backups older than DAYS, always keeping of each source the newest BACKUP_KEEP_MIN and the newest verified one, and latest',
   tags: ['backup', 'cleanup'],
+  roots: ['backup'],
   args: [
     { name: 'days', positional: true, type: 'string', value: 'DAYS', help: 'remove backups older than this many days (default: BACKUP_RETENTION_DAYS)',
       check: (v) => (/^\d+$/.test(v) ? null : 'expected a whole number of days, e.g. 30') },

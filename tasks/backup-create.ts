@@ -79,6 +79,7 @@ const task = defineTask({
   name: 'backup-create',
   description: 'Back up the active models (or SRC) with rsync: full, or incremental with hard links to the newest backup of the same source',
   tags: ['backup'],
+  roots: ['models', 'backup'],
   idempotent: false,
   args: [
     { name: 'src', positional: true, type: 'string', value: 'SRC', help: 'directory to back up (default: the active models directory)' },

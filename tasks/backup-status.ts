@@ -9,6 +9,7 @@ const task = defineTask({
   tags: ['backup', 'status'],
   // Only reads: it answers while another run holds the lock.
   readOnly: true,
+  roots: ['backup'],
   async run(ctx) {
     const now = new Date()
     let status: BackupStatus

@@ -10,6 +10,7 @@ const task = defineTask({
   name: 'backup-verify',
   description: 'Check a backup against its catalog (sizes, links, strays) and hash a sample against its manifest, files verified longest ago first',
   tags: ['backup', 'verify'],
+  roots: ['backup'],
   args: [
     { name: 'backup', positional: true, type: 'string', value: 'BACKUP', help: 'a backup name, or latest (the default)' },
     SAMPLE_ARG,

@@ -4,6 +4,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { perfHistoryFile } from '../lib/layout.ts'
+import { refusal } from '../lib/marks.ts'
 import { perfSize, runPerf, type PerfJob, type PerfResult } from '../lib/perf.ts'
 import { bytes, table } from '../lib/report.ts'
 import { defineTask, runWhenMain } from '../lib/task.ts'
@@ -43,6 +44,9 @@ const task = defineTask({
     { name: 'quick', type: 'boolean', help: '64 MiB and 2 s per job instead of 1 GiB and 10 s' },
   ],
   async run(ctx) {
+    // The models root only when it is the disk citadel marked: an empty mount point would be measured as it.
+    const refused = typeof ctx.args.path === 'string' ? null : await refusal(ctx.$, ctx.settings, ['models'], ctx.check ? ctx.earlierChanges : [])
+    if (refused) return ctx.fail(refused)
     const dir = path.resolve(typeof ctx.args.path === 'string' ? ctx.args.path : ctx.settings.modelsRoot)
     const st = await fs.stat(dir).catch(() => null)
     if (!st) return ctx.fail(`${dir} does not exist: nothing to measure`)

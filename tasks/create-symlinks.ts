@@ -8,6 +8,7 @@ const task = defineTask({
   name: 'create-symlinks',
   description: 'Point the app links (models, downloads, staging, model-links/<alias>) at the model disk',
   tags: ['setup', 'links'],
+  roots: ['models'],
   async run(ctx) {
     const plan = await planLinks(ctx)
     if (plan.conflicts.length) return ctx.fail(summarize(plan.conflicts), { conflicts: plan.conflicts })

@@ -11,6 +11,7 @@ import checkUsage from './check-usage.ts'
 import createDirs from './create-dirs.ts'
 import createSymlinks from './create-symlinks.ts'
 import healthReport from './health-report.ts'
+import markRoots from './mark-roots.ts'
 import installServices from './install-services.ts'
 import remoteBackupCleanup from './remote-backup-cleanup.ts'
 import remoteBackupCreate from './remote-backup-create.ts'
@@ -21,4 +22,4 @@ import verifyPrereq from './verify-prereq.ts'
 import verifySymlinks from './verify-symlinks.ts'
 import writeEnvScript from './write-env-script.ts'
 
-export const tasks: Task[] = [verifyPrereq, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, remoteBackupCreate, remoteBackupVerify, remoteBackupCleanup, remoteBackupStatus, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, installServices]
+export const tasks: Task[] = [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, remoteBackupCreate, remoteBackupVerify, remoteBackupCleanup, remoteBackupStatus, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, installServices]

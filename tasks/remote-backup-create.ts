@@ -12,6 +12,7 @@ const task = defineTask({
   name: 'remote-backup-create',
   description: 'Send a local backup (latest, or BACKUP) to BACKUP_REMOTE over ssh, hard-linked to the newest remote backup',
   tags: ['backup', 'remote'],
+  roots: ['backup'],
   args: [{ name: 'backup', positional: true, type: 'string', value: 'BACKUP', help: 'the local backup to send, or latest (the default)' }],
   async run(ctx) {
     return withRemote(ctx, async (r) => {

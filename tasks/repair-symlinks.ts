@@ -12,6 +12,7 @@ const task = defineTask({
   name: 'repair-symlinks',
   description: 'Fix missing, wrong and broken links (recreating a missing link target on the model disk)',
   tags: ['links', 'repair'],
+  roots: ['models'],
   async run(ctx) {
     const plan = await planLinks(ctx)
     for (const s of plan.missingTargets) {

@@ -10,6 +10,7 @@ const task = defineTask({
   tags: ['setup', 'links', 'verify'],
   // Only reads: it answers while another run holds the lock.
   readOnly: true,
+  roots: ['models'],
   async run(ctx) {
     const states = allowPlanned(await inspectLinks(ctx.settings), ctx)
     const links = states.map((s) => ({ path: s.path, expected: s.target, actual: s.actual, verdict: s.verdict, failing: s.failing, reason: s.reason, model: s.model ?? null }))

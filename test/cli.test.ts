@@ -11,7 +11,7 @@ describe('command line', () => {
     expect(tasks.map((t) => `tasks/${t.name}.ts`).sort()).toEqual(files.sort())
     const listed = await citadel(['list', '--json'], makeRoots().env)
     const doc = JSON.parse(listed.stdout)
-    expect(doc.playbooks.find((p: any) => p.name === 'initial-setup').tasks).toEqual(['verify-prereq', 'create-dirs', 'create-symlinks', 'verify-symlinks', 'write-env-script', 'health-report'])
+    expect(doc.playbooks.find((p: any) => p.name === 'initial-setup').tasks).toEqual(['verify-prereq', 'mark-roots', 'create-dirs', 'create-symlinks', 'verify-symlinks', 'write-env-script', 'health-report'])
     expect(doc.tasks.map((t: any) => t.name)).toEqual(tasks.map((t) => t.name))
     expect(doc.playbooks.map((p: any) => [p.name, p.on_failure])).toEqual([
       ['initial-setup', 'rollback'], ['daily', 'continue'], ['weekly', 'continue'], ['emergency', 'continue'], ['install-services', 'rollback'],
@@ -57,17 +57,17 @@ describe('command line', () => {
     const roots = makeRoots()
     const names = async (...args: string[]) => (await citadel(['run', 'initial-setup', '--list-tasks', ...args], roots.env)).stdout.split('\n').filter(Boolean).map((l) => l.split(' ')[0])
     expect(await names('--tags', 'links')).toEqual(['create-symlinks', 'verify-symlinks'])
-    expect(await names('--skip-tags', 'verify')).toEqual(['create-dirs', 'create-symlinks', 'write-env-script', 'health-report'])
+    expect(await names('--skip-tags', 'verify')).toEqual(['mark-roots', 'create-dirs', 'create-symlinks', 'write-env-script', 'health-report'])
     expect(await names('--start-at-task', 'verify-symlinks')).toEqual(['verify-symlinks', 'write-env-script', 'health-report'])
     const run = await citadelJson(['run', 'initial-setup', '--tags', 'dirs'], roots.env)
-    expect(run.doc.tasks.map((t: any) => t.name)).toEqual(['create-dirs'])
+    expect(run.doc.tasks.map((t: any) => t.name)).toEqual(['mark-roots', 'create-dirs'])
   })
 
   it('prints progress and an Ansible-style recap, with diffs on --diff', async () => {
     const roots = makeRoots()
     const result = await citadel(['run', 'initial-setup', '--diff'], roots.env)
     expect(result.code).toBe(0)
-    expect(result.stdout).toMatch(/\nRECAP {2}ok=3 changed=3 failed=0 skipped=0 elapsed=\d+\.\ds\n$/)
+    expect(result.stdout).toMatch(/\nRECAP {2}ok=3 changed=4 failed=0 skipped=0 elapsed=\d+\.\ds\n$/)
     expect(result.stdout).toContain(`create link ${path.join(roots.app, 'models')}\n      - (absent)\n      + ${roots.active}`)
     expect(result.stdout).toContain("      + export HF_HOME='")
   })
@@ -81,7 +81,7 @@ describe('command line', () => {
     const events = readFileSync(path.join(logDir, file!), 'utf8').trim().split('\n').map((l) => JSON.parse(l))
     expect(events[0]).toMatchObject({ event: 'run-start', playbook: 'initial-setup' })
     expect(events.at(-1)).toMatchObject({ event: 'run-end', exit: 0 })
-    expect(events.filter((e) => e.event === 'task').map((e) => e.task)).toHaveLength(6)
+    expect(events.filter((e) => e.event === 'task').map((e) => e.task)).toHaveLength(7)
     expect(events.find((e) => e.event === 'command' && e.cmd.startsWith('findmnt'))).toMatchObject({ exitCode: 0 })
     expect(events.find((e) => e.event === 'command' && e.cmd === 'bash -n')).toMatchObject({ exitCode: 0 })
   })

@@ -6,7 +6,8 @@ import { backupName } from '../lib/backups.ts'
 import { backUp, pointLatest, setUpServer, storeOf } from './backup-helpers.ts'
 import { citadel, citadelJson, makeRoots, snapshot } from './helpers.ts'
 
-const CALM = { STORAGE_MONITOR_DISK_USAGE_WARNING: '0.98', STORAGE_MONITOR_DISK_USAGE_CRITICAL: '0.99', STORAGE_MONITOR_INODE_USAGE_WARNING: '0.98', STORAGE_MONITOR_INODE_USAGE_CRITICAL: '0.99' }
+// No registered model: one that is not there is a warning of its own (vLLM cannot load it).
+const CALM = { STORAGE_MONITOR_DISK_USAGE_WARNING: '0.98', STORAGE_MONITOR_DISK_USAGE_CRITICAL: '0.99', STORAGE_MONITOR_INODE_USAGE_WARNING: '0.98', STORAGE_MONITOR_INODE_USAGE_CRITICAL: '0.99', MODEL_REGISTRY: '' }
 
 describe('citadel health-check', () => {
   it('prints one document with every section, and exits 2 while there is no backup, 0 once there is', async () => {
@@ -14,10 +15,11 @@ describe('citadel health-check', () => {
     const before = snapshot(roots.base)
     const critical = await citadelJson(['health-check'], roots.env)
     expect(critical.code).toBe(2)
-    expect(Object.keys(critical.doc)).toEqual(['generated_at', 'host', 'overall', 'filesystems', 'symlinks', 'smart', 'smart_read_at', 'backups', 'perf', 'notes', 'problems'])
+    expect(Object.keys(critical.doc)).toEqual(['generated_at', 'host', 'overall', 'roots', 'filesystems', 'symlinks', 'smart', 'smart_read_at', 'backups', 'perf', 'notes', 'problems'])
     expect(critical.doc.overall).toBe('critical')
     expect(critical.doc.problems).toEqual([{ check: 'backups', severity: 'critical', key: 'backups:none', message: `no complete backup in ${storeOf(roots)}: run citadel backup create` }])
-    expect(critical.doc.symlinks.map((l: any) => l.verdict)).toEqual(['ok', 'ok', 'ok', 'missing', 'missing'])
+    expect(critical.doc.roots.map((r: any) => `${r.role} ${r.verdict}`)).toEqual(['models ok', 'backup ok'])
+    expect(critical.doc.symlinks.map((l: any) => l.verdict)).toEqual(['ok', 'ok', 'ok'])
     expect(critical.doc.filesystems.length).toBeGreaterThan(0)
     expect(snapshot(roots.base)).toEqual(before)
 
@@ -107,7 +109,7 @@ describe('citadel status', () => {
     expect(human.code, human.stderr).toBe(0)
     expect(human.stdout).toMatch(/^citadel on .+: overall OK\n/)
     expect(human.stdout).toMatch(/\[[#.]{20}\] +\d+(\.\d)?%/)
-    expect(human.stdout).toContain('links    3 ok, 2 waiting for their model')
+    expect(human.stdout).toContain('roots    models marked, backup marked\nlinks    3 ok\n')
     expect(human.stdout).toMatch(/^backup   backup_\S+_full, \d+m old; not verified yet$/m)
     expect(human.stdout).toContain('monitor  not running')
     const json = await citadelJson(['status'], roots.env)

@@ -63,12 +63,12 @@ describe('npm run demo', () => {
     const env = { PATH: roots.env.PATH, HOME: roots.env.HOME, CITADEL_DEMO_DIR: path.join(roots.base, 'demo') }
     const first = await start([], env, [process.execPath, path.join(PROJECT, 'bin', 'demo.js')]).done
     expect(first.code, first.stderr).toBe(0)
-    expect(first.stdout).toMatch(/RECAP {2}ok=3 changed=3 failed=0/)
+    expect(first.stdout).toMatch(/RECAP {2}ok=3 changed=4 failed=0/)
     expect(first.stdout).toMatch(/\$ citadel status\ncitadel on .+: overall /)
     expect(first.stdout).toContain('$ citadel health-check --json\n{\n  "generated_at"')
     expect(first.stdout).toContain('state/health.json')
     expect(first.stdout).toContain('Where to look')
     const second = await start([], env, [process.execPath, path.join(PROJECT, 'bin', 'demo.js')]).done
-    expect(second.stdout).toMatch(/RECAP {2}ok=6 changed=0 failed=0/)
+    expect(second.stdout).toMatch(/RECAP {2}ok=7 changed=0 failed=0/)
   })
 })

@@ -14,7 +14,8 @@ import { citadel, makeRoots, start, type Roots } from './helpers.ts'
 const asRoot = process.getuid?.() === 0
 const promtool = spawnSync('promtool', ['--version']).status === 0
 /** High thresholds keep the verdicts independent of how full this machine's own disk is. */
-const CALM = { STORAGE_MONITOR_DISK_USAGE_WARNING: '0.98', STORAGE_MONITOR_DISK_USAGE_CRITICAL: '0.99', STORAGE_MONITOR_INODE_USAGE_WARNING: '0.98', STORAGE_MONITOR_INODE_USAGE_CRITICAL: '0.99' }
+// No registered model: one that is not there is a warning of its own (vLLM cannot load it).
+const CALM = { STORAGE_MONITOR_DISK_USAGE_WARNING: '0.98', STORAGE_MONITOR_DISK_USAGE_CRITICAL: '0.99', STORAGE_MONITOR_INODE_USAGE_WARNING: '0.98', STORAGE_MONITOR_INODE_USAGE_CRITICAL: '0.99', MODEL_REGISTRY: '' }
 
 const cleanups: (() => void)[] = []
 afterEach(() => {
@@ -213,7 +214,7 @@ describe.skipIf(!asRoot)('citadel monitor on a real filling disk (root: mounts a
 
 describe.skipIf(!asRoot || spawnSync('chattr', ['--version']).error !== undefined)('citadel monitor when a repair cannot hold (root: chattr +i)', () => {
   it('tries once, then alerts, and does not loop', async () => {
-    const roots = await setUpServer({ ...CALM, STORAGE_MONITOR_ALERT_COMMAND: `cat >> /dev/null` })
+    const roots = await setUpServer({ ...CALM, MODEL_REGISTRY: 'mixtral=mixtral-8x7b-instruct', STORAGE_MONITOR_ALERT_COMMAND: `cat >> /dev/null` })
     await backUp(roots, { 'm/a.bin': 'a' })
     mkdirSync(path.join(roots.active, 'mixtral-8x7b-instruct'))
     const linksDir = path.join(roots.app, 'model-links')

@@ -30,13 +30,25 @@ describe.skipIf(!haveFixtures)(`parseFio over real fio outputs${haveFixtures ? '
   })
 })
 
+/** A history line as citadel writes it. */
+const record = (p: string, at: string, quick = false) => {
+  const job = { mb_s: 1, iops: 1, p99_latency_ms: 1, runtime_seconds: 10 }
+  return { path: p, at, quick, engine: 'psync', direct: false, notes: [], size_bytes: 1, runtime_limit_seconds: 1, jobs: { seq_read: job, seq_write: job, rand_read_4k: job }, previous: null }
+}
+
 describe('lastPerfResults', () => {
   it('keeps the newest result per path and tolerates a torn last line', async () => {
     const file = path.join(makeRoots().base, 'perf-history.jsonl')
     expect(await lastPerfResults(file)).toEqual([])
-    const line = (p: string, at: string) => JSON.stringify({ path: p, at, jobs: {} })
+    const line = (p: string, at: string) => JSON.stringify(record(p, at))
     writeFileSync(file, [line('/b', '1'), line('/a', '2'), line('/b', '3'), '{"path": "/a", "at": "4", "jo'].join('\n'))
     expect((await lastPerfResults(file)).map((r) => [r.path, r.at])).toEqual([['/a', '2'], ['/b', '3']])
+  })
+
+  it('names the file and line of a result of another shape', async () => {
+    const file = path.join(makeRoots().base, 'perf-history.jsonl')
+    writeFileSync(file, [JSON.stringify(record('/a', '1')), JSON.stringify({ path: '/a', at: '2', jobs: {} })].join('\n'))
+    await expect(lastPerfResults(file)).rejects.toThrow(`${file} line 2 is not a perf result citadel wrote: quick: Invalid input: expected boolean, received undefined`)
   })
 })
 
@@ -163,9 +175,7 @@ describe('citadel perf without measuring', () => {
     const roots = makeRoots()
     const history = path.join(roots.app, 'state', 'perf-history.jsonl')
     mkdirSync(path.dirname(history), { recursive: true })
-    const job = { mb_s: 1, iops: 1, p99_latency_ms: 1, runtime_seconds: 10 }
-    const full = { path: dir, at: '2026-11-01T00:00:00.000Z', quick: false, jobs: { seq_read: job, seq_write: job, rand_read_4k: job } }
-    writeFileSync(history, JSON.stringify(full) + '\n')
+    writeFileSync(history, JSON.stringify(record(dir, '2026-11-01T00:00:00.000Z')) + '\n')
     const result = await citadelJson(['perf', dir, '--quick'], roots.env)
     expect(result.code, result.stderr).toBe(0)
     expect(result.doc.tasks[0].data.previous).toBeNull()

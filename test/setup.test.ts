@@ -10,13 +10,14 @@ describe('initial-setup', () => {
     expect(first.code, first.stderr).toBe(0)
     expect(first.doc.playbook).toBe('initial-setup')
     expect(first.doc.tasks.map((t: any) => [t.name, t.status])).toEqual([
-      ['verify-prereq', 'ok'], ['create-dirs', 'changed'], ['create-symlinks', 'changed'], ['verify-symlinks', 'ok'], ['write-env-script', 'changed'], ['health-report', 'ok'],
+      ['verify-prereq', 'ok'], ['mark-roots', 'changed'], ['create-dirs', 'changed'], ['create-symlinks', 'changed'], ['verify-symlinks', 'ok'], ['write-env-script', 'changed'], ['health-report', 'ok'],
     ])
     const log = `storage_${new Date().toISOString().slice(0, 10)}.log`
     expect(tree(roots.base)).toEqual([
       '. (dir)',
       'app (dir)',
       'app/.citadel (dir)',
+      'app/.citadel/roots.json (file)',
       'app/configs (dir)',
       'app/configs/storage-env.sh (file)',
       `app/downloads -> ${roots.models}/downloads`,
@@ -29,9 +30,11 @@ describe('initial-setup', () => {
       'app/state (dir)',
       'app/state/health.json (file)',
       'backup (dir)',
+      'backup/.citadel-root.json (file)',
       'backup/models (dir)',
       'backup/system (dir)',
       'models (dir)',
+      'models/.citadel-root.json (file)',
       'models/active (dir)',
       'models/archive (dir)',
       'models/cache (dir)',
@@ -42,11 +45,11 @@ describe('initial-setup', () => {
       'test.env (file)',
     ])
     // Models not downloaded yet get no link and are no failure.
-    expect(first.doc.tasks[3].data.links.filter((l: any) => l.model).map((l: any) => [l.model, l.verdict, l.failing])).toEqual([['mixtral', 'missing', false], ['yi34b', 'missing', false]])
+    expect(first.doc.tasks[4].data.links.filter((l: any) => l.model).map((l: any) => [l.model, l.verdict, l.failing])).toEqual([['mixtral', 'missing', false], ['yi34b', 'missing', false]])
 
     const second = await citadelJson(['run', 'initial-setup'], roots.env)
     expect(second.code).toBe(0)
-    expect(second.doc.stats).toEqual({ ok: 6, changed: 0, failed: 0, skipped: 0 })
+    expect(second.doc.stats).toEqual({ ok: 7, changed: 0, failed: 0, skipped: 0 })
 
     mkdirSync(path.join(roots.active, 'mixtral-8x7b-instruct'))
     const third = await citadelJson(['run', 'initial-setup'], roots.env)
@@ -112,7 +115,7 @@ describe('initial-setup', () => {
     writeFileSync(path.join(envScript, 'keep'), 'x')
     const result = await citadelJson(['run', 'initial-setup', '--force'], roots.env)
     expect(result.code).toBe(2)
-    expect(result.doc.rolled_back.map((s: any) => s.msg)).toContain(`move ${result.doc.tasks[2].changes[0].after} back to ${path.join(roots.app, 'models')}`)
+    expect(result.doc.rolled_back.map((s: any) => s.msg)).toContain(`move ${result.doc.tasks[3].changes[0].after} back to ${path.join(roots.app, 'models')}`)
     expect(readFileSync(path.join(roots.app, 'models', 'weights.bin'), 'utf8')).toBe('precious')
     expect(readdirSync(roots.app).filter((n) => n.includes('aside'))).toEqual([])
   })

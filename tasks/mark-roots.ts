@@ -1,0 +1,64 @@
+// Ensures the models root and the backup root each carry citadel's mark, and that the app root remembers
+// it. A fresh root gets one, so does a root laid out before marks existed (with a warning saying so). A
+// root missing the mark this app root remembers, or on another filesystem, is refused: that is an
+// unmounted or swapped disk, and only --new-disk lays out a replacement. Runs before create-dirs, while a
+// fresh root can still be told apart from one citadel laid out.
+import { promises as fs } from 'node:fs'
+import path from 'node:path'
+import { atomicWriteFile, readFileOrNull } from '../lib/fsx.ts'
+import { appLaidOut, inspectRoots, markFile, newMark, NEW_DISK_FLAG, readRemembered, rememberedFile, type Mark, type RootState } from '../lib/marks.ts'
+import { defineTask, runWhenMain } from '../lib/task.ts'
+
+const task = defineTask({
+  name: 'mark-roots',
+  description: 'Mark the models and backup roots as citadel\'s, and refuse a root whose disk is not mounted or was swapped',
+  tags: ['setup', 'dirs'],
+  args: [{ name: 'new-disk', type: 'boolean', help: 'Mark a replaced disk afresh: a root without its remembered mark, or with another filesystem\'s, gets a new mark' }],
+  async run(ctx) {
+    const { settings } = ctx
+    const newDisk = ctx.args['new-disk'] === true
+    const states = await inspectRoots(ctx.$, settings)
+    const remembered = await readRemembered(settings)
+    const wasSetUp = await appLaidOut(settings)
+    const problems: string[] = []
+    const marks: { state: RootState; mark: Mark; note: string | null }[] = []
+    for (const state of states) {
+      if (!state.is_dir) problems.push(state.reason)
+      else if (state.verdict === 'ok') continue
+      else if (newDisk) marks.push({ state, mark: newMark(state.role, state.fs_uuid), note: `marked ${state.path} as a new disk${state.remembered ? ` in place of ${state.remembered.id}` : ''}` })
+      else if (state.verdict === 'foreign' || state.remembered) problems.push(state.reason)
+      else if (state.laid_out) marks.push({ state, mark: newMark(state.role, state.fs_uuid), note: `${state.path} was laid out before citadel marked its roots: marked it now` })
+      else if (state.empty && wasSetUp) problems.push(`${state.setting} ${state.path} is empty, but ${settings.appRoot} was set up before and links there: is the disk mounted? check with findmnt ${state.path}; to lay out a new disk there, run citadel task mark-roots ${NEW_DISK_FLAG}`)
+      else marks.push({ state, mark: newMark(state.role, state.fs_uuid), note: null })
+    }
+    if (problems.length) return ctx.fail(problems.join('; '))
+
+    // A valid mark this app root does not remember yet (a second app root sharing a backup disk) is adopted.
+    const roots = { ...remembered.roots }
+    for (const state of states) if (state.verdict === 'ok' && state.mark) roots[state.role] = { id: state.mark.id, path: state.path, created: state.mark.created }
+    for (const { state, mark } of marks) roots[state.role] = { id: mark.id, path: state.path, created: mark.created }
+
+    for (const { state, mark, note } of marks) {
+      const file = markFile(state.path)
+      const old = await readFileOrNull(file)
+      await ctx.apply({ path: file, action: 'mark root', before: state.mark?.id ?? null, after: mark.id }, { op: 'restore-file', path: file, content: old, mode: 0o644 },
+        () => atomicWriteFile(file, JSON.stringify(mark, null, 2) + '\n'))
+      if (note) ctx.warn(note)
+    }
+    const record = rememberedFile(settings)
+    const text = JSON.stringify({ format: 1, roots }, null, 2) + '\n'
+    if (JSON.stringify(roots) !== JSON.stringify(remembered.roots)) {
+      const old = await readFileOrNull(record)
+      await ctx.apply({ path: record, action: 'remember root marks', before: old === null ? null : JSON.stringify(remembered.roots), after: JSON.stringify(roots) }, { op: 'restore-file', path: record, content: old, mode: 0o644 }, async () => {
+        await fs.mkdir(path.dirname(record), { recursive: true, mode: settings.dirMode })
+        await atomicWriteFile(record, text)
+      })
+    }
+    const would = ctx.check ? 'would be ' : ''
+    const msg = marks.length ? `${marks.map((m) => m.state.role).join(' and ')} root ${would}marked` : 'both roots marked'
+    return ctx.finish(msg, { roots: states.map((s) => ({ role: s.role, path: s.path, verdict: s.verdict, fs_uuid: s.fs_uuid, mark: marks.find((m) => m.state === s)?.mark.id ?? s.mark?.id ?? null })) })
+  },
+})
+
+export default task
+runWhenMain(import.meta, task)
