@@ -108,6 +108,36 @@ export function fileStamp(date = new Date()): string {
   return date.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')
 }
 
+/**
+ * A free sibling name to move `p` aside to: `<p>.citadel-aside-<time>`, then `-2`, `-3`, ... for more moves
+ * within the same second. Chosen before the move so the journal can name where the move-back comes from.
+ */
+export async function asideName(p: string, date = new Date()): Promise<string> {
+  const base = `${p}.citadel-aside-${fileStamp(date)}`
+  for (let n = 1; ; n++) {
+    const aside = n === 1 ? base : `${base}-${n}`
+    if (!(await lstatOrNull(aside))) return aside
+  }
+}
+
+/**
+ * Renames `from` to `to`, failing with EEXIST instead of replacing anything there. rename(2) silently
+ * replaces a file, or an empty directory: so `to` is first claimed by an exclusive create of the same kind,
+ * which fails when the name is taken, and the rename replaces only that placeholder of our own.
+ */
+export async function moveNoReplace(from: string, to: string): Promise<void> {
+  const isDir = (await fs.lstat(from)).isDirectory()
+  if (isDir) await fs.mkdir(to, { mode: 0o700 })
+  else await (await fs.open(to, 'wx', 0o600)).close()
+  try {
+    await fs.rename(from, to)
+  } catch (err) {
+    await (isDir ? fs.rmdir(to) : fs.unlink(to)).catch(() => {})
+    throw err
+  }
+  await fsyncDir(path.dirname(to))
+}
+
 /** The path of an executable on PATH, or null; no shell involved. */
 export async function which(name: string): Promise<string | null> {
   for (const dir of (process.env.PATH ?? '').split(path.delimiter)) {
