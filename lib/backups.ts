@@ -200,11 +200,16 @@ export async function removeBackupDir(s: Settings, dir: string): Promise<void> {
   await fs.rm(doomed, { recursive: true })
 }
 
-/** Removes what interrupted creates and cleanups left behind, saying so; create and cleanup both do. */
+/** Removes what interrupted creates and cleanups left behind, saying so once done; create and cleanup both do. */
 export async function removePartials(ctx: TaskContext, store: Store): Promise<void> {
   for (const dir of store.partials) {
-    ctx.warn(`${path.basename(dir)} was left by an interrupted backup or cleanup: ${ctx.check ? 'would remove' : 'removed'} it`)
-    await ctx.apply({ path: dir, action: 'remove interrupted backup', before: 'partial copy', after: null }, null, () => removeBackupDir(ctx.settings, dir))
+    const what = `${path.basename(dir)} was left by an interrupted backup or cleanup`
+    try {
+      await ctx.apply({ path: dir, action: 'remove interrupted backup', before: 'partial copy', after: null }, null, () => removeBackupDir(ctx.settings, dir))
+    } catch (err) {
+      throw new Error(`${what} and could not be removed: ${(err as Error).message}; remove it by hand if nothing writes into it any more`, { cause: err })
+    }
+    ctx.warn(`${what}: ${ctx.check ? 'would remove' : 'removed'} it`)
   }
 }
 

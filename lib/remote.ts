@@ -8,6 +8,7 @@ import type { RemoteSettings } from './config.ts'
 import type { TaskContext, TaskResult } from './task.ts'
 import { checkMeta, createdOf, isPartialName, metaText, type Backup, type BackupMeta, type Store } from './backups.ts'
 import { shellQuote } from './quote.ts'
+import { DIES_WITH_CITADEL } from './shell.ts'
 
 /** ssh's own exit status for "could not connect or authenticate"; a remote command's status is its own. */
 const SSH_FAILED = 255
@@ -52,7 +53,7 @@ export interface RemoteOutput { exitCode: number; stdout: string; stderr: string
  */
 export async function runRemote($: Shell, r: RemoteSettings, script: string, args: string[], opts: { input?: string; signal?: AbortSignal; onStdout?: (chunk: string) => void } = {}): Promise<RemoteOutput> {
   const command = ['sh', '-c', script, 'citadel', ...args].map(shellQuote).join(' ')
-  const run = $({ input: opts.input ?? '', signal: opts.signal, nothrow: true })`ssh ${sshOptions(r)} -- ${remoteHost(r)} ${command}`
+  const run = $({ input: opts.input ?? '', signal: opts.signal, nothrow: true })`${DIES_WITH_CITADEL} ssh ${sshOptions(r)} -- ${remoteHost(r)} ${command}`
   if (opts.onStdout) run.stdout.on('data', (chunk: Buffer) => opts.onStdout!(chunk.toString()))
   const out = await run
   if (opts.signal?.aborted) throw opts.signal.reason

@@ -1,0 +1,129 @@
+// A SIGKILL of citadel leaves nothing of its own running: the copy it started dies with it, so the next
+// run, started at once, finds no one writing into what it cleans up.
+import { randomBytes } from 'node:crypto'
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, utimesSync } from 'node:fs'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { describe, expect, it } from 'vitest'
+import { setUpServer, storeOf, writeFile } from './backup-helpers.ts'
+import { citadel, makeRoots, start } from './helpers.ts'
+
+/** pid → command line of every process whose command line mentions `dir`. */
+function processesMentioning(dir: string): Map<number, string> {
+  const found = new Map<number, string>()
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    try {
+      const cmdline = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0').join(' ')
+      if (cmdline.includes(dir)) found.set(Number(name), cmdline)
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found
+}
+
+/** Whether `pid` is still a process that runs (a zombie runs nothing). */
+function running(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))
+  } catch {
+    return false
+  }
+}
+
+/** Starts `args`, waits until a process of it whose command line `matches` runs, then kills citadel. */
+async function killDuring(args: string[], env: Record<string, string>, base: string, matches: (cmd: string) => boolean) {
+  const victim = start(args, env)
+  for (const until = Date.now() + 30_000; ; await sleep(5)) {
+    if ([...processesMentioning(base).values()].some(matches)) break
+    if (Date.now() > until) throw new Error(`the process to kill citadel during never started`)
+  }
+  await sleep(100)
+  const before = processesMentioning(base)
+  victim.child.kill('SIGKILL')
+  const ours = new Map([...before, ...processesMentioning(base)])
+  ours.delete(victim.child.pid!)
+  await victim.done
+  return ours
+}
+
+const alive = (ours: Map<number, string>) => [...ours].filter(([pid]) => running(pid)).map(([pid, cmd]) => `${pid} ${cmd}`)
+
+describe('a killed backup create', () => {
+  it('killed in the middle of copying a big file: the copy dies with it and an immediate rerun succeeds', async () => {
+    const roots = await setUpServer()
+    writeFile(path.join(roots.active, 'big', 'weights.bin'), Buffer.alloc(384 << 20, 7))
+    const ours = await killDuring(['backup', 'create'], roots.env, roots.base, (c) => c.startsWith('rsync '))
+    const rerun = start(['backup', 'create'], roots.env)
+    await sleep(1000)
+    expect(alive(ours)).toEqual([])
+    const result = await rerun.done
+    expect(result.code, result.stdout + result.stderr).toBe(0)
+  }, 60_000)
+
+  it('30 SIGKILLs at random moments, each followed at once by a rerun: every rerun succeeds, nothing of the killed run survives a second', async () => {
+    const roots = await setUpServer()
+    for (let i = 0; i < 6; i++) writeFile(path.join(roots.active, `model-${i}`, 'weights.bin'), randomBytes(8 << 20))
+    const touchSource = () => {
+      // A new mtime makes every file a changed one: each run copies all of them again.
+      const when = new Date(Date.now() - Math.floor(Math.random() * 1e9))
+      for (let i = 0; i < 6; i++) utimesSync(path.join(roots.active, `model-${i}`, 'weights.bin'), when, when)
+    }
+    const dropBackups = () => {
+      for (const name of readdirSync(storeOf(roots))) if (name.startsWith('backup_')) rmSync(path.join(storeOf(roots), name), { recursive: true })
+    }
+    const t0 = Date.now()
+    const first = await citadel(['backup', 'create'], roots.env)
+    expect(first.code, first.stderr).toBe(0)
+    const duration = Date.now() - t0
+
+    const survivors: string[] = []
+    const failures: string[] = []
+    let midCopy = 0
+    for (let trial = 0; trial < 30; trial++) {
+      touchSource()
+      const victim = start(['backup', 'create'], roots.env)
+      await sleep(Math.random() * duration)
+      const before = processesMentioning(roots.base)
+      victim.child.kill('SIGKILL')
+      const after = processesMentioning(roots.base)
+      const ours = new Map([...before, ...after])
+      ours.delete(victim.child.pid!)
+      if ([...ours.values()].some((c) => c.startsWith('rsync'))) midCopy++
+      // Reaped (not a sleep): a dead parent's pid must not look alive to the rerun's lock check.
+      await victim.done
+      const rerun = start(['backup', 'create'], roots.env)
+      await sleep(1000)
+      for (const [pid, cmd] of ours) if (running(pid)) survivors.push(`trial ${trial}: pid ${pid} ${cmd}`)
+      const result = await rerun.done
+      if (result.code !== 0) failures.push(`trial ${trial}: exit ${result.code}: ${result.stdout} ${result.stderr}`)
+      dropBackups()
+    }
+    expect(survivors).toEqual([])
+    expect(failures).toEqual([])
+    // The kills must have hit the copy itself, or the test proves nothing.
+    expect(midCopy).toBeGreaterThan(3)
+  }, 180_000)
+})
+
+const haveFio = (process.env.PATH ?? '').split(':').some((d) => d && existsSync(path.join(d, 'fio')))
+
+describe.skipIf(!haveFio)(`a killed perf run${haveFio ? '' : ' (skipped: fio is not installed)'}`, () => {
+  it('fio dies with citadel', async () => {
+    const roots = makeRoots()
+    const dir = path.join(roots.base, 'disk')
+    mkdirSync(dir)
+    let ours = new Map<number, string>()
+    try {
+      // The full test on the real disk: its first job, a 1 GiB write, would go on for seconds after the kill.
+      ours = await killDuring(['perf', dir], roots.env, roots.base, (c) => c.startsWith('fio ') && !c.includes('--name=probe'))
+      await sleep(1000)
+      expect(alive(ours)).toEqual([])
+    } finally {
+      // What survived (a failure) is killed here, so that it stops writing into the temporary directory.
+      for (const pid of ours.keys()) if (running(pid)) process.kill(pid, 'SIGKILL')
+      while ([...ours.keys()].some(running)) await sleep(20)
+    }
+  }, 60_000)
+})
