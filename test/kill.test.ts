@@ -1,12 +1,13 @@
 // A SIGKILL of citadel leaves nothing of its own running: the copy it started dies with it, so the next
 // run, started at once, finds no one writing into what it cleans up.
+import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, utimesSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { describe, expect, it } from 'vitest'
 import { setUpServer, storeOf, writeFile } from './backup-helpers.ts'
-import { citadel, makeRoots, start } from './helpers.ts'
+import { citadel, citadelJson, makeRoots, start } from './helpers.ts'
 
 /** pid → command line of every process whose command line mentions `dir`. */
 function processesMentioning(dir: string): Map<number, string> {
@@ -105,6 +106,27 @@ describe('a killed backup create', () => {
     // The kills must have hit the copy itself, or the test proves nothing.
     expect(midCopy).toBeGreaterThan(3)
   }, 180_000)
+})
+
+describe('what a killed run left', () => {
+  it.runIf(process.getuid?.() === 0)('a partial that cannot be removed is never reported as removed (root: an immutable file in it)', async () => {
+    const roots = await setUpServer()
+    writeFile(path.join(roots.active, 'm', 'w.bin'), 'weights')
+    const partial = path.join(storeOf(roots), 'backup_20261201_030000_full.partial')
+    const stuck = path.join(partial, 'data', 'stuck.bin')
+    writeFile(stuck, 'x')
+    execFileSync('chattr', ['+i', stuck])
+    try {
+      const result = await citadelJson(['backup', 'create'], roots.env)
+      expect(result.code).toBe(2)
+      const task = result.doc.tasks[0]
+      expect(task.warnings.join('\n')).not.toContain('removed it')
+      expect(task.msg).toContain('backup_20261201_030000_full.partial was left by an interrupted backup or cleanup and could not be removed: ')
+      expect(task.msg).toContain('remove it by hand if nothing writes into it any more')
+    } finally {
+      execFileSync('chattr', ['-i', stuck])
+    }
+  })
 })
 
 const haveFio = (process.env.PATH ?? '').split(':').some((d) => d && existsSync(path.join(d, 'fio')))
