@@ -5,7 +5,7 @@ import { promises as fs, lstatSync, readdirSync, readlinkSync } from 'node:fs'
 import path from 'node:path'
 import type { Settings } from './config.ts'
 import type { TaskContext } from './task.ts'
-import { atomicSymlink, atomicWriteFile, fsyncDir, lstatOrNull } from './fsx.ts'
+import { atomicSymlink, atomicWriteFile, decodeName, fsPath, fsyncDir, lstatOrNull } from './fsx.ts'
 
 export type BackupType = 'full' | 'incremental'
 const BACKUP_NAME = /^backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})_(full|incremental)$/
@@ -224,15 +224,17 @@ export interface Tree extends Omit<Listing, 'files'> { files: TreeFile[] }
  */
 export function listTree(root: string, skip: (name: string, isDir: boolean) => boolean = () => false): Listing {
   const listing: Listing = { files: [], symlinks: [], dirs: 0 }
+  // Names are read as bytes: one that is not UTF-8 must not turn into another name (see decodeName).
   const visit = (dir: string, prefix: string) => {
-    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    for (const entry of readdirSync(fsPath(dir), { withFileTypes: true, encoding: 'buffer' })) {
+      const name = decodeName(entry.name)
       const isDir = entry.isDirectory()
-      if (skip(entry.name, isDir)) continue
-      const rel = prefix + entry.name
+      if (skip(name, isDir)) continue
+      const rel = prefix + name
       if (isDir) {
         listing.dirs++
-        visit(path.join(dir, entry.name), rel + '/')
-      } else if (entry.isSymbolicLink()) listing.symlinks.push({ rel, target: readlinkSync(path.join(dir, entry.name)) })
+        visit(path.join(dir, name), rel + '/')
+      } else if (entry.isSymbolicLink()) listing.symlinks.push({ rel, target: decodeName(readlinkSync(fsPath(path.join(dir, name)), { encoding: 'buffer' })) })
       else if (entry.isFile()) listing.files.push(rel)
     }
   }
@@ -242,7 +244,7 @@ export function listTree(root: string, skip: (name: string, isDir: boolean) => b
 
 export function statFiles(root: string, rels: string[]): TreeFile[] {
   return rels.map((rel) => {
-    const st = lstatSync(path.join(root, rel))
+    const st = lstatSync(fsPath(path.join(root, rel)))
     return { rel, size: st.size, mode: st.mode, uid: st.uid, gid: st.gid, ino: st.ino, dev: st.dev, nlink: st.nlink, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs }
   })
 }

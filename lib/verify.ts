@@ -8,7 +8,7 @@ import path from 'node:path'
 import { DATA, listTree, MANIFEST, readCatalog, statFiles, VERIFY_STATE, writeMeta, type Backup, type Catalog, type Problem, type Verification } from './backups.ts'
 import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull } from './fsx.ts'
 import { hashFiles } from './hashing.ts'
-import { compareBytewise, parseManifest } from './manifest.ts'
+import { compareBytewise, parseManifestBytes } from './manifest.ts'
 import { bytes, count, summarize, table } from './report.ts'
 import type { ArgSpec, TaskContext, TaskResult } from './task.ts'
 
@@ -130,7 +130,7 @@ export async function verifyBackup(backup: Backup, req: VerifyRequest): Promise<
   const at = new Date().toISOString()
   const data = path.join(backup.dir, DATA)
   const catalog = await readCatalog(backup.dir)
-  const manifest = new Map(parseManifest(await fs.readFile(path.join(backup.dir, MANIFEST), 'utf8')).map((e) => [e.path, e.sha256]))
+  const manifest = new Map(parseManifestBytes(await fs.readFile(path.join(backup.dir, MANIFEST))).map((e) => [e.path, e.sha256]))
   const state = parseVerifyState(await readFileOrNull(path.join(backup.dir, VERIFY_STATE)), req.warn)
 
   const { problems, present } = await checkTree(data, catalog)
