@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest'
 import { decodeName, encodeName } from '../lib/fsx.ts'
 import { setUpServer, storeOf } from './backup-helpers.ts'
 import { citadelJson } from './helpers.ts'
+import { sshdMissing, startSshd } from './ssh-helpers.ts'
 
 /** A path from parts, each a string (UTF-8) or raw bytes. */
 const bytesPath = (...parts: (string | Buffer)[]) => Buffer.concat(parts.flatMap((p, i) => [...(i ? [Buffer.from('/')] : []), Buffer.isBuffer(p) ? p : Buffer.from(p)]))
@@ -64,6 +65,29 @@ describe('names that are bytes', () => {
     writeSync(fd, Buffer.of(first[0]! ^ 0x01), 0, 1, 0)
     closeSync(fd)
     const bad = await citadelJson(['backup', 'verify', '--sample', '1'], roots.env)
+    expect(bad.code).toBe(2)
+    expect(bad.doc.tasks[0].data.verification.problems.map((p: any) => [p.path, p.kind])).toEqual([[BAD_REL, 'mismatch']])
+  }, 60_000)
+
+  it.skipIf(sshdMissing)('the remote store: sent, verified there with sha256sum, and a flipped byte is named', async () => {
+    const roots = await setUpServer()
+    const remoteDir = path.join(roots.base, 'remote')
+    mkdirSync(remoteDir)
+    Object.assign(roots.env, (await startSshd(remoteDir)).env)
+    mkdirSync(bytesPath(roots.active, 'm'), { recursive: true })
+    writeFileSync(bytesPath(roots.active, 'm', BAD), 'not utf-8 in the name\n')
+    mkdirSync(bytesPath(roots.active, CAFE))
+    writeFileSync(bytesPath(roots.active, CAFE, 'weights.bin'), 'in a Latin-1 directory\n')
+    const local = await citadelJson(['backup', 'create'], roots.env)
+    expect(local.code, local.stdout + local.stderr).toBe(0)
+    const sent = await citadelJson(['backup', 'create', '--remote'], roots.env)
+    expect(sent.code, sent.stdout + sent.stderr).toBe(0)
+    const ok = await citadelJson(['backup', 'verify', '--remote', '--sample', '1'], roots.env)
+    expect(ok.code, ok.stdout + ok.stderr).toBe(0)
+    expect(ok.doc.tasks[0].data.verification.files_hashed).toBe(2)
+
+    writeFileSync(bytesPath(remoteDir, 'models', local.doc.tasks[0].data.backup, 'data', 'm', BAD), 'NOT utf-8 in the name\n')
+    const bad = await citadelJson(['backup', 'verify', '--remote', '--sample', '1'], roots.env)
     expect(bad.code).toBe(2)
     expect(bad.doc.tasks[0].data.verification.problems.map((p: any) => [p.path, p.kind])).toEqual([[BAD_REL, 'mismatch']])
   }, 60_000)
