@@ -231,11 +231,16 @@ export async function withRemote(ctx: TaskContext, work: (r: RemoteSettings) => 
   }
 }
 
-/** Removes what interrupted sends and deletes left in the remote store, saying so. */
+/** Removes what interrupted sends and deletes left in the remote store, saying so once done. */
 export async function removeRemotePartials(ctx: TaskContext, r: RemoteSettings, store: Store): Promise<void> {
   for (const dir of store.partials) {
     const name = path.posix.basename(dir)
-    ctx.warn(`${name} on ${remoteHost(r)} was left by an interrupted send or cleanup: ${ctx.check ? 'would remove' : 'removed'} it`)
-    await ctx.apply({ path: `${remoteHost(r)}:${dir}`, action: 'remove interrupted backup', before: 'partial copy', after: null }, null, () => removeRemote(ctx.$, r, [name]))
+    const what = `${name} on ${remoteHost(r)} was left by an interrupted send or cleanup`
+    try {
+      await ctx.apply({ path: `${remoteHost(r)}:${dir}`, action: 'remove interrupted backup', before: 'partial copy', after: null }, null, () => removeRemote(ctx.$, r, [name]))
+    } catch (err) {
+      throw new Error(`${what} and could not be removed: ${(err as Error).message}`, { cause: err })
+    }
+    ctx.warn(`${what}: ${ctx.check ? 'would remove' : 'removed'} it`)
   }
 }

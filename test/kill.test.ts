@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { describe, expect, it } from 'vitest'
 import { setUpServer, storeOf, writeFile } from './backup-helpers.ts'
 import { citadel, citadelJson, makeRoots, start } from './helpers.ts'
+import { sshdMissing, startSshd } from './ssh-helpers.ts'
 
 /** pid → command line of every process whose command line mentions `dir`. */
 function processesMentioning(dir: string): Map<number, string> {
@@ -127,6 +128,27 @@ describe('what a killed run left', () => {
       execFileSync('chattr', ['-i', stuck])
     }
   })
+
+  it.runIf(process.getuid?.() === 0 && !sshdMissing)('nor is one on the remote store (root: an immutable file in it)', async () => {
+    const roots = await setUpServer()
+    const remoteDir = path.join(roots.base, 'remote')
+    mkdirSync(remoteDir)
+    Object.assign(roots.env, (await startSshd(remoteDir)).env)
+    writeFile(path.join(roots.active, 'm', 'w.bin'), 'weights')
+    expect((await citadel(['backup', 'create'], roots.env)).code).toBe(0)
+    const stuck = path.join(remoteDir, 'models', 'backup_20261201_030000_full.partial', 'data', 'stuck.bin')
+    writeFile(stuck, 'x')
+    execFileSync('chattr', ['+i', stuck])
+    try {
+      const result = await citadelJson(['backup', 'create', '--remote'], roots.env)
+      expect(result.code).toBe(2)
+      const task = result.doc.tasks[0]
+      expect(task.warnings.join('\n')).not.toContain('removed it')
+      expect(task.msg).toMatch(/^backup_20261201_030000_full\.partial on .* was left by an interrupted send or cleanup and could not be removed: /)
+    } finally {
+      execFileSync('chattr', ['-i', stuck])
+    }
+  }, 60_000)
 })
 
 const haveFio = (process.env.PATH ?? '').split(':').some((d) => d && existsSync(path.join(d, 'fio')))
