@@ -2,22 +2,33 @@
 // run, started at once, finds no one writing into what it cleans up.
 import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, utimesSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, utimesSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it } from 'vitest'
 import { setUpServer, storeOf, writeFile } from './backup-helpers.ts'
 import { citadel, citadelJson, makeRoots, start } from './helpers.ts'
 import { sshdMissing, startSshd } from './ssh-helpers.ts'
 
-/** pid → command line of every process whose command line mentions `dir`. */
-function processesMentioning(dir: string): Map<number, string> {
+/**
+ * pid → command line of every process that has to do with `dirs`: its command line names one of them, or
+ * its working directory or an open file lies below one (the far side's rsync, whose paths came over ssh).
+ */
+function processesMentioning(...dirs: string[]): Map<number, string> {
   const found = new Map<number, string>()
+  const below = (p: string) => dirs.some((d) => p === d || p.startsWith(d + '/'))
   for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue
     try {
       const cmdline = readFileSync(`/proc/${name}/cmdline`, 'utf8').split('\0').join(' ')
-      if (cmdline.includes(dir)) found.set(Number(name), cmdline)
+      const open = () => [`/proc/${name}/cwd`, ...readdirSync(`/proc/${name}/fd`).map((fd) => `/proc/${name}/fd/${fd}`)].some((l) => {
+        try {
+          return below(readlinkSync(l))
+        } catch {
+          return false
+        }
+      })
+      if (dirs.some((d) => cmdline.includes(d)) || open()) found.set(Number(name), cmdline)
     } catch {
       // gone meanwhile
     }
@@ -35,28 +46,40 @@ function running(pid: number): boolean {
 }
 
 /** Starts `args`, waits until a process of it whose command line `matches` runs, then kills citadel. */
-async function killDuring(args: string[], env: Record<string, string>, base: string, matches: (cmd: string) => boolean) {
+async function killDuring(args: string[], env: Record<string, string>, dirs: string[], matches: (cmd: string) => boolean) {
+  // What ran already (the test's sshd) is not the victim's.
+  const already = processesMentioning(...dirs)
   const victim = start(args, env)
   for (const until = Date.now() + 30_000; ; await sleep(5)) {
-    if ([...processesMentioning(base).values()].some(matches)) break
+    if ([...processesMentioning(...dirs).values()].some(matches)) break
     if (Date.now() > until) throw new Error(`the process to kill citadel during never started`)
   }
   await sleep(100)
-  const before = processesMentioning(base)
+  const before = processesMentioning(...dirs)
   victim.child.kill('SIGKILL')
-  const ours = new Map([...before, ...processesMentioning(base)])
+  const ours = new Map([...before, ...processesMentioning(...dirs)])
   ours.delete(victim.child.pid!)
+  for (const pid of already.keys()) ours.delete(pid)
+  victims.push(...ours.keys())
   await victim.done
   return ours
 }
 
 const alive = (ours: Map<number, string>) => [...ours].filter(([pid]) => running(pid)).map(([pid, cmd]) => `${pid} ${cmd}`)
 
+// What a failing test leaves running is killed before its temporary directory goes.
+const victims: number[] = []
+afterEach(async () => {
+  const left = victims.splice(0).filter(running)
+  for (const pid of left) process.kill(pid, 'SIGKILL')
+  while (left.some(running)) await sleep(20)
+})
+
 describe('a killed backup create', () => {
   it('killed in the middle of copying a big file: the copy dies with it and an immediate rerun succeeds', async () => {
     const roots = await setUpServer()
     writeFile(path.join(roots.active, 'big', 'weights.bin'), Buffer.alloc(384 << 20, 7))
-    const ours = await killDuring(['backup', 'create'], roots.env, roots.base, (c) => c.startsWith('rsync '))
+    const ours = await killDuring(['backup', 'create'], roots.env, [roots.base], (c) => c.startsWith('rsync '))
     const rerun = start(['backup', 'create'], roots.env)
     await sleep(1000)
     expect(alive(ours)).toEqual([])
@@ -97,6 +120,7 @@ describe('a killed backup create', () => {
       await victim.done
       const rerun = start(['backup', 'create'], roots.env)
       await sleep(1000)
+      victims.push(...ours.keys())
       for (const [pid, cmd] of ours) if (running(pid)) survivors.push(`trial ${trial}: pid ${pid} ${cmd}`)
       const result = await rerun.done
       if (result.code !== 0) failures.push(`trial ${trial}: exit ${result.code}: ${result.stdout} ${result.stderr}`)
@@ -107,6 +131,23 @@ describe('a killed backup create', () => {
     // The kills must have hit the copy itself, or the test proves nothing.
     expect(midCopy).toBeGreaterThan(3)
   }, 180_000)
+})
+
+describe.skipIf(sshdMissing)(`a killed send to the remote store${sshdMissing ? ` (${sshdMissing})` : ''}`, () => {
+  it('rsync, its ssh and the far side die with citadel', async () => {
+    const roots = await setUpServer()
+    const remoteDir = path.join(roots.base, 'remote')
+    mkdirSync(remoteDir)
+    Object.assign(roots.env, (await startSshd(remoteDir)).env)
+    writeFile(path.join(roots.active, 'big', 'weights.bin'), Buffer.alloc(384 << 20, 7))
+    expect((await citadel(['backup', 'create'], roots.env)).code).toBe(0)
+    // ssh names its key, kept beside the private sshd's own files; the far side's rsync writes below base.
+    const dirs = [roots.base, path.dirname(roots.env.BACKUP_SSH_IDENTITY!)]
+    const ours = await killDuring(['backup', 'create', '--remote'], roots.env, dirs, (c) => c.startsWith('rsync --server'))
+    expect([...ours.values()].filter((c) => /^(ssh|rsync) /.test(c)).length).toBeGreaterThanOrEqual(3)
+    await sleep(1000)
+    expect(alive(ours)).toEqual([])
+  }, 60_000)
 })
 
 describe('what a killed run left', () => {
@@ -158,16 +199,9 @@ describe.skipIf(!haveFio)(`a killed perf run${haveFio ? '' : ' (skipped: fio is 
     const roots = makeRoots()
     const dir = path.join(roots.base, 'disk')
     mkdirSync(dir)
-    let ours = new Map<number, string>()
-    try {
-      // The full test on the real disk: its first job, a 1 GiB write, would go on for seconds after the kill.
-      ours = await killDuring(['perf', dir], roots.env, roots.base, (c) => c.startsWith('fio ') && !c.includes('--name=probe'))
-      await sleep(1000)
-      expect(alive(ours)).toEqual([])
-    } finally {
-      // What survived (a failure) is killed here, so that it stops writing into the temporary directory.
-      for (const pid of ours.keys()) if (running(pid)) process.kill(pid, 'SIGKILL')
-      while ([...ours.keys()].some(running)) await sleep(20)
-    }
+    // The full test on the real disk: its first job, a 1 GiB write, would go on for seconds after the kill.
+    const ours = await killDuring(['perf', dir], roots.env, [roots.base], (c) => c.startsWith('fio ') && !c.includes('--name=probe'))
+    await sleep(1000)
+    expect(alive(ours)).toEqual([])
   }, 60_000)
 })
