@@ -3,7 +3,7 @@
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { asideName, moveNoReplace } from '../lib/fsx.ts'
+import { asideName, fileStamp, moveNoReplace } from '../lib/fsx.ts'
 import { setUpServer } from './backup-helpers.ts'
 import { citadelJson, makeRoots } from './helpers.ts'
 
@@ -56,6 +56,26 @@ describe('moving aside', () => {
     expect(readFileSync(path.join(roots.base, 'kept'), 'utf8')).toBe('kept')
     expect(readFileSync(path.join(roots.base, 'mover'), 'utf8')).toBe('mover')
   })
+
+  it('an aside name already taken is left alone, and a rollback moves the thing back from the name used', async () => {
+    const roots = makeRoots()
+    const models = path.join(roots.app, 'models')
+    mkdirSync(models, { recursive: true })
+    writeFileSync(path.join(models, 'weights.bin'), 'precious')
+    // Every name this run could pick for the coming seconds, taken: by an empty directory, which rename(2) would replace.
+    const taken = Array.from({ length: 30 }, (_, i) => `${models}.citadel-aside-${fileStamp(new Date(Date.now() + i * 1000))}`)
+    for (const name of taken) mkdirSync(name)
+    const envScript = path.join(roots.app, 'configs', 'storage-env.sh')
+    mkdirSync(envScript, { recursive: true }) // makes write-env-script, the last task, fail
+    writeFileSync(path.join(envScript, 'keep'), 'x')
+    const result = await citadelJson(['run', 'initial-setup', '--force'], roots.env)
+    expect(result.code).toBe(2)
+    const moved = result.doc.tasks.find((t: any) => t.name === 'create-symlinks').changes.find((c: any) => c.action === 'move aside').after
+    expect(moved).toMatch(/\.citadel-aside-\d{8}T\d{6}Z-2$/)
+    expect(result.doc.rolled_back.map((s: any) => s.msg)).toContain(`move ${moved} back to ${models}`)
+    expect(readFileSync(path.join(models, 'weights.bin'), 'utf8')).toBe('precious')
+    for (const name of taken) expect(readdirSync(name)).toEqual([])
+  }, 30_000)
 
   it('check mode says it would move, and moves nothing', async () => {
     const roots = await setUpServer()
