@@ -76,6 +76,9 @@ export function encodeName(name: string): Buffer {
   return Buffer.concat(parts)
 }
 
+/** A name for an operator to read and paste into bash's $'...': each byte that is not UTF-8 as \\xHH. */
+export const showName = (name: string) => name.replace(/\p{Cs}/gu, (c) => `\\x${(c.charCodeAt(0) - 0xdc00).toString(16).padStart(2, '0')}`)
+
 /** What to hand to fs for a path: the string itself, or its bytes when it holds a name that is not UTF-8. */
 export const fsPath = (p: string): string | Buffer => (LONE_SURROGATE.test(p) ? encodeName(p) : p)
 

@@ -5,9 +5,9 @@ import { execFileSync } from 'node:child_process'
 import { mkdirSync, openSync, readdirSync, readSync, symlinkSync, writeFileSync, writeSync, closeSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { decodeName, encodeName } from '../lib/fsx.ts'
+import { decodeName, encodeName, showName } from '../lib/fsx.ts'
 import { setUpServer, storeOf } from './backup-helpers.ts'
-import { citadelJson } from './helpers.ts'
+import { citadel, citadelJson } from './helpers.ts'
 import { sshdMissing, startSshd } from './ssh-helpers.ts'
 
 /** A path from parts, each a string (UTF-8) or raw bytes. */
@@ -26,6 +26,7 @@ describe('names that are bytes', () => {
     }
     expect(decodeName(Buffer.from('emoji-😀💩'))).toBe('emoji-😀💩')
     expect(decodeName(BAD)).toBe('bad-\udcff.bin')
+    expect(showName(decodeName(Buffer.concat([CAFE, Buffer.from('/'), BAD])))).toBe('caf\\xe9/bad-\\xff.bin')
   })
 
   it('full and incremental backups of odd names pass sha256sum -c and verify, and a flipped byte is named', async () => {
@@ -67,6 +68,9 @@ describe('names that are bytes', () => {
     const bad = await citadelJson(['backup', 'verify', '--sample', '1'], roots.env)
     expect(bad.code).toBe(2)
     expect(bad.doc.tasks[0].data.verification.problems.map((p: any) => [p.path, p.kind])).toEqual([[BAD_REL, 'mismatch']])
+    // On the terminal, as bash's $'...' would take it back.
+    const shown = await citadel(['backup', 'verify', '--sample', '1'], roots.env)
+    expect(shown.stdout + shown.stderr).toContain('m/bad-\\xff.bin: mismatch')
   }, 60_000)
 
   it.skipIf(sshdMissing)('the remote store: sent, verified there with sha256sum, and a flipped byte is named', async () => {
