@@ -5,9 +5,9 @@ import { promises as fs, lstatSync, readFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { CATALOG, DATA, META, MANIFEST, partialName, removeBackupDir, VERIFY_STATE, walkTree, writeFirstMeta, type BackupType, type Catalog, type Tree, type TreeFile } from './backups.ts'
-import { fsyncDir } from './fsx.ts'
+import { fsPath, fsyncDir } from './fsx.ts'
 import { hashFiles, type HashOutcome } from './hashing.ts'
-import { compareBytewise, formatManifest, parseManifest, type ManifestEntry } from './manifest.ts'
+import { compareBytewise, manifestBytes, parseManifestBytes, type ManifestEntry } from './manifest.ts'
 import { bytes, count, progressLine, summarize } from './report.ts'
 import { excluded, rsyncCopy } from './rsync.ts'
 import { backupMetaSchema, parseFile } from './schemas.ts'
@@ -141,7 +141,7 @@ export async function buildManifest(
   const data = path.join(dir, DATA)
   const copy = walkTree(data)
   const parentHashes = new Map<string, string>()
-  if (parentDir !== null) for (const e of parseManifest(await fs.readFile(path.join(parentDir, MANIFEST), 'utf8'))) parentHashes.set(e.path, e.sha256)
+  if (parentDir !== null) for (const e of parseManifestBytes(await fs.readFile(path.join(parentDir, MANIFEST)))) parentHashes.set(e.path, e.sha256)
   const hashes = new Map<string, string>()
   const toHash: TreeFile[] = []
   const walked = new Map(plan.source.files.map((f) => [f.rel, f]))
@@ -179,7 +179,7 @@ export async function buildManifest(
 
 function statOrNull(p: string) {
   try {
-    return lstatSync(p)
+    return lstatSync(fsPath(p))
   } catch {
     return null
   }
@@ -190,11 +190,11 @@ function statOrNull(p: string) {
  * an unchanged incremental of many small files would otherwise spend megabytes on identical lists.
  */
 export async function writeLists(dir: string, parentDir: string | null, result: ManifestResult): Promise<void> {
-  const files: [string, string][] = [[MANIFEST, formatManifest(result.entries)], [CATALOG, JSON.stringify(result.catalog) + '\n']]
+  const files: [string, Buffer][] = [[MANIFEST, manifestBytes(result.entries)], [CATALOG, Buffer.from(JSON.stringify(result.catalog) + '\n')]]
   for (const [name, content] of files) {
     const target = path.join(dir, name)
     const parentFile = parentDir === null ? null : path.join(parentDir, name)
-    if (parentFile && (await fs.readFile(parentFile, 'utf8').catch(() => null)) === content) await fs.link(parentFile, target)
+    if (parentFile && (await fs.readFile(parentFile).catch(() => null))?.equals(content)) await fs.link(parentFile, target)
     else await fs.writeFile(target, content, { mode: 0o444 })
   }
 }

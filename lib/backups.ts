@@ -6,7 +6,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Settings } from './config.ts'
 import type { TaskContext, TaskResult } from './task.ts'
-import { atomicSymlink, atomicWriteFile, fsyncDir, lstatOrNull } from './fsx.ts'
+import { atomicSymlink, atomicWriteFile, decodeName, fsPath, fsyncDir, lstatOrNull } from './fsx.ts'
 import { backupMetaSchema, catalogSchema, checkShape, parseFile } from './schemas.ts'
 import { Lock, LockHeldError, type LockHolder } from './lock.ts'
 
@@ -271,11 +271,16 @@ export async function removeBackupDir(s: Settings, dir: string): Promise<void> {
   await fs.rm(doomed, { recursive: true })
 }
 
-/** Removes what interrupted creates and cleanups left behind, saying so; create and cleanup both do. */
+/** Removes what interrupted creates and cleanups left behind, saying so once done; create and cleanup both do. */
 export async function removePartials(ctx: TaskContext, store: Store): Promise<void> {
   for (const dir of store.partials) {
-    ctx.warn(`${path.basename(dir)} was left by an interrupted backup or cleanup: ${ctx.check ? 'would remove' : 'removed'} it`)
-    await ctx.apply({ path: dir, action: 'remove interrupted backup', before: 'partial copy', after: null }, null, () => removeBackupDir(ctx.settings, dir))
+    const what = `${path.basename(dir)} was left by an interrupted backup or cleanup`
+    try {
+      await ctx.apply({ path: dir, action: 'remove interrupted backup', before: 'partial copy', after: null }, null, () => removeBackupDir(ctx.settings, dir))
+    } catch (err) {
+      throw new Error(`${what} and could not be removed: ${(err as Error).message}; remove it by hand if nothing writes into it any more`, { cause: err })
+    }
+    ctx.warn(`${what}: ${ctx.check ? 'would remove' : 'removed'} it`)
   }
 }
 
@@ -290,15 +295,17 @@ export interface Tree extends Omit<Listing, 'files'> { files: TreeFile[] }
  */
 export function listTree(root: string, skip: (name: string, isDir: boolean) => boolean = () => false): Listing {
   const listing: Listing = { files: [], symlinks: [], dirs: 0 }
+  // Names are read as bytes: one that is not UTF-8 must not turn into another name (see decodeName).
   const visit = (dir: string, prefix: string) => {
-    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    for (const entry of readdirSync(fsPath(dir), { withFileTypes: true, encoding: 'buffer' })) {
+      const name = decodeName(entry.name)
       const isDir = entry.isDirectory()
-      if (skip(entry.name, isDir)) continue
-      const rel = prefix + entry.name
+      if (skip(name, isDir)) continue
+      const rel = prefix + name
       if (isDir) {
         listing.dirs++
-        visit(path.join(dir, entry.name), rel + '/')
-      } else if (entry.isSymbolicLink()) listing.symlinks.push({ rel, target: readlinkSync(path.join(dir, entry.name)) })
+        visit(path.join(dir, name), rel + '/')
+      } else if (entry.isSymbolicLink()) listing.symlinks.push({ rel, target: decodeName(readlinkSync(fsPath(path.join(dir, name)), { encoding: 'buffer' })) })
       else if (entry.isFile()) listing.files.push(rel)
     }
   }
@@ -308,7 +315,7 @@ export function listTree(root: string, skip: (name: string, isDir: boolean) => b
 
 export function statFiles(root: string, rels: string[]): TreeFile[] {
   return rels.map((rel) => {
-    const st = lstatSync(path.join(root, rel))
+    const st = lstatSync(fsPath(path.join(root, rel)))
     return { rel, size: st.size, mode: st.mode, uid: st.uid, gid: st.gid, ino: st.ino, dev: st.dev, nlink: st.nlink, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs }
   })
 }

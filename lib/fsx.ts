@@ -1,13 +1,90 @@
 // Filesystem primitives every task shares. All of them use lstat (never follow a link they inspect or
 // remove), publish by rename so a reader sees the old or the new state and nothing between.
 import { randomBytes } from 'node:crypto'
+import { isUtf8 } from 'node:buffer'
 import { existsSync, promises as fs, constants, readFileSync, type Stats } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
+// Names are bytes on Linux, and citadel holds them as strings: a name that is not UTF-8 keeps each byte that
+// is not part of a valid UTF-8 sequence as a lone surrogate U+DC80..U+DCFF (Python's "surrogateescape"), so
+// it reads back as exactly the bytes it was, and JSON keeps it as \udcXX. UTF-8 names are plain strings.
+const LONE_SURROGATE = /\p{Cs}/u
+
+/** Whether a string of decodeName holds a byte that is not UTF-8. */
+export const holdsRawBytes = (name: string) => LONE_SURROGATE.test(name)
+
+/** Bytes (a name, a path, a whole manifest) as such a string. */
+export function decodeName(bytes: Buffer): string {
+  if (isUtf8(bytes)) return bytes.toString('utf8')
+  // Line by line, so a manifest with one odd name still decodes at the speed of the others.
+  const lines: string[] = []
+  for (let start = 0; start <= bytes.length; ) {
+    const end = bytes.indexOf(0x0a, start)
+    const line = bytes.subarray(start, end === -1 ? bytes.length : end)
+    lines.push(isUtf8(line) ? line.toString('utf8') : escapeBytes(line))
+    if (end === -1) break
+    start = end + 1
+  }
+  return lines.join('\n')
+}
+
+/** Strict UTF-8 (no overlong forms, no surrogates, nothing above U+10FFFF); any other byte is escaped. */
+function escapeBytes(b: Buffer): string {
+  let out = ''
+  for (let i = 0; i < b.length; ) {
+    const lead = b[i]!
+    const more = lead >= 0xc2 && lead <= 0xdf ? 1 : lead >= 0xe0 && lead <= 0xef ? 2 : lead >= 0xf0 && lead <= 0xf4 ? 3 : 0
+    let cp = more === 1 ? lead & 0x1f : more === 2 ? lead & 0x0f : lead & 0x07
+    let valid = lead < 0x80 || (more > 0 && i + more < b.length)
+    for (let k = 1; valid && k <= more; k++) {
+      const next = b[i + k]!
+      valid = (next & 0xc0) === 0x80
+      cp = (cp << 6) | (next & 0x3f)
+    }
+    if (lead < 0x80) cp = lead
+    else if (valid) valid = cp >= [0, 0x80, 0x800, 0x10000][more]! && cp <= 0x10ffff && !(cp >= 0xd800 && cp <= 0xdfff)
+    if (valid) {
+      out += String.fromCodePoint(cp)
+      i += more + 1
+    } else {
+      out += String.fromCharCode(0xdc00 + lead)
+      i++
+    }
+  }
+  return out
+}
+
+/** A string of decodeName back to its bytes. */
+export function encodeName(name: string): Buffer {
+  if (!LONE_SURROGATE.test(name)) return Buffer.from(name, 'utf8')
+  const parts: Buffer[] = []
+  let start = 0
+  for (let i = 0; i < name.length; i++) {
+    const c = name.charCodeAt(i)
+    if (c < 0xd800 || c > 0xdfff) continue
+    const next = name.charCodeAt(i + 1)
+    if (c <= 0xdbff && next >= 0xdc00 && next <= 0xdfff) {
+      i++ // a pair: a character like any other
+      continue
+    }
+    if (c < 0xdc80 || c > 0xdcff) throw new Error(`${JSON.stringify(name)} holds U+${c.toString(16).toUpperCase()}, which stands for no byte of a file name`)
+    parts.push(Buffer.from(name.slice(start, i), 'utf8'), Buffer.of(c - 0xdc00))
+    start = i + 1
+  }
+  parts.push(Buffer.from(name.slice(start), 'utf8'))
+  return Buffer.concat(parts)
+}
+
+/** A name for an operator to read and paste into bash's $'...': each byte that is not UTF-8 as \\xHH. */
+export const showName = (name: string) => name.replace(/\p{Cs}/gu, (c) => `\\x${(c.charCodeAt(0) - 0xdc00).toString(16).padStart(2, '0')}`)
+
+/** What to hand to fs for a path: the string itself, or its bytes when it holds a name that is not UTF-8. */
+export const fsPath = (p: string): string | Buffer => (LONE_SURROGATE.test(p) ? encodeName(p) : p)
+
 export async function lstatOrNull(p: string): Promise<Stats | null> {
   try {
-    return await fs.lstat(p)
+    return await fs.lstat(fsPath(p))
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT' || (err as NodeJS.ErrnoException).code === 'ENOTDIR') return null
     throw err
@@ -106,6 +183,36 @@ export const octal = (mode: number) => '0' + (mode & 0o7777).toString(8)
 /** UTC time stamp that sorts as text and is safe in a file name: 20261129T171500Z. */
 export function fileStamp(date = new Date()): string {
   return date.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')
+}
+
+/**
+ * A free sibling name to move `p` aside to: `<p>.citadel-aside-<time>`, then `-2`, `-3`, ... for more moves
+ * within the same second. Chosen before the move so the journal can name where the move-back comes from.
+ */
+export async function asideName(p: string, date = new Date()): Promise<string> {
+  const base = `${p}.citadel-aside-${fileStamp(date)}`
+  for (let n = 1; ; n++) {
+    const aside = n === 1 ? base : `${base}-${n}`
+    if (!(await lstatOrNull(aside))) return aside
+  }
+}
+
+/**
+ * Renames `from` to `to`, failing with EEXIST instead of replacing anything there. rename(2) silently
+ * replaces a file, or an empty directory: so `to` is first claimed by an exclusive create of the same kind,
+ * which fails when the name is taken, and the rename replaces only that placeholder of our own.
+ */
+export async function moveNoReplace(from: string, to: string): Promise<void> {
+  const isDir = (await fs.lstat(from)).isDirectory()
+  if (isDir) await fs.mkdir(to, { mode: 0o700 })
+  else await (await fs.open(to, 'wx', 0o600)).close()
+  try {
+    await fs.rename(from, to)
+  } catch (err) {
+    await (isDir ? fs.rmdir(to) : fs.unlink(to)).catch(() => {})
+    throw err
+  }
+  await fsyncDir(path.dirname(to))
 }
 
 /** The path of an executable on PATH, or null; no shell involved. */

@@ -1,7 +1,7 @@
 // SHA-256 of files, one batch per message, for the pool in hashing.ts. Plain JavaScript so that
 // `new Worker(path)` can load it both from the sources and beside a bundled build, uncompiled.
 //
-// In:  { files: string[] }
+// In:  { files: (string | Uint8Array)[] }      paths; the bytes of one whose name is not UTF-8
 // Out: { type: 'progress', bytes }                 bytes read since the previous report
 //      { type: 'done', bytes, results }            bytes not yet reported; one result per file, in order:
 //                                                  { sha256, bytesRead, error } with sha256 or error null

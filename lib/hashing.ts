@@ -4,7 +4,7 @@
 import os from 'node:os'
 import path from 'node:path'
 import { Worker } from 'node:worker_threads'
-import { projectRoot } from './fsx.ts'
+import { fsPath, projectRoot } from './fsx.ts'
 
 /** `file` is absolute; `size` is what the caller expects, used to schedule and to weigh progress. */
 export interface HashJob { file: string; size: number }
@@ -77,7 +77,7 @@ export function hashFiles(jobs: HashJob[], options: HashOptions = {}): Promise<H
       let batch: number[] | undefined
       const sendNextBatch = () => {
         batch = batches[nextBatch++]
-        if (batch) worker.postMessage({ files: batch.map((i) => jobs[i].file) })
+        if (batch) worker.postMessage({ files: batch.map((i) => fsPath(jobs[i].file)) })
       }
       worker.on('message', (message: WorkerMessage) => {
         if (settled) return

@@ -2,7 +2,7 @@
 // repair-symlinks. Plan first (Stow-style): conflicts are reported together before anything changes.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { assertInside, atomicSymlink, describeEntry, entryCount, fileStamp, lstatOrNull } from './fsx.ts'
+import { asideName, assertInside, atomicSymlink, describeEntry, entryCount, lstatOrNull, moveNoReplace } from './fsx.ts'
 import { expectedLinks, type ExpectedLink } from './layout.ts'
 import type { Settings } from './config.ts'
 import type { TaskContext } from './task.ts'
@@ -122,8 +122,8 @@ async function fixLink(ctx: TaskContext, s: LinkState): Promise<void> {
       await atomicSymlink(s.target, s.path)
     })
   }
-  const aside = `${s.path}.citadel-aside-${fileStamp()}`
-  await ctx.apply({ path: s.path, action: 'move aside', before: s.actual, after: aside }, { op: 'move-back', from: aside, to: s.path }, () => fs.rename(s.path, aside))
-  ctx.warn(`moved ${s.actual} at ${s.path} aside to ${aside}`)
+  const aside = await asideName(s.path)
+  await ctx.apply({ path: s.path, action: 'move aside', before: s.actual, after: aside }, { op: 'move-back', from: aside, to: s.path }, () => moveNoReplace(s.path, aside))
+  ctx.warn(`${ctx.check ? 'would move' : 'moved'} ${s.actual} at ${s.path} aside to ${aside}`)
   await ctx.apply({ path: s.path, action: 'create link', before: null, after: s.target }, { op: 'remove-link', path: s.path }, () => atomicSymlink(s.target, s.path))
 }

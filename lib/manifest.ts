@@ -1,5 +1,7 @@
 // The SHA256SUMS format of GNU coreutils `sha256sum`, so that a backup can be verified without citadel:
-// `cd data && sha256sum -c --strict ../SHA256SUMS`.
+// `cd data && sha256sum -c --strict ../SHA256SUMS`. Names are bytes there: the file is read with
+// decodeName and written with manifestBytes, so a name that is not UTF-8 stays the bytes it is.
+import { decodeName, encodeName, holdsRawBytes } from './fsx.ts'
 
 /** `path` is relative to the backup's data/ directory, '/'-separated. */
 export interface ManifestEntry { path: string; sha256: string }
@@ -9,6 +11,8 @@ export interface ManifestEntry { path: string; sha256: string }
  * UTF-16 code units would put U+E000–U+FFFF after the surrogate pairs of emoji; UTF-8 puts them before.
  */
 export function compareBytewise(a: string, b: string): number {
+  // A name that is not UTF-8 holds escaped bytes (see decodeName) that sort only as the bytes themselves.
+  if (holdsRawBytes(a) || holdsRawBytes(b)) return Buffer.compare(encodeName(a), encodeName(b))
   const shorter = Math.min(a.length, b.length)
   for (let i = 0; i < shorter; i++) {
     // UTF-8 preserves the order of code points, so comparing them compares the encoded bytes.
@@ -33,6 +37,12 @@ function formatLine({ path, sha256 }: ManifestEntry): string {
 export function formatManifest(entries: ManifestEntry[]): string {
   return [...entries].sort((x, y) => compareBytewise(x.path, y.path)).map(formatLine).join('')
 }
+
+/** formatManifest as the bytes of the file. */
+export const manifestBytes = (entries: ManifestEntry[]): Buffer => encodeName(formatManifest(entries))
+
+/** parseManifest of the file's bytes. */
+export const parseManifestBytes = (bytes: Buffer): ManifestEntry[] => parseManifest(decodeName(bytes))
 
 const HEX64 = /^[0-9a-fA-F]{64}$/
 

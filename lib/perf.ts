@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto'
 import { constants, promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Shell } from 'zx/core'
+import { DIES_WITH_CITADEL } from './shell.ts'
 import { processGroupGone } from './system.ts'
 import { z } from 'zod'
 import { readFileOrNull, which } from './fsx.ts'
@@ -201,12 +202,13 @@ async function pickEngine($: Shell, signal: AbortSignal, target: string[], notes
 }
 
 /**
- * Runs fio and resolves with its JSON document. fio runs in its own process group, so an abort stops it
- * and its job processes; the test file is removed only once none of them is left to write into it.
+ * Runs fio and resolves with its JSON document. fio runs in its own process group, so an abort stops it;
+ * the test file is removed only once nothing of it is left to write into it. Its jobs run as threads of the
+ * one process, which dies with citadel: job processes would go on writing until their time was up.
  */
 async function fio($: Shell, signal: AbortSignal, args: string[]): Promise<unknown> {
   signal.throwIfAborted()
-  const run = $({ signal, nothrow: true, detached: true })`fio ${args} --output-format=json`
+  const run = $({ signal, nothrow: true, detached: true })`${DIES_WITH_CITADEL} fio --thread ${args} --output-format=json`
   const out = await run
   if (signal.aborted) {
     if (run.child?.pid) await processGroupGone(run.child.pid)

@@ -6,7 +6,7 @@ import path from 'node:path'
 import { planCopy } from './backup-build.ts'
 import { CATALOG, DATA, MANIFEST, META, metaText, partialName, VERIFY_STATE, type Backup, type Catalog, type Problem, type Verification } from './backups.ts'
 import type { RemoteSettings } from './config.ts'
-import { compareBytewise, formatManifest, parseManifest, unescapeName } from './manifest.ts'
+import { compareBytewise, manifestBytes, parseManifest, unescapeName } from './manifest.ts'
 import { publishRemote, remoteComplaint, remoteHost, remoteLabel, remoteStoreDir, removeRemote, replaceRemoteFile, rsyncRsh, runRemote } from './remote.ts'
 import { rsyncCopy } from './rsync.ts'
 import { catalogSchema, parseFile } from './schemas.ts'
@@ -112,9 +112,8 @@ exec sha256sum -c --strict -`
 async function remoteSha256Check(ctx: TaskContext, r: RemoteSettings, backup: Backup, manifest: Map<string, string>, files: [string, number][], onDone: (bytes: number) => void) {
   const sizes = new Map(files)
   const answers = new Map<string, string>()
-  let pending = ''
   let done = 0
-  const input = formatManifest(files.map(([rel]) => ({ path: rel, sha256: manifest.get(rel)! })))
+  const input = manifestBytes(files.map(([rel]) => ({ path: rel, sha256: manifest.get(rel)! })))
   const read = (line: string) => {
     const m = /^(\\?)(.*): (OK|FAILED|FAILED open or read)$/s.exec(line)
     if (!m) return
@@ -125,13 +124,8 @@ async function remoteSha256Check(ctx: TaskContext, r: RemoteSettings, backup: Ba
   const out = await runRemote(ctx.$, r, SHA256SUM_CHECK, [backup.dir], {
     input,
     signal: ctx.signal,
-    onStdout: (chunk) => {
-      const lines = (pending + chunk).split('\n')
-      pending = lines.pop() ?? ''
-      lines.forEach(read)
-    },
+    onLine: read,
   })
-  if (pending) read(pending)
   // 1 is sha256sum's "some files failed"; anything else means it did not check.
   if (out.exitCode > 1 || (out.exitCode === 1 && answers.size === 0)) throw new Error(`sha256sum -c on ${remoteHost(r)} did not run: ${remoteComplaint(out)}`)
   const errors = new Map<string, string>()

@@ -8,6 +8,8 @@ import type { RemoteSettings } from './config.ts'
 import type { TaskContext, TaskResult } from './task.ts'
 import { checkMeta, createdOf, isPartialName, metaText, type Backup, type BackupMeta, type Store } from './backups.ts'
 import { shellQuote } from './quote.ts'
+import { decodeName } from './fsx.ts'
+import { DIES_WITH_CITADEL } from './shell.ts'
 
 /** ssh's own exit status for "could not connect or authenticate"; a remote command's status is its own. */
 const SSH_FAILED = 255
@@ -48,19 +50,33 @@ export interface RemoteOutput { exitCode: number; stdout: string; stderr: string
 
 /**
  * Runs `script` with `sh -c` on the remote host, `args` as $1, $2, ...; throws, naming the host and ssh's
- * reason, when ssh itself fails. The script's own exit status and output are the caller's to read.
+ * reason, when ssh itself fails. The script's own exit status and output are the caller's to read. Its
+ * stdout holds file names, which are bytes: it is decoded as they are (decodeName), line by line for onLine.
  */
-export async function runRemote($: Shell, r: RemoteSettings, script: string, args: string[], opts: { input?: string; signal?: AbortSignal; onStdout?: (chunk: string) => void } = {}): Promise<RemoteOutput> {
+export async function runRemote($: Shell, r: RemoteSettings, script: string, args: string[], opts: { input?: string | Buffer; signal?: AbortSignal; onLine?: (line: string) => void } = {}): Promise<RemoteOutput> {
   const command = ['sh', '-c', script, 'citadel', ...args].map(shellQuote).join(' ')
-  const run = $({ input: opts.input ?? '', signal: opts.signal, nothrow: true })`ssh ${sshOptions(r)} -- ${remoteHost(r)} ${command}`
-  if (opts.onStdout) run.stdout.on('data', (chunk: Buffer) => opts.onStdout!(chunk.toString()))
+  const run = $({ input: opts.input ?? '', signal: opts.signal, nothrow: true })`${DIES_WITH_CITADEL} ssh ${sshOptions(r)} -- ${remoteHost(r)} ${command}`
+  // Collected here as bytes: zx's own stdout is already decoded as UTF-8.
+  const chunks: Buffer[] = []
+  let pending = Buffer.alloc(0)
+  const onLine = opts.onLine
+  run.stdout.on('data', (chunk: Buffer) => {
+    chunks.push(chunk)
+    if (!onLine) return
+    pending = Buffer.concat([pending, chunk])
+    for (let end = pending.indexOf(0x0a); end !== -1; end = pending.indexOf(0x0a)) {
+      onLine(decodeName(pending.subarray(0, end)))
+      pending = pending.subarray(end + 1)
+    }
+  })
   const out = await run
+  if (onLine && pending.length) onLine(decodeName(pending))
   if (opts.signal?.aborted) throw opts.signal.reason
   if (out.exitCode === SSH_FAILED) {
     const why = out.stderr.split('\n').map((l) => l.trim()).filter(Boolean).at(-1) ?? `ssh exited ${SSH_FAILED}`
     throw new Error(`cannot reach the remote backup host ${remoteHost(r)} on port ${r.port}: ${why}`)
   }
-  return { exitCode: out.exitCode ?? 1, stdout: out.stdout, stderr: out.stderr }
+  return { exitCode: out.exitCode ?? 1, stdout: decodeName(Buffer.concat(chunks)), stderr: out.stderr }
 }
 
 /** The last line the remote script wrote to stderr: its own message of what was wrong. */
@@ -215,11 +231,16 @@ export async function withRemote(ctx: TaskContext, work: (r: RemoteSettings) => 
   }
 }
 
-/** Removes what interrupted sends and deletes left in the remote store, saying so. */
+/** Removes what interrupted sends and deletes left in the remote store, saying so once done. */
 export async function removeRemotePartials(ctx: TaskContext, r: RemoteSettings, store: Store): Promise<void> {
   for (const dir of store.partials) {
     const name = path.posix.basename(dir)
-    ctx.warn(`${name} on ${remoteHost(r)} was left by an interrupted send or cleanup: ${ctx.check ? 'would remove' : 'removed'} it`)
-    await ctx.apply({ path: `${remoteHost(r)}:${dir}`, action: 'remove interrupted backup', before: 'partial copy', after: null }, null, () => removeRemote(ctx.$, r, [name]))
+    const what = `${name} on ${remoteHost(r)} was left by an interrupted send or cleanup`
+    try {
+      await ctx.apply({ path: `${remoteHost(r)}:${dir}`, action: 'remove interrupted backup', before: 'partial copy', after: null }, null, () => removeRemote(ctx.$, r, [name]))
+    } catch (err) {
+      throw new Error(`${what} and could not be removed: ${(err as Error).message}`, { cause: err })
+    }
+    ctx.warn(`${what}: ${ctx.check ? 'would remove' : 'removed'} it`)
   }
 }

@@ -1,6 +1,8 @@
 // Copies a tree with rsync for a backup: archive mode with hard links, symlinks copied as symlinks,
 // unchanged files hard-linked to the previous backup, and progress parsed from --info=progress2.
 import type { Shell } from 'zx/core'
+import { encodeName } from './fsx.ts'
+import { DIES_WITH_CITADEL } from './shell.ts'
 import { processGroupGone } from './system.ts'
 
 /**
@@ -55,8 +57,8 @@ export async function rsyncCopy($: Shell, req: CopyRequest): Promise<CopyResult>
   // --no-h prints plain digits; LC_ALL=C (set for every command) keeps the number format fixed. Device
   // nodes, FIFOs and sockets are never model files: the backup holds files, directories and links only,
   // all of which its catalog records and verify checks.
-  // Its own process group, so an abort stops rsync and the processes it forks, not just the shell.
-  const copy = $({ signal: req.signal, nothrow: true, detached: true, input: req.only?.join('\0') })`rsync --archive --no-devices --no-specials --hard-links --numeric-ids --info=progress2 --no-h --no-inc-recursive ${remote} ${limit} ${linkDest} ${excludes} ${only} -- ${req.src + '/'} ${req.dest + '/'}`
+  // Its own process group, so an abort stops rsync and the processes it forks; and it dies with citadel.
+  const copy = $({ signal: req.signal, nothrow: true, detached: true, input: req.only && encodeName(req.only.join('\0')) })`${DIES_WITH_CITADEL} rsync --archive --no-devices --no-specials --hard-links --numeric-ids --info=progress2 --no-h --no-inc-recursive ${remote} ${limit} ${linkDest} ${excludes} ${only} -- ${req.src + '/'} ${req.dest + '/'}`
   let pending = ''
   copy.stdout.on('data', (chunk: Buffer) => {
     const lines = (pending + chunk.toString()).split(/[\r\n]/)

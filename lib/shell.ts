@@ -2,6 +2,17 @@
 // run log. Arguments are always interpolated (zx quotes them); nothing builds a command string by hand.
 import { $, type Shell } from 'zx/core'
 
+/**
+ * Put first in a long-running command (rsync, fio, ssh): the kernel kills it with SIGKILL when citadel dies,
+ * even by SIGKILL, so nothing is left writing into what the next run cleans up (PR_SET_PDEATHSIG through
+ * setpriv of util-linux). `exec` makes it citadel's own child instead of the shell's: the signal follows the
+ * death of the parent, and a shell would outlive citadel. A citadel that died before setpriv set the signal
+ * would leave it unset: the command then runs only if its parent is still this process. Its own forks do
+ * not inherit the signal: rsync's receiver and generator exit when their pipe to it closes; fio runs its
+ * jobs as threads.
+ */
+export const DIES_WITH_CITADEL = ['exec', 'setpriv', '--pdeathsig', 'KILL', 'bash', '-c', '[ "$PPID" = "$0" ] && exec "$@"', String(process.pid)]
+
 export type CommandLog = (fields: { cmd: string; exitCode: number | null; signal: string | null; ms: number }) => void
 
 export function makeShell(record: CommandLog): Shell {

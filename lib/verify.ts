@@ -6,9 +6,9 @@ import { randomInt } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { CATALOG, DATA, listTree, MANIFEST, readCatalog, statFiles, VERIFY_STATE, writeMeta, type Backup, type Catalog, type Problem, type Verification } from './backups.ts'
-import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull } from './fsx.ts'
+import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull, showName } from './fsx.ts'
 import { hashFiles } from './hashing.ts'
-import { compareBytewise, parseManifest } from './manifest.ts'
+import { compareBytewise, parseManifestBytes } from './manifest.ts'
 import { bytes, count, summarize, table } from './report.ts'
 import { parseFile, verifyStateSchema } from './schemas.ts'
 import type { ArgSpec, TaskContext, TaskResult } from './task.ts'
@@ -130,7 +130,7 @@ async function readLists(dir: string): Promise<{ catalog: Catalog; manifest: Map
   try {
     const catalog = await readCatalog(dir)
     file = path.join(dir, MANIFEST)
-    const manifest = new Map(parseManifest(await fs.readFile(file, 'utf8')).map((e) => [e.path, e.sha256]))
+    const manifest = new Map(parseManifestBytes(await fs.readFile(file)).map((e) => [e.path, e.sha256]))
     return { catalog, manifest }
   } catch (err) {
     const message = (err as Error).message
@@ -212,12 +212,12 @@ export async function recordVerification(backup: Backup, outcome: VerifyOutcome)
 export function showVerification(ctx: TaskContext, name: string, outcome: { verification: Verification; sampled: string[]; totalBytes: number }): TaskResult {
   const { verification: v, sampled } = outcome
   for (const rel of v.transient) ctx.warn(`${rel}: the first read disagreed with the manifest, a second agreed: a read error, not corruption`)
-  if (v.problems.length) ctx.detail(...table([['PATH', 'PROBLEM', 'DETAIL'], ...v.problems.map((p) => [p.path, p.kind, p.detail])]))
+  if (v.problems.length) ctx.detail(...table([['PATH', 'PROBLEM', 'DETAIL'], ...v.problems.map((p) => [showName(p.path), p.kind, p.detail])]))
   const lists = v.problems.filter((p) => p.kind === 'list')
   if (lists.length) return ctx.fail(`${name} cannot be verified: ${lists.map((p) => p.detail).join('; ')}`, { backup: name, verification: v, sampled })
   const share = outcome.totalBytes > 0 ? Math.round((v.bytes_hashed / outcome.totalBytes) * 100) : 100
   const head = `${name}: ${count(v.files_checked, 'file')} checked, ${v.files_hashed} hashed (${bytes(v.bytes_hashed)}, ${share}% of bytes)`
   const data = { backup: name, verification: v, sampled }
-  if (!v.ok) return ctx.fail(`${head}: ${count(v.problems.length, 'problem')}: ${summarize(v.problems.map((p) => `${p.path}: ${p.kind}`))}`, data)
+  if (!v.ok) return ctx.fail(`${head}: ${count(v.problems.length, 'problem')}: ${summarize(v.problems.map((p) => `${showName(p.path)}: ${p.kind}`))}`, data)
   return ctx.finish(`${head}: ok`, data)
 }

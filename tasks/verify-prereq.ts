@@ -10,7 +10,7 @@ type Verdict = 'ok' | 'warning' | 'failed'
 interface Check { check: string; status: Verdict; detail: string }
 
 const MIN_NODE = [20, 19]
-const REQUIRED_TOOLS = [['rsync', 'rsync'], ['sha256sum', 'coreutils']]
+const REQUIRED_TOOLS = [['rsync', 'rsync'], ['sha256sum', 'coreutils'], ['setpriv', 'util-linux']]
 const OPTIONAL_TOOLS = [['smartctl', 'smartmontools', 'SMART health'], ['fio', 'fio', 'I/O performance tests'], ['findmnt', 'util-linux', 'mount checks']]
 const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(1)} GiB`
 
