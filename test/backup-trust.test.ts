@@ -191,13 +191,15 @@ describe.skipIf(!asRoot)('on a small backup disk (root: mounts a tmpfs)', () => 
   it('backup create refuses before copying when the disk has too few inodes, naming both figures', async () => {
     const roots = await smallBackupDisk('size=8m,nr_inodes=64')
     for (let i = 0; i < 100; i++) writeFile(path.join(roots.active, 'm', `tiny-${i}.bin`), `${i}`)
-    const before = snapshot(roots.backup)
+    // The store lock comes and goes in models/ and moves its mtime; every entry and every byte stays.
+    const shape = () => ({ ...snapshot(roots.backup), models: 'dir' })
+    const before = shape()
     const result = await citadelJson(['backup', 'create'], roots.env)
     expect(result.code).toBe(2)
     expect(result.doc.tasks[0].msg).toMatch(new RegExp(`^not enough space on ${roots.backup}: the backup needs (\\d+) inodes \\(100 files to copy, the rest directories, links and metadata\\), (\\d+) are free$`))
     const [, needed, free] = /needs (\d+) inodes.*, (\d+) are free/.exec(result.doc.tasks[0].msg)!.map(Number)
     expect(needed).toBeGreaterThan(free!)
-    expect(snapshot(roots.backup)).toEqual(before)
+    expect(shape()).toEqual(before)
   })
 
   it('a verify that hashed everything and then finds the backup disk full prints its result, then the error', async () => {

@@ -107,11 +107,12 @@ describe('a setup playbook stays all or nothing', () => {
     const run = await citadelJson(['run', 'initial-setup'], roots.env)
     expect(run.code).toBe(2)
     expect(run.doc).toMatchObject({ on_failure: 'rollback', failed: ['write-env-script'] })
-    expect(steps(run.doc)).toEqual([['verify-prereq', 'ok'], ['create-dirs', 'changed'], ['create-symlinks', 'changed'], ['verify-symlinks', 'ok'], ['write-env-script', 'failed']])
+    expect(steps(run.doc)).toEqual([['verify-prereq', 'ok'], ['mark-roots', 'changed'], ['create-dirs', 'changed'], ['create-symlinks', 'changed'], ['verify-symlinks', 'ok'], ['write-env-script', 'failed']])
     expect(run.doc.rolled_back.length).toBeGreaterThan(0)
     expect(run.doc.rolled_back.every((s: any) => s.done)).toBe(true)
     expect(existsSync(path.join(roots.app, 'models'))).toBe(false)
     expect(existsSync(path.join(roots.models, 'archive'))).toBe(false)
+    expect(existsSync(path.join(roots.models, '.citadel-root.json'))).toBe(false)
   })
 })
 
