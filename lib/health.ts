@@ -13,7 +13,7 @@ import { healthFile, perfHistoryFile } from './layout.ts'
 import { inspectLinks, linkHealth, type LinkHealth } from './links.ts'
 import { inspectRoots, type RootRole, type RootVerdict } from './marks.ts'
 import type { Condition } from './monitor.ts'
-import { parseOwnJson } from './own-json.ts'
+import { parseFile } from './schemas.ts'
 import { lastPerfResults, type PerfResult } from './perf.ts'
 import { smartHealth, smartProblems, type SmartReport } from './smart.ts'
 import { filesystemUsage, type FilesystemUsage } from './usage.ts'
@@ -150,7 +150,7 @@ export function readStoredHealth(settings: Settings): StoredHealth | null {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
     throw new Error(`cannot read ${file}: ${(err as Error).message}`)
   }
-  return parseOwnJson(file, text, storedHealth, 'a health report citadel wrote')
+  return parseFile(storedHealth, file, text, 'a health report citadel wrote')
 }
 
 export const writeHealth = (settings: Settings, report: object) => publish(healthFile(settings), JSON.stringify(report, null, 2) + '\n')

@@ -90,7 +90,7 @@ export async function planLinks(ctx: TaskContext): Promise<LinkPlan> {
     if (s.model === undefined && !s.targetExists) plan.missingTargets.push(s)
     if (s.verdict === 'ok' || s.verdict === 'broken') continue
     if (s.model !== undefined && !s.targetExists) plan.waiting.push(`${s.model}: ${s.reason}; its link is made once it is`)
-    else if (s.verdict === 'not-a-link' && !ctx.force) {
+    else if (s.verdict === 'not-a-link' && !(ctx.force || ctx.settings.symlinkForceRecreate)) {
       const entries = (await lstatOrNull(s.path))?.isDirectory() ? ` with ${await entryCount(s.path)} entries` : ''
       plan.conflicts.push(`${s.path} is ${s.actual}${entries}, not a link to ${s.target}: move it away yourself, or rerun with --force (or SYMLINK_FORCE_RECREATE=true) to have it moved aside to ${s.path}.citadel-aside-<time> (an empty directory is replaced)`)
     } else plan.fixes.push(s)

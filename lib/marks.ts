@@ -10,7 +10,7 @@ import type { Shell } from 'zx/core'
 import type { Settings } from './config.ts'
 import { describeEntry, lstatOrNull, readFileOrNull } from './fsx.ts'
 import { stateDir } from './layout.ts'
-import { parseOwnJson } from './own-json.ts'
+import { parseFile } from './schemas.ts'
 import type { Change } from './task.ts'
 
 export type RootRole = 'models' | 'backup'
@@ -46,7 +46,7 @@ const LAYOUT: Record<RootRole, string[]> = { models: ['active', 'archive', 'down
 export async function readRemembered(s: Settings): Promise<Remembered> {
   const file = rememberedFile(s)
   const text = await readFileOrNull(file)
-  return text === null ? { format: 1, roots: {} } : parseOwnJson(file, text, rememberedSchema, "citadel's record of the root marks it laid out")
+  return text === null ? { format: 1, roots: {} } : parseFile(rememberedSchema, file, text, "citadel's record of the root marks it laid out")
 }
 
 /** The UUID of the filesystem holding `dir`, where findmnt or blkid know it (a tmpfs has none). */
@@ -104,7 +104,7 @@ export async function inspectRoot($: Shell, s: Settings, role: RootRole, remembe
   }
   let mark: Mark
   try {
-    mark = parseOwnJson(file, text, markSchema, "a root mark citadel wrote")
+    mark = parseFile(markSchema, file, text, "a root mark citadel wrote")
   } catch (err) {
     return { ...seen, verdict: 'foreign', reason: `${setting} ${root}: ${(err as Error).message}; ${newDiskHint}` }
   }

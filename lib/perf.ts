@@ -9,7 +9,7 @@ import { DIES_WITH_CITADEL } from './shell.ts'
 import { processGroupGone } from './system.ts'
 import { z } from 'zod'
 import { readFileOrNull, which } from './fsx.ts'
-import { checkOwn } from './own-json.ts'
+import { checkShape } from './schemas.ts'
 import { bytes } from './report.ts'
 
 /** One fio job's figures; MB is 10^6 bytes, as disk vendors count. */
@@ -97,7 +97,7 @@ function parseHistory(file: string, text: string | null): PerfResult[] {
     } catch {
       continue
     }
-    results.push(checkOwn(`${file} line ${i + 1}`, doc, perfResult, 'a perf result citadel wrote'))
+    results.push(checkShape(perfResult, `${file} line ${i + 1}`, doc, 'a perf result citadel wrote'))
   }
   return results
 }

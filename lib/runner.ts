@@ -69,7 +69,7 @@ async function execute(run: RunState, task: Task, args: TaskArgs, progress: (tex
     signal: run.signal,
     check,
     diff: req.diff,
-    force: req.force || settings.symlinkForceRecreate,
+    force: req.force,
     earlierChanges: run.records.flatMap((r) => r.changes),
     $: run.shell,
     progress,

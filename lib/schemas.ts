@@ -55,23 +55,23 @@ export const verifyStateSchema = z.record(z.string(), z.iso.datetime())
 
 /**
  * Parses `text`, the content of `file`, as JSON of `schema`; throws one line naming the file and what is
- * wrong (JSON cut short, or the first field of the wrong shape).
+ * wrong (JSON cut short, or the first field of the wrong shape). `what` names what the file should be.
  */
-export function parseFile<T>(schema: z.ZodType<T>, file: string, text: string): T {
+export function parseFile<T>(schema: z.ZodType<T>, file: string, text: string, what = 'what citadel wrote'): T {
   let value: unknown
   try {
     value = JSON.parse(text)
   } catch (err) {
     throw new Error(`${file} is not valid JSON (${text === '' ? 'empty' : (err as Error).message}): it was cut short or edited`)
   }
-  return checkShape(schema, file, value)
+  return checkShape(schema, file, value, what)
 }
 
-/** `value`, read from `file`, as `schema` says; throws one line naming the file and the first field wrong. */
-export function checkShape<T>(schema: z.ZodType<T>, file: string, value: unknown): T {
+/** `value`, read from `file` (or one line of it), as `schema` says; throws one line naming the file and the first field wrong. */
+export function checkShape<T>(schema: z.ZodType<T>, file: string, value: unknown, what = 'what citadel wrote'): T {
   const parsed = schema.safeParse(value)
   if (parsed.success) return parsed.data
   const issue = parsed.error.issues[0]!
   const where = issue.path.length ? ` at ${issue.path.join('.')}` : ''
-  throw new Error(`${file} is not what citadel wrote${where}: ${issue.message}`)
+  throw new Error(`${file} is not ${what}${where}: ${issue.message}`)
 }

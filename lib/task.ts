@@ -59,6 +59,7 @@ export interface TaskContext {
   readonly signal: AbortSignal
   readonly check: boolean
   readonly diff: boolean
+  /** --force on the command line; SYMLINK_FORCE_RECREATE is the link tasks' own setting, not this. */
   readonly force: boolean
   /** Changes earlier tasks of this run made, or in check mode would have made. */
   readonly earlierChanges: readonly Change[]

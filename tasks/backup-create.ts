@@ -48,9 +48,7 @@ async function make(ctx: TaskContext, src: string): Promise<TaskResult> {
   const plan = planCopy(src, parentDir)
   const shrunk = shrinkage(src, plan.source.files, previous, settings.backup.maxShrink)
   if (shrunk) {
-    // SYMLINK_FORCE_RECREATE turns --force on for every run: it must not wave an empty source through.
-    if (!ctx.force || settings.symlinkForceRecreate)
-      return ctx.fail(`${shrunk}; check that the model disk is mounted and the models are in place, or rerun with --force to back it up anyway${settings.symlinkForceRecreate ? ' (SYMLINK_FORCE_RECREATE=true does not count: set it to false for that run)' : ''}`)
+    if (!ctx.force) return ctx.fail(`${shrunk}; check that the model disk is mounted and the models are in place, or rerun with --force to back it up anyway`)
     ctx.warn(`${shrunk}: backed up anyway (--force)`)
   }
   const short = await spaceShortfall(plan, root)

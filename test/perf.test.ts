@@ -48,7 +48,7 @@ describe('lastPerfResults', () => {
   it('names the file and line of a result of another shape', async () => {
     const file = path.join(makeRoots().base, 'perf-history.jsonl')
     writeFileSync(file, [JSON.stringify(record('/a', '1')), JSON.stringify({ path: '/a', at: '2', jobs: {} })].join('\n'))
-    await expect(lastPerfResults(file)).rejects.toThrow(`${file} line 2 is not a perf result citadel wrote: quick: Invalid input: expected boolean, received undefined`)
+    await expect(lastPerfResults(file)).rejects.toThrow(`${file} line 2 is not a perf result citadel wrote at quick: Invalid input: expected boolean, received undefined`)
   })
 })
 
