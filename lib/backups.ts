@@ -163,9 +163,10 @@ export async function scanStore(s: Settings): Promise<Store> {
  * The backup an operator means by NAME, or by `latest` or nothing: what `latest` points at, or the newest
  * complete backup when `latest` is missing or points at something that is not one.
  */
-export function findBackup(store: Store, wanted: string | undefined): Backup | null {
+export function findBackup(store: Store, wanted: string | undefined, active: string): Backup | null {
   if (wanted !== undefined && wanted !== 'latest') return store.complete.find((b) => b.name === path.basename(wanted)) ?? null
-  return store.complete.find((b) => b.name === store.latest) ?? store.complete.at(-1) ?? null
+  // `latest` is the active models' chain: without it, a newer backup of another source is not what is meant.
+  return store.complete.find((b) => b.name === store.latest) ?? chainOf(store, active).at(-1) ?? store.complete.at(-1) ?? null
 }
 
 /** A backup dated more than this ahead of now was made while the clock was wrong. */

@@ -22,7 +22,7 @@ const task = defineTask({
     // Verifying the newest good backup instead would pass while the one `latest` names is unreadable.
     const broken = wanted === undefined || wanted === 'latest' ? latestDamaged(store) : null
     if (broken) return ctx.fail(`latest points at ${broken.name}, which is damaged (${broken.reason}); restore that file, or verify another backup by name`)
-    const backup = findBackup(store, wanted)
+    const backup = findBackup(store, wanted, ctx.settings.modelsActive)
     if (!backup) return ctx.fail(noSuchBackup(store, wanted, backupsDir(ctx.settings)))
 
     const rate = typeof ctx.args.sample === 'string' ? Number(ctx.args.sample) : ctx.settings.backup.verifySampleRate

@@ -18,7 +18,7 @@ const task = defineTask({
     return withRemote(ctx, async (r) => {
       const wanted = typeof ctx.args.backup === 'string' ? ctx.args.backup : undefined
       const local = await scanStore(ctx.settings)
-      const backup = findBackup(local, wanted)
+      const backup = findBackup(local, wanted, ctx.settings.modelsActive)
       if (!backup) return ctx.fail(noSuchBackup(local, wanted, backupsDir(ctx.settings)))
       const remote = await scanRemote(ctx.$, r, ctx.check ? 'read' : 'create')
       await removeRemotePartials(ctx, r, remote)

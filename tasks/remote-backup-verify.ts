@@ -17,7 +17,7 @@ const task = defineTask({
     return withRemote(ctx, async (r) => {
       const wanted = typeof ctx.args.backup === 'string' ? ctx.args.backup : undefined
       const store = await scanRemote(ctx.$, r)
-      const backup = findBackup(store, wanted)
+      const backup = findBackup(store, wanted, ctx.settings.modelsActive)
       if (!backup) return ctx.fail(noSuchBackup(store, wanted, remoteLabel(r)))
       const rate = typeof ctx.args.sample === 'string' ? Number(ctx.args.sample) : ctx.settings.backup.verifySampleRate
       const seed = typeof ctx.args.seed === 'string' ? Number(ctx.args.seed) : null

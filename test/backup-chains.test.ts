@@ -1,6 +1,6 @@
 // Each source is its own chain, and one rule (lib/backup-status.ts verificationState) says how far the
 // newest backup can be trusted, in the same words in backup status, health-check and status.
-import { readFileSync, readlinkSync, writeFileSync } from 'node:fs'
+import { readFileSync, readlinkSync, unlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { DAY_MS, verificationState } from '../lib/backup-status.ts'
@@ -44,9 +44,17 @@ describe('each source is its own chain', () => {
     ])
     expect((await citadel(['backup', 'status'], roots.env)).stdout).toMatch(new RegExp(`${second.doc.tasks[0].data.backup} .+ ${hf}\\n`))
 
+    // Without `latest`, verify still means the models' newest backup, not the newer one of the cache.
+    const hfNewest = await citadelJson(['backup', 'create', hf], roots.env)
+    expect(hfNewest.code, hfNewest.stderr).toBe(0)
+    unlinkSync(path.join(storeOf(roots), 'latest'))
+    const verify = await citadelJson(['backup', 'verify'], roots.env)
+    expect(verify.code, verify.stderr).toBe(0)
+    expect(verify.doc.tasks[0].data.backup).toBe(daily.doc.tasks[0].data.backup)
+
     const cleanup = await citadelJson(['backup', 'cleanup', '0'], roots.env)
     expect(cleanup.code, cleanup.stderr).toBe(0)
-    expect(cleanup.doc.tasks[0].data.backups.map((b: any) => b.verdict)).toEqual(['remove', 'remove', 'keep: newest 1', 'keep: newest 1'])
+    expect(cleanup.doc.tasks[0].data.backups.map((b: any) => b.verdict)).toEqual(['remove', 'remove', 'remove', 'keep: newest 1', 'keep: newest 1'])
   })
 })
 
