@@ -19,14 +19,30 @@ const fingerprint = (file) => {
   return st ? `${st.mtimeMs}:${st.size}:${st.ino}` : 'absent'
 }
 
-function currentBuild() {
+const readStamp = () => {
   try {
-    const stamp = JSON.parse(readFileSync(stampFile, 'utf8'))
-    for (const [file, print] of Object.entries(stamp.inputs)) if (fingerprint(file) !== print) return null
-    return path.join(cacheDir, stamp.dir)
+    return JSON.parse(readFileSync(stampFile, 'utf8'))
   } catch {
     return null
   }
+}
+
+function currentBuild() {
+  const stamp = readStamp()
+  if (!stamp) return null
+  for (const [file, print] of Object.entries(stamp.inputs)) if (fingerprint(file) !== print) return null
+  return path.join(cacheDir, stamp.dir)
+}
+
+/** esbuild's errors as `file:line:column: text`, or null for an error that is not a build failure. */
+const buildErrors = (err) => (Array.isArray(err?.errors) && err.errors.length
+  ? err.errors.map((e) => (e.location ? `${e.location.file}:${e.location.line}:${e.location.column}: ${e.text}` : e.text)).join('; ')
+  : null)
+
+/** The build the stamp names, whatever changed since, while it is still on disk. */
+function lastGoodBuild() {
+  const stamp = readStamp()
+  return stamp && statSync(path.join(cacheDir, stamp.dir, 'cli.js'), { throwIfNoEntry: false }) ? path.join(cacheDir, stamp.dir) : null
 }
 
 async function build() {
@@ -47,7 +63,8 @@ async function build() {
     banner: { js: "import { createRequire as __citadelRequire } from 'node:module'; const require = __citadelRequire(import.meta.url);" },
     external: ['esbuild', 'tsx'],
     metafile: true,
-    logLevel: 'error',
+    // A failure is reported once, by the caller: its message names each file and line.
+    logLevel: 'silent',
   })
   // The project's own sources by their stamps; the bundled dependencies by the record npm rewrites on
   // every install.
@@ -71,6 +88,14 @@ async function loadCli() {
     try {
       dir = await build()
     } catch (err) {
+      // A slip in a quick edit of one file must not take every command down, health-check and the monitor
+      // included: the last build that worked runs, and every run says loudly which file and line to fix.
+      const where = buildErrors(err)
+      const last = where && lastGoodBuild()
+      if (last) {
+        process.stderr.write(`citadel: warning: the sources do not build (${where}); running the last build that did, without that change, until it is fixed\n`)
+        return import(pathToFileURL(path.join(last, 'cli.js')).href)
+      }
       if (!['EACCES', 'EPERM', 'EROFS'].includes(err.code)) throw err
       const { register } = await import('tsx/esm/api')
       register()
@@ -85,8 +110,10 @@ const argv = process.argv.slice(2)
 // 1 as WARNING. main() handles what escapes a command; this is for the rest.
 const plugin = argv[0] === 'health-check' || (argv[0] === 'monitor' && argv.includes('--once'))
 function crash(what, err) {
-  if (plugin && !argv.includes('--json')) process.stdout.write(`CITADEL UNKNOWN - ${what}: ${String(err?.message ?? err).split('\n')[0]}\n`)
-  process.stderr.write(`citadel: internal error (a bug in citadel, please report it), ${what}: ${err?.stack ?? err}\n`)
+  const detail = buildErrors(err) ?? String(err?.message ?? err).split('\n')[0]
+  if (plugin && !argv.includes('--json')) process.stdout.write(`CITADEL UNKNOWN - ${what}: ${detail}\n`)
+  if (buildErrors(err)) process.stderr.write(`citadel: the sources do not build, and no earlier build is there to fall back on: ${detail}; fix that file (git diff shows what changed)\n`)
+  else process.stderr.write(`citadel: internal error (a bug in citadel, please report it), ${what}: ${err?.stack ?? err}\n`)
   process.exit(plugin ? 3 : 1)
 }
 process.on('uncaughtException', (err) => crash('citadel itself failed', err))

@@ -36,6 +36,26 @@ describe('bin/citadel.js', () => {
     expect(after).not.toContain('Give every expected link a verdict')
   })
 
+  it('a syntax slip in one task file keeps health-check answering from the last good build, naming the file and line', async () => {
+    copyProject()
+    const roots = makeRoots({ MODEL_REGISTRY: '' })
+    const bin = [process.execPath, path.join(copy, 'bin', 'citadel.js')]
+    expect((await start(['run', 'initial-setup'], roots.env, bin).done).code).toBe(0)
+    const file = path.join(copy, 'tasks', 'check-perf.ts')
+    const good = readFileSync(file, 'utf8')
+    writeFileSync(file, good.replace('async run(ctx) {', 'async run(ctx) {{'))
+
+    const health = await start(['health-check'], roots.env, bin).done
+    expect(health.stdout).toMatch(/^CITADEL (OK|WARNING|CRITICAL) - /)
+    expect([0, 1, 2]).toContain(health.code)
+    expect(health.stderr).toMatch(/^citadel: warning: the sources do not build \(tasks\/check-perf\.ts:\d+:\d+: .+\); running the last build that did/)
+    expect((await start(['list'], roots.env, bin).done).stdout).toContain('check-perf')
+
+    writeFileSync(file, good)
+    const fixed = await start(['health-check'], roots.env, bin).done
+    expect(fixed.stderr).toBe('')
+  })
+
   it('runs the sources through tsx when the user cannot write the build cache', async (ctx) => {
     if (process.getuid?.() !== 0) return ctx.skip('needs root to run as another user')
     copyProject()
