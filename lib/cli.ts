@@ -60,6 +60,7 @@ Usage:
                                    SMART verdict of the disks under the model and backup roots
   citadel perf [PATH] [--quick]    fio: sequential read/write and 4 KiB random read in PATH
   citadel list [--json]            playbooks with their tasks, and every task
+  citadel check                    after editing a task or playbook: does it build, load and type-check
   citadel help COMMAND             help on a command
 
 Every task also runs on its own: npx tsx tasks/TASK.ts [options]
@@ -100,6 +101,13 @@ A missing, wrong or broken link is repaired once (never with force). Every cycle
 
   --interval SECONDS   seconds between cycles
   --once               one cycle; exit as health-check does (0 ok, 1 warning, 2 critical, 3 unknown)`,
+  check: `Usage: citadel check
+
+The one command to run after editing a task or playbook. Judges the sources on disk: they build (esbuild),
+every task and playbook loads and is registered in its index under its file's name, and they type-check
+(tsc, when the dev dependencies are installed; otherwise it says types were not checked). Each problem is
+one line with file and line. Changes nothing.
+Exit: 0 all good, 2 problems found.`,
   'start-monitor': `Usage: citadel start-monitor
 
 Starts the monitor as the systemd service citadel-monitor.service (systemctl start), when systemd runs this
@@ -328,6 +336,13 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
     if (!settings) return invalid
     const { runMonitor } = await import('./monitor.ts')
     return runMonitor({ settings, intervalSeconds: typeof interval === 'string' ? Number(interval) : settings.monitor.checkInterval, once: Boolean(values.once) })
+  },
+  async check(args) {
+    const { values, positionals } = parse(args, { help: { type: 'boolean', short: 'h' } })
+    if (values.help) return show(HELP.check!)
+    if (positionals.length) throw new UsageError(`check takes no arguments, got "${positionals[0]}"`)
+    const { checkSources } = await import('./check.ts')
+    return checkSources()
   },
   async 'start-monitor'(args) {
     const { values, positionals } = parse(args, { help: { type: 'boolean', short: 'h' } })

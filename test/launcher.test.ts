@@ -17,7 +17,7 @@ afterEach(() => {
 function copyProject(): string {
   copy = mkdtempSync(path.join(os.tmpdir(), 'citadel-copy-'))
   chmodSync(copy, 0o755)
-  for (const part of ['bin', 'lib', 'tasks', 'playbooks', 'package.json']) cpSync(path.join(PROJECT, part), path.join(copy, part), { recursive: true })
+  for (const part of ['bin', 'lib', 'tasks', 'playbooks', 'package.json', 'tsconfig.json']) cpSync(path.join(PROJECT, part), path.join(copy, part), { recursive: true })
   symlinkSync(path.join(PROJECT, 'node_modules'), path.join(copy, 'node_modules'))
   return copy
 }
@@ -65,6 +65,37 @@ describe('bin/citadel.js', () => {
     expect(JSON.parse(result.stdout).tasks.length).toBeGreaterThan(0)
     const build = createHash('sha1').update(copy).digest('hex').slice(0, 12)
     expect(existsSync(path.join(PROJECT, 'node_modules', '.cache', 'citadel', build))).toBe(false)
+  })
+})
+
+describe('citadel check', () => {
+  it('passes on the sources as they are, and names the file and line of a type error, a syntax slip and an unregistered task', async () => {
+    copyProject()
+    const env = makeRoots().env
+    const check = () => start(['check'], env, [process.execPath, path.join(copy, 'bin', 'citadel.js')]).done
+    const clean = await check()
+    expect(clean.code, clean.stdout + clean.stderr).toBe(0)
+    expect(clean.stdout).toMatch(/^ {2}load {3}\d+ tasks and \d+ playbooks load$/m)
+    expect(clean.stdout).toMatch(/^ {2}types {2}ok$/m)
+
+    const file = path.join(copy, 'tasks', 'check-perf.ts')
+    const good = readFileSync(file, 'utf8')
+    const lines = good.split('\n').length
+    writeFileSync(file, good + "export const slip: number = 'text'\n")
+    const typed = await check()
+    expect(typed.code).toBe(2)
+    expect(typed.stdout).toContain(`tasks/check-perf.ts:${lines}:14: Type 'string' is not assignable to type 'number'. (TS2322)`)
+
+    writeFileSync(file, good.replace('async run(ctx) {', 'async run(ctx) {{'))
+    const slipped = await check()
+    expect(slipped.code).toBe(2)
+    expect(slipped.stdout).toMatch(/^ {2}build {2}1 error\n {4}tasks\/check-perf\.ts:\d+:\d+: /m)
+
+    writeFileSync(file, good)
+    writeFileSync(path.join(copy, 'tasks', 'extra-task.ts'), readFileSync(path.join(copy, 'tasks', 'verify-symlinks.ts'), 'utf8').replace("name: 'verify-symlinks'", "name: 'extra-task'"))
+    const unregistered = await check()
+    expect(unregistered.code).toBe(2)
+    expect(unregistered.stdout).toContain('tasks/extra-task.ts: not registered in tasks/index.ts')
   })
 })
 
