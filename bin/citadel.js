@@ -1,16 +1,39 @@
 #!/usr/bin/env node
 // Starts citadel from its TypeScript sources with no build step to remember: the sources are bundled
-// by esbuild into node_modules/.cache/citadel the first time and again whenever a source file changes
+// by esbuild into a cache directory (see cacheBase) the first time and again whenever a source file changes
 // (checked by mtime and size of every source the bundle was made from, a few stat calls), so an edited
 // task takes effect on the next run, and a warm start costs plain Node plus what the command loads.
 import { createHash } from 'node:crypto'
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 
 const root = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
-// Keyed by the checkout's path: two checkouts sharing one node_modules never load each other's build.
-const cacheDir = path.join(root, 'node_modules', '.cache', 'citadel', createHash('sha1').update(root).digest('hex').slice(0, 12))
+/**
+ * Where builds live: where this user can always write, so a sandboxed unit needs no special case. systemd's
+ * CacheDirectory= (CACHE_DIRECTORY), else XDG_CACHE_HOME, else a directory of this user's own in the temp
+ * directory.
+ */
+function cacheBase() {
+  const systemd = process.env.CACHE_DIRECTORY?.split(':')[0]
+  if (systemd && path.isAbsolute(systemd)) return systemd
+  const xdg = process.env.XDG_CACHE_HOME
+  if (xdg && path.isAbsolute(xdg)) return path.join(xdg, 'citadel')
+  return path.join(os.tmpdir(), `citadel-${process.getuid?.() ?? 'user'}`)
+}
+const base = cacheBase()
+// Keyed by the checkout's path: two checkouts never load each other's build.
+const cacheDir = path.join(base, createHash('sha1').update(root).digest('hex').slice(0, 12))
+
+/**
+ * Code from the cache runs, as root too: the cache must be a real directory of this user that nobody else
+ * can write, or someone could plant a build in a shared temp directory before citadel makes its own.
+ */
+function trusted(dir) {
+  const st = lstatSync(dir, { throwIfNoEntry: false })
+  return Boolean(st?.isDirectory() && st.uid === (process.getuid?.() ?? st.uid) && (st.mode & 0o022) === 0)
+}
 const stampFile = path.join(cacheDir, 'current.json')
 const STALE_BUILD_MS = 24 * 3600 * 1000
 
@@ -28,6 +51,7 @@ const readStamp = () => {
 }
 
 function currentBuild() {
+  if (!trusted(base) || !trusted(cacheDir)) return null
   const stamp = readStamp()
   if (!stamp) return null
   for (const [file, print] of Object.entries(stamp.inputs)) if (fingerprint(file) !== print) return null
@@ -41,13 +65,15 @@ const buildErrors = (err) => (Array.isArray(err?.errors) && err.errors.length
 
 /** The build the stamp names, whatever changed since, while it is still on disk. */
 function lastGoodBuild() {
+  if (!trusted(base) || !trusted(cacheDir)) return null
   const stamp = readStamp()
   return stamp && statSync(path.join(cacheDir, stamp.dir, 'cli.js'), { throwIfNoEntry: false }) ? path.join(cacheDir, stamp.dir) : null
 }
 
 async function build() {
   const { build: esbuild } = await import('esbuild')
-  mkdirSync(cacheDir, { recursive: true })
+  mkdirSync(cacheDir, { recursive: true, mode: 0o700 })
+  if (!trusted(base) || !trusted(cacheDir)) throw Object.assign(new Error(`${base} is not a directory of this user's alone`), { code: 'EACCES' })
   const dir = `build-${Date.now()}-${process.pid}`
   const result = await esbuild({
     absWorkingDir: root,
@@ -62,6 +88,9 @@ async function build() {
     // listr2's module graphs resolved file by file. Their CommonJS parts still need a require.
     banner: { js: "import { createRequire as __citadelRequire } from 'node:module'; const require = __citadelRequire(import.meta.url);" },
     external: ['esbuild', 'tsx'],
+    // The bundle lives in the cache, away from the checkout: it finds the checkout (its .env, the hashing
+    // worker, node_modules for esbuild) by this name, not by walking up from itself.
+    define: { __CITADEL_CHECKOUT__: JSON.stringify(root) },
     metafile: true,
     // A failure is reported once, by the caller: its message names each file and line.
     logLevel: 'silent',
@@ -81,7 +110,7 @@ async function build() {
   return path.join(cacheDir, dir)
 }
 
-/** The CLI module: the cached bundle, or, where this user cannot write the cache, the sources via tsx. */
+/** The CLI module: the cached bundle, or, where this user has no cache to trust, the sources via tsx. */
 async function loadCli() {
   let dir = currentBuild()
   if (!dir) {

@@ -1,7 +1,8 @@
 // `citadel check`: the one command to run after editing a task or playbook on a host. It judges the sources
 // on disk, not the build this process runs from (which may be the last good one, see bin/citadel.js): do
 // they build, does every task and playbook load and sit in its index, and do they type-check.
-import { existsSync, mkdtempSync, readdirSync, realpathSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import os from 'node:os'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
@@ -18,7 +19,8 @@ const located = (err: { errors?: { text: string; location?: { file: string; line
 
 /** Bundles the task and playbook indexes afresh from the sources and loads them. */
 async function loadSources(root: string): Promise<{ tasks: Task[]; playbooks: Playbook[] } | Finding[]> {
-  const { build } = await import('esbuild')
+  // From the checkout's node_modules: this bundle runs from a cache directory that has none.
+  const { build } = createRequire(path.join(root, 'package.json'))('esbuild') as typeof import('esbuild')
   const dir = mkdtempSync(path.join(os.tmpdir(), 'citadel-check-'))
   try {
     const outfile = path.join(dir, 'indexes.mjs')
@@ -27,6 +29,7 @@ async function loadSources(root: string): Promise<{ tasks: Task[]; playbooks: Pl
         absWorkingDir: root,
         stdin: { contents: "export { tasks } from './tasks/index.ts'\nexport { playbooks } from './playbooks/index.ts'\n", resolveDir: root, loader: 'ts', sourcefile: 'indexes.ts' },
         outfile, bundle: true, format: 'esm', platform: 'node', target: 'node20', external: ['esbuild', 'tsx'], logLevel: 'silent',
+        define: { __CITADEL_CHECKOUT__: JSON.stringify(root) },
         banner: { js: "import { createRequire as __citadelRequire } from 'node:module'; const require = __citadelRequire(import.meta.url);" },
       })
     } catch (err) {
@@ -61,17 +64,8 @@ async function typeFindings(root: string): Promise<Finding[] | null> {
   })
 }
 
-/**
- * The checkout whose bin/citadel.js started this process: the sources the operator edited. The running
- * bundle lives in a build cache that may belong to another checkout sharing node_modules.
- */
-function editedCheckout(): string {
-  const script = process.argv[1] ? realpathSync(process.argv[1]) : ''
-  return path.basename(script) === 'citadel.js' && path.basename(path.dirname(script)) === 'bin' ? path.dirname(path.dirname(script)) : projectRoot()
-}
-
 export async function checkSources(): Promise<number> {
-  const root = editedCheckout()
+  const root = projectRoot()
   const findings: Finding[] = []
   const loaded = await loadSources(root)
   let summary = 'not loaded'

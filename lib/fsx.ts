@@ -229,8 +229,12 @@ export async function which(name: string): Promise<string | null> {
   return null
 }
 
-/** The checkout citadel runs from: the nearest package.json named citadel above this module (or its bundle). */
+/** Set in a bundle by bin/citadel.js to the checkout it was built from; undefined in the sources. */
+declare const __CITADEL_CHECKOUT__: string | undefined
+
+/** The checkout citadel runs from: the one its bundle was built from, or the nearest package.json named citadel above these sources. */
 export function projectRoot(): string {
+  if (typeof __CITADEL_CHECKOUT__ === 'string') return __CITADEL_CHECKOUT__
   let dir = path.dirname(fileURLToPath(import.meta.url))
   for (;;) {
     const manifest = path.join(dir, 'package.json')

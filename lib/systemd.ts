@@ -128,6 +128,8 @@ export function renderUnits({ settings: s, env, node = process.execPath, root = 
   const exec = (...args: string[]) => `ExecStart=${[program, execArgument(script, 'the citadel command'), ...args.map((a) => execArgument(a, 'argument'))].join(' ')}`
   const common = [
     `WorkingDirectory=${verbatim(root, 'the citadel checkout')}`,
+    // The launcher's build cache: writable under ProtectSystem=strict, the unit's user's own (CACHE_DIRECTORY).
+    'CacheDirectory=citadel',
     ...carriedEnvironment(s, env).map(([name, value]) => `Environment=${environmentItem(name, value)}`),
   ]
   const header = '# Written by citadel (task install-services) from its settings: change those and rerun\n# `citadel run install-services` rather than editing this file.'

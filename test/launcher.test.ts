@@ -1,16 +1,17 @@
 import { createHash } from 'node:crypto'
-import { chmodSync, cpSync, existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { makeRoots, PROJECT, start } from './helpers.ts'
 
 let copy = ''
+/** Where bin/citadel.js caches the build of `checkout` for user `uid`, with no XDG_CACHE_HOME set. */
+const buildOf = (checkout: string, tmp = os.tmpdir(), uid = process.getuid!()) => path.join(tmp, `citadel-${uid}`, createHash('sha1').update(checkout).digest('hex').slice(0, 12))
 afterEach(() => {
   if (!copy) return
   rmSync(copy, { recursive: true, force: true })
-  const build = createHash('sha1').update(copy).digest('hex').slice(0, 12)
-  rmSync(path.join(PROJECT, 'node_modules', '.cache', 'citadel', build), { recursive: true, force: true })
+  rmSync(buildOf(copy), { recursive: true, force: true })
 })
 
 /** A copy of the sources in a temporary checkout that shares this one's node_modules. */
@@ -56,15 +57,48 @@ describe('bin/citadel.js', () => {
     expect(fixed.stderr).toBe('')
   })
 
-  it('runs the sources through tsx when the user cannot write the build cache', async (ctx) => {
+  it('builds into a cache of the user it runs as: a service user needs no writable checkout', async (ctx) => {
     if (process.getuid?.() !== 0) return ctx.skip('needs root to run as another user')
     copyProject()
+    const nobody = Number((await start(['-u', 'nobody'], {}, ['id']).done).stdout.trim())
     const env = { PATH: process.env.PATH!, HOME: '/tmp' }
-    const result = await start(['-u', 'nobody', '--', process.execPath, path.join(copy, 'bin', 'citadel.js'), 'list', '--json'], env, ['runuser']).done
-    expect(result.code, result.stderr).toBe(0)
-    expect(JSON.parse(result.stdout).tasks.length).toBeGreaterThan(0)
-    const build = createHash('sha1').update(copy).digest('hex').slice(0, 12)
-    expect(existsSync(path.join(PROJECT, 'node_modules', '.cache', 'citadel', build))).toBe(false)
+    try {
+      const result = await start(['-u', 'nobody', '--', process.execPath, path.join(copy, 'bin', 'citadel.js'), 'list', '--json'], env, ['runuser']).done
+      expect(result.code, result.stderr).toBe(0)
+      expect(JSON.parse(result.stdout).tasks.length).toBeGreaterThan(0)
+      expect(existsSync(path.join(buildOf(copy, os.tmpdir(), nobody), 'current.json'))).toBe(true)
+      expect(existsSync(buildOf(copy))).toBe(false)
+    } finally {
+      rmSync(buildOf(copy, os.tmpdir(), nobody), { recursive: true, force: true })
+    }
+  })
+
+  it('never loads a build from a cache directory others can write, and uses CACHE_DIRECTORY when systemd sets it', async () => {
+    copyProject()
+    const tmp = mkdtempSync(path.join(os.tmpdir(), 'citadel-tmp-'))
+    try {
+      // A build planted in a world-writable cache, as another user could in a shared temp directory.
+      const planted = buildOf(copy, tmp)
+      mkdirSync(path.join(planted, 'build-planted'), { recursive: true })
+      writeFileSync(path.join(planted, 'build-planted', 'cli.js'), `import { writeFileSync } from 'node:fs'\nwriteFileSync(${JSON.stringify(path.join(tmp, 'ran'))}, '')\nexport const main = async () => 0\nexport const exitWhenFlushed = (code) => process.exit(code)\n`)
+      writeFileSync(path.join(planted, 'current.json'), JSON.stringify({ dir: 'build-planted', inputs: {} }))
+      chmodSync(path.dirname(planted), 0o777)
+      const env = { PATH: process.env.PATH!, HOME: tmp, TMPDIR: tmp }
+      const bin = [process.execPath, path.join(copy, 'bin', 'citadel.js')]
+      const listed = await start(['list', '--json'], env, bin).done
+      expect(listed.code, listed.stderr).toBe(0)
+      expect(JSON.parse(listed.stdout).tasks.length).toBeGreaterThan(0)
+      expect(existsSync(path.join(tmp, 'ran'))).toBe(false)
+
+      const unitCache = path.join(tmp, 'var-cache-citadel')
+      mkdirSync(unitCache, { mode: 0o755 })
+      const asUnit = await start(['list', '--json'], { ...env, CACHE_DIRECTORY: unitCache }, bin).done
+      expect(asUnit.code, asUnit.stderr).toBe(0)
+      expect(readdirSync(unitCache)).toEqual([path.basename(planted)])
+      expect(existsSync(path.join(tmp, 'ran'))).toBe(false)
+    } finally {
+      rmSync(tmp, { recursive: true, force: true })
+    }
   })
 })
 
