@@ -109,9 +109,9 @@ export function formatReport(report: RunReport, records: TaskRecord[], withDiff:
     const then = report.on_failure === 'continue'
       ? `the other steps ran${report.check ? '' : ' and keep their changes'}`
       : `the run stopped there${report.check ? '' : ' and was rolled back'}`
-    out.push('', `FAILED (${failed.length}; ${then})`)
-    for (const r of failed) out.push(`    ${r.name}: ${r.msg}`)
-    for (const r of blocked) out.push(`    ${r.name}: ${r.msg}`)
+    // Each failure's message is in its task's line above: here the names, next to the recap.
+    const notRun = blocked.length ? `; not run because of ${failed.length === 1 ? 'it' : 'them'}: ${blocked.map((r) => r.name).join(', ')}` : ''
+    out.push('', `FAILED (${failed.length}): ${failed.map((r) => r.name).join(', ')}; ${then}${notRun}`)
   }
   if (report.check) out.push('', 'check mode: nothing was changed')
   const s = report.stats

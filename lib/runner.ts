@@ -255,9 +255,12 @@ export async function run(req: RunRequest): Promise<number> {
           records.push(record)
           if (record.status === 'failed') incomplete.set(task.name, task.name)
           else if (record.blocked_by) incomplete.set(task.name, record.blocked_by)
-          item.title = `${task.name}: ${record.msg}`
-          if (record.status === 'skipped') item.skip(`${task.name}: ${record.msg}`)
-          if (record.status === 'failed') throw new Error(`${task.name}: ${record.msg}`)
+          // A failure or skip is shown once while running: on a terminal in the title; elsewhere listr's line
+          // renderer adds the message to the title itself ("name [FAILED: msg]").
+          const quietTitle = !process.stdout.isTTY && record.status !== 'ok' && record.status !== 'changed'
+          item.title = quietTitle ? task.name : `${task.name}: ${record.msg}`
+          if (record.status === 'skipped') item.skip(record.msg)
+          if (record.status === 'failed') throw new Error(record.msg)
         },
       })),
       {

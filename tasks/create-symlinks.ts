@@ -15,7 +15,11 @@ const task = defineTask({
     await fixLinks(ctx, plan.fixes)
     for (const reason of plan.waiting) ctx.detail(`skipped ${reason}`)
     const right = plan.states.length - plan.fixes.length - plan.waiting.length
-    const msg = `${plan.fixes.length} ${ctx.check ? 'to fix' : 'fixed'}, ${right} right, ${plan.waiting.length} waiting for their model`
+    // A fresh server has nothing broken: its links are created, not fixed.
+    const created = plan.fixes.filter((s) => s.verdict === 'missing').length
+    const fixed = plan.fixes.length - created
+    const would = ctx.check ? 'to be ' : ''
+    const msg = [created && `${created} ${would}created`, fixed && `${fixed} ${ctx.check ? 'to fix' : 'fixed'}`, `${right} right`, plan.waiting.length && `${plan.waiting.length} waiting for their model`].filter(Boolean).join(', ')
     return ctx.finish(msg, { links: plan.states.map(({ path, target, model }) => ({ path, target, model: model ?? null })), waiting: plan.waiting })
   },
 })

@@ -12,6 +12,8 @@ describe('initial-setup', () => {
     expect(first.doc.tasks.map((t: any) => [t.name, t.status])).toEqual([
       ['verify-prereq', 'ok'], ['mark-roots', 'changed'], ['create-dirs', 'changed'], ['create-symlinks', 'changed'], ['verify-symlinks', 'ok'], ['write-env-script', 'changed'], ['health-report', 'ok'],
     ])
+    // Nothing was broken on a fresh server: its links are created, not fixed.
+    expect(first.doc.tasks[3].msg).toBe('3 created, 0 right, 2 waiting for their model')
     const log = `storage_${new Date().toISOString().slice(0, 10)}.log`
     expect(tree(roots.base)).toEqual([
       '. (dir)',
