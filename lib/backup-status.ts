@@ -145,12 +145,13 @@ const noBackup = (root: string, store: Store, active: string) => store.complete.
 
 function storeWarnings(root: string, store: Store, now: Date, active: string): string[] {
   const warnings: string[] = []
-  const newest = chainOf(store, active).at(-1)
+  const chain = chainOf(store, active)
+  const newest = chain.at(-1)
   if (!newest) warnings.push(noBackup(root, store, active))
   else {
-    const late = overdue(store.complete, now)
+    const late = overdue(chain, now)
     if (late) warnings.push(late)
-    const verification = verificationState(chainOf(store, active), now)?.problem
+    const verification = verificationState(chain, now)?.problem
     if (verification) warnings.push(verification)
     if (store.latest === null) warnings.push(`latest is missing or not a link; it should point at ${newest.name}`)
   }

@@ -221,9 +221,6 @@ export async function withStoreLock(ctx: TaskContext, work: () => Promise<TaskRe
         // Cleanup is what frees a full disk: a lock file that does not fit must not stop it. Another run
         // cannot be copying onto a disk without room for one small file either.
         if (code !== 'ENOSPC' && code !== 'EDQUOT') return ctx.fail(`cannot take the backup store lock in ${dir}: ${(err as Error).message}`)
-        // The lock file may have been created before its content did not fit: an empty one is that one.
-        const file = path.join(dir, STORE_LOCK)
-        if ((await lstatOrNull(file))?.size === 0) await fs.rm(file, { force: true })
         ctx.warn(`the backup disk has no room for the store lock (${code}): working without it`)
         return work()
       }
@@ -272,17 +269,23 @@ export async function removeBackupDir(s: Settings, dir: string): Promise<void> {
   await fs.rm(doomed, { recursive: true })
 }
 
+/**
+ * Removes one leftover partial copy (`what` says whose, `where` is its path) with `remove`, and says so only
+ * once it is gone; a removal that fails fails the task, naming it. For the local store and the remote one.
+ */
+export async function removeLeftover(ctx: TaskContext, what: string, where: string, remove: () => Promise<unknown>): Promise<void> {
+  try {
+    await ctx.apply({ path: where, action: 'remove interrupted backup', before: 'partial copy', after: null }, null, remove)
+  } catch (err) {
+    throw new Error(`${what} and could not be removed: ${(err as Error).message}; remove it by hand if nothing writes into it any more`, { cause: err })
+  }
+  ctx.warn(`${what}: ${ctx.check ? 'would remove' : 'removed'} it`)
+}
+
 /** Removes what interrupted creates and cleanups left behind, saying so once done; create and cleanup both do. */
 export async function removePartials(ctx: TaskContext, store: Store): Promise<void> {
-  for (const dir of store.partials) {
-    const what = `${path.basename(dir)} was left by an interrupted backup or cleanup`
-    try {
-      await ctx.apply({ path: dir, action: 'remove interrupted backup', before: 'partial copy', after: null }, null, () => removeBackupDir(ctx.settings, dir))
-    } catch (err) {
-      throw new Error(`${what} and could not be removed: ${(err as Error).message}; remove it by hand if nothing writes into it any more`, { cause: err })
-    }
-    ctx.warn(`${what}: ${ctx.check ? 'would remove' : 'removed'} it`)
-  }
+  for (const dir of store.partials)
+    await removeLeftover(ctx, `${path.basename(dir)} was left by an interrupted backup or cleanup`, dir, () => removeBackupDir(ctx.settings, dir))
 }
 
 export interface TreeFile { rel: string; size: number; mode: number; uid: number; gid: number; ino: number; dev: number; nlink: number; mtimeMs: number; ctimeMs: number }

@@ -6,7 +6,7 @@ import path from 'node:path'
 import type { Shell } from 'zx/core'
 import type { RemoteSettings } from './config.ts'
 import type { TaskContext, TaskResult } from './task.ts'
-import { checkMeta, createdOf, isPartialName, metaText, type Backup, type BackupMeta, type Store } from './backups.ts'
+import { checkMeta, createdOf, isPartialName, metaText, removeLeftover, type Backup, type BackupMeta, type Store } from './backups.ts'
 import { shellQuote } from './quote.ts'
 import { decodeName } from './fsx.ts'
 import { DIES_WITH_CITADEL } from './shell.ts'
@@ -235,12 +235,6 @@ export async function withRemote(ctx: TaskContext, work: (r: RemoteSettings) => 
 export async function removeRemotePartials(ctx: TaskContext, r: RemoteSettings, store: Store): Promise<void> {
   for (const dir of store.partials) {
     const name = path.posix.basename(dir)
-    const what = `${name} on ${remoteHost(r)} was left by an interrupted send or cleanup`
-    try {
-      await ctx.apply({ path: `${remoteHost(r)}:${dir}`, action: 'remove interrupted backup', before: 'partial copy', after: null }, null, () => removeRemote(ctx.$, r, [name]))
-    } catch (err) {
-      throw new Error(`${what} and could not be removed: ${(err as Error).message}`, { cause: err })
-    }
-    ctx.warn(`${what}: ${ctx.check ? 'would remove' : 'removed'} it`)
+    await removeLeftover(ctx, `${name} on ${remoteHost(r)} was left by an interrupted send or cleanup`, `${remoteHost(r)}:${dir}`, () => removeRemote(ctx.$, r, [name]))
   }
 }
