@@ -77,7 +77,7 @@ async function build() {
   const dir = `build-${Date.now()}-${process.pid}`
   const result = await esbuild({
     absWorkingDir: root,
-    entryPoints: { cli: 'lib/cli.ts' },
+    entryPoints: { cli: 'lib/cli/main.ts' },
     outdir: path.join(cacheDir, dir),
     bundle: true,
     splitting: true,
@@ -128,7 +128,7 @@ async function loadCli() {
       if (!['EACCES', 'EPERM', 'EROFS'].includes(err.code)) throw err
       const { register } = await import('tsx/esm/api')
       register()
-      return import(pathToFileURL(path.join(root, 'lib', 'cli.ts')).href)
+      return import(pathToFileURL(path.join(root, 'lib', 'cli', 'main.ts')).href)
     }
   }
   return import(pathToFileURL(path.join(dir, 'cli.js')).href)

@@ -7,7 +7,7 @@ import checkUsage from '../tasks/check-usage.ts'
 import healthReport from '../tasks/health-report.ts'
 import repairSymlinks from '../tasks/repair-symlinks.ts'
 import verifySymlinks from '../tasks/verify-symlinks.ts'
-import { definePlaybook } from '../lib/task.ts'
+import { definePlaybook } from '../lib/core/task.ts'
 
 export default definePlaybook({
   name: 'daily',

@@ -3,7 +3,7 @@
 import backupCreate from '../tasks/backup-create.ts'
 import healthReport from '../tasks/health-report.ts'
 import repairSymlinks from '../tasks/repair-symlinks.ts'
-import { definePlaybook } from '../lib/task.ts'
+import { definePlaybook } from '../lib/core/task.ts'
 
 export default definePlaybook({
   name: 'emergency',

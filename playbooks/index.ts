@@ -1,5 +1,5 @@
 // Every playbook `citadel run NAME` knows. A new playbook file is added here.
-import type { Playbook } from '../lib/task.ts'
+import type { Playbook } from '../lib/core/task.ts'
 import daily from './daily.ts'
 import emergency from './emergency.ts'
 import initialSetup from './initial-setup.ts'

@@ -7,7 +7,7 @@ import markRoots from '../tasks/mark-roots.ts'
 import verifyPrereq from '../tasks/verify-prereq.ts'
 import verifySymlinks from '../tasks/verify-symlinks.ts'
 import writeEnvScript from '../tasks/write-env-script.ts'
-import { definePlaybook } from '../lib/task.ts'
+import { definePlaybook } from '../lib/core/task.ts'
 
 export default definePlaybook({
   name: 'initial-setup',

@@ -1,6 +1,6 @@
 // Install services: the systemd units of the monitor and of the daily and weekly timers, enabled where systemd runs.
 import installServices from '../tasks/install-services.ts'
-import { definePlaybook } from '../lib/task.ts'
+import { definePlaybook } from '../lib/core/task.ts'
 
 export default definePlaybook({
   name: 'install-services',

@@ -10,7 +10,7 @@ import healthReport from '../tasks/health-report.ts'
 import remoteBackupCleanup from '../tasks/remote-backup-cleanup.ts'
 import remoteBackupCreate from '../tasks/remote-backup-create.ts'
 import remoteBackupVerify from '../tasks/remote-backup-verify.ts'
-import { definePlaybook, type When } from '../lib/task.ts'
+import { definePlaybook, type When } from '../lib/core/task.ts'
 
 const remoteSet: When = { test: (s) => s.backup.remote !== undefined, otherwise: 'BACKUP_REMOTE is not set' }
 

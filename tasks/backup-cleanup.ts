@@ -4,10 +4,10 @@
 // lock, so a partial that another app root sharing the store is still building is never taken for a leftover. Damaged backups and anything not named like a backup are never touched.
 // A removed backup cannot be journaled, so a failed run does not bring it back.
 import path from 'node:path'
-import { bytesHeldOnlyBy, planRetention, sharing } from '../lib/backup-status.ts'
-import { removeBackupDir, removePartials, scanStore, storeMissing, withStoreLock } from '../lib/backups.ts'
-import { bytes, count } from '../lib/report.ts'
-import { defineTask, runWhenMain } from '../lib/task.ts'
+import { bytesHeldOnlyBy, planRetention, sharing } from '../lib/backup/status.ts'
+import { removeBackupDir, removePartials, scanStore, storeMissing, withStoreLock } from '../lib/backup/store.ts'
+import { bytes, count } from '../lib/core/report.ts'
+import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
 const task = defineTask({
   name: 'backup-cleanup',

@@ -1,17 +1,17 @@
 // Makes a new backup of the active models (or SRC): checks the source (never empty, never shrunk by more
 // than BACKUP_MAX_SHRINK since its previous backup, unless --force) and the space on the backup disk, builds
-// the backup as a .partial directory and publishes it by rename (lib/backup-build.ts), then points `latest`
+// the backup as a .partial directory and publishes it by rename (lib/backup/build.ts), then points `latest`
 // at it when it is of the active models. Until that rename nothing counts as a backup; whatever an
 // interrupted run leaves is removed by the next create or cleanup, under the store lock so that another app
 // root sharing the store never removes a partial still being built.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { buildBackup, planCopy, spaceShortfall, type BuildOutcome } from '../lib/backup-build.ts'
-import { backupName, backupsDir, chainOf, pointLatest, removePartials, scanStore, storeMissing, withStoreLock, type Backup, type BackupType, type TreeFile } from '../lib/backups.ts'
-import { lstatOrNull } from '../lib/fsx.ts'
-import { bytes, count } from '../lib/report.ts'
-import { RSYNC_VANISHED } from '../lib/rsync.ts'
-import { defineTask, runWhenMain, type TaskContext, type TaskResult } from '../lib/task.ts'
+import { buildBackup, planCopy, spaceShortfall, type BuildOutcome } from '../lib/backup/build.ts'
+import { backupName, backupsDir, chainOf, pointLatest, removePartials, scanStore, storeMissing, withStoreLock, type Backup, type BackupType, type TreeFile } from '../lib/backup/store.ts'
+import { lstatOrNull } from '../lib/infra/fsx.ts'
+import { bytes, count } from '../lib/core/report.ts'
+import { RSYNC_VANISHED } from '../lib/backup/rsync.ts'
+import { defineTask, runWhenMain, type TaskContext, type TaskResult } from '../lib/core/task.ts'
 
 /**
  * Why this source looks emptied rather than changed (an unmounted disk, a wrong mount), or null: no files

@@ -1,7 +1,7 @@
 // Ensures nothing: shows every complete backup (age, size, the bytes only it holds, its last verification),
 // the space left on the backup disk and what needs attention. Warnings never fail it; an unreadable store does.
-import { backupStatus, showStatus, type BackupStatus } from '../lib/backup-status.ts'
-import { defineTask, runWhenMain } from '../lib/task.ts'
+import { backupStatus, showStatus, type BackupStatus } from '../lib/backup/status.ts'
+import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
 const task = defineTask({
   name: 'backup-status',

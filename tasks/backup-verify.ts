@@ -1,10 +1,10 @@
 // Ensures nothing: checks a backup (the latest, or BACKUP) against its catalog and hashes a sample against
 // its manifest, and fails on any problem. The record of the run goes into the backup's metadata, failed or
 // not: that is bookkeeping, not a change to the backup, so the task reports ok when nothing is wrong.
-import { backupsDir, findBackup, latestDamaged, noSuchBackup, scanStore } from '../lib/backups.ts'
-import { progressLine } from '../lib/report.ts'
-import { defineTask, runWhenMain } from '../lib/task.ts'
-import { recordVerification, SAMPLE_ARG, SEED_ARG, showVerification, verifyBackup } from '../lib/verify.ts'
+import { backupsDir, findBackup, latestDamaged, noSuchBackup, scanStore } from '../lib/backup/store.ts'
+import { progressLine } from '../lib/core/report.ts'
+import { defineTask, runWhenMain } from '../lib/core/task.ts'
+import { recordVerification, SAMPLE_ARG, SEED_ARG, showVerification, verifyBackup } from '../lib/backup/verify.ts'
 
 const task = defineTask({
   name: 'backup-verify',

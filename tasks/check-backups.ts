@@ -1,7 +1,7 @@
 // Ensures nothing: judges the backup store as monitoring does. Critical with no complete backup; a warning
 // when the newest is more than 8 days old or the last verification failed. Reads metadata only.
-import { backupHealth } from '../lib/backup-status.ts'
-import { defineTask, runWhenMain } from '../lib/task.ts'
+import { backupHealth } from '../lib/backup/status.ts'
+import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
 const task = defineTask({
   name: 'check-backups',

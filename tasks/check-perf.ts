@@ -3,11 +3,11 @@
 // run lock, as it writes a test file, so it never measures while a backup runs.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { perfHistoryFile } from '../lib/layout.ts'
-import { refusal } from '../lib/marks.ts'
-import { perfSize, runPerf, type PerfJob, type PerfResult } from '../lib/perf.ts'
-import { bytes, table } from '../lib/report.ts'
-import { defineTask, runWhenMain } from '../lib/task.ts'
+import { perfHistoryFile } from '../lib/infra/layout.ts'
+import { refusal } from '../lib/core/marks.ts'
+import { perfSize, runPerf, type PerfJob, type PerfResult } from '../lib/health/perf.ts'
+import { bytes, table } from '../lib/core/report.ts'
+import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
 const mbs = (n: number) => `${n >= 100 ? Math.round(n) : n.toFixed(1)} MB/s`
 const iops = (n: number) => (n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : `${Math.round(n)}`)

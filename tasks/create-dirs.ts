@@ -2,10 +2,10 @@
 // root). Creates what is missing, fixes mode and owner of what is there, never creates the disk roots.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { describeEntry, lstatOrNull, octal } from '../lib/fsx.ts'
-import { expectedDirs, logsDir } from '../lib/layout.ts'
-import { resolveOwner, type Owner } from '../lib/system.ts'
-import { defineTask, runWhenMain } from '../lib/task.ts'
+import { describeEntry, lstatOrNull, octal } from '../lib/infra/fsx.ts'
+import { expectedDirs, logsDir } from '../lib/infra/layout.ts'
+import { resolveOwner, type Owner } from '../lib/infra/system.ts'
+import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
 const task = defineTask({
   name: 'create-dirs',

@@ -2,10 +2,10 @@
 // last perf figures, with every problem and the overall verdict. Problems are warnings of this task, never
 // its failure: the report is the verdict, and a playbook goes on to its end (citadel health-check exits
 // with the verdict for scripts and monitoring systems).
-import { collectHealth, writeHealth } from '../lib/health.ts'
-import { healthFile } from '../lib/layout.ts'
-import { count } from '../lib/report.ts'
-import { defineTask, runWhenMain } from '../lib/task.ts'
+import { collectHealth, writeHealth } from '../lib/health/health.ts'
+import { healthFile } from '../lib/infra/layout.ts'
+import { count } from '../lib/core/report.ts'
+import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
 const task = defineTask({
   name: 'health-report',

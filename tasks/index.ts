@@ -1,5 +1,5 @@
 // Every task citadel knows, in the order `citadel list` shows them. A new task file is added here.
-import type { Task } from '../lib/task.ts'
+import type { Task } from '../lib/core/task.ts'
 import backupCleanup from './backup-cleanup.ts'
 import backupCreate from './backup-create.ts'
 import backupStatus from './backup-status.ts'

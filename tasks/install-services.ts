@@ -1,12 +1,12 @@
 // Ensures citadel's systemd units are in CITADEL_SYSTEMD_DIR: citadel-monitor.service (sandboxed), and
 // citadel-daily/weekly.service with their timers. Each file is written atomically and only when it differs.
 // Where systemd runs, the units are then reloaded, enabled and started; elsewhere (a container, CI) the files
-// are written and the task says how to run the monitor by hand. Rendering and escaping: lib/systemd.ts.
+// are written and the task says how to run the monitor by hand. Rendering and escaping: lib/systemd/units.ts.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { atomicWriteFile, describeEntry, lstatOrNull, octal, readFileOrNull, which } from '../lib/fsx.ts'
-import { ENABLED_UNITS, managerReads, renderUnits, scheduleProblem, showUnits, systemdRunning, UnitError, type UnitFile } from '../lib/systemd.ts'
-import { defineTask, runWhenMain } from '../lib/task.ts'
+import { atomicWriteFile, describeEntry, lstatOrNull, octal, readFileOrNull, which } from '../lib/infra/fsx.ts'
+import { ENABLED_UNITS, managerReads, renderUnits, scheduleProblem, showUnits, systemdRunning, UnitError, type UnitFile } from '../lib/systemd/units.ts'
+import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
 const task = defineTask({
   name: 'install-services',

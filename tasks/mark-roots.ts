@@ -5,9 +5,9 @@
 // fresh root can still be told apart from one citadel laid out.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { atomicWriteFile, readFileOrNull } from '../lib/fsx.ts'
-import { appLaidOut, inspectRoots, markFile, newMark, NEW_DISK_FLAG, readRemembered, rememberedFile, type Mark, type RootState } from '../lib/marks.ts'
-import { defineTask, runWhenMain } from '../lib/task.ts'
+import { atomicWriteFile, readFileOrNull } from '../lib/infra/fsx.ts'
+import { appLaidOut, inspectRoots, markFile, newMark, NEW_DISK_FLAG, readRemembered, rememberedFile, type Mark, type RootState } from '../lib/core/marks.ts'
+import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
 const task = defineTask({
   name: 'mark-roots',

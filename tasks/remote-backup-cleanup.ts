@@ -2,10 +2,10 @@
 // age it keeps the newest BACKUP_KEEP_MIN, the newest whose last remote verification passed and the one
 // remote latest points at. Damaged backups and anything not named like a backup are never touched.
 import path from 'node:path'
-import { planRetention } from '../lib/backup-status.ts'
-import { count } from '../lib/report.ts'
-import { remoteHost, remoteLabel, removeRemote, removeRemotePartials, scanRemote, withRemote } from '../lib/remote.ts'
-import { defineTask, runWhenMain } from '../lib/task.ts'
+import { planRetention } from '../lib/backup/status.ts'
+import { count } from '../lib/core/report.ts'
+import { remoteHost, remoteLabel, removeRemote, removeRemotePartials, scanRemote, withRemote } from '../lib/backup/remote.ts'
+import { defineTask, runWhenMain } from '../lib/core/task.ts'
 import backupCleanup from './backup-cleanup.ts'
 
 const task = defineTask({

@@ -1,8 +1,8 @@
 // Ensures nothing: shows every backup in the remote store (age, size, last verification), the space left
 // on the remote disk and what needs attention, by the same rules as the local backup-status.
-import { summarizeStore, showStatus } from '../lib/backup-status.ts'
-import { remoteLabel, scanRemote, withRemote } from '../lib/remote.ts'
-import { defineTask, runWhenMain } from '../lib/task.ts'
+import { summarizeStore, showStatus } from '../lib/backup/status.ts'
+import { remoteLabel, scanRemote, withRemote } from '../lib/backup/remote.ts'
+import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
 const task = defineTask({
   name: 'remote-backup-status',

@@ -4,9 +4,9 @@
 // create-symlinks it repairs every link it can even when another cannot be: each repair is right on its
 // own, so a failure for the others keeps it.
 import { promises as fs } from 'node:fs'
-import { fixLinks, planLinks } from '../lib/links.ts'
-import { summarize } from '../lib/report.ts'
-import { defineTask, runWhenMain } from '../lib/task.ts'
+import { fixLinks, planLinks } from '../lib/links/links.ts'
+import { summarize } from '../lib/core/report.ts'
+import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
 const task = defineTask({
   name: 'repair-symlinks',

@@ -2,11 +2,11 @@
 // single-quoted, so sourcing it runs nothing; `bash -n` checks it before it is published by rename,
 // and it is rewritten only when its content changes.
 import path from 'node:path'
-import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull } from '../lib/fsx.ts'
-import { envNameOfAlias, envScriptPath, hfHome, vllmCache } from '../lib/layout.ts'
-import type { Settings } from '../lib/config.ts'
-import { shellQuote } from '../lib/quote.ts'
-import { defineTask, runWhenMain } from '../lib/task.ts'
+import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull } from '../lib/infra/fsx.ts'
+import { envNameOfAlias, envScriptPath, hfHome, vllmCache } from '../lib/infra/layout.ts'
+import type { Settings } from '../lib/infra/config.ts'
+import { shellQuote } from '../lib/infra/quote.ts'
+import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
 export function envScript(s: Settings): string {
   const vars: [string, string][] = [

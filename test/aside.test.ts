@@ -3,7 +3,7 @@
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { asideName, fileStamp, moveNoReplace } from '../lib/fsx.ts'
+import { asideName, fileStamp, moveNoReplace } from '../lib/infra/fsx.ts'
 import { setUpServer } from './backup-helpers.ts'
 import { citadelJson, makeRoots } from './helpers.ts'
 

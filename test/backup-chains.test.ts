@@ -1,10 +1,10 @@
-// Each source is its own chain, and one rule (lib/backup-status.ts verificationState) says how far the
+// Each source is its own chain, and one rule (lib/backup/status.ts verificationState) says how far the
 // newest backup can be trusted, in the same words in backup status, health-check and status.
 import { readFileSync, readlinkSync, unlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { DAY_MS, verificationState } from '../lib/backup-status.ts'
-import { backupName, type Backup, type BackupMeta, type Verification } from '../lib/backups.ts'
+import { DAY_MS, verificationState } from '../lib/backup/status.ts'
+import { backupName, type Backup, type BackupMeta, type Verification } from '../lib/backup/store.ts'
 import { backUp, setUpServer, storeOf, writeFile } from './backup-helpers.ts'
 import { citadel, citadelJson, type Roots } from './helpers.ts'
 

@@ -2,8 +2,8 @@
 import { existsSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { DAY_MS } from '../lib/backup-status.ts'
-import { backupName, type BackupMeta } from '../lib/backups.ts'
+import { DAY_MS } from '../lib/backup/status.ts'
+import { backupName, type BackupMeta } from '../lib/backup/store.ts'
 import { backUp, setUpServer, storeOf, writeFile } from './backup-helpers.ts'
 import { citadelJson, snapshot, type Roots } from './helpers.ts'
 

@@ -1,8 +1,8 @@
 import { mkdirSync, readFileSync, renameSync, unlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { DAY_MS } from '../lib/backup-status.ts'
-import { backupName, type BackupMeta } from '../lib/backups.ts'
+import { DAY_MS } from '../lib/backup/status.ts'
+import { backupName, type BackupMeta } from '../lib/backup/store.ts'
 import { backUp, pointLatest, setUpServer, storeOf } from './backup-helpers.ts'
 import { citadel, citadelJson, makeRoots, snapshot, type Roots } from './helpers.ts'
 

@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto'
 import { chmodSync, cpSync, readdirSync, renameSync, readFileSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { backupName } from '../lib/backups.ts'
+import { backupName } from '../lib/backup/store.ts'
 import { backUp, pointLatest, setUpServer, storeOf, writeFile } from './backup-helpers.ts'
 import { citadel, citadelJson, makeRoots, snapshot, type Roots } from './helpers.ts'
 
@@ -112,7 +112,7 @@ describe('bad bytes do not spread', () => {
     chmodSync(rotten, st.mode & 0o7777)
     utimesSync(rotten, st.atime, st.mtime)
     expect((await citadelJson(['backup', 'verify', parent, '--sample', '1'], roots.env)).code).toBe(0)
-    const { planCopy } = await import('../lib/backup-build.ts')
+    const { planCopy } = await import('../lib/backup/build.ts')
     expect(planCopy(roots.active, backupDir(roots, parent)).fresh).toEqual([])
   })
 })

@@ -2,7 +2,7 @@
 // the closest setting; the run goes on, and --json's stdout stays one document.
 import { writeFileSync } from 'node:fs'
 import { describe, expect, it } from 'vitest'
-import { loadSettings } from '../lib/config.ts'
+import { loadSettings } from '../lib/infra/config.ts'
 import { citadel, citadelJson, makeRoots } from './helpers.ts'
 
 const ENV_FILE = [

@@ -1,7 +1,7 @@
 import { readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { loadSettings, SETTINGS } from '../lib/config.ts'
+import { loadSettings, SETTINGS } from '../lib/infra/config.ts'
 import { citadel, makeRoots, PROJECT, snapshot } from './helpers.ts'
 
 describe('settings', () => {

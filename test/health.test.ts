@@ -2,7 +2,7 @@
 import { readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { backupName } from '../lib/backups.ts'
+import { backupName } from '../lib/backup/store.ts'
 import { backUp, pointLatest, setUpServer, storeOf } from './backup-helpers.ts'
 import { citadel, citadelJson, makeRoots, snapshot } from './helpers.ts'
 

@@ -15,7 +15,7 @@ function runOwnTask(roots: Roots, name: string, body: string) {
   const file = path.join(roots.base, `${name}.ts`)
   writeFileSync(file, [
     `import { promises as fs } from 'node:fs'`,
-    `import { defineTask, runWhenMain } from ${JSON.stringify(path.join(PROJECT, 'lib', 'task.ts'))}`,
+    `import { defineTask, runWhenMain } from ${JSON.stringify(path.join(PROJECT, 'lib', 'core', 'task.ts'))}`,
     `const task = defineTask({ name: ${JSON.stringify(name)}, description: 'test', tags: [], async run(ctx) { ${body} } })`,
     `runWhenMain(import.meta, task)`,
   ].join('\n'))

@@ -2,7 +2,7 @@ import { mkdirSync, readlinkSync, rmSync, symlinkSync, unlinkSync, writeFileSync
 import path from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { describe, expect, it } from 'vitest'
-import { atomicSymlink } from '../lib/fsx.ts'
+import { atomicSymlink } from '../lib/infra/fsx.ts'
 import { citadelJson, makeRoots, PROJECT, start } from './helpers.ts'
 
 /** A set-up tree where each expected link has a different verdict. */

@@ -4,8 +4,8 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync,
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { hashFiles, type HashJob } from '../lib/hashing.ts'
-import { compareBytewise, formatManifest, parseManifest, type ManifestEntry } from '../lib/manifest.ts'
+import { hashFiles, type HashJob } from '../lib/infra/hashing.ts'
+import { compareBytewise, formatManifest, parseManifest, type ManifestEntry } from '../lib/backup/manifest.ts'
 
 const MiB = 1024 * 1024
 // hash-worker.js reads this much at a time; sizes around it catch off-by-one errors at the buffer's end.

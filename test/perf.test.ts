@@ -6,7 +6,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterEach, describe, expect, it } from 'vitest'
-import { lastPerfResults, parseFio } from '../lib/perf.ts'
+import { lastPerfResults, parseFio } from '../lib/health/perf.ts'
 import { citadelJson, makeRoots, PROJECT, start } from './helpers.ts'
 
 const FIXTURES = path.join(PROJECT, '..', 'shared', 'fixtures', 'fio')

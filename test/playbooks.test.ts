@@ -3,7 +3,7 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'nod
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { playbooks } from '../playbooks/index.ts'
-import { playbookEntries } from '../lib/task.ts'
+import { playbookEntries } from '../lib/core/task.ts'
 import { citadel, citadelJson, makeRoots } from './helpers.ts'
 
 async function setUp(extraEnv: Record<string, string> = {}) {

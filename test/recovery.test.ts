@@ -2,8 +2,8 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFil
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { describe, expect, it } from 'vitest'
-import { tempSibling } from '../lib/fsx.ts'
-import { Journal } from '../lib/journal.ts'
+import { tempSibling } from '../lib/infra/fsx.ts'
+import { Journal } from '../lib/core/journal.ts'
 import { citadel, citadelJson, makeRoots, start } from './helpers.ts'
 
 /** Roots with `count` downloaded models, so that create-symlinks has that many links to make. */

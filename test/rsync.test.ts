@@ -5,8 +5,8 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:
 import os from 'node:os'
 import path from 'node:path'
 import { afterEach, expect, it } from 'vitest'
-import { rsyncCopy } from '../lib/rsync.ts'
-import { makeShell } from '../lib/shell.ts'
+import { rsyncCopy } from '../lib/backup/rsync.ts'
+import { makeShell } from '../lib/infra/shell.ts'
 
 let base = ''
 afterEach(() => rmSync(base, { recursive: true, force: true }))

@@ -6,8 +6,8 @@ import { spawnSync } from 'node:child_process'
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { loadSettings } from '../lib/config.ts'
-import { renderUnits, systemdRunning, UNIT_FILES, UnitError, writablePaths } from '../lib/systemd.ts'
+import { loadSettings } from '../lib/infra/config.ts'
+import { renderUnits, systemdRunning, UNIT_FILES, UnitError, writablePaths } from '../lib/systemd/units.ts'
 import { citadel, citadelJson, makeRoots, PROJECT, snapshot, type Roots } from './helpers.ts'
 
 const onPath = (name: string) => (process.env.PATH ?? '').split(':').map((d) => path.join(d, name)).find((p) => existsSync(p)) ?? null

@@ -4,8 +4,8 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import os from 'node:os'
 import path from 'node:path'
 import { describe, expect, it, type TestContext } from 'vitest'
-import { makeShell } from '../lib/shell.ts'
-import { classifySmart, findDisks, readSmart, smartProblems, type SmartReport } from '../lib/smart.ts'
+import { makeShell } from '../lib/infra/shell.ts'
+import { classifySmart, findDisks, readSmart, smartProblems, type SmartReport } from '../lib/health/smart.ts'
 import { citadelJson, makeRoots, PROJECT } from './helpers.ts'
 
 const $ = makeShell(() => {})

@@ -4,9 +4,9 @@ import { execFileSync } from 'node:child_process'
 import { mkdirSync, statfsSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import type { Severity } from '../lib/checks.ts'
-import { loadSettings } from '../lib/config.ts'
-import { filesystemUsage, levelOf } from '../lib/usage.ts'
+import type { Severity } from '../lib/core/problems.ts'
+import { loadSettings } from '../lib/infra/config.ts'
+import { filesystemUsage, levelOf } from '../lib/health/usage.ts'
 import { citadelJson, makeRoots } from './helpers.ts'
 
 /** df's percentage of `column` (pcent or ipcent), rounded up as df rounds it. */

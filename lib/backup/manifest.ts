@@ -1,7 +1,7 @@
 // The SHA256SUMS format of GNU coreutils `sha256sum`, so that a backup can be verified without citadel:
 // `cd data && sha256sum -c --strict ../SHA256SUMS`. Names are bytes there: the file is read with
 // decodeName and written with manifestBytes, so a name that is not UTF-8 stays the bytes it is.
-import { decodeName, encodeName, holdsRawBytes } from './fsx.ts'
+import { decodeName, encodeName, holdsRawBytes } from '../infra/fsx.ts'
 
 /** `path` is relative to the backup's data/ directory, '/'-separated. */
 export interface ManifestEntry { path: string; sha256: string }

@@ -3,14 +3,14 @@
 // renamed only once it is all there: as locally, nothing incomplete ever carries a backup's name.
 import { randomInt } from 'node:crypto'
 import path from 'node:path'
-import { planCopy } from './backup-build.ts'
-import { CATALOG, DATA, MANIFEST, META, metaText, partialName, VERIFY_STATE, type Backup, type Catalog, type Problem, type Verification } from './backups.ts'
-import type { RemoteSettings } from './config.ts'
+import { planCopy } from './build.ts'
+import { CATALOG, DATA, MANIFEST, META, metaText, partialName, VERIFY_STATE, type Backup, type Catalog, type Problem, type Verification } from './store.ts'
+import type { RemoteSettings } from '../infra/config.ts'
 import { compareBytewise, manifestBytes, parseManifest, unescapeName } from './manifest.ts'
 import { publishRemote, remoteComplaint, remoteHost, remoteLabel, remoteStoreDir, removeRemote, replaceRemoteFile, rsyncRsh, runRemote } from './remote.ts'
 import { rsyncCopy } from './rsync.ts'
-import { catalogSchema, parseFile } from './schemas.ts'
-import type { TaskContext } from './task.ts'
+import { catalogSchema, parseFile } from '../infra/schemas.ts'
+import type { TaskContext } from '../core/task.ts'
 import { chooseSample, HF_BLOB, parseVerifyState, type VerifyState } from './verify.ts'
 
 /**

@@ -4,12 +4,12 @@
 // because ssh hands the far side one command string, not an argument vector.
 import path from 'node:path'
 import type { Shell } from 'zx/core'
-import type { RemoteSettings } from './config.ts'
-import type { TaskContext, TaskResult } from './task.ts'
-import { checkMeta, createdOf, isPartialName, metaText, removeLeftover, type Backup, type BackupMeta, type Store } from './backups.ts'
-import { shellQuote } from './quote.ts'
-import { decodeName } from './fsx.ts'
-import { DIES_WITH_CITADEL } from './shell.ts'
+import type { RemoteSettings } from '../infra/config.ts'
+import type { TaskContext, TaskResult } from '../core/task.ts'
+import { checkMeta, createdOf, isPartialName, metaText, removeLeftover, type Backup, type BackupMeta, type Store } from './store.ts'
+import { shellQuote } from '../infra/quote.ts'
+import { decodeName } from '../infra/fsx.ts'
+import { DIES_WITH_CITADEL } from '../infra/shell.ts'
 
 /** ssh's own exit status for "could not connect or authenticate"; a remote command's status is its own. */
 const SSH_FAILED = 255

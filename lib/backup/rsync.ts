@@ -1,9 +1,9 @@
 // Copies a tree with rsync for a backup: archive mode with hard links, symlinks copied as symlinks,
 // unchanged files hard-linked to the previous backup, and progress parsed from --info=progress2.
 import type { Shell } from 'zx/core'
-import { encodeName } from './fsx.ts'
-import { DIES_WITH_CITADEL } from './shell.ts'
-import { processGroupGone } from './system.ts'
+import { encodeName } from '../infra/fsx.ts'
+import { DIES_WITH_CITADEL } from '../infra/shell.ts'
+import { processGroupGone } from '../infra/system.ts'
 
 /**
  * What is never a model, one rule for rsync and one for citadel's own walk of the source, so the space

@@ -3,11 +3,11 @@
 // `backup status` prints it; monitoring reads the same object.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import type { Settings } from './config.ts'
-import { backupsDir, byClock, chainOf, DATA, isEmptyBackup, latestDamaged, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './backups.ts'
-import type { Problem } from './checks.ts'
-import { bytes, count, table } from './report.ts'
-import type { TaskContext, TaskResult } from './task.ts'
+import type { Settings } from '../infra/config.ts'
+import { backupsDir, byClock, chainOf, DATA, isEmptyBackup, latestDamaged, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './store.ts'
+import type { Problem } from '../core/problems.ts'
+import { bytes, count, table } from '../core/report.ts'
+import type { TaskContext, TaskResult } from '../core/task.ts'
 
 export const DAY_MS = 86_400_000
 /** The weekly playbook makes a new backup every 7 days; one day of slack before the newest counts as overdue. */

@@ -4,11 +4,11 @@
 import { promises as fs, lstatSync, readdirSync, readlinkSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { Settings } from './config.ts'
-import type { TaskContext, TaskResult } from './task.ts'
-import { atomicSymlink, atomicWriteFile, decodeName, fsPath, fsyncDir, lstatOrNull } from './fsx.ts'
-import { backupMetaSchema, catalogSchema, checkShape, parseFile } from './schemas.ts'
-import { Lock, LockHeldError, type LockHolder } from './lock.ts'
+import type { Settings } from '../infra/config.ts'
+import type { TaskContext, TaskResult } from '../core/task.ts'
+import { atomicSymlink, atomicWriteFile, decodeName, fsPath, fsyncDir, lstatOrNull } from '../infra/fsx.ts'
+import { backupMetaSchema, catalogSchema, checkShape, parseFile } from '../infra/schemas.ts'
+import { Lock, LockHeldError, type LockHolder } from '../core/lock.ts'
 
 export type BackupType = 'full' | 'incremental'
 const BACKUP_NAME = /^backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})_(full|incremental)$/

@@ -5,13 +5,13 @@
 import { randomInt } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { CATALOG, DATA, listTree, MANIFEST, readCatalog, statFiles, VERIFY_STATE, writeMeta, type Backup, type Catalog, type Problem, type Verification } from './backups.ts'
-import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull, showName } from './fsx.ts'
-import { hashFiles } from './hashing.ts'
+import { CATALOG, DATA, listTree, MANIFEST, readCatalog, statFiles, VERIFY_STATE, writeMeta, type Backup, type Catalog, type Problem, type Verification } from './store.ts'
+import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull, showName } from '../infra/fsx.ts'
+import { hashFiles } from '../infra/hashing.ts'
 import { compareBytewise, parseManifestBytes } from './manifest.ts'
-import { bytes, count, summarize, table } from './report.ts'
-import { parseFile, verifyStateSchema } from './schemas.ts'
-import type { ArgSpec, TaskContext, TaskResult } from './task.ts'
+import { bytes, count, summarize, table } from '../core/report.ts'
+import { parseFile, verifyStateSchema } from '../infra/schemas.ts'
+import type { ArgSpec, TaskContext, TaskResult } from '../core/task.ts'
 
 export const SAMPLE_ARG: ArgSpec = {
   name: 'sample', type: 'string', value: 'RATE', help: 'share of the bytes and of the files to hash (default: BACKUP_VERIFY_SAMPLE_RATE)',

@@ -6,10 +6,10 @@ import { createRequire } from 'node:module'
 import os from 'node:os'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
-import { projectRoot } from './fsx.ts'
-import { count } from './report.ts'
-import { makeShell } from './shell.ts'
-import type { Playbook, Task } from './task.ts'
+import { projectRoot } from '../infra/fsx.ts'
+import { count } from '../core/report.ts'
+import { makeShell } from '../infra/shell.ts'
+import type { Playbook, Task } from '../core/task.ts'
 
 interface Finding { step: 'build' | 'load' | 'types'; line: string }
 

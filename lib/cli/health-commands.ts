@@ -1,15 +1,15 @@
 // `citadel health-check` (one document and a monitoring-plugin exit status) and `citadel status` (the
 // morning glance). Both only look: no lock, nothing written, so they run beside a backup or the monitor.
 import path from 'node:path'
-import { backupLine, formatAge } from './backup-status.ts'
-import type { Settings } from './config.ts'
-import { collectHealth, PLUGIN_EXIT, readStoredHealth, type HealthReport, type SmartSnapshot, type StoredHealth } from './health.ts'
-import { healthDir } from './layout.ts'
-import { liveHolder } from './lock.ts'
-import { MONITOR_LOCK } from './monitor.ts'
-import { bytes, count, table } from './report.ts'
-import { makeShell } from './shell.ts'
-import { MONITOR_UNIT, servicesState, type ServicesState } from './systemd.ts'
+import { backupLine, formatAge } from '../backup/status.ts'
+import type { Settings } from '../infra/config.ts'
+import { collectHealth, PLUGIN_EXIT, readStoredHealth, type HealthReport, type SmartSnapshot, type StoredHealth } from '../health/health.ts'
+import { healthDir } from '../infra/layout.ts'
+import { liveHolder } from '../core/lock.ts'
+import { MONITOR_LOCK } from '../monitor/monitor.ts'
+import { bytes, count, table } from '../core/report.ts'
+import { makeShell } from '../infra/shell.ts'
+import { MONITOR_UNIT, servicesState, type ServicesState } from '../systemd/units.ts'
 
 const quietShell = () => makeShell(() => {})
 const percent = (ratio: number | null) => (ratio === null ? '-' : `${Math.ceil(ratio * 1000) / 10}%`)

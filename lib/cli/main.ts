@@ -2,10 +2,10 @@
 // Heavy modules (settings validation, the runner, zx, listr2) load only for commands that need them,
 // so `citadel list` and `--help` answer quickly.
 import { parseArgs, type ParseArgsConfig } from 'node:util'
-import { playbooks } from '../playbooks/index.ts'
-import { tasks } from '../tasks/index.ts'
-import type { Settings } from './config.ts'
-import { isInternalError, playbookEntries, type Playbook, type Step, type Task, type TaskArgs } from './task.ts'
+import { playbooks } from '../../playbooks/index.ts'
+import { tasks } from '../../tasks/index.ts'
+import type { Settings } from '../infra/config.ts'
+import { isInternalError, playbookEntries, type Playbook, type Step, type Task, type TaskArgs } from '../core/task.ts'
 
 const EXIT_INVALID = 4
 /** health-check and monitor --once answer as monitoring plugins: 3 is UNKNOWN, whatever kept them from judging. */
@@ -229,7 +229,7 @@ function list(json: boolean): void {
 
 /** The settings, or null after printing one line per invalid setting. */
 async function settingsOrNull(): Promise<Settings | null> {
-  const { loadSettings, ConfigError } = await import('./config.ts')
+  const { loadSettings, ConfigError } = await import('../infra/config.ts')
   try {
     const settings = loadSettings()
     for (const warning of settings.warnings) process.stderr.write(`citadel: warning: ${warning}\n`)
@@ -248,8 +248,8 @@ async function runTasks(playbook: Playbook | null, chosen: Step[], values: Value
   }
   const settings = await settingsOrNull()
   if (!settings) return EXIT_INVALID
-  const { run, systemHint } = await import('./runner.ts')
-  const { LockHeldError, LockUnreadableError } = await import('./lock.ts')
+  const { run, systemHint } = await import('../core/runner.ts')
+  const { LockHeldError, LockUnreadableError } = await import('../core/lock.ts')
   try {
     return await run({
       playbook: playbook?.name ?? null,
@@ -334,7 +334,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
     }
     const settings = await settingsOrNull()
     if (!settings) return invalid
-    const { runMonitor } = await import('./monitor.ts')
+    const { runMonitor } = await import('../monitor/monitor.ts')
     return runMonitor({ settings, intervalSeconds: typeof interval === 'string' ? Number(interval) : settings.monitor.checkInterval, once: Boolean(values.once) })
   },
   async check(args) {

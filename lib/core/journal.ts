@@ -3,7 +3,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { z } from 'zod'
-import { atomicSymlink, atomicWriteFile, lstatOrNull, octal, removeTempSiblings } from './fsx.ts'
+import { atomicSymlink, atomicWriteFile, lstatOrNull, octal, removeTempSiblings } from '../infra/fsx.ts'
 
 export type Undo =
   | { op: 'remove-link'; path: string }

@@ -3,7 +3,7 @@
 import { promises as fs, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { z } from 'zod'
-import { tempSibling } from './fsx.ts'
+import { tempSibling } from '../infra/fsx.ts'
 
 const holderSchema = z.object({ pid: z.number().int().positive(), command: z.string(), started: z.string(), procStart: z.string().nullable() })
 export type LockHolder = z.infer<typeof holderSchema>

@@ -4,7 +4,7 @@
 import { realpathSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import type { Shell } from 'zx/core'
-import type { Settings } from './config.ts'
+import type { Settings } from '../infra/config.ts'
 import type { Undo } from './journal.ts'
 
 export type Status = 'ok' | 'changed' | 'skipped' | 'failed'
@@ -131,7 +131,7 @@ const startedScript = () => {
 /** Lets `tsx tasks/NAME.ts [options]` behave exactly like `citadel task NAME [options]`. */
 export function runWhenMain(meta: ImportMeta, task: Task): void {
   if (startedScript() !== fileURLToPath(meta.url)) return
-  void import('./cli.ts').then(async (cli) => cli.exitWhenFlushed(await cli.main(process.argv.slice(2), task)))
+  void import('../cli/main.ts').then(async (cli) => cli.exitWhenFlushed(await cli.main(process.argv.slice(2), task)))
 }
 
 /** A condition on the settings, as Ansible's `when`; `otherwise` is the reason shown when it is false. */

@@ -5,12 +5,12 @@ import { randomBytes } from 'node:crypto'
 import { constants, promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { Shell } from 'zx/core'
-import { DIES_WITH_CITADEL } from './shell.ts'
-import { processGroupGone } from './system.ts'
+import { DIES_WITH_CITADEL } from '../infra/shell.ts'
+import { processGroupGone } from '../infra/system.ts'
 import { z } from 'zod'
-import { readFileOrNull, which } from './fsx.ts'
-import { checkShape } from './schemas.ts'
-import { bytes } from './report.ts'
+import { readFileOrNull, which } from '../infra/fsx.ts'
+import { checkShape } from '../infra/schemas.ts'
+import { bytes } from '../core/report.ts'
 
 /** One fio job's figures; MB is 10^6 bytes, as disk vendors count. */
 export interface PerfJob {

@@ -3,10 +3,10 @@
 // classifySmart is pure, so saved captures of real drives test every rule without a disk.
 import { existsSync } from 'node:fs'
 import type { Shell } from 'zx/core'
-import type { Problem } from './checks.ts'
-import type { Settings } from './config.ts'
-import { count } from './report.ts'
-import { mountOf } from './system.ts'
+import type { Problem } from '../core/problems.ts'
+import type { Settings } from '../infra/config.ts'
+import { count } from '../core/report.ts'
+import { mountOf } from '../infra/system.ts'
 
 export type SmartVerdict = 'healthy' | 'warning' | 'failing' | 'unavailable'
 

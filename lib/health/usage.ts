@@ -2,9 +2,9 @@
 // /proc/self/mountinfo, never an external command, so `citadel status` stays fast. Verdicts hold through
 // small dips (hysteresis), so the monitor does not alert and clear on every sample near a threshold.
 import fs from 'node:fs/promises'
-import { worse, type Problem, type Severity } from './checks.ts'
-import type { Settings } from './config.ts'
-import { bytes } from './report.ts'
+import { worse, type Problem, type Severity } from '../core/problems.ts'
+import type { Settings } from '../infra/config.ts'
+import { bytes } from '../core/report.ts'
 
 /** A usage alert clears only below its threshold minus this. */
 export const CLEAR_MARGIN = 0.05

@@ -51,7 +51,7 @@ export function hashFiles(jobs: HashJob[], options: HashOptions = {}): Promise<H
   if (batches.length === 0) return Promise.resolve([])
   const threads = Math.max(1, Math.min(options.threads ?? os.availableParallelism(), batches.length))
   // Beside the sources, not beside this module: the running code may be a bundle in a cache directory.
-  const workerFile = path.join(projectRoot(), 'lib', 'hash-worker.js')
+  const workerFile = path.join(projectRoot(), 'lib', 'infra', 'hash-worker.js')
 
   return new Promise((resolve, reject) => {
     const outcomes: HashOutcome[] = new Array(jobs.length)

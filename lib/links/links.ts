@@ -2,10 +2,10 @@
 // repair-symlinks. Plan first (Stow-style): conflicts are reported together before anything changes.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { asideName, assertInside, atomicSymlink, describeEntry, entryCount, lstatOrNull, moveNoReplace } from './fsx.ts'
-import { expectedLinks, type ExpectedLink } from './layout.ts'
-import type { Settings } from './config.ts'
-import type { TaskContext } from './task.ts'
+import { asideName, assertInside, atomicSymlink, describeEntry, entryCount, lstatOrNull, moveNoReplace } from '../infra/fsx.ts'
+import { expectedLinks, type ExpectedLink } from '../infra/layout.ts'
+import type { Settings } from '../infra/config.ts'
+import type { TaskContext } from '../core/task.ts'
 
 export type Verdict = 'ok' | 'missing' | 'wrong-target' | 'broken' | 'not-a-link'
 

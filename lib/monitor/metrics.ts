@@ -1,7 +1,7 @@
 // The health report as a Prometheus textfile for node_exporter's textfile collector. Only what
 // node_exporter lacks: verdicts, SMART readings, backup age, perf figures. Base units throughout.
-import { CHECKS, overall, rank } from './checks.ts'
-import type { HealthReport } from './health.ts'
+import { CHECKS, overall, rank } from '../core/problems.ts'
+import type { HealthReport } from '../health/health.ts'
 
 type Labels = Record<string, string>
 interface Family { name: string; help: string; type: 'gauge' | 'counter'; samples: { labels: Labels; value: number }[] }

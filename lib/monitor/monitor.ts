@@ -6,16 +6,16 @@ import { promises as fs } from 'node:fs'
 import os from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Shell } from 'zx/core'
-import { rank, type Problem, type Severity } from './checks.ts'
-import type { Settings } from './config.ts'
-import { collectHealth, PLUGIN_EXIT, publish, readSmartSnapshot, readStoredHealth, writeHealth, type HealthReport, type SmartSnapshot } from './health.ts'
-import { removeTempSiblings } from './fsx.ts'
-import { healthDir, healthFile, logsDir } from './layout.ts'
-import { inspectLinks } from './links.ts'
-import { Lock, LockHeldError } from './lock.ts'
-import { RunLog } from './log.ts'
+import { rank, type Problem, type Severity } from '../core/problems.ts'
+import type { Settings } from '../infra/config.ts'
+import { collectHealth, PLUGIN_EXIT, publish, readSmartSnapshot, readStoredHealth, writeHealth, type HealthReport, type SmartSnapshot } from '../health/health.ts'
+import { removeTempSiblings } from '../infra/fsx.ts'
+import { healthDir, healthFile, logsDir } from '../infra/layout.ts'
+import { inspectLinks } from '../links/links.ts'
+import { Lock, LockHeldError } from '../core/lock.ts'
+import { RunLog } from '../core/log.ts'
 import { metricsText } from './metrics.ts'
-import { makeShell } from './shell.ts'
+import { makeShell } from '../infra/shell.ts'
 
 export const MONITOR_LOCK = 'monitor.lock'
 
@@ -200,7 +200,7 @@ async function repairLinks(settings: Settings, report: HealthReport, repaired: M
     return 0
   }
   // The runner (and listr2 with it) loads only when a link needs a repair.
-  const [{ run }, { default: repairSymlinks }] = await Promise.all([import('./runner.ts'), import('../tasks/repair-symlinks.ts')])
+  const [{ run }, { default: repairSymlinks }] = await Promise.all([import('../core/runner.ts'), import('../../tasks/repair-symlinks.ts')])
   const noForce = { ...settings, symlinkForceRecreate: false }
   try {
     await run({ playbook: null, tasks: [{ task: repairSymlinks, args: {} }], settings: noForce, check: false, diff: false, force: false, json: false, quiet: true, command: 'citadel monitor: repair-symlinks' })

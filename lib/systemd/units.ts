@@ -4,8 +4,8 @@
 import { lstatSync, realpathSync } from 'node:fs'
 import path from 'node:path'
 import type { Shell } from 'zx/core'
-import type { Settings } from './config.ts'
-import { projectRoot } from './fsx.ts'
+import type { Settings } from '../infra/config.ts'
+import { projectRoot } from '../infra/fsx.ts'
 
 export const MONITOR_UNIT = 'citadel-monitor.service'
 export const TIMER_UNITS = ['citadel-daily.timer', 'citadel-weekly.timer'] as const
