@@ -65,4 +65,4 @@ const task = defineTask({
 })
 
 export default task
-runWhenMain(import.meta, task)
+runWhenMain(import.meta)

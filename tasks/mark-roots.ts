@@ -61,4 +61,4 @@ const task = defineTask({
 })
 
 export default task
-runWhenMain(import.meta, task)
+runWhenMain(import.meta)

@@ -3,8 +3,8 @@
 // and it is rewritten only when its content changes.
 import path from 'node:path'
 import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull } from '../lib/infra/fsx.ts'
-import { envNameOfAlias, envScriptPath, hfHome, vllmCache } from '../lib/infra/layout.ts'
-import type { Settings } from '../lib/infra/config.ts'
+import { envScriptPath, hfHome, vllmCache } from '../lib/infra/layout.ts'
+import { envNameOfAlias, type Settings } from '../lib/infra/config.ts'
 import { shellQuote } from '../lib/infra/quote.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
@@ -48,4 +48,4 @@ const task = defineTask({
 })
 
 export default task
-runWhenMain(import.meta, task)
+runWhenMain(import.meta)

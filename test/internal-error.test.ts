@@ -17,7 +17,8 @@ function runOwnTask(roots: Roots, name: string, body: string) {
     `import { promises as fs } from 'node:fs'`,
     `import { defineTask, runWhenMain } from ${JSON.stringify(path.join(PROJECT, 'lib', 'core', 'task.ts'))}`,
     `const task = defineTask({ name: ${JSON.stringify(name)}, description: 'test', tags: [], async run(ctx) { ${body} } })`,
-    `runWhenMain(import.meta, task)`,
+    `export default task`,
+    `runWhenMain(import.meta)`,
   ].join('\n'))
   // --json: one document on stdout, and no progress lines on stderr.
   return start(['--json'], roots.env, [path.join(PROJECT, 'node_modules', '.bin', 'tsx'), file]).done

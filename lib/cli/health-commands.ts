@@ -1,9 +1,10 @@
 // `citadel health-check` (one document and a monitoring-plugin exit status) and `citadel status` (the
 // morning glance). Both only look: no lock, nothing written, so they run beside a backup or the monitor.
+import { PLUGIN_EXIT, START_EXIT } from '../core/exit.ts'
 import path from 'node:path'
 import { backupLine, formatAge } from '../backup/status.ts'
 import type { Settings } from '../infra/config.ts'
-import { collectHealth, PLUGIN_EXIT, readStoredHealth, type HealthReport, type SmartSnapshot, type StoredHealth } from '../health/health.ts'
+import { collectHealth, readStoredHealth, type HealthReport, type SmartSnapshot, type StoredHealth } from '../health/health.ts'
 import { healthDir } from '../infra/layout.ts'
 import { liveHolder } from '../core/lock.ts'
 import { MONITOR_LOCK } from '../monitor/monitor.ts'
@@ -93,7 +94,6 @@ function servicesLine(sv: ServicesState): string {
 }
 
 /** Exit codes of start-monitor; 2 and 3 keep their meaning from the rest of citadel. */
-export const START_EXIT = { started: 0, failed: 2, otherMonitor: 3, notStarted: 5 } as const
 
 /**
  * `citadel start-monitor`: starts citadel-monitor.service where systemd runs and the unit is installed;

@@ -4,12 +4,10 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { playbooks } from '../../playbooks/index.ts'
 import { tasks } from '../../tasks/index.ts'
+import { EXIT, PLUGIN_EXIT } from '../core/exit.ts'
 import type { Settings } from '../infra/config.ts'
 import { isInternalError, playbookEntries, type Playbook, type Step, type Task, type TaskArgs } from '../core/task.ts'
 
-const EXIT_INVALID = 4
-/** health-check and monitor --once answer as monitoring plugins: 3 is UNKNOWN, whatever kept them from judging. */
-const PLUGIN_UNKNOWN = 3
 
 class UsageError extends Error {}
 
@@ -247,7 +245,7 @@ async function runTasks(playbook: Playbook | null, chosen: Step[], values: Value
     return 0
   }
   const settings = await settingsOrNull()
-  if (!settings) return EXIT_INVALID
+  if (!settings) return EXIT.invalid
   const { run, systemHint } = await import('../core/runner.ts')
   const { LockHeldError, LockUnreadableError } = await import('../core/lock.ts')
   try {
@@ -265,13 +263,13 @@ async function runTasks(playbook: Playbook | null, chosen: Step[], values: Value
   } catch (err) {
     if (err instanceof LockHeldError || err instanceof LockUnreadableError) {
       process.stderr.write(`citadel: ${err.message}\n`)
-      return 3
+      return EXIT.locked
     }
     // The world's failure outside any task (the app root's disk, say): one line, as a task's would be.
     if (isInternalError(err)) throw err
     const code = (err as NodeJS.ErrnoException).code
     process.stderr.write(`citadel: ${(err as Error).message}${typeof code === 'string' ? systemHint(code, settings.appRoot) : ''}\n`)
-    return 2
+    return EXIT.failed
   }
 }
 
@@ -314,19 +312,19 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
     if (values.help) return show(HELP['health-check']!)
     const settings = await settingsOrNull()
     const { healthCheck } = await import('./health-commands.ts')
-    return settings ? healthCheck(settings, Boolean(values.json)) : PLUGIN_UNKNOWN
+    return settings ? healthCheck(settings, Boolean(values.json)) : PLUGIN_EXIT.unknown
   },
   async status(args) {
     const { values } = parse(args, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })
     if (values.help) return show(HELP.status!)
     const settings = await settingsOrNull()
     const { status } = await import('./health-commands.ts')
-    return settings ? status(settings, Boolean(values.json)) : EXIT_INVALID
+    return settings ? status(settings, Boolean(values.json)) : EXIT.invalid
   },
   async monitor(args) {
     const { values } = parse(args, { interval: { type: 'string' }, once: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })
     if (values.help) return show(HELP.monitor!)
-    const invalid = values.once ? PLUGIN_UNKNOWN : EXIT_INVALID
+    const invalid = values.once ? PLUGIN_EXIT.unknown : EXIT.invalid
     const interval = values.interval
     if (typeof interval === 'string' && !(/^\d+$/.test(interval) && Number(interval) >= 1)) {
       process.stderr.write(`citadel: --interval "${interval}" is not valid: expected a whole number of seconds, at least 1\n`)
@@ -335,7 +333,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
     const settings = await settingsOrNull()
     if (!settings) return invalid
     const { runMonitor } = await import('../monitor/monitor.ts')
-    return runMonitor({ settings, intervalSeconds: typeof interval === 'string' ? Number(interval) : settings.monitor.checkInterval, once: Boolean(values.once) })
+    return runMonitor({ settings, intervalSeconds: typeof interval === 'string' ? Number(interval) : settings.monitor.checkInterval, once: Boolean(values.once), repair: repairLinks })
   },
   async check(args) {
     const { values, positionals } = parse(args, { help: { type: 'boolean', short: 'h' } })
@@ -350,7 +348,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
     if (positionals.length) throw new UsageError(`start-monitor takes no arguments, got "${positionals[0]}"`)
     const settings = await settingsOrNull()
     const { startMonitor } = await import('./health-commands.ts')
-    return settings ? startMonitor(settings) : EXIT_INVALID
+    return settings ? startMonitor(settings) : EXIT.invalid
   },
   smart: (args) => taskCommand(findTask('check-smart'), args),
   perf: (args) => taskCommand(findTask('check-perf'), args),
@@ -370,6 +368,12 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
  * Exits once stdout has been written out: on a pipe, process.exit() would cut a long --json document
  * short (`citadel backup verify --json | jq` on a backup of many files).
  */
+/** The monitor's repair: repair-symlinks through the runner, which (with listr2) loads only when a link needs it. */
+async function repairLinks(settings: Settings): Promise<void> {
+  const [{ run }, { default: repairSymlinks }] = await Promise.all([import('../core/runner.ts'), import('../../tasks/repair-symlinks.ts')])
+  await run({ playbook: null, tasks: [{ task: repairSymlinks, args: {} }], settings, check: false, diff: false, force: false, json: false, quiet: true, command: 'citadel monitor: repair-symlinks' })
+}
+
 export function exitWhenFlushed(code: number): void {
   process.stdout.write('', () => process.exit(code))
 }
@@ -392,7 +396,7 @@ export async function main(argv: string[], standalone?: Task): Promise<number> {
     process.stderr.write(internal
       ? `citadel: internal error (a bug in citadel, please report it): ${err instanceof Error ? (err.stack ?? message) : message}\n`
       : `citadel: ${message}\n`)
-    return !standalone && answersAsPlugin(argv) ? PLUGIN_UNKNOWN : internal ? 1 : 2
+    return !standalone && answersAsPlugin(argv) ? PLUGIN_EXIT.unknown : internal ? EXIT.internal : EXIT.failed
   }
 }
 
@@ -402,7 +406,7 @@ async function dispatch(argv: string[], standalone?: Task): Promise<number> {
     const [command, ...rest] = argv
     if (command === undefined) {
       process.stderr.write(HELP.main + '\n')
-      return EXIT_INVALID
+      return EXIT.invalid
     }
     if (command === '-h' || command === '--help') return show(HELP.main!)
     const handler = COMMANDS[command]
@@ -411,6 +415,6 @@ async function dispatch(argv: string[], standalone?: Task): Promise<number> {
   } catch (err) {
     if (!(err instanceof UsageError)) throw err
     process.stderr.write(`citadel: ${err.message}\n`)
-    return EXIT_INVALID
+    return EXIT.invalid
   }
 }

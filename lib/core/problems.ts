@@ -12,6 +12,9 @@ export interface Problem {
   message: string
 }
 
+/** A condition the monitor has confirmed as not ok, kept across restarts. */
+export interface Condition { check: Problem['check']; severity: Severity; since: string; message: string }
+
 const RANK: Record<Severity, number> = { ok: 0, warning: 1, critical: 2 }
 
 export const worse = (a: Severity, b: Severity): Severity => (RANK[a] >= RANK[b] ? a : b)

@@ -1,6 +1,7 @@
 // Runs an ordered list of tasks: takes the lock, rolls back what a killed run left behind, shows progress
 // with listr2, handles a failure as the playbook declares (roll the whole run back, or undo only the failed
 // task's changes and go on with the steps that do not need it), then reports.
+import { EXIT } from './exit.ts'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { Listr } from 'listr2'
@@ -16,7 +17,6 @@ import { makeShell } from '../infra/shell.ts'
 import type { Shell } from 'zx/core'
 import { isInternalError, type Change, type FailurePolicy, type Task, type TaskArgs, type TaskContext, type TaskResult, type When } from './task.ts'
 
-export const EXIT = { ok: 0, internal: 1, failed: 2, locked: 3, invalid: 4, interrupted: 99 } as const
 
 export interface RunRequest {
   playbook: string | null

@@ -1,11 +1,15 @@
 // The task contract. A task states what it ensures, inspects the current state, and changes only what
 // differs through ctx.apply, which journals the undo first and does nothing in check mode. Every task
 // returns the same record, whether it runs alone, inside a playbook, or from its own file.
+import { spawn } from 'node:child_process'
 import { realpathSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Shell } from 'zx/core'
 import type { Settings } from '../infra/config.ts'
 import type { Undo } from './journal.ts'
+import { projectRoot } from '../infra/fsx.ts'
 
 export type Status = 'ok' | 'changed' | 'skipped' | 'failed'
 
@@ -128,10 +132,18 @@ const startedScript = () => {
   return script
 }
 
-/** Lets `tsx tasks/NAME.ts [options]` behave exactly like `citadel task NAME [options]`. */
-export function runWhenMain(meta: ImportMeta, task: Task): void {
-  if (startedScript() !== fileURLToPath(meta.url)) return
-  void import('../cli/main.ts').then(async (cli) => cli.exitWhenFlushed(await cli.main(process.argv.slice(2), task)))
+/**
+ * Lets `tsx tasks/NAME.ts [options]` behave exactly like `citadel task NAME [options]`. The command line sits
+ * above the tasks, so the file hands itself to it as a program: lib/cli/task-file.ts, started with this
+ * process's loader, loads the file and runs it; signals are passed on and its exit code is ours.
+ */
+export function runWhenMain(meta: ImportMeta): void {
+  const file = fileURLToPath(meta.url)
+  if (startedScript() !== file) return
+  const entry = path.join(projectRoot(), 'lib', 'cli', 'task-file.ts')
+  const child = spawn(process.execPath, [...process.execArgv, entry, file, ...process.argv.slice(2)], { stdio: 'inherit' })
+  for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, () => child.kill(signal))
+  child.on('exit', (code, signal) => process.exit(code ?? 128 + (signal ? os.constants.signals[signal] : 0)))
 }
 
 /** A condition on the settings, as Ansible's `when`; `otherwise` is the reason shown when it is false. */

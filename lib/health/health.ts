@@ -6,13 +6,12 @@ import path from 'node:path'
 import type { Shell } from 'zx/core'
 import { backupHealth, type BackupHealth } from '../backup/status.ts'
 import { z } from 'zod'
-import { CHECKS, overall, type Problem, type Severity } from '../core/problems.ts'
+import { CHECKS, overall, type Condition, type Problem, type Severity } from '../core/problems.ts'
 import type { Settings } from '../infra/config.ts'
 import { atomicWriteFile } from '../infra/fsx.ts'
 import { healthFile, perfHistoryFile } from '../infra/layout.ts'
 import { inspectLinks, linkHealth, type LinkHealth } from '../links/links.ts'
 import { inspectRoots, type RootRole, type RootVerdict } from '../core/marks.ts'
-import type { Condition } from '../monitor/monitor.ts'
 import { parseFile } from '../infra/schemas.ts'
 import { lastPerfResults, type PerfResult } from './perf.ts'
 import { smartHealth, smartProblems, type SmartReport } from './smart.ts'
@@ -41,7 +40,6 @@ export interface HealthReport {
 export interface RootHealth { role: RootRole; setting: string; path: string; verdict: RootVerdict; reason: string; mark: string | null; fs_uuid: string | null }
 
 /** Exit status as monitoring plugins give it (Nagios, Icinga, monit `check program`). */
-export const PLUGIN_EXIT: Record<Severity | 'unknown', number> = { ok: 0, warning: 1, critical: 2, unknown: 3 }
 
 export const linkProblems = (links: LinkHealth[]): Problem[] =>
   links.filter((l) => l.failing).map((l) => ({ check: 'symlinks', severity: 'critical', key: `symlinks:${l.path}`, message: `${l.path}: ${l.verdict} (${l.reason})` }))

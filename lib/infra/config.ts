@@ -5,9 +5,11 @@ import path from 'node:path'
 import { parse as parseDotenv } from 'dotenv'
 import { z } from 'zod'
 import { projectRoot } from './fsx.ts'
-import { envNameOfAlias } from './layout.ts'
 
 export interface ModelEntry { alias: string; dir: string }
+
+/** The variable storage-env.sh exports for a model's path. */
+export const envNameOfAlias = (alias: string) => `CITADEL_MODEL_${alias.toUpperCase().replaceAll('-', '_')}`
 
 interface SettingSpec<T> {
   default: string | undefined

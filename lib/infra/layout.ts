@@ -42,7 +42,6 @@ export function expectedLinks(s: Settings): ExpectedLink[] {
 }
 
 /** The variable storage-env.sh exports for a model: CITADEL_MODEL_<ALIAS>, '-' as '_'. */
-export const envNameOfAlias = (alias: string) => `CITADEL_MODEL_${alias.toUpperCase().replaceAll('-', '_')}`
 export const envScriptPath = (s: Settings) => path.join(s.appRoot, 'configs', 'storage-env.sh')
 export const hfHome = (s: Settings) => path.join(s.modelsRoot, 'cache', 'huggingface')
 export const vllmCache = (s: Settings) => path.join(s.modelsRoot, 'cache', 'vllm')

@@ -6,9 +6,10 @@ import { promises as fs } from 'node:fs'
 import os from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Shell } from 'zx/core'
-import { rank, type Problem, type Severity } from '../core/problems.ts'
+import { PLUGIN_EXIT } from '../core/exit.ts'
+import { rank, type Condition, type Problem, type Severity } from '../core/problems.ts'
 import type { Settings } from '../infra/config.ts'
-import { collectHealth, PLUGIN_EXIT, publish, readSmartSnapshot, readStoredHealth, writeHealth, type HealthReport, type SmartSnapshot } from '../health/health.ts'
+import { collectHealth, publish, readSmartSnapshot, readStoredHealth, writeHealth, type HealthReport, type SmartSnapshot } from '../health/health.ts'
 import { removeTempSiblings } from '../infra/fsx.ts'
 import { healthDir, healthFile, logsDir } from '../infra/layout.ts'
 import { inspectLinks } from '../links/links.ts'
@@ -30,9 +31,6 @@ export interface Alert {
   previous: Severity
   message: string
 }
-
-/** A condition the monitor has confirmed as not ok, as health.json keeps it across restarts. */
-export interface Condition { check: Problem['check']; severity: Severity; since: string; message: string }
 
 interface Tracked extends Condition { candidate: Severity; streak: number }
 
@@ -106,9 +104,15 @@ async function deliver(alert: Alert, settings: Settings, $: Shell, log: RunLog):
 /** Link verdicts the monitor mends on its own; a real file or directory in the way waits for an operator. */
 const REPAIRABLE = new Set(['missing', 'wrong-target', 'broken'])
 
-export interface MonitorOptions { settings: Settings; intervalSeconds: number; once: boolean }
+export interface MonitorOptions {
+  settings: Settings
+  intervalSeconds: number
+  once: boolean
+  /** Runs the repair-symlinks task; the command line hands it in, as the tasks sit above the monitor. */
+  repair: (settings: Settings) => Promise<unknown>
+}
 
-export async function runMonitor({ settings, intervalSeconds, once }: MonitorOptions): Promise<number> {
+export async function runMonitor({ settings, intervalSeconds, once, repair }: MonitorOptions): Promise<number> {
   const log = new RunLog(logsDir(settings), `monitor-${process.pid}`, true)
   const $ = makeShell((fields) => log.event('command', fields))
   let lock: Lock
@@ -151,7 +155,7 @@ export async function runMonitor({ settings, intervalSeconds, once }: MonitorOpt
       try {
         if (!smart || t0 - Date.parse(smart.read_at) >= settings.monitor.smartInterval * 1000) smart = await readSmartSnapshot($, settings)
         let report = await collectHealth({ settings, $, smart, held: tracker.held() })
-        const fixes = await repairLinks(settings, report, repaired, log)
+        const fixes = await repairLinks(settings, repair, report, repaired, log)
         repairsTotal += fixes
         if (fixes) report = await collectHealth({ settings, $, smart, held: tracker.held() })
         const alerts = tracker.observe(report.problems, new Date())
@@ -184,7 +188,7 @@ export async function runMonitor({ settings, intervalSeconds, once }: MonitorOpt
  * the alerts until it has been ok for `consecutive` samples, so a repair that does not hold never loops.
  * Returns how many links the repair fixed.
  */
-async function repairLinks(settings: Settings, report: HealthReport, repaired: Map<string, number>, log: RunLog): Promise<number> {
+async function repairLinks(settings: Settings, repair: MonitorOptions['repair'], report: HealthReport, repaired: Map<string, number>, log: RunLog): Promise<number> {
   for (const link of report.symlinks) {
     if (link.failing || !repaired.has(link.path)) continue
     const okStreak = repaired.get(link.path)! + 1
@@ -199,11 +203,8 @@ async function repairLinks(settings: Settings, report: HealthReport, repaired: M
     log.event('repair-withheld', { paths: due.map((l) => l.path), reason: 'models root not marked' })
     return 0
   }
-  // The runner (and listr2 with it) loads only when a link needs a repair.
-  const [{ run }, { default: repairSymlinks }] = await Promise.all([import('../core/runner.ts'), import('../../tasks/repair-symlinks.ts')])
-  const noForce = { ...settings, symlinkForceRecreate: false }
   try {
-    await run({ playbook: null, tasks: [{ task: repairSymlinks, args: {} }], settings: noForce, check: false, diff: false, force: false, json: false, quiet: true, command: 'citadel monitor: repair-symlinks' })
+    await repair({ ...settings, symlinkForceRecreate: false })
   } catch (err) {
     if (!(err instanceof LockHeldError)) throw err
     say(`repair of ${due.map((l) => l.path).join(', ')} waits: another citadel run holds the lock (pid ${err.holder.pid})`)
