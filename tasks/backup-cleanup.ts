@@ -6,8 +6,8 @@
 import path from 'node:path'
 import { bytesHeldOnlyBy, planRetention, sharing } from '../lib/backup/status.ts'
 import { removeBackupDir, removePartials, scanStore, storeMissing, withStoreLock } from '../lib/backup/store.ts'
-import { bytes, count } from '../lib/core/report.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
+import { bytes, count } from '../lib/infra/format.ts'
 
 const task = defineTask({
   name: 'backup-cleanup',

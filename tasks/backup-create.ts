@@ -9,9 +9,9 @@ import path from 'node:path'
 import { buildBackup, planCopy, spaceShortfall, type BuildOutcome } from '../lib/backup/build.ts'
 import { backupName, backupsDir, chainOf, pointLatest, removePartials, scanStore, storeMissing, withStoreLock, type Backup, type BackupType, type TreeFile } from '../lib/backup/store.ts'
 import { lstatOrNull } from '../lib/infra/fsx.ts'
-import { bytes, count } from '../lib/core/report.ts'
 import { RSYNC_VANISHED } from '../lib/backup/rsync.ts'
 import { defineTask, runWhenMain, type TaskContext, type TaskResult } from '../lib/core/task.ts'
+import { bytes, count } from '../lib/infra/format.ts'
 
 /**
  * Why this source looks emptied rather than changed (an unmounted disk, a wrong mount), or null: no files

@@ -2,9 +2,9 @@
 // its manifest, and fails on any problem. The record of the run goes into the backup's metadata, failed or
 // not: that is bookkeeping, not a change to the backup, so the task reports ok when nothing is wrong.
 import { backupsDir, findBackup, latestDamaged, noSuchBackup, scanStore } from '../lib/backup/store.ts'
-import { progressLine } from '../lib/core/report.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
 import { recordVerification, SAMPLE_ARG, SEED_ARG, showVerification, verifyBackup } from '../lib/backup/verify.ts'
+import { progressLine } from '../lib/infra/format.ts'
 
 const task = defineTask({
   name: 'backup-verify',

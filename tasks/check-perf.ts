@@ -6,8 +6,8 @@ import path from 'node:path'
 import { perfHistoryFile } from '../lib/infra/layout.ts'
 import { refusal } from '../lib/core/marks.ts'
 import { perfSize, runPerf, type PerfJob, type PerfResult } from '../lib/health/perf.ts'
-import { bytes, table } from '../lib/core/report.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
+import { bytes, table } from '../lib/infra/format.ts'
 
 const mbs = (n: number) => `${n >= 100 ? Math.round(n) : n.toFixed(1)} MB/s`
 const iops = (n: number) => (n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)}k` : `${Math.round(n)}`)

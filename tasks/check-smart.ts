@@ -3,9 +3,9 @@
 // cannot check at all, such as an unreadable --json-input file.
 import { readFile } from 'node:fs/promises'
 import path from 'node:path'
-import { count, summarize, table } from '../lib/core/report.ts'
 import { classifySmart, readSmart, smartHealth, smartProblems, type SmartReport, type SmartVerdict } from '../lib/health/smart.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
+import { count, summarize, table } from '../lib/infra/format.ts'
 
 /** The saved document's verdict, or the one line that says why the file cannot be read. */
 async function fromFile(file: string): Promise<SmartReport | string> {

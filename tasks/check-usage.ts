@@ -1,10 +1,9 @@
 // Ensures nothing: gives each filesystem under the roots a disk and inode verdict against the monitor
 // thresholds. Crossed thresholds are warnings, not failures; it fails only when it cannot measure at all.
-import { bytes, count, table } from '../lib/core/report.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
 import { filesystemUsage } from '../lib/health/usage.ts'
+import { bytes, count, percent, table } from '../lib/infra/format.ts'
 
-const percent = (ratio: number | null) => (ratio === null ? '-' : `${(ratio * 100).toFixed(1)}%`)
 
 const task = defineTask({
   name: 'check-usage',

@@ -1,8 +1,8 @@
 // Ensures <app root>/models, downloads, staging and model-links/<alias> point where the settings say.
 // Replaces a wrong link atomically; a real file or directory in the way is moved aside only with --force.
 import { fixLinks, planLinks } from '../lib/links/links.ts'
-import { summarize } from '../lib/core/report.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
+import { summarize } from '../lib/infra/format.ts'
 
 const task = defineTask({
   name: 'create-symlinks',

@@ -4,8 +4,8 @@
 // with the verdict for scripts and monitoring systems).
 import { collectHealth, writeHealth } from '../lib/health/health.ts'
 import { healthFile } from '../lib/infra/layout.ts'
-import { count } from '../lib/core/report.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
+import { count } from '../lib/infra/format.ts'
 
 const task = defineTask({
   name: 'health-report',

@@ -3,10 +3,10 @@
 // remote latest points at. Damaged backups and anything not named like a backup are never touched.
 import path from 'node:path'
 import { planRetention } from '../lib/backup/status.ts'
-import { count } from '../lib/core/report.ts'
 import { remoteHost, remoteLabel, removeRemote, removeRemotePartials, scanRemote, withRemote } from '../lib/backup/remote.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
 import backupCleanup from './backup-cleanup.ts'
+import { count } from '../lib/infra/format.ts'
 
 const task = defineTask({
   name: 'remote-backup-cleanup',

@@ -3,10 +3,10 @@
 // complete, and remote latest swapped to the newest. A backup already there is left alone, so a second run
 // changes nothing. `citadel backup create --remote` runs this task.
 import { scanStore, findBackup, noSuchBackup, backupsDir } from '../lib/backup/store.ts'
-import { bytes, count, progressLine } from '../lib/core/report.ts'
 import { pointRemoteLatest, remoteLabel, removeRemotePartials, scanRemote, withRemote } from '../lib/backup/remote.ts'
 import { bytesToSend, sendBackup } from '../lib/backup/remote-build.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
+import { bytes, count, progressLine } from '../lib/infra/format.ts'
 
 const task = defineTask({
   name: 'remote-backup-create',

@@ -2,11 +2,11 @@
 // hash a sample with its own `sha256sum -c`, so citadel need not be installed there. Fails on any problem.
 // The record goes into the remote backup's metadata, as locally: bookkeeping, so the task reports ok.
 import { findBackup, noSuchBackup } from '../lib/backup/store.ts'
-import { progressLine } from '../lib/core/report.ts'
 import { remoteHost, remoteLabel, scanRemote, withRemote } from '../lib/backup/remote.ts'
 import { recordRemoteVerification, verifyRemote } from '../lib/backup/remote-build.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
 import { SAMPLE_ARG, SEED_ARG, showVerification } from '../lib/backup/verify.ts'
+import { progressLine } from '../lib/infra/format.ts'
 
 const task = defineTask({
   name: 'remote-backup-verify',

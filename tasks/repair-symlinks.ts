@@ -5,8 +5,8 @@
 // own, so a failure for the others keeps it.
 import { promises as fs } from 'node:fs'
 import { fixLinks, planLinks } from '../lib/links/links.ts'
-import { summarize } from '../lib/core/report.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
+import { summarize } from '../lib/infra/format.ts'
 
 const task = defineTask({
   name: 'repair-symlinks',

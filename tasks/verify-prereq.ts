@@ -1,10 +1,10 @@
 // Ensures the server can run citadel: tools present, both disks mounted, writable and with free space,
 // the configured owner real. Changes nothing; fails on what blocks setup, warns on what degrades it.
 import { promises as fs, constants } from 'node:fs'
-import { count, table } from '../lib/core/report.ts'
 import { which } from '../lib/infra/fsx.ts'
 import { mountOf, resolveOwner } from '../lib/infra/system.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
+import { count, table } from '../lib/infra/format.ts'
 
 type Verdict = 'ok' | 'warning' | 'failed'
 interface Check { check: string; status: Verdict; detail: string }

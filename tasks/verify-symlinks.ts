@@ -1,8 +1,8 @@
 // Ensures nothing: reports one verdict per expected link (ok, missing, wrong-target, broken, not-a-link)
 // and fails when any is a problem. A model that is not downloaded yet is reported, not failed.
 import { allowPlanned, inspectLinks } from '../lib/links/links.ts'
-import { summarize, table } from '../lib/core/report.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
+import { summarize, table } from '../lib/infra/format.ts'
 
 const task = defineTask({
   name: 'verify-symlinks',

@@ -8,11 +8,11 @@ import { CATALOG, DATA, META, MANIFEST, partialName, removeBackupDir, VERIFY_STA
 import { fsPath, fsyncDir } from '../infra/fsx.ts'
 import { hashFiles, type HashOutcome } from '../infra/hashing.ts'
 import { compareBytewise, manifestBytes, parseManifestBytes, type ManifestEntry } from './manifest.ts'
-import { bytes, count, progressLine, summarize } from '../core/report.ts'
 import { excluded, rsyncCopy } from './rsync.ts'
 import { backupMetaSchema, parseFile } from '../infra/schemas.ts'
 import type { TaskContext } from '../core/task.ts'
 import { parseVerifyState } from './verify.ts'
+import { bytes, count, progressLine, summarize } from '../infra/format.ts'
 
 const BLOCK = 4096
 

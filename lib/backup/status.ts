@@ -6,8 +6,8 @@ import path from 'node:path'
 import type { Settings } from '../infra/config.ts'
 import { backupsDir, byClock, chainOf, DATA, isEmptyBackup, latestDamaged, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './store.ts'
 import type { Problem } from '../core/problems.ts'
-import { bytes, count, table } from '../core/report.ts'
 import type { TaskContext, TaskResult } from '../core/task.ts'
+import { bytes, count, duration, table } from '../infra/format.ts'
 
 export const DAY_MS = 86_400_000
 /** The weekly playbook makes a new backup every 7 days; one day of slack before the newest counts as overdue. */
@@ -43,13 +43,6 @@ export interface BackupStatus {
   partials: string[]
   damaged: { name: string; reason: string }[]
   warnings: string[]
-}
-
-/** 3d 4h, 5h 12m, 7m: how long ago, to the precision an operator reads. */
-export function formatAge(ms: number): string {
-  const minutes = Math.max(0, Math.floor(ms / 60_000))
-  const [days, hours, rest] = [Math.floor(minutes / 1440), Math.floor(minutes / 60) % 24, minutes % 60]
-  return days ? `${days}d ${hours}h` : hours ? `${hours}h ${rest}m` : `${rest}m`
 }
 
 /**
@@ -98,7 +91,7 @@ function overdue(complete: Backup[], now: Date): string | null {
   const newest = dated.at(-1)
   if (!newest) return ahead.length ? `no backup is dated before now${future}` : null
   const age = now.getTime() - newest.created.getTime()
-  return age > OVERDUE_DAYS * DAY_MS ? `the newest backup, ${newest.name}, is ${formatAge(age)} old (more than ${OVERDUE_DAYS} days)${future}` : null
+  return age > OVERDUE_DAYS * DAY_MS ? `the newest backup, ${newest.name}, is ${duration(age)} old (more than ${OVERDUE_DAYS} days)${future}` : null
 }
 
 /**
@@ -120,7 +113,7 @@ const recheck = (b: Backup) => ` (citadel backup verify ${b.name} --sample 1 nam
 export function verificationState(chain: Backup[], now: Date): VerificationState | null {
   const newest = chain.at(-1)
   if (!newest) return null
-  const ago = (ms: number) => `${formatAge(now.getTime() - ms)} ago`
+  const ago = (ms: number) => `${duration(now.getTime() - ms)} ago`
   const state = (text: string, problem: string | null) => ({ backup: newest.name, text, problem })
   const own = newest.meta.verifications.at(-1)
   if (own?.ok) return state(`verified ok ${ago(Date.parse(own.at))}`, null)
@@ -179,7 +172,7 @@ export function summarizeStore(root: string, store: Store, now: Date, disk: Disk
       type: b.type,
       source: b.meta.source,
       created: b.created.toISOString(),
-      age: formatAge(ageMs),
+      age: duration(ageMs),
       age_seconds: Math.floor(ageMs / 1000),
       files: b.meta.files,
       bytes: b.meta.bytes,
@@ -279,7 +272,7 @@ export async function backupHealth(settings: Settings, now = new Date()): Promis
   return {
     store: root,
     complete: store.complete.length,
-    newest: newest ? { name: newest.name, type: newest.type, created: newest.created.toISOString(), age: formatAge(ageMs), age_seconds: Math.floor(ageMs / 1000) } : null,
+    newest: newest ? { name: newest.name, type: newest.type, created: newest.created.toISOString(), age: duration(ageMs), age_seconds: Math.floor(ageMs / 1000) } : null,
     last_verification: last ? { backup: last.backup, at: last.v.at, age_seconds: Math.floor((now.getTime() - Date.parse(last.v.at)) / 1000), ok: last.v.ok, problems: last.v.problems.length } : null,
     latest: store.latest,
     verification,
@@ -289,7 +282,7 @@ export async function backupHealth(settings: Settings, now = new Date()): Promis
 
 function verified(b: BackupSummary, now: Date): string {
   const v = b.last_verification
-  return v ? `${v.ok ? 'ok' : 'FAILED'} ${formatAge(now.getTime() - Date.parse(v.at))} ago` : 'never'
+  return v ? `${v.ok ? 'ok' : 'FAILED'} ${duration(now.getTime() - Date.parse(v.at))} ago` : 'never'
 }
 
 /** The backup-status report of a store, local or remote: the table, totals, warnings and the headline. */
@@ -319,7 +312,7 @@ export interface RetentionPlan {
 /** Cleanup's plan for a store, local or remote, shown as a table under the task. */
 export function planRetention(ctx: TaskContext, complete: Backup[], latest: string | null, days: number, now: Date): RetentionPlan {
   const verdicts = retentionVerdicts(complete, latest, { days, keepMin: ctx.settings.backup.keepMin, now })
-  const ageOf = (b: Backup) => formatAge(now.getTime() - b.created.getTime())
+  const ageOf = (b: Backup) => duration(now.getTime() - b.created.getTime())
   if (verdicts.length) ctx.detail(...table([['BACKUP', 'AGE', 'VERDICT'], ...verdicts.map((v) => [v.backup.name, ageOf(v.backup), v.verdict])]))
   return {
     backups: verdicts.map((v) => ({ name: v.backup.name, age: ageOf(v.backup), verdict: v.verdict })),

@@ -9,9 +9,9 @@ import { CATALOG, DATA, listTree, MANIFEST, readCatalog, statFiles, VERIFY_STATE
 import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull, showName } from '../infra/fsx.ts'
 import { hashFiles } from '../infra/hashing.ts'
 import { compareBytewise, parseManifestBytes } from './manifest.ts'
-import { bytes, count, summarize, table } from '../core/report.ts'
 import { parseFile, verifyStateSchema } from '../infra/schemas.ts'
 import type { ArgSpec, TaskContext, TaskResult } from '../core/task.ts'
+import { bytes, count, percent, summarize, table } from '../infra/format.ts'
 
 export const SAMPLE_ARG: ArgSpec = {
   name: 'sample', type: 'string', value: 'RATE', help: 'share of the bytes and of the files to hash (default: BACKUP_VERIFY_SAMPLE_RATE)',
@@ -215,8 +215,8 @@ export function showVerification(ctx: TaskContext, name: string, outcome: { veri
   if (v.problems.length) ctx.detail(...table([['PATH', 'PROBLEM', 'DETAIL'], ...v.problems.map((p) => [showName(p.path), p.kind, p.detail])]))
   const lists = v.problems.filter((p) => p.kind === 'list')
   if (lists.length) return ctx.fail(`${name} cannot be verified: ${lists.map((p) => p.detail).join('; ')}`, { backup: name, verification: v, sampled })
-  const share = outcome.totalBytes > 0 ? Math.round((v.bytes_hashed / outcome.totalBytes) * 100) : 100
-  const head = `${name}: ${count(v.files_checked, 'file')} checked, ${v.files_hashed} hashed (${bytes(v.bytes_hashed)}, ${share}% of bytes)`
+  const share = percent(outcome.totalBytes > 0 ? v.bytes_hashed / outcome.totalBytes : 1, 0)
+  const head = `${name}: ${count(v.files_checked, 'file')} checked, ${v.files_hashed} hashed (${bytes(v.bytes_hashed)}, ${share} of bytes)`
   const data = { backup: name, verification: v, sampled }
   if (!v.ok) return ctx.fail(`${head}: ${count(v.problems.length, 'problem')}: ${summarize(v.problems.map((p) => `${showName(p.path)}: ${p.kind}`))}`, data)
   return ctx.finish(`${head}: ok`, data)

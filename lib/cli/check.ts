@@ -7,9 +7,9 @@ import os from 'node:os'
 import path from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { projectRoot } from '../infra/fsx.ts'
-import { count } from '../core/report.ts'
 import { makeShell } from '../infra/shell.ts'
 import type { Playbook, Task } from '../core/task.ts'
+import { count } from '../infra/format.ts'
 
 interface Finding { step: 'build' | 'load' | 'types'; line: string }
 

@@ -2,19 +2,18 @@
 // morning glance). Both only look: no lock, nothing written, so they run beside a backup or the monitor.
 import { PLUGIN_EXIT, START_EXIT } from '../core/exit.ts'
 import path from 'node:path'
-import { backupLine, formatAge } from '../backup/status.ts'
+import { backupLine } from '../backup/status.ts'
 import type { Settings } from '../infra/config.ts'
 import { collectHealth, readStoredHealth, type HealthReport, type SmartSnapshot, type StoredHealth } from '../health/health.ts'
 import { healthDir } from '../infra/layout.ts'
 import { liveHolder } from '../core/lock.ts'
 import { MONITOR_LOCK } from '../monitor/monitor.ts'
-import { bytes, count, table } from '../core/report.ts'
 import { makeShell } from '../infra/shell.ts'
 import { MONITOR_UNIT, servicesState, type ServicesState } from '../systemd/units.ts'
+import { bytes, count, duration, percent, table } from '../infra/format.ts'
 
 const quietShell = () => makeShell(() => {})
-const percent = (ratio: number | null) => (ratio === null ? '-' : `${Math.ceil(ratio * 1000) / 10}%`)
-const ago = (iso: string) => `${formatAge(Date.now() - Date.parse(iso))} ago`
+const ago = (iso: string) => `${duration(Date.now() - Date.parse(iso))} ago`
 
 /** First line as monitoring plugins print it, then one line per problem. */
 function pluginText(report: HealthReport): string {
@@ -88,7 +87,7 @@ function servicesLine(sv: ServicesState): string {
   if (sv.systemd === 'not running') return `systemd is not running; units ${sv.missing.length ? `not installed (${install})` : `installed in ${sv.dir}, not enabled`}`
   if (!sv.installed.includes(MONITOR_UNIT)) return `units not installed in ${sv.dir} (${install})`
   if (!sv.monitor) return sv.note ?? 'unknown'
-  const next = (iso: string | null) => (iso ? `next in ${formatAge(Date.parse(iso) - Date.now())} (${iso.slice(0, 16).replace('T', ' ')} UTC)` : 'no next run')
+  const next = (iso: string | null) => (iso ? `next in ${duration(Date.parse(iso) - Date.now())} (${iso.slice(0, 16).replace('T', ' ')} UTC)` : 'no next run')
   const timers = sv.timers.map((t) => `${t.unit.replace(/^citadel-|\.timer$/g, '')} ${t.active_state === 'active' ? next(t.next_elapse) : (t.active_state ?? 'unknown')}`)
   return [`${MONITOR_UNIT} ${sv.monitor.active_state ?? 'unknown'} (${sv.monitor.unit_file_state ?? 'unknown'})`, ...timers, ...(sv.note ? [sv.note] : [])].join('; ')
 }

@@ -1,5 +1,6 @@
 // What a run prints after its tasks: details per task, diffs with --diff, rollback, and the recap line;
 // or, with --json, one document built from the same records.
+import { lineDiff } from '../infra/format.ts'
 import type { RollbackStep } from './journal.ts'
 import type { Change, FailurePolicy, Status, TaskResult } from './task.ts'
 
@@ -49,45 +50,12 @@ export function toReport(playbook: string | null, onFailure: FailurePolicy, chec
   }
 }
 
-/** Lines of `before` missing from `after` as '-', new ones as '+', in order (longest common subsequence). */
-export function lineDiff(before: string, after: string): string[] {
-  const a = before.split('\n')
-  const b = after.split('\n')
-  const lcs: number[][] = Array.from({ length: a.length + 1 }, () => new Array<number>(b.length + 1).fill(0))
-  for (let i = a.length - 1; i >= 0; i--)
-    for (let j = b.length - 1; j >= 0; j--)
-      lcs[i]![j] = a[i] === b[j] ? lcs[i + 1]![j + 1]! + 1 : Math.max(lcs[i + 1]![j]!, lcs[i]![j + 1]!)
-  const out: string[] = []
-  let i = 0
-  let j = 0
-  while (i < a.length || j < b.length) {
-    if (i < a.length && j < b.length && a[i] === b[j]) (i++, j++)
-    else if (j < b.length && (i === a.length || lcs[i]![j + 1]! >= lcs[i + 1]![j]!)) out.push('+ ' + b[j++])
-    else out.push('- ' + a[i++])
-  }
-  return out
-}
-
 export function formatChange(c: Change, withDiff: boolean): string[] {
   const lines = [`    ${c.action} ${JSON.stringify(c.path).slice(1, -1)}`]
   if (!withDiff) return lines
   const multiLine = (c.before ?? '').includes('\n') || (c.after ?? '').includes('\n')
   if (multiLine) return lines.concat(lineDiff(c.before ?? '', c.after ?? '').map((l) => '      ' + l))
   return lines.concat([`      - ${c.before ?? '(absent)'}`, `      + ${c.after ?? '(absent)'}`])
-}
-
-/** The first few items joined by '; ', then how many more: keeps a task's msg to one readable line. */
-export function summarize(items: string[], shown = 3): string {
-  return items.slice(0, shown).join('; ') + (items.length > shown ? `; and ${items.length - shown} more` : '')
-}
-
-/** 1 backup, 2 backups: a count with its noun. */
-export const count = (n: number, noun: string) => `${n} ${noun}${n === 1 ? '' : 's'}`
-
-/** Left-aligned columns, two spaces apart. */
-export function table(rows: string[][]): string[] {
-  const widths = rows[0]?.map((_, col) => Math.max(...rows.map((r) => (r[col] ?? '').length))) ?? []
-  return rows.map((r) => r.map((cell, col) => (col === r.length - 1 ? cell : cell.padEnd(widths[col]!))).join('  '))
 }
 
 export function formatReport(report: RunReport, records: TaskRecord[], withDiff: boolean, elapsedMs: number): string {
@@ -119,20 +87,3 @@ export function formatReport(report: RunReport, records: TaskRecord[], withDiff:
   return out.join('\n') + '\n'
 }
 
-/** 1536 → "1.5 KiB": binary units, as du -h and df -h print them. */
-export function bytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB']
-  let i = 0
-  while (Math.abs(n) >= 1024 && i < units.length - 1) (n /= 1024, i++)
-  return i === 0 ? `${n} B` : `${n.toFixed(n < 10 ? 2 : n < 100 ? 1 : 0)} ${units[i]}`
-}
-
-/** "1.2 GiB of 4.0 GiB (30%), 512 MiB/s, 6s left": a progress line for something measured in bytes. */
-export function progressLine(verb: string, done: number, total: number, startedAt: number): string {
-  const seconds = (Date.now() - startedAt) / 1000
-  const rate = seconds > 0 ? done / seconds : 0
-  // The first second's rate says more about start-up than about the disk.
-  const left = seconds >= 1 && rate > 0 && total > done ? Math.round((total - done) / rate) : null
-  const eta = left === null ? '' : `, ${left >= 60 ? `${Math.floor(left / 60)}m${String(left % 60).padStart(2, '0')}s` : `${left}s`} left`
-  return `${verb} ${bytes(done)} of ${bytes(total)} (${total > 0 ? Math.min(100, Math.floor((done / total) * 100)) : 100}%), ${bytes(Math.round(rate))}/s${eta}`
-}

@@ -10,7 +10,7 @@ import { processGroupGone } from '../infra/system.ts'
 import { z } from 'zod'
 import { readFileOrNull, which } from '../infra/fsx.ts'
 import { checkShape } from '../infra/schemas.ts'
-import { bytes } from '../core/report.ts'
+import { bytes } from '../infra/format.ts'
 
 /** One fio job's figures; MB is 10^6 bytes, as disk vendors count. */
 export interface PerfJob {

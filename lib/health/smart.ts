@@ -5,8 +5,8 @@ import { existsSync } from 'node:fs'
 import type { Shell } from 'zx/core'
 import type { Problem } from '../core/problems.ts'
 import type { Settings } from '../infra/config.ts'
-import { count } from '../core/report.ts'
 import { mountOf } from '../infra/system.ts'
+import { count } from '../infra/format.ts'
 
 export type SmartVerdict = 'healthy' | 'warning' | 'failing' | 'unavailable'
 

@@ -4,7 +4,7 @@
 import fs from 'node:fs/promises'
 import { worse, type Problem, type Severity } from '../core/problems.ts'
 import type { Settings } from '../infra/config.ts'
-import { bytes } from '../core/report.ts'
+import { bytes, percent } from '../infra/format.ts'
 
 /** A usage alert clears only below its threshold minus this. */
 export const CLEAR_MARGIN = 0.05
@@ -81,7 +81,6 @@ function mountOf(mounts: MountEntry[], dev: bigint, realPath: string): MountEntr
   return found
 }
 
-const percent = (ratio: number) => `${(ratio * 100).toFixed(1)}%`
 const points = (ratio: number) => +(ratio * 100).toFixed(1)
 const names = (list: string[]) => (list.length === 1 ? list[0]! : `${list.slice(0, -1).join(', ')} and ${list.at(-1)!}`)
 

@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { parse as parseDotenv } from 'dotenv'
 import { z } from 'zod'
-import { projectRoot } from './fsx.ts'
+import { isInside, projectRoot } from './fsx.ts'
 
 export interface ModelEntry { alias: string; dir: string }
 
@@ -271,10 +271,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
   // The three roots hold different things on different disks; one inside another would, say, back the
   // backups up or link the app into itself. The message names the root that was set, not defaulted.
   const roots = (['CITADEL_APP_ROOT', 'CITADEL_MODELS_ROOT', 'CITADEL_BACKUP_ROOT'] as const).filter((n) => typeof raw[n] === 'string')
-  const inside = (inner: SettingName, outer: SettingName) => {
-    const rel = path.relative(raw[outer] as string, raw[inner] as string)
-    return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel)
-  }
+  const inside = (inner: SettingName, outer: SettingName) => isInside(raw[outer] as string, raw[inner] as string)
   roots.forEach((x, i) =>
     roots.slice(i + 1).forEach((y) => {
       const same = raw[x] === raw[y]

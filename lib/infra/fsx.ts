@@ -164,10 +164,15 @@ export async function entryCount(dir: string): Promise<number> {
   return (await fs.readdir(dir)).length
 }
 
-/** Throws unless `p` lies strictly inside `root` once both are resolved lexically. */
-export function assertInside(root: string, p: string): void {
+/** Whether `p` lies strictly inside `root` (not `root` itself), both resolved lexically. */
+export function isInside(root: string, p: string): boolean {
   const rel = path.relative(path.resolve(root), path.resolve(p))
-  if (rel === '' || rel.startsWith('..') || path.isAbsolute(rel)) throw new Error(`refusing ${p}: it is not inside ${root}`)
+  return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel)
+}
+
+/** Throws unless `p` lies strictly inside `root`. */
+export function assertInside(root: string, p: string): void {
+  if (!isInside(root, p)) throw new Error(`refusing ${p}: it is not inside ${root}`)
 }
 
 export function describeEntry(st: Stats | null): string {

@@ -5,7 +5,7 @@ import { lstatSync, realpathSync } from 'node:fs'
 import path from 'node:path'
 import type { Shell } from 'zx/core'
 import type { Settings } from '../infra/config.ts'
-import { projectRoot } from '../infra/fsx.ts'
+import { isInside, projectRoot } from '../infra/fsx.ts'
 
 export const MONITOR_UNIT = 'citadel-monitor.service'
 export const TIMER_UNITS = ['citadel-daily.timer', 'citadel-weekly.timer'] as const
@@ -99,10 +99,7 @@ export function carriedEnvironment(s: Settings, env: NodeJS.ProcessEnv): [string
   return carried
 }
 
-const inside = (dir: string, p: string) => {
-  const rel = path.relative(dir, p)
-  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel))
-}
+const inside = (dir: string, p: string) => path.resolve(dir) === path.resolve(p) || isInside(dir, p)
 
 /** The directories the monitor writes: the three roots, and the active models and metrics when they lie outside them. */
 export function writablePaths(s: Settings): string[] {
