@@ -1,18 +1,17 @@
 // The health report: every check in one document, the problems they found and the overall verdict.
 // health-check prints it, the health-report task and the monitor write it to <app root>/state/health.json.
-import { promises as fs, readFileSync } from 'node:fs'
+import { promises as fs } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import type { Shell } from 'zx/core'
 import { backupHealth, type BackupHealth } from '../backup/status.ts'
 import { z } from 'zod'
-import { CHECKS, overall, type Condition, type Problem, type Severity } from '../core/problems.ts'
+import { overall, type Problem, type Severity } from '../core/problems.ts'
 import type { Settings } from '../infra/config.ts'
 import { atomicWriteFile } from '../infra/fsx.ts'
 import { healthFile, perfHistoryFile } from '../infra/layout.ts'
 import { inspectLinks, linkHealth, type LinkHealth } from '../links/links.ts'
 import { inspectRoots, type RootRole, type RootVerdict } from '../core/marks.ts'
-import { parseFile } from '../infra/schemas.ts'
 import { lastPerfResults, type PerfResult } from './perf.ts'
 import { smartHealth, smartProblems, type SmartReport } from './smart.ts'
 import { filesystemUsage, type FilesystemUsage } from './usage.ts'
@@ -118,37 +117,13 @@ export async function publish(file: string, content: string): Promise<void> {
   await atomicWriteFile(file, content)
 }
 
-const severity = z.enum(['ok', 'warning', 'critical'])
 const nullableNumber = z.number().nullable()
-const smartReport = z.object({
+/** A disk's SMART verdict as citadel stores it (the monitor keeps its last reading). */
+export const smartReportSchema = z.object({
   device: z.string(), verdict: z.enum(['healthy', 'warning', 'failing', 'unavailable']), reasons: z.array(z.string()),
   model: z.string().nullable(), serial: z.string().nullable(), protocol: z.string().nullable(),
   temperature_celsius: nullableNumber, power_on_hours: nullableNumber, nvme_percentage_used: nullableNumber,
   counts: z.record(z.string(), z.number()), exit_status: nullableNumber, roots: z.array(z.string()),
 })
-const condition = z.object({ check: z.enum(CHECKS), severity, since: z.string(), message: z.string() }) satisfies z.ZodType<Condition>
-/** The parts of health.json that are read back: status reuses the monitor's SMART reading, a monitor its conditions. */
-const storedHealth = z.looseObject({
-  generated_at: z.string().optional(),
-  smart: z.array(smartReport).optional(),
-  smart_read_at: z.string().optional(),
-  notes: z.array(z.string()).optional(),
-  monitor: z.looseObject({ pid: z.number(), conditions: z.record(z.string(), condition).optional() }).optional(),
-})
-/** health.json as its last writer left it; a monitor adds its own section. */
-export type StoredHealth = z.infer<typeof storedHealth>
-
-/** The stored report, or null when there is none; throws one line naming the file when it is not one. */
-export function readStoredHealth(settings: Settings): StoredHealth | null {
-  const file = healthFile(settings)
-  let text: string
-  try {
-    text = readFileSync(file, 'utf8')
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
-    throw new Error(`cannot read ${file}: ${(err as Error).message}`)
-  }
-  return parseFile(storedHealth, file, text, 'a health report citadel wrote')
-}
-
-export const writeHealth = (settings: Settings, report: object) => publish(healthFile(settings), JSON.stringify(report, null, 2) + '\n')
+/** The one writer of health.json: the health-report task and the monitor both publish through it, the same report. */
+export const writeHealth = (settings: Settings, report: HealthReport) => publish(healthFile(settings), JSON.stringify(report, null, 2) + '\n')
