@@ -6,7 +6,9 @@
 import path from 'node:path'
 import { bytesHeldOnlyBy, planRetention, sharing } from '../lib/backup/status.ts'
 import { removeBackupDir, removePartials, scanStore, storeMissing, withStoreLock } from '../lib/backup/store.ts'
+import { z } from 'zod'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
+import { SETTINGS } from '../lib/infra/config.ts'
 import { bytes, count } from '../lib/infra/format.ts'
 
 const task = defineTask({
@@ -14,16 +16,15 @@ const task = defineTask({
   description: 'Remove backups older than DAYS, always keeping of each source the newest BACKUP_KEEP_MIN and the newest verified one, and latest',
   tags: ['backup', 'cleanup'],
   roots: ['backup'],
-  args: [
-    { name: 'days', positional: true, type: 'string', value: 'DAYS', help: 'remove backups older than this many days (default: BACKUP_RETENTION_DAYS)',
-      check: (v) => (/^\d+$/.test(v) ? null : 'expected a whole number of days, e.g. 30') },
-  ],
+  args: z.object({
+    days: SETTINGS.BACKUP_RETENTION_DAYS.schema.optional().meta({ positional: true, value: 'DAYS', description: 'remove backups older than this many days (default: BACKUP_RETENTION_DAYS)' }),
+  }),
   async run(ctx) {
     const { settings } = ctx
     const missing = await storeMissing(settings)
     if (missing) return ctx.fail(missing)
     return withStoreLock(ctx, async () => {
-      const days = typeof ctx.args.days === 'string' ? Number(ctx.args.days) : settings.backup.retentionDays
+      const days = ctx.args.days ?? settings.backup.retentionDays
       const now = new Date()
       const verb = ctx.check ? 'would remove' : 'removed'
       const store = await scanStore(settings)

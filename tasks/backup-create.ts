@@ -10,6 +10,8 @@ import { buildBackup, planCopy, spaceShortfall, type BuildOutcome } from '../lib
 import { backupName, backupsDir, chainOf, pointLatest, removePartials, scanStore, storeMissing, withStoreLock, type Backup, type BackupType, type TreeFile } from '../lib/backup/store.ts'
 import { lstatOrNull } from '../lib/infra/fsx.ts'
 import { RSYNC_VANISHED } from '../lib/backup/rsync.ts'
+import { z } from 'zod'
+import { localPath } from '../lib/core/args.ts'
 import { defineTask, runWhenMain, type TaskContext, type TaskResult } from '../lib/core/task.ts'
 import { bytes, count } from '../lib/infra/format.ts'
 
@@ -28,7 +30,7 @@ function shrinkage(src: string, files: TreeFile[], previous: Backup | null, maxS
   return `${src} holds ${count(files.length, 'file')}, ${bytes(size)}; its previous backup ${previous.name} holds ${count(was.files, 'file')}, ${bytes(was.bytes)}: a fall of ${Math.round(worst * 100)}%, more than BACKUP_MAX_SHRINK=${maxShrink} allows`
 }
 
-async function make(ctx: TaskContext, src: string): Promise<TaskResult> {
+async function make(ctx: TaskContext, src: string, wantedType: BackupType | undefined): Promise<TaskResult> {
   const { settings } = ctx
   const root = backupsDir(settings)
   const store = await scanStore(settings)
@@ -37,7 +39,7 @@ async function make(ctx: TaskContext, src: string): Promise<TaskResult> {
   // of the active models moves `latest`, which vLLM's restores and the daily incremental go by.
   const previous = chainOf(store, src).at(-1) ?? null
   const movesLatest = src === settings.modelsActive
-  let type = (ctx.args.type as BackupType | undefined) ?? (previous ? 'incremental' : 'full')
+  let type = wantedType ?? (previous ? 'incremental' : 'full')
   if (type === 'incremental' && !previous) {
     ctx.warn(`no complete backup of ${src} to base an incremental on: making a full one`)
     type = 'full'
@@ -79,13 +81,14 @@ const task = defineTask({
   tags: ['backup'],
   roots: ['models', 'backup'],
   idempotent: false,
-  args: [
-    { name: 'src', positional: true, type: 'string', value: 'SRC', help: 'directory to back up (default: the active models directory)' },
-    { name: 'type', type: 'string', value: 'full|incremental', help: 'default: incremental when a complete backup exists, else full', check: (v) => (v === 'full' || v === 'incremental' ? null : 'expected full or incremental') },
-  ],
+  args: z.object({
+    src: localPath.optional().meta({ positional: true, value: 'SRC', description: 'directory to back up (default: the active models directory)' }),
+    type: z.enum(['full', 'incremental'], { error: 'expected full or incremental' }).optional()
+      .meta({ value: 'full|incremental', description: 'default: incremental when a complete backup exists, else full' }),
+  }),
   async run(ctx) {
     const { settings } = ctx
-    const src = path.resolve(typeof ctx.args.src === 'string' ? ctx.args.src : settings.modelsActive)
+    const src = ctx.args.src ?? settings.modelsActive
     const root = backupsDir(settings)
     if (!(await fs.stat(src).catch(() => null))?.isDirectory()) return ctx.fail(`source ${src} is not a directory`)
     const rel = path.relative(src, root)
@@ -93,7 +96,7 @@ const task = defineTask({
     const missing = await storeMissing(settings)
     if (missing) return ctx.fail(missing)
 
-    return withStoreLock(ctx, () => make(ctx, src))
+    return withStoreLock(ctx, () => make(ctx, src, ctx.args.type))
   },
 })
 

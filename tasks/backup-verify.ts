@@ -2,8 +2,9 @@
 // its manifest, and fails on any problem. The record of the run goes into the backup's metadata, failed or
 // not: that is bookkeeping, not a change to the backup, so the task reports ok when nothing is wrong.
 import { backupsDir, findBackup, latestDamaged, noSuchBackup, scanStore } from '../lib/backup/store.ts'
+import { z } from 'zod'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
-import { recordVerification, SAMPLE_ARG, SEED_ARG, showVerification, verifyBackup } from '../lib/backup/verify.ts'
+import { recordVerification, sampleArg, seedArg, showVerification, verifyBackup } from '../lib/backup/verify.ts'
 import { progressLine } from '../lib/infra/format.ts'
 
 const task = defineTask({
@@ -11,13 +12,13 @@ const task = defineTask({
   description: 'Check a backup against its catalog (sizes, links, strays) and hash a sample against its manifest, files verified longest ago first',
   tags: ['backup', 'verify'],
   roots: ['backup'],
-  args: [
-    { name: 'backup', positional: true, type: 'string', value: 'BACKUP', help: 'a backup name, or latest (the default)' },
-    SAMPLE_ARG,
-    SEED_ARG,
-  ],
+  args: z.object({
+    backup: z.string().optional().meta({ positional: true, value: 'BACKUP', description: 'a backup name, or latest (the default)' }),
+    sample: sampleArg,
+    seed: seedArg,
+  }),
   async run(ctx) {
-    const wanted = typeof ctx.args.backup === 'string' ? ctx.args.backup : undefined
+    const wanted = ctx.args.backup
     const store = await scanStore(ctx.settings)
     // Verifying the newest good backup instead would pass while the one `latest` names is unreadable.
     const broken = wanted === undefined || wanted === 'latest' ? latestDamaged(store) : null
@@ -25,11 +26,11 @@ const task = defineTask({
     const backup = findBackup(store, wanted, ctx.settings.modelsActive)
     if (!backup) return ctx.fail(noSuchBackup(store, wanted, backupsDir(ctx.settings)))
 
-    const rate = typeof ctx.args.sample === 'string' ? Number(ctx.args.sample) : ctx.settings.backup.verifySampleRate
+    const rate = ctx.args.sample ?? ctx.settings.backup.verifySampleRate
     const started = Date.now()
     const outcome = await verifyBackup(backup, {
       rate,
-      seed: typeof ctx.args.seed === 'string' ? Number(ctx.args.seed) : null,
+      seed: ctx.args.seed ?? null,
       signal: ctx.signal,
       onProgress: (done, total) => ctx.progress(progressLine('hashing', done, total, started)),
       warn: (message) => ctx.warn(message),

@@ -7,16 +7,19 @@ import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { atomicWriteFile, readFileOrNull } from '../lib/infra/fsx.ts'
 import { appLaidOut, inspectRoots, markFile, newMark, NEW_DISK_FLAG, readRemembered, rememberedFile, type Mark, type RootState } from '../lib/core/marks.ts'
+import { z } from 'zod'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
 const task = defineTask({
   name: 'mark-roots',
   description: 'Mark the models and backup roots as citadel\'s, and refuse a root whose disk is not mounted or was swapped',
   tags: ['setup', 'dirs'],
-  args: [{ name: 'new-disk', type: 'boolean', help: 'Mark a replaced disk afresh: a root without its remembered mark, or with another filesystem\'s, gets a new mark' }],
+  args: z.object({
+    'new-disk': z.boolean().default(false).meta({ description: 'Mark a replaced disk afresh: a root without its remembered mark, or with another filesystem\'s, gets a new mark' }),
+  }),
   async run(ctx) {
     const { settings } = ctx
-    const newDisk = ctx.args['new-disk'] === true
+    const newDisk = ctx.args['new-disk']
     const states = await inspectRoots(ctx.$, settings)
     const remembered = await readRemembered(settings)
     const wasSetUp = await appLaidOut(settings)

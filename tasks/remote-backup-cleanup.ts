@@ -15,7 +15,7 @@ const task = defineTask({
   args: backupCleanup.args,
   async run(ctx) {
     return withRemote(ctx, async (r) => {
-      const days = typeof ctx.args.days === 'string' ? Number(ctx.args.days) : ctx.settings.backup.retentionDays
+      const days = ctx.args.days ?? ctx.settings.backup.retentionDays
       const now = new Date()
       const store = await scanRemote(ctx.$, r)
       for (const d of store.damaged) ctx.warn(`${d.name} on ${remoteHost(r)} is damaged (${d.reason}): left alone`)

@@ -5,6 +5,7 @@
 import { scanStore, findBackup, noSuchBackup, backupsDir } from '../lib/backup/store.ts'
 import { pointRemoteLatest, remoteLabel, removeRemotePartials, scanRemote, withRemote } from '../lib/backup/remote.ts'
 import { bytesToSend, sendBackup } from '../lib/backup/remote-build.ts'
+import { z } from 'zod'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
 import { bytes, count, progressLine } from '../lib/infra/format.ts'
 
@@ -13,10 +14,12 @@ const task = defineTask({
   description: 'Send a local backup (latest, or BACKUP) to BACKUP_REMOTE over ssh, hard-linked to the newest remote backup',
   tags: ['backup', 'remote'],
   roots: ['backup'],
-  args: [{ name: 'backup', positional: true, type: 'string', value: 'BACKUP', help: 'the local backup to send, or latest (the default)' }],
+  args: z.object({
+    backup: z.string().optional().meta({ positional: true, value: 'BACKUP', description: 'the local backup to send, or latest (the default)' }),
+  }),
   async run(ctx) {
     return withRemote(ctx, async (r) => {
-      const wanted = typeof ctx.args.backup === 'string' ? ctx.args.backup : undefined
+      const wanted = ctx.args.backup
       const local = await scanStore(ctx.settings)
       const backup = findBackup(local, wanted, ctx.settings.modelsActive)
       if (!backup) return ctx.fail(noSuchBackup(local, wanted, backupsDir(ctx.settings)))

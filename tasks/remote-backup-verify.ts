@@ -4,23 +4,28 @@
 import { findBackup, noSuchBackup } from '../lib/backup/store.ts'
 import { remoteHost, remoteLabel, scanRemote, withRemote } from '../lib/backup/remote.ts'
 import { recordRemoteVerification, verifyRemote } from '../lib/backup/remote-build.ts'
+import { z } from 'zod'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
-import { SAMPLE_ARG, SEED_ARG, showVerification } from '../lib/backup/verify.ts'
+import { sampleArg, seedArg, showVerification } from '../lib/backup/verify.ts'
 import { progressLine } from '../lib/infra/format.ts'
 
 const task = defineTask({
   name: 'remote-backup-verify',
   description: 'Check a remote backup against its catalog and hash a sample with sha256sum -c on the remote host',
   tags: ['backup', 'verify', 'remote'],
-  args: [{ name: 'backup', positional: true, type: 'string', value: 'BACKUP', help: 'a remote backup name, or latest (the default)' }, SAMPLE_ARG, SEED_ARG],
+  args: z.object({
+    backup: z.string().optional().meta({ positional: true, value: 'BACKUP', description: 'a remote backup name, or latest (the default)' }),
+    sample: sampleArg,
+    seed: seedArg,
+  }),
   async run(ctx) {
     return withRemote(ctx, async (r) => {
-      const wanted = typeof ctx.args.backup === 'string' ? ctx.args.backup : undefined
+      const wanted = ctx.args.backup
       const store = await scanRemote(ctx.$, r)
       const backup = findBackup(store, wanted, ctx.settings.modelsActive)
       if (!backup) return ctx.fail(noSuchBackup(store, wanted, remoteLabel(r)))
-      const rate = typeof ctx.args.sample === 'string' ? Number(ctx.args.sample) : ctx.settings.backup.verifySampleRate
-      const seed = typeof ctx.args.seed === 'string' ? Number(ctx.args.seed) : null
+      const rate = ctx.args.sample ?? ctx.settings.backup.verifySampleRate
+      const seed = ctx.args.seed ?? null
       const started = Date.now()
       const outcome = await verifyRemote(ctx, r, backup, rate, seed, (done, total) => ctx.progress(progressLine(`hashing on ${remoteHost(r)}`, done, total, started)))
       if (!ctx.check) await recordRemoteVerification(ctx, r, backup, outcome)

@@ -10,17 +10,15 @@ import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull, showName }
 import { hashFiles } from '../infra/hashing.ts'
 import { compareBytewise, parseManifestBytes } from './manifest.ts'
 import { parseFile, verifyStateSchema } from '../infra/schemas.ts'
-import type { ArgSpec, TaskContext, TaskResult } from '../core/task.ts'
+import type { TaskContext, TaskResult } from '../core/task.ts'
+import { SETTINGS, wholeNumber } from '../infra/config.ts'
 import { bytes, count, percent, summarize, table } from '../infra/format.ts'
 
-export const SAMPLE_ARG: ArgSpec = {
-  name: 'sample', type: 'string', value: 'RATE', help: 'share of the bytes and of the files to hash (default: BACKUP_VERIFY_SAMPLE_RATE)',
-  check: (v) => (/^(\d+\.?\d*|\.\d+)$/.test(v) && Number(v) > 0 && Number(v) <= 1 ? null : 'expected a ratio greater than 0 and at most 1, e.g. 0.1'),
-}
-export const SEED_ARG: ArgSpec = {
-  name: 'seed', type: 'string', value: 'N', help: 'the same N hashes the same sample, whichever files were verified recently',
-  check: (v) => (/^\d+$/.test(v) && Number.isSafeInteger(Number(v)) ? null : 'expected a whole number, e.g. 7'),
-}
+/** The --sample and --seed arguments of the local and the remote verify. */
+export const sampleArg = SETTINGS.BACKUP_VERIFY_SAMPLE_RATE.schema.optional()
+  .meta({ value: 'RATE', description: 'share of the bytes and of the files to hash (default: BACKUP_VERIFY_SAMPLE_RATE)' })
+export const seedArg = wholeNumber(0, '7').optional()
+  .meta({ value: 'N', description: 'the same N hashes the same sample, whichever files were verified recently' })
 
 /** When each file of a backup last hashed as the manifest says: path → ISO time. */
 export type VerifyState = Record<string, string>

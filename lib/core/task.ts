@@ -8,7 +8,9 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Shell } from 'zx/core'
 import type { Settings } from '../infra/config.ts'
+import type { z } from 'zod'
 import type { Undo } from './journal.ts'
+import { NO_ARGS, type ArgsSchema, type RawArgs } from './args.ts'
 import { projectRoot } from '../infra/fsx.ts'
 
 export type Status = 'ok' | 'changed' | 'skipped' | 'failed'
@@ -36,29 +38,14 @@ export interface TaskResult {
   keepChanges?: true
 }
 
-/**
- * What a task takes on its command line: positionals in order, then --options. `check` validates a value
- * before anything runs and returns what is expected, or null when the value is fine.
- */
-export interface ArgSpec {
-  name: string
-  positional?: true
-  /** The last positional may take any number of values (citadel smart /dev/sda /dev/sdb). */
-  variadic?: true
-  type: 'string' | 'boolean'
-  help: string
-  /** Shown in usage for a string value, e.g. RATE. */
-  value?: string
-  check?: (value: string) => string | null
-}
+/** A task's arguments after its schema converted and defaulted them: what the runner hands the task. */
+export type TaskArgs = Readonly<Record<string, unknown>>
 
-export type TaskArgs = Readonly<Record<string, string | boolean | readonly string[] | undefined>>
-
-export interface TaskContext {
+export interface TaskContext<A = TaskArgs> {
   readonly task: string
   readonly settings: Settings
-  /** The task's own arguments: from its command line, or from the playbook entry. */
-  readonly args: TaskArgs
+  /** The task's own arguments, converted and defaulted by its schema: from its command line, or from the playbook step. */
+  readonly args: A
   /** Aborted when the run is interrupted (SIGINT, SIGTERM): long steps stop and clean up. */
   readonly signal: AbortSignal
   readonly check: boolean
@@ -84,11 +71,15 @@ export interface TaskContext {
   skip(msg: string, data?: Record<string, unknown>): TaskResult
 }
 
-export interface Task {
+export interface Task<S extends ArgsSchema = ArgsSchema> {
   name: string
   description: string
   tags: string[]
-  args?: ArgSpec[]
+  /**
+   * What the task takes, as a zod object: each field converts and checks one value and carries, in
+   * .meta(), its help (description), whether it is positional and the name of its value (see args.ts).
+   */
+  args: S
   /**
    * false for an action that makes something new each time it runs (a backup is a new point in time),
    * so a second run changes again; every other task reports no change the second time.
@@ -101,10 +92,13 @@ export interface Task {
   readOnly?: true
   /** The disk roots the task writes to or reads: the runner refuses it before it runs unless their marks hold. */
   roots?: ('models' | 'backup')[]
-  run(ctx: TaskContext): Promise<TaskResult>
+  run(ctx: TaskContext<z.output<S>>): Promise<TaskResult>
 }
 
-export const defineTask = (task: Task): Task => task
+/** A task as its file writes it: without args it takes none. */
+export type TaskSpec<S extends ArgsSchema> = Omit<Task<S>, 'args'> & { args?: S }
+
+export const defineTask = <S extends ArgsSchema = typeof NO_ARGS>(task: TaskSpec<S>): Task<S> => ({ ...task, args: task.args ?? (NO_ARGS as unknown as S) })
 
 /**
  * A bug in citadel rather than a failure of the world. The world's failures reach a task as a system error
@@ -150,11 +144,11 @@ export function runWhenMain(meta: ImportMeta): void {
 export interface When { test: (settings: Settings) => boolean; otherwise: string }
 
 /**
- * One step of a playbook: a task, with arguments (as on its command line), a condition, extra tags, and the
- * earlier steps it needs: when one of those failed (or did not run because of a failure), this one does not
- * run either and says why.
+ * One step of a playbook: a task, with arguments (as on its command line, checked by the task's schema
+ * before anything runs), a condition, extra tags, and the earlier steps it needs: when one of those failed
+ * (or did not run because of a failure), this one does not run either and says why.
  */
-export interface PlaybookStep { task: Task; args?: TaskArgs; when?: When; tags?: string[]; needs?: Task[] }
+export interface PlaybookStep { task: Task; args?: RawArgs; when?: When; tags?: string[]; needs?: Task[] }
 
 /**
  * How a run fails. 'rollback': all or nothing, the first failed step stops the run and every change of the
@@ -174,8 +168,8 @@ export interface Playbook {
 
 export const definePlaybook = (playbook: Playbook): Playbook => playbook
 
-/** A step as the runner takes it; `needs` are task names. */
-export interface Step { task: Task; args: TaskArgs; when?: When; tags: string[]; needs: string[] }
+/** A step as the command line takes it: `args` as given, not yet parsed; `needs` are task names. */
+export interface Step { task: Task; args: RawArgs; when?: When; tags: string[]; needs: string[] }
 
 export function playbookEntries(p: Playbook): Step[] {
   return p.tasks.map((e) => ('task' in e

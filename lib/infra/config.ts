@@ -28,12 +28,13 @@ const boolean = text('expected true/false, 1/0 or yes/no')
   .refine((v) => v.toLowerCase() in BOOLEAN_WORDS, 'expected true/false, 1/0 or yes/no')
   .transform((v) => BOOLEAN_WORDS[v.toLowerCase()] as boolean)
 
-const wholeNumber = (min: number, example: string) => {
-  const expected = `expected a whole number of at least ${min}, e.g. ${example}`
-  return text(expected).refine((v) => /^\d+$/.test(v) && Number(v) >= min, expected).transform(Number)
+/** A whole number written in decimal digits; the unit, when given, is said in the message (of days). Settings and task arguments share it. */
+export const wholeNumber = (min: number, example: string, unit?: string) => {
+  const expected = `expected a whole number${unit ? ` of ${unit}` : ''}${min > 0 ? ` of at least ${min}` : ''}, e.g. ${example}`
+  return text(expected).refine((v) => /^\d+$/.test(v) && Number.isSafeInteger(Number(v)) && Number(v) >= min, expected).transform(Number)
 }
 
-const ratio = (example: string) => {
+export const ratio = (example: string) => {
   const expected = `expected a ratio greater than 0 and at most 1, e.g. ${example}`
   return text(expected)
     .refine((v) => /^(0?\.\d+|[01](\.\d*)?)$/.test(v) && Number(v) > 0 && Number(v) <= 1, expected)
@@ -119,7 +120,7 @@ export const SETTINGS = {
   STORAGE_MONITOR_SMART_INTERVAL: setting('1800', 'Seconds between two SMART reads in the monitor (smartctl never wakes a sleeping disk)', wholeNumber(1, '1800')),
   STORAGE_MONITOR_ALERT_COMMAND: setting(undefined, 'Shell command run for each alert, with the alert as JSON on its stdin; empty = log and stderr only', text('expected a shell command').refine((v) => !v.includes('\0'), 'expected a shell command without NUL bytes')),
   STORAGE_MONITOR_PROMETHEUS_FILE: setting(undefined, 'Prometheus textfile the monitor rewrites every cycle; default <app root>/metrics/citadel.prom', absolutePath),
-  BACKUP_RETENTION_DAYS: setting('30', 'Backups older than this many days may be removed by cleanup', wholeNumber(0, '30')),
+  BACKUP_RETENTION_DAYS: setting('30', 'Backups older than this many days may be removed by cleanup', wholeNumber(0, '30', 'days')),
   BACKUP_VERIFY_SAMPLE_RATE: setting('0.1', 'Share of backup bytes whose hashes each verify run checks', ratio('0.1')),
   BACKUP_KEEP_MIN: setting('3', 'Complete backups of each source cleanup always keeps, whatever their age', wholeNumber(1, '3')),
   BACKUP_MAX_SHRINK: setting('0.5', 'Share by which the file count or bytes of a source may fall since its previous backup before backup create refuses (an unmounted disk looks like an emptied one); --force makes it anyway', ratio('0.5')),
