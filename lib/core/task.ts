@@ -8,6 +8,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Shell } from 'zx/core'
 import type { Settings } from '../infra/config.ts'
+import type { ChangeAction } from './actions.ts'
 import type { Undo } from './journal.ts'
 import { projectRoot } from '../infra/fsx.ts'
 
@@ -16,7 +17,7 @@ export type Status = 'ok' | 'changed' | 'skipped' | 'failed'
 /** One difference a task made (or, in check mode, would make). */
 export interface Change {
   path: string
-  action: string
+  action: ChangeAction
   before: string | null
   after: string | null
 }
