@@ -24,12 +24,12 @@ const count = z.number().int().nonnegative()
 
 export const changeSchema = z.strictObject({
   path: z.string(),
-  action: z.enum(Object.keys(CHANGE_ACTIONS) as [ChangeAction, ...ChangeAction[]]).describe('what kind of change; docs/json.md lists each'),
+  action: z.enum(Object.keys(CHANGE_ACTIONS) as [ChangeAction, ...ChangeAction[]]).describe('what kind of change: see Change actions in docs/json.md'),
   before: z.string().nullable().describe('null when absent; a whole file content for files'),
   after: z.string().nullable(),
 }) satisfies z.ZodType<Change>
 
-const jsonTask = z.strictObject({
+export const jsonTaskSchema = z.strictObject({
   name: z.string(),
   status,
   msg: z.string().describe('one line'),
@@ -48,7 +48,7 @@ export const runReportSchema = z.strictObject({
   playbook: z.string().nullable().describe('null for citadel task'),
   on_failure: z.enum(['rollback', 'continue']).describe("the playbook's policy; continue for citadel task") satisfies z.ZodType<FailurePolicy>,
   check: z.boolean().describe('true under --check, where changes are what would change'),
-  tasks: z.array(jsonTask),
+  tasks: z.array(jsonTaskSchema),
   stats: z.strictObject({ ok: count, changed: count, failed: count, skipped: count }),
   failed: z.array(z.string()).describe('every failed step, in order'),
   rolled_back: z.array(z.strictObject({ task: z.string(), done: z.boolean(), msg: z.string() }))
