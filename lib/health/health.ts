@@ -62,16 +62,18 @@ const linkSchema = z.strictObject({
   target_kind: z.enum(['directory', 'file', 'missing', 'other']),
 }) satisfies z.ZodType<LinkHealth>
 
-const smartReportSchema = z.strictObject({
+const smartReportShape = {
   device: z.string(), verdict: z.enum(['healthy', 'warning', 'failing', 'unavailable']), reasons: z.array(z.string()),
   model: z.string().nullable(), serial: z.string().nullable(), protocol: z.string().nullable(),
   temperature_celsius: nullableNumber, power_on_hours: nullableNumber, nvme_percentage_used: nullableNumber,
   counts: z.record(z.string(), z.number()).describe('the raw counts the verdict used, e.g. reallocated_sectors'),
   exit_status: nullableNumber.describe("smartctl's exit status"),
   roots: z.array(z.string()).describe('the citadel roots on this disk'),
-}) satisfies z.ZodType<SmartReport>
+}
+const smartReportSchema = z.strictObject(smartReportShape) satisfies z.ZodType<SmartReport>
 
-const conditionSchema = z.strictObject({ check: z.enum(CHECKS), severity: severitySchema, since: z.string(), message: z.string() }) satisfies z.ZodType<Condition>
+const conditionShape = { check: z.enum(CHECKS), severity: severitySchema, since: z.string(), message: z.string() }
+const conditionSchema = z.strictObject(conditionShape) satisfies z.ZodType<Condition>
 
 /** What health-check --json prints and the health-report task writes to <app root>/state/health.json. */
 export const healthReportSchema = z.strictObject({
@@ -179,10 +181,10 @@ export async function publish(file: string, content: string): Promise<void> {
 /** The parts of health.json that are read back: status reuses the monitor's SMART reading, a monitor its conditions. */
 const storedHealth = z.looseObject({
   generated_at: z.string().optional(),
-  smart: z.array(smartReportSchema).optional(),
+  smart: z.array(z.object(smartReportShape)).optional(),
   smart_read_at: z.string().optional(),
   notes: z.array(z.string()).optional(),
-  monitor: z.looseObject({ pid: z.number(), conditions: z.record(z.string(), conditionSchema).optional() }).optional(),
+  monitor: z.looseObject({ pid: z.number(), conditions: z.record(z.string(), z.object(conditionShape)).optional() }).optional(),
 })
 /** health.json as its last writer left it; a monitor adds its own section. */
 export type StoredHealth = z.infer<typeof storedHealth>
