@@ -3,9 +3,10 @@
 // `backup status` prints it; monitoring reads the same object.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
+import { z } from 'zod'
 import type { Settings } from '../infra/config.ts'
 import { backupsDir, byClock, chainOf, DATA, isEmptyBackup, latestDamaged, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './store.ts'
-import type { Problem } from '../core/problems.ts'
+import { problemSchema, type Problem } from '../core/problems.ts'
 import type { TaskContext, TaskResult } from '../core/task.ts'
 import { bytes, count, duration, table } from '../infra/format.ts'
 
@@ -44,6 +45,35 @@ export interface BackupStatus {
   damaged: { name: string; reason: string }[]
   warnings: string[]
 }
+
+const nonNegative = z.number().int().nonnegative()
+const backupType = z.enum(['full', 'incremental']) satisfies z.ZodType<BackupType>
+
+const backupSummarySchema = z.strictObject({
+  name: z.string(),
+  type: backupType,
+  source: z.string().describe('the directory backed up: each source is its own chain'),
+  created: z.iso.datetime(),
+  age: z.string().describe('for people: "4h 12m"'),
+  age_seconds: z.number().int(),
+  files: nonNegative,
+  bytes: nonNegative,
+  unique_bytes: nonNegative.nullable().describe('bytes no other backup shares through a hard link: what removing this backup alone frees; null for the remote store'),
+  last_verification: z.strictObject({ at: z.iso.datetime(), rate: z.number(), ok: z.boolean(), problems: nonNegative }).nullable(),
+  latest: z.boolean(),
+}) satisfies z.ZodType<BackupSummary>
+
+/** What backup status (local or --remote) reports as its task's data. */
+export const backupStatusSchema = z.strictObject({
+  store: z.string(),
+  backups: z.array(backupSummarySchema).describe('complete backups, oldest first'),
+  totals: z.strictObject({ backups: nonNegative, bytes: nonNegative, bytes_on_disk: nonNegative.describe('each file shared through hard links counted once') }),
+  disk: z.strictObject({ free_bytes: nonNegative, total_bytes: nonNegative }),
+  latest: z.string().nullable().describe('the backup the latest link points at'),
+  partials: z.array(z.string()).describe('partial copies interrupted creates left; cleanup removes them'),
+  damaged: z.array(z.strictObject({ name: z.string(), reason: z.string() })).describe('backups whose backup.json cannot be read: never counted, never removed'),
+  warnings: z.array(z.string()),
+}) satisfies z.ZodType<BackupStatus>
 
 /**
  * Which backups hold each file of their data/. A file with a single link belongs to its backup alone, so
@@ -246,6 +276,23 @@ export interface BackupHealth {
   verification: VerificationState | null
   problems: Problem[]
 }
+
+const verificationStateSchema = z.strictObject({
+  backup: z.string(),
+  text: z.string().describe('for a status line: "verified ok 2h ago", "not verified yet; NAME verified ok 2d ago", ...'),
+  problem: z.string().nullable().describe('the warning, or null while the chain is verified recently enough'),
+}) satisfies z.ZodType<VerificationState>
+
+export const backupHealthSchema = z.strictObject({
+  store: z.string(),
+  complete: nonNegative.describe('complete backups in the store'),
+  newest: z.strictObject({ name: z.string(), type: backupType, created: z.iso.datetime(), age: z.string(), age_seconds: z.number().int() }).nullable(),
+  last_verification: z.strictObject({ backup: z.string(), at: z.iso.datetime(), age_seconds: z.number().int(), ok: z.boolean(), problems: nonNegative }).nullable()
+    .describe('the most recent verification of any complete backup'),
+  latest: z.string().nullable(),
+  verification: verificationStateSchema.nullable().describe('the newest backup of the active models and how far it can be trusted'),
+  problems: z.array(problemSchema),
+}) satisfies z.ZodType<BackupHealth>
 
 /** The backup line of `status`, in the words of verificationState. */
 export const backupLine = (h: BackupHealth) => h.newest && h.verification ? `${h.newest.name}, ${h.newest.age} old; ${h.verification.text}` : 'no complete backup'

@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url'
 import type { Shell } from 'zx/core'
 import type { Settings } from '../infra/config.ts'
 import type { z } from 'zod'
+import type { ChangeAction } from './actions.ts'
 import type { Undo } from './journal.ts'
 import { NO_ARGS, type ArgsSchema, type RawArgs } from './args.ts'
 import { projectRoot } from '../infra/fsx.ts'
@@ -18,7 +19,7 @@ export type Status = 'ok' | 'changed' | 'skipped' | 'failed'
 /** One difference a task made (or, in check mode, would make). */
 export interface Change {
   path: string
-  action: string
+  action: ChangeAction
   before: string | null
   after: string | null
 }

@@ -76,7 +76,7 @@ export function parseFio(doc: unknown, direction: 'read' | 'write'): PerfJob {
 
 const perfJob = z.object({ mb_s: z.number(), iops: z.number(), p99_latency_ms: z.number().nullable(), runtime_seconds: z.number() })
 const change = z.number().nullable()
-const perfResult = z.object({
+export const perfResultSchema = z.object({
   path: z.string(), at: z.string(), quick: z.boolean(), engine: z.enum(['io_uring', 'libaio', 'psync']), direct: z.boolean(),
   notes: z.array(z.string()), size_bytes: z.number(), runtime_limit_seconds: z.number(),
   jobs: z.object({ seq_read: perfJob, seq_write: perfJob, rand_read_4k: perfJob }),
@@ -97,7 +97,7 @@ function parseHistory(file: string, text: string | null): PerfResult[] {
     } catch {
       continue
     }
-    results.push(checkShape(perfResult, `${file} line ${i + 1}`, doc, 'a perf result citadel wrote'))
+    results.push(checkShape(perfResultSchema, `${file} line ${i + 1}`, doc, 'a perf result citadel wrote'))
   }
   return results
 }

@@ -8,10 +8,10 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { Shell } from 'zx/core'
 import { PLUGIN_EXIT } from '../core/exit.ts'
 import { z } from 'zod'
-import { CHECKS, rank, type Condition, type Problem, type Severity } from '../core/problems.ts'
+import { rank, type Condition, type Problem, type Severity } from '../core/problems.ts'
 import { parseFile } from '../infra/schemas.ts'
 import type { Settings } from '../infra/config.ts'
-import { collectHealth, publish, readSmartSnapshot, smartReportSchema, writeHealth, type HealthReport, type SmartSnapshot } from '../health/health.ts'
+import { collectHealth, conditionSchema, publish, readSmartSnapshot, smartReportSchema, writeHealth, type HealthReport, type SmartSnapshot } from '../health/health.ts'
 import { removeTempSiblings } from '../infra/fsx.ts'
 import { healthDir, healthFile, logsDir, monitorStateFile } from '../infra/layout.ts'
 import { inspectLinks } from '../links/links.ts'
@@ -22,13 +22,14 @@ import { makeShell } from '../infra/shell.ts'
 
 export const MONITOR_LOCK = 'monitor.lock'
 
-const monitorStateSchema = z.object({
+/** state/monitor.json: written by the monitor alone, every cycle. */
+export const monitorStateSchema = z.strictObject({
   pid: z.number(),
   started_at: z.string(),
   interval_seconds: z.number(),
   last_cycle_at: z.string(),
   /** What the monitor confirmed as not ok: a restart must not alert on it again. */
-  conditions: z.record(z.string(), z.object({ check: z.enum(CHECKS), severity: z.enum(['ok', 'warning', 'critical']), since: z.string(), message: z.string() })),
+  conditions: z.record(z.string(), conditionSchema),
   /** The last SMART reading: status reuses it while the monitor runs and it is fresh, so no disk is woken twice. */
   smart: z.object({ disks: z.array(smartReportSchema), notes: z.array(z.string()), read_at: z.string() }),
 })
