@@ -36,7 +36,7 @@ const task = defineTask({
       warn: (message) => ctx.warn(message),
     })
     // The hashing is done: a record that cannot be written (a full backup disk) must not hide its result.
-    const unrecorded = ctx.check ? null : await recordVerification(backup, outcome).then(() => null, (err: NodeJS.ErrnoException) => err)
+    const unrecorded = await ctx.bookkeep(`verification of ${backup.name}`, () => recordVerification(backup, outcome)).then(() => null, (err: NodeJS.ErrnoException) => err)
     const result = showVerification(ctx, backup.name, outcome)
     if (!unrecorded) return result
     const full = unrecorded.code === 'ENOSPC' ? `the backup disk ${ctx.settings.backupRoot} is full; free space there and verify again` : 'verify again once it can be written'

@@ -4,7 +4,7 @@
 import { promises as fs } from 'node:fs'
 import { perfHistoryFile } from '../lib/infra/layout.ts'
 import { refusal } from '../lib/core/marks.ts'
-import { perfSize, runPerf, type PerfJob, type PerfResult } from '../lib/health/perf.ts'
+import { appendPerfHistory, perfSize, runPerf, type PerfJob, type PerfResult } from '../lib/health/perf.ts'
 import { z } from 'zod'
 import { localPath } from '../lib/core/args.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
@@ -58,6 +58,7 @@ const task = defineTask({
     let r: PerfResult
     try {
       r = await runPerf({ $: ctx.$, signal: ctx.signal, progress: ctx.progress, dir, quick, historyFile: perfHistoryFile(ctx.settings) })
+      await ctx.bookkeep('perf history', () => appendPerfHistory(perfHistoryFile(ctx.settings), r))
     } catch (err) {
       if (ctx.signal.aborted) throw err
       return ctx.fail((err as Error).message)

@@ -28,7 +28,7 @@ const task = defineTask({
       const seed = ctx.args.seed ?? null
       const started = Date.now()
       const outcome = await verifyRemote(ctx, r, backup, rate, seed, (done, total) => ctx.progress(progressLine(`hashing on ${remoteHost(r)}`, done, total, started)))
-      if (!ctx.check) await recordRemoteVerification(ctx, r, backup, outcome)
+      await ctx.bookkeep(`verification of ${remoteHost(r)}:${backup.name}`, () => recordRemoteVerification(ctx, r, backup, outcome))
       return showVerification(ctx, `${remoteHost(r)}:${backup.name}`, outcome)
     })
   },

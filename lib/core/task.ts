@@ -39,6 +39,17 @@ export interface TaskResult {
   keepChanges?: true
 }
 
+export interface DirOptions {
+  mode: number
+  /** Set on a created directory, fixed on an existing one; null or absent leaves the owner as it is. */
+  owner?: { uid: number; gid: number } | null
+  /** A directory a rollback must not remove (the app root, which holds the run's own lock and log). */
+  keepOnRollback?: boolean
+}
+
+/** What an ensure helper did (or, in check mode, would do). */
+export type Outcome = 'created' | 'fixed' | 'ok'
+
 /** A task's arguments after its schema converted and defaulted them: what the runner hands the task. */
 export type TaskArgs = Readonly<Record<string, unknown>>
 
@@ -64,6 +75,21 @@ export interface TaskContext<A = TaskArgs> {
   detail(...lines: string[]): void
   /** Records `change`; unless in check mode, journals `undo` and then runs `act`. */
   apply(change: Change, undo: Undo | null, act: () => Promise<unknown>): Promise<void>
+  /**
+   * The usual writes, each through apply() with its own undo (lib/core/ensure.ts). Each throws, changing
+   * nothing, when something else is in the way (a file where a directory belongs).
+   */
+  /** A directory with this mode (and owner): created, or its mode and owner fixed. */
+  ensureDir(dir: string, options: DirOptions): Promise<Outcome>
+  /** A symlink to `target`: created, or retargeted atomically. */
+  ensureLink(link: string, target: string): Promise<Outcome>
+  /** A file with this content and mode: written whole by rename, or its mode fixed. */
+  ensureFile(file: string, content: string, mode: number): Promise<Outcome>
+  /**
+   * A write that keeps citadel's own records (a verification's result, the perf history) rather than the
+   * state the task ensures: not a change, never undone, not made in check mode (resolves to null there).
+   */
+  bookkeep<T>(what: string, write: () => Promise<T>): Promise<T | null>
   /** ok, or changed when apply() recorded changes. */
   finish(msg: string, data?: Record<string, unknown>): TaskResult
   fail(msg: string, data?: Record<string, unknown>): TaskResult

@@ -159,13 +159,18 @@ export async function runPerf(req: PerfRequest): Promise<PerfResult> {
         rand_read_4k_iops: relative(jobs.rand_read_4k.iops, before.jobs.rand_read_4k?.iops),
       } } : null,
     }
-    await fs.mkdir(path.dirname(req.historyFile), { recursive: true })
-    // After a torn last line, this line starts on a line of its own.
-    await fs.appendFile(req.historyFile, (history && !history.endsWith('\n') ? '\n' : '') + JSON.stringify(result) + '\n')
     return result
   } finally {
     await fs.rm(file, { force: true })
   }
+}
+
+/** Adds a result to the history, which the next run compares with. */
+export async function appendPerfHistory(historyFile: string, result: PerfResult): Promise<void> {
+  const history = await readFileOrNull(historyFile)
+  await fs.mkdir(path.dirname(historyFile), { recursive: true })
+  // After a torn last line, this line starts on a line of its own.
+  await fs.appendFile(historyFile, (history && !history.endsWith('\n') ? '\n' : '') + JSON.stringify(result) + '\n')
 }
 
 const relative = (now: number, before: number | undefined) => (before ? Math.round(((now - before) / before) * 1e4) / 1e4 : null)
