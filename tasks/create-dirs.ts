@@ -28,12 +28,12 @@ const task = defineTask({
       const st = await lstatOrNull(root)
       if (!st?.isDirectory()) problems.push(`${root} is ${describeEntry(st)}, expected the mounted disk's directory`)
     }
-    const plan: { dir: string; st: Awaited<ReturnType<typeof lstatOrNull>> }[] = []
+    const plan: string[] = []
     for (const dir of wanted) {
       const st = await lstatOrNull(dir)
       if (st && st.isSymbolicLink() && !(await fs.stat(dir).catch(() => null))?.isDirectory()) problems.push(`${dir} is a symlink that does not lead to a directory`)
       else if (st && !st.isSymbolicLink() && !st.isDirectory()) problems.push(`${dir} is ${describeEntry(st)}, expected a directory; move it away first`)
-      else plan.push({ dir, st })
+      else plan.push(dir)
     }
     if (problems.length) return ctx.fail(problems.join('; '))
 
@@ -41,11 +41,11 @@ const task = defineTask({
     const keptOnRollback = [settings.appRoot, logsDir(settings)]
     const done = { created: 0, fixed: 0, ok: 0 }
     // An operator's link to a directory elsewhere is theirs to manage: ensureDir leaves it alone.
-    for (const { dir } of plan) done[await ctx.ensureDir(dir, { mode, owner, keepOnRollback: keptOnRollback.includes(dir) })]++
+    for (const dir of plan) done[await ctx.ensureDir(dir, { mode, owner, keepOnRollback: keptOnRollback.includes(dir) })]++
     const { created, fixed } = done
     const would = ctx.check ? 'would be ' : ''
     const msg = created + fixed === 0 ? `${plan.length} directories in place` : `${created} ${would}created, ${fixed} ${would}fixed, ${plan.length - created - fixed} in place`
-    return ctx.finish(msg, { directories: plan.map((p) => p.dir) })
+    return ctx.finish(msg, { directories: plan })
   },
 })
 

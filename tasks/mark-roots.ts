@@ -39,11 +39,11 @@ const task = defineTask({
     for (const { state, mark } of marks) roots[state.role] = { id: mark.id, path: state.path, created: mark.created }
 
     for (const { state, mark, note } of marks) {
-      await ctx.ensureFile(markFile(state.path), JSON.stringify(mark, null, 2) + '\n', 0o644)
+      await ctx.ensureFile(markFile(state.path), JSON.stringify(mark, null, 2) + '\n', 0o644, 'mark root')
       if (note) ctx.warn(note)
     }
     // The record lives in the state directory, which the runner makes before any task of a real run.
-    if (JSON.stringify(roots) !== JSON.stringify(remembered.roots)) await ctx.ensureFile(rememberedFile(settings), JSON.stringify({ format: 1, roots }, null, 2) + '\n', 0o644)
+    if (JSON.stringify(roots) !== JSON.stringify(remembered.roots)) await ctx.ensureFile(rememberedFile(settings), JSON.stringify({ format: 1, roots }, null, 2) + '\n', 0o644, 'remember root marks')
     const would = ctx.check ? 'would be ' : ''
     const msg = marks.length ? `${marks.map((m) => m.state.role).join(' and ')} root ${would}marked` : 'both roots marked'
     return ctx.finish(msg, { roots: states.map((s) => ({ role: s.role, path: s.path, verdict: s.verdict, fs_uuid: s.fs_uuid, mark: marks.find((m) => m.state === s)?.mark.id ?? s.mark?.id ?? null })) })

@@ -8,6 +8,7 @@ import path from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { projectRoot } from '../infra/fsx.ts'
 import { makeShell } from '../infra/shell.ts'
+import { argFields, parseTaskArgs } from '../core/args.ts'
 import type { Playbook, Task } from '../core/task.ts'
 import { count } from '../infra/format.ts'
 
@@ -77,7 +78,16 @@ export async function checkSources(): Promise<number> {
       for (const step of p.tasks) {
         const name = ('task' in step ? step.task : step).name
         if (!taskNames.includes(name)) findings.push({ step: 'load', line: `playbooks/${p.name}.ts: step ${name} is not a registered task` })
+        const parsed = 'task' in step && step.args ? parseTaskArgs(step.task.args, step.args) : {}
+        if ('problem' in parsed) findings.push({ step: 'load', line: `playbooks/${p.name}.ts: step ${name}: ${parsed.problem}` })
       }
+    for (const t of loaded.tasks) {
+      try {
+        argFields(t.args)
+      } catch (err) {
+        findings.push({ step: 'load', line: `tasks/${t.name}.ts: ${(err as Error).message}` })
+      }
+    }
     summary = `${count(loaded.tasks.length, 'task')} and ${count(loaded.playbooks.length, 'playbook')} load`
   }
   if (process.stderr.isTTY) process.stderr.write('citadel check: type-checking with tsc (some seconds)...\n')

@@ -48,14 +48,15 @@ export async function ensureLink(ctx: Applier, link: string, target: string): Pr
 /**
  * Ensures `file` holds `content` with `mode`: written whole by rename when the content differs, its mode
  * fixed when only that does. A rollback puts the previous content and mode back, or removes a new file.
+ * `action` names the write in the report when "create file" or "update file" would say less (mark root).
  */
-export async function ensureFile(ctx: Applier, file: string, content: string, mode: number): Promise<Outcome> {
+export async function ensureFile(ctx: Applier, file: string, content: string, mode: number, action?: string): Promise<Outcome> {
   const st = await lstatOrNull(file)
   if (st && !st.isFile()) throw new Error(`${file} is ${describeEntry(st)}, expected a file: move it away and rerun`)
   const current = st ? await readFileOrNull(file) : null
   const was = st ? st.mode & 0o7777 : mode
   if (current !== content) {
-    await ctx.apply({ path: file, action: current === null ? 'create file' : 'update file', before: current, after: content }, { op: 'restore-file', path: file, content: current, mode: was }, () =>
+    await ctx.apply({ path: file, action: action ?? (current === null ? 'create file' : 'update file'), before: current, after: content }, { op: 'restore-file', path: file, content: current, mode: was }, () =>
       atomicWriteFile(file, content, mode))
     return current === null ? 'created' : 'fixed'
   }

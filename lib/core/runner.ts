@@ -92,7 +92,7 @@ async function execute(run: RunState, task: Task, args: TaskArgs, progress: (tex
     },
     ensureDir: (dir, options) => ensureDir(ctx, dir, options),
     ensureLink: (link, target) => ensureLink(ctx, link, target),
-    ensureFile: (file, content, mode) => ensureFile(ctx, file, content, mode),
+    ensureFile: (file, content, mode, action) => ensureFile(ctx, file, content, mode, action),
     async bookkeep(what, write) {
       if (check) return null
       if (run.signal.aborted) throw new Interrupted()
