@@ -2,7 +2,7 @@
 // does not compile, so the reference generated from it (docs/json.md) names everything a run can say.
 
 export const CHANGE_ACTIONS = {
-  'create directory': 'a directory of the layout (or the systemd unit directory) was created, with its mode',
+  'create directory': 'a directory of the layout, a missing link target on the model disk, or the systemd unit directory was created, with its mode',
   'set owner': 'a directory just created was given CITADEL_OWNER',
   'fix mode': 'an existing directory or unit file had another mode; before and after are octal modes',
   'fix owner': 'an existing directory had another owner than CITADEL_OWNER; before and after are uid:gid',
@@ -10,11 +10,10 @@ export const CHANGE_ACTIONS = {
   'retarget link': 'a link pointed elsewhere and now points where it belongs',
   'replace empty directory with link': 'an empty directory stood where a link belongs and was replaced (only with --force)',
   'move aside': 'a file or directory stood where a link belongs and was renamed to <path>.citadel-aside-<time> (only with --force), never deleted',
-  'create missing link target': 'the directory a link points at on the model disk was missing and was created',
   'create file': 'a file citadel writes (storage-env.sh, a systemd unit) was created; before is null, after its content',
   'update file': 'a file citadel writes had other content and was rewritten atomically; before and after are the contents',
-  'mark root': "a disk root was given citadel's mark, <root>/.citadel-root.json; after is the mark's id",
-  'remember root marks': 'the app root recorded the ids of its roots\' marks in .citadel/roots.json',
+  'mark root': "a disk root was given citadel's mark, <root>/.citadel-root.json; before and after are its content",
+  'remember root marks': 'the app root recorded its roots\' marks in .citadel/roots.json; before and after are its content',
   'create full backup': 'a new full backup was made and published; after summarises it',
   'create incremental backup': 'a new incremental backup was made and published (unchanged files hard-linked to its parent)',
   'point latest': 'the latest link of a backup store was moved to the newest backup',

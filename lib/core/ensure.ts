@@ -4,6 +4,7 @@
 import { promises as fs } from 'node:fs'
 import { atomicSymlink, atomicWriteFile, describeEntry, lstatOrNull, octal, readFileOrNull } from '../infra/fsx.ts'
 import type { DirOptions, Outcome, TaskContext } from './task.ts'
+import type { ChangeAction } from './actions.ts'
 
 type Applier = Pick<TaskContext, 'apply'>
 
@@ -50,7 +51,7 @@ export async function ensureLink(ctx: Applier, link: string, target: string): Pr
  * fixed when only that does. A rollback puts the previous content and mode back, or removes a new file.
  * `action` names the write in the report when "create file" or "update file" would say less (mark root).
  */
-export async function ensureFile(ctx: Applier, file: string, content: string, mode: number, action?: string): Promise<Outcome> {
+export async function ensureFile(ctx: Applier, file: string, content: string, mode: number, action?: ChangeAction): Promise<Outcome> {
   const st = await lstatOrNull(file)
   if (st && !st.isFile()) throw new Error(`${file} is ${describeEntry(st)}, expected a file: move it away and rerun`)
   const current = st ? await readFileOrNull(file) : null

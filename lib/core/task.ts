@@ -84,7 +84,7 @@ export interface TaskContext<A = TaskArgs> {
   /** A symlink to `target`: created, or retargeted atomically. */
   ensureLink(link: string, target: string): Promise<Outcome>
   /** A file with this content and mode: written whole by rename, or its mode fixed; `action` names the write in the report. */
-  ensureFile(file: string, content: string, mode: number, action?: string): Promise<Outcome>
+  ensureFile(file: string, content: string, mode: number, action?: ChangeAction): Promise<Outcome>
   /**
    * A write that keeps citadel's own records (a verification's result, the perf history) rather than the
    * state the task ensures: not a change, never undone, not made in check mode (resolves to null there).
