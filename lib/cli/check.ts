@@ -75,8 +75,10 @@ export async function checkSources(): Promise<number> {
     findings.push(...registryFindings(root, 'tasks', taskNames), ...registryFindings(root, 'playbooks', loaded.playbooks.map((p) => p.name)))
     for (const p of loaded.playbooks)
       for (const step of p.tasks) {
-        const name = ('task' in step ? step.task : step).name
-        if (!taskNames.includes(name)) findings.push({ step: 'load', line: `playbooks/${p.name}.ts: step ${name} is not a registered task` })
+        const task = 'task' in step ? step.task : step
+        if (!taskNames.includes(task.name)) findings.push({ step: 'load', line: `playbooks/${p.name}.ts: step ${task.name} is not a registered task` })
+        else if ('task' in step && step.name !== undefined && step.name !== task.name && !task.aliases?.[step.name])
+          findings.push({ step: 'load', line: `playbooks/${p.name}.ts: step ${step.name} is neither ${task.name} nor one of its aliases` })
       }
     summary = `${count(loaded.tasks.length, 'task')} and ${count(loaded.playbooks.length, 'playbook')} load`
   }

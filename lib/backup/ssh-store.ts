@@ -1,15 +1,17 @@
 // The off-host backup store, BACKUP_REMOTE, reached with ssh and rsync. The far side needs nothing of
-// citadel: a POSIX sh, rsync and GNU coreutils (sha256sum, stat, mv -T, df, du). Each remote step is a
-// fixed sh script whose values arrive as positional parameters, single-quoted for the remote shell,
-// because ssh hands the far side one command string, not an argument vector.
+// citadel: a POSIX sh, rsync, GNU coreutils (sha256sum, stat, mv -T, df, du) and GNU find. Each remote
+// step is a fixed sh script whose values arrive as positional parameters, single-quoted for the remote
+// shell, because ssh hands the far side one command string, not an argument vector.
 import path from 'node:path'
 import type { Shell } from 'zx/core'
 import type { RemoteSettings } from '../infra/config.ts'
-import type { TaskContext, TaskResult } from '../core/task.ts'
-import { checkMeta, createdOf, isPartialName, metaText, removeLeftover, type Backup, type BackupMeta, type Store } from './store.ts'
+import type { TaskContext } from '../core/task.ts'
+import { bareName, CATALOG, checkMeta, createdOf, isPartialName, MANIFEST, metaText, VERIFY_STATE, type Backup, type BackupMeta, type BackupStore, type DataListing, type StoreContents } from './store.ts'
+import { catalogSchema, parseFile } from '../infra/schemas.ts'
 import { shellQuote } from '../infra/quote.ts'
 import { decodeName } from '../infra/fsx.ts'
 import { DIES_WITH_CITADEL } from '../infra/shell.ts'
+import { manifestBytes, parseManifest, unescapeName } from './manifest.ts'
 
 /** ssh's own exit status for "could not connect or authenticate"; a remote command's status is its own. */
 const SSH_FAILED = 255
@@ -82,15 +84,13 @@ export async function runRemote($: Shell, r: RemoteSettings, script: string, arg
 /** The last line the remote script wrote to stderr: its own message of what was wrong. */
 export const remoteComplaint = (out: RemoteOutput) => out.stderr.trim().split('\n').at(-1) || `exit ${out.exitCode}`
 
-export interface RemoteStore extends Store {
+export interface RemoteContents extends StoreContents {
   disk: { free_bytes: number; total_bytes: number }
-  /** What all backups take on the remote disk, shared files once (du); only when asked for. */
-  bytes_on_disk: number | null
 }
 
-// Lists every backup_* directory with its metadata, where latest points and the disk's space; with $2 = du
-// also the store's size. Fields are NUL-separated: no name or JSON text holds a NUL. A missing store is
-// an empty one; a missing remote directory is an error, as a missing backup disk is locally.
+// Lists every backup_* directory with its metadata, where latest points and the disk's space. Fields are
+// NUL-separated: no name or JSON text holds a NUL. A missing store is an empty one; a missing remote
+// directory is an error, as a missing backup disk is locally.
 const SCAN = `
 cd -- "$1" 2>/dev/null || { echo "no directory $1 on the remote host: create it (BACKUP_REMOTE)" >&2; exit 10; }
 if [ "$2" = create ]; then
@@ -106,17 +106,16 @@ for e in backup_*; do
   printf '\\0'
 done
 [ -L latest ] && printf 'L\\0%s\\0' "$(readlink latest)"
-[ "$2" = du ] && printf 'U\\0%s\\0' "$(du -sk . | cut -f1)"
 printf 'E\\0'
 df -Pk . | tail -n 1
 `
 
-/** Reads the remote store; `mode` create also makes <dir>/models, du also sums the store's size. */
-export async function scanRemote($: Shell, r: RemoteSettings, mode: 'read' | 'create' | 'du' = 'read'): Promise<RemoteStore> {
+/** Reads the remote store; `mode` create also makes <dir>/models. */
+export async function scanRemote($: Shell, r: RemoteSettings, mode: 'read' | 'create' = 'read'): Promise<RemoteContents> {
   const out = await runRemote($, r, SCAN, [r.dir, mode])
   if (out.exitCode !== 0) throw new Error(`cannot read the remote store ${remoteLabel(r)}: ${remoteComplaint(out)}`)
   const dir = remoteStoreDir(r)
-  const store: RemoteStore = { complete: [], damaged: [], partials: [], latest: null, disk: { free_bytes: 0, total_bytes: 0 }, bytes_on_disk: null }
+  const store: RemoteContents = { complete: [], damaged: [], partials: [], latest: null, disk: { free_bytes: 0, total_bytes: 0 } }
   const fields = out.stdout.split('\0')
   for (let i = 0; i < fields.length; ) {
     const kind = fields[i++]
@@ -135,8 +134,7 @@ export async function scanRemote($: Shell, r: RemoteSettings, mode: 'read' | 'cr
     } else if (kind === 'L') {
       const target = fields[i++]!
       store.latest = target.includes('/') ? null : target
-    } else if (kind === 'U') store.bytes_on_disk = Number(fields[i++]) * 1024
-    else if (kind === 'E') {
+    } else if (kind === 'E') {
       // df -Pk: filesystem, 1024-blocks, used, available, capacity, mount point
       const df = (fields[i++] ?? '').trim().split(/\s+/)
       store.disk = { free_bytes: Number(df[3]) * 1024, total_bytes: Number(df[1]) * 1024 }
@@ -167,7 +165,7 @@ done
 /** Removes these backups (names, with or without .partial) from the remote store. */
 export async function removeRemote($: Shell, r: RemoteSettings, names: string[]): Promise<void> {
   if (!names.length) return
-  const bad = names.find((n) => !isPartialName(n) && !createdOf(n))
+  const bad = names.find((n) => bareName(n) === null)
   if (bad) throw new Error(`refusing to delete ${bad} on ${remoteHost(r)}: not a backup directory name`)
   const out = await runRemote($, r, REMOVE, [remoteStoreDir(r), ...names])
   if (out.exitCode !== 0) throw new Error(`cannot delete on ${remoteLabel(r)}: ${remoteComplaint(out)}`)
@@ -216,25 +214,133 @@ export async function replaceRemoteFile($: Shell, r: RemoteSettings, backup: Bac
   if (out.exitCode !== 0) throw new Error(`cannot write ${file} of ${backup.name} on ${remoteHost(r)}: ${remoteComplaint(out)}`)
 }
 
-/**
- * Runs a remote task's work with BACKUP_REMOTE, failing with one clear line when it is not set or the host
- * cannot be reached; an interrupt goes on to the runner, which reports it.
- */
-export async function withRemote(ctx: TaskContext, work: (r: RemoteSettings) => Promise<TaskResult>): Promise<TaskResult> {
-  const r = ctx.settings.backup.remote
-  if (!r) return ctx.fail('BACKUP_REMOTE is not set: set it to [user@]host:/absolute/path to keep backups off this host')
-  try {
-    return await work(r)
-  } catch (err) {
-    if (ctx.signal.aborted) throw err
-    return ctx.fail((err as Error).message)
-  }
-}
 
-/** Removes what interrupted sends and deletes left in the remote store, saying so once done. */
-export async function removeRemotePartials(ctx: TaskContext, r: RemoteSettings, store: Store): Promise<void> {
-  for (const dir of store.partials) {
-    const name = path.posix.basename(dir)
-    await removeLeftover(ctx, `${name} on ${remoteHost(r)} was left by an interrupted send or cleanup`, `${remoteHost(r)}:${dir}`, () => removeRemote(ctx.$, r, [name]))
+// The disk's space and what the store takes on it, shared files once.
+const SPACE = `
+cd -- "$1" 2>/dev/null || { echo "no directory $1 on the remote host" >&2; exit 10; }
+df -Pk . | tail -n 1
+du -sk . | cut -f1
+`
+
+// The catalog, the manifest and the verify state of a backup, each as F, its content and a NUL, or as M
+// (missing or unreadable) and a NUL.
+const LISTS = String.raw`
+cd -- "$1" 2>/dev/null || { echo "no backup $1 on the remote host" >&2; exit 10; }
+for f in files.json SHA256SUMS verify-state.json; do
+  if [ -f "$f" ] && [ -r "$f" ]; then printf 'F\0'; cat -- "$f" || exit 11; else printf 'M'; fi
+  printf '\0'
+done
+`
+
+// Every entry under data/, NUL-separated: its kind, a value (a file's size, a link's target, another's
+// type) and its path. stat and readlink are GNU coreutils; readlink's newline ends each target.
+const DATA_LISTING = String.raw`
+cd -- "$1/data" 2>/dev/null || { echo "no directory $1/data on the remote host" >&2; exit 10; }
+find . -mindepth 1 \( -type d -printf 'd\0\0%p\0' \) -o \( -type f -exec stat --printf 'f\0%s\0%n\0' {} + \) -o \( -type l -exec sh -c 'for l do printf "l\0"; readlink -- "$l"; printf "\0%s\0" "$l"; done' sh {} + \) -o \( -exec stat --printf 'o\0%F\0%n\0' {} + \)
+`
+
+// coreutils' sha256sum -c, on the files of the manifest lines given on stdin, from the backup's data/.
+const SHA256SUM_CHECK = String.raw`cd -- "$1/data" || exit 10
+exec sha256sum -c --strict -`
+
+/** The store BACKUP_REMOTE names, over ssh; `ctx` gives the shell and the signal that stops a long step. */
+export function sshStore(ctx: TaskContext, r: RemoteSettings): BackupStore {
+  const { $, signal } = ctx
+  const host = remoteHost(r)
+  const label = remoteLabel(r)
+  const run = async (script: string, args: string[], what: string, opts: Parameters<typeof runRemote>[4] = {}) => {
+    const out = await runRemote($, r, script, args, { signal, ...opts })
+    if (out.exitCode !== 0) throw new Error(`${what} on ${host}: ${remoteComplaint(out)}`)
+    return out
+  }
+  return {
+    label,
+    host,
+    pathOf: (name) => `${label}/${name}`,
+    // The scan says so when BACKUP_REMOTE's directory is missing, and a send makes <dir>/models.
+    missing: async () => null,
+    scan: () => scanRemote($, r),
+    async space() {
+      const [df = '', du = ''] = (await run(SPACE, [remoteStoreDir(r)], `cannot read the space of ${remoteStoreDir(r)}`)).stdout.trim().split('\n')
+      // df -Pk: filesystem, 1024-blocks, used, available, capacity, mount point
+      const fields = df.trim().split(/\s+/)
+      return { free_bytes: Number(fields[3]) * 1024, total_bytes: Number(fields[1]) * 1024, used_bytes: Number(du) * 1024 }
+    },
+    heldOnlyBy: () => null,
+    async readLists(backup) {
+      const out = await run(LISTS, [backup.dir], `cannot read ${backup.name}`)
+      const [catalog, manifest, state] = out.stdout.split('\0').map((f) => (f.startsWith('F') ? f.slice(1) : null))
+      const where = (file: string) => `${host}:${backup.dir}/${file}`
+      const unreadable = (file: string, why: string) => ({ file, message: `${where(file)}: ${why}` })
+      if (catalog == null) return unreadable(CATALOG, 'missing or unreadable')
+      if (manifest == null) return unreadable(MANIFEST, 'missing or unreadable')
+      try {
+        return {
+          catalog: parseFile(catalogSchema, where(CATALOG), catalog),
+          manifest: new Map(parseManifest(manifest).map((e) => [e.path, e.sha256])),
+          state: state ?? null,
+          stateFile: where(VERIFY_STATE),
+        }
+      } catch (err) {
+        const message = (err as Error).message
+        return message.includes(where(CATALOG)) ? { file: CATALOG, message } : unreadable(MANIFEST, message)
+      }
+    },
+    async listData(backup) {
+      const out = await run(DATA_LISTING, [backup.dir], `cannot list ${backup.name}`)
+      const entries = out.stdout.split('\0')
+      const files = new Map<string, number>()
+      const symlinks = new Map<string, string>()
+      const kinds = new Map<string, string>()
+      for (let i = 0; i + 2 < entries.length; i += 3) {
+        const [kind, value, name] = [entries[i]!, entries[i + 1]!, entries[i + 2]!.replace(/^\.\//, '')]
+        if (kind === 'f') files.set(name, Number(value))
+        else if (kind === 'l') symlinks.set(name, value.replace(/\n$/, ''))
+        kinds.set(name, kind)
+      }
+      const listing: DataListing = {
+        files: [...files.keys()],
+        symlinks,
+        others: [...kinds].filter(([, kind]) => kind === 'o').map(([rel]) => rel),
+        // In the words of the local store's describeEntry.
+        describe: async (rel) => {
+          const kind = kinds.get(rel)
+          return kind === 'f' ? `a file of ${files.get(rel)} bytes` : kind === 'l' ? 'a symlink' : kind === 'd' ? 'a directory' : kind === 'o' ? 'a special file' : 'nothing'
+        },
+        sizes: async (rels) => rels.map((rel) => files.get(rel)!),
+      }
+      return listing
+    },
+    async hashCheck(backup, files, opts) {
+      const sizes = new Map(files.map((f) => [f.rel, f.size]))
+      const answers = new Map<string, string>()
+      let done = 0
+      const read = (line: string) => {
+        const m = /^(\\?)(.*): (OK|FAILED|FAILED open or read)$/s.exec(line)
+        if (!m) return
+        const name = m[1] ? unescapeName(m[2]!, `sha256sum -c on ${host}`) : m[2]!
+        answers.set(name, m[3]!)
+        opts.onProgress((done += sizes.get(name) ?? 0))
+      }
+      const out = await runRemote($, r, SHA256SUM_CHECK, [backup.dir], { input: manifestBytes(files.map((f) => ({ path: f.rel, sha256: f.sha256 }))), signal: opts.signal, onLine: read })
+      // 1 is sha256sum's "some files failed"; anything else means it did not check.
+      if (out.exitCode > 1 || (out.exitCode === 1 && answers.size === 0)) throw new Error(`sha256sum -c on ${host} did not run: ${remoteComplaint(out)}`)
+      const errors = new Map<string, string>()
+      for (const line of out.stderr.split('\n')) {
+        const m = /^sha256sum: (.*): ([^:]+)$/.exec(line)
+        if (m) errors.set(m[1]!, m[2]!)
+      }
+      return files.map((f) => {
+        const answer = answers.get(f.rel)
+        if (answer === 'OK') return { verdict: 'match', detail: '', bytesRead: null }
+        if (answer === 'FAILED') return { verdict: 'differs', detail: `sha256sum -c on ${host}: the content does not hash to ${f.sha256}`, bytesRead: null }
+        return { verdict: 'unreadable', detail: `sha256sum -c on ${host}: ${errors.get(f.rel) ?? answer ?? 'no answer'}`, bytesRead: null }
+      })
+    },
+    replaceFile: (backup, file, content) => replaceRemoteFile($, r, backup, file, content),
+    remove: (name) => removeRemote($, r, [name]),
+    pointLatest: (name) => pointRemoteLatest($, r, name),
+    // The far side has no citadel to share a lock with: a second run there is the operator's to avoid.
+    exclusive: (_ctx, work) => work(),
   }
 }
