@@ -215,11 +215,11 @@ export async function replaceRemoteFile($: Shell, r: RemoteSettings, backup: Bac
 }
 
 
-// The disk's space and what the store takes on it, shared files once.
+// The disk's space and what the store ($1/models, made by the first send) takes on it, shared files once.
 const SPACE = `
-cd -- "$1" 2>/dev/null || { echo "no directory $1 on the remote host" >&2; exit 10; }
+cd -- "$1" 2>/dev/null || { echo "no directory $1 on the remote host: create it (BACKUP_REMOTE)" >&2; exit 10; }
 df -Pk . | tail -n 1
-du -sk . | cut -f1
+if [ -d models ]; then du -sk models | cut -f1; else echo 0; fi
 `
 
 // The catalog, the manifest and the verify state of a backup, each as F, its content and a NUL, or as M
@@ -227,7 +227,7 @@ du -sk . | cut -f1
 const LISTS = String.raw`
 cd -- "$1" 2>/dev/null || { echo "no backup $1 on the remote host" >&2; exit 10; }
 for f in files.json SHA256SUMS verify-state.json; do
-  if [ -f "$f" ] && [ -r "$f" ]; then printf 'F\0'; cat -- "$f" || exit 11; else printf 'M'; fi
+  if [ -f "$f" ] && [ -r "$f" ]; then printf F; cat -- "$f" || exit 11; else printf M; fi
   printf '\0'
 done
 `
@@ -261,7 +261,7 @@ export function sshStore(ctx: TaskContext, r: RemoteSettings): BackupStore {
     missing: async () => null,
     scan: () => scanRemote($, r),
     async space() {
-      const [df = '', du = ''] = (await run(SPACE, [remoteStoreDir(r)], `cannot read the space of ${remoteStoreDir(r)}`)).stdout.trim().split('\n')
+      const [df = '', du = ''] = (await run(SPACE, [r.dir], `cannot read the space of ${r.dir}`)).stdout.trim().split('\n')
       // df -Pk: filesystem, 1024-blocks, used, available, capacity, mount point
       const fields = df.trim().split(/\s+/)
       return { free_bytes: Number(fields[3]) * 1024, total_bytes: Number(fields[1]) * 1024, used_bytes: Number(du) * 1024 }
