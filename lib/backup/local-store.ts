@@ -17,18 +17,15 @@ import { bareName, CATALOG, createdOf, DATA, isPartialName, MANIFEST, META, meta
 export const backupsDir = (s: Settings) => path.join(s.backupRoot, 'models')
 const latestLink = (s: Settings) => path.join(backupsDir(s), 'latest')
 
-export async function readMeta(dir: string): Promise<BackupMeta> {
+async function readMeta(dir: string): Promise<BackupMeta> {
   const file = path.join(dir, META)
   return parseFile(backupMetaSchema, file, await fs.readFile(file, 'utf8'))
 }
 
-/** Replaces the metadata of a published backup atomically. */
-export const writeMeta = (dir: string, meta: BackupMeta) => atomicWriteFile(path.join(dir, META), metaText(meta))
-
 /** The first metadata of a backup still being made: the one syncfs before it is published makes it durable. */
 export const writeFirstMeta = (dir: string, meta: BackupMeta) => fs.writeFile(path.join(dir, META), metaText(meta), { flag: 'wx' })
 
-export async function readCatalog(dir: string): Promise<Catalog> {
+async function readCatalog(dir: string): Promise<Catalog> {
   const file = path.join(dir, CATALOG)
   return parseFile(catalogSchema, file, await fs.readFile(file, 'utf8'))
 }
@@ -80,7 +77,7 @@ const STORE_LOCK_POLL_MS = 2000
  * backup, so a cron job waits for it up to BACKUP_STORE_LOCK_WAIT seconds, then fails naming the holder.
  * Check mode takes no lock: it writes nothing, not even the lock file.
  */
-export async function withStoreLock(ctx: TaskContext, work: () => Promise<TaskResult>): Promise<TaskResult> {
+async function withStoreLock(ctx: TaskContext, work: () => Promise<TaskResult>): Promise<TaskResult> {
   if (ctx.check) return work()
   const { settings } = ctx
   const dir = backupsDir(settings)

@@ -29,7 +29,7 @@ export const remoteLabel = (r: RemoteSettings) => `${remoteHost(r)}:${remoteStor
 const sshFileOption = (name: string, file: string) => `${name}="${file.replaceAll('%', '%%')}"`
 
 /** ssh's options: never a password prompt, a bounded wait for the host, a dead link noticed in a minute. */
-export function sshOptions(r: RemoteSettings): string[] {
+function sshOptions(r: RemoteSettings): string[] {
   return [
     '-p', String(r.port),
     '-o', 'BatchMode=yes',
@@ -48,14 +48,14 @@ export function sshOptions(r: RemoteSettings): string[] {
  */
 export const rsyncRsh = (r: RemoteSettings) => ['ssh', ...sshOptions(r)].map((w) => `'${w.replaceAll("'", "''")}'`).join(' ')
 
-export interface RemoteOutput { exitCode: number; stdout: string; stderr: string }
+interface RemoteOutput { exitCode: number; stdout: string; stderr: string }
 
 /**
  * Runs `script` with `sh -c` on the remote host, `args` as $1, $2, ...; throws, naming the host and ssh's
  * reason, when ssh itself fails. The script's own exit status and output are the caller's to read. Its
  * stdout holds file names, which are bytes: it is decoded as they are (decodeName), line by line for onLine.
  */
-export async function runRemote($: Shell, r: RemoteSettings, script: string, args: string[], opts: { input?: string | Buffer; signal?: AbortSignal; onLine?: (line: string) => void } = {}): Promise<RemoteOutput> {
+async function runRemote($: Shell, r: RemoteSettings, script: string, args: string[], opts: { input?: string | Buffer; signal?: AbortSignal; onLine?: (line: string) => void } = {}): Promise<RemoteOutput> {
   const command = ['sh', '-c', script, 'citadel', ...args].map(shellQuote).join(' ')
   const run = $({ input: opts.input ?? '', signal: opts.signal, nothrow: true })`${DIES_WITH_CITADEL} ssh ${sshOptions(r)} -- ${remoteHost(r)} ${command}`
   // Collected here as bytes: zx's own stdout is already decoded as UTF-8.
@@ -82,7 +82,7 @@ export async function runRemote($: Shell, r: RemoteSettings, script: string, arg
 }
 
 /** The last line the remote script wrote to stderr: its own message of what was wrong. */
-export const remoteComplaint = (out: RemoteOutput) => out.stderr.trim().split('\n').at(-1) || `exit ${out.exitCode}`
+const remoteComplaint = (out: RemoteOutput) => out.stderr.trim().split('\n').at(-1) || `exit ${out.exitCode}`
 
 export interface RemoteContents extends StoreContents {
   disk: { free_bytes: number; total_bytes: number }
@@ -196,7 +196,7 @@ export async function publishRemote($: Shell, r: RemoteSettings, partial: string
   if (out.exitCode !== 0) throw new Error(`cannot publish ${name} on ${remoteLabel(r)}: ${remoteComplaint(out)}`)
 }
 
-export async function pointRemoteLatest($: Shell, r: RemoteSettings, name: string): Promise<void> {
+async function pointRemoteLatest($: Shell, r: RemoteSettings, name: string): Promise<void> {
   const out = await runRemote($, r, `set -e\ncd -- "$1"\n${SWAP_LATEST}`, [remoteStoreDir(r), '', '', name])
   if (out.exitCode !== 0) throw new Error(`cannot point latest at ${name} on ${remoteLabel(r)}: ${remoteComplaint(out)}`)
 }
@@ -209,7 +209,7 @@ cat > ".$2.citadel-write"
 mv -f -- ".$2.citadel-write" "$2"
 `
 
-export async function replaceRemoteFile($: Shell, r: RemoteSettings, backup: Backup, file: string, content: string): Promise<void> {
+async function replaceRemoteFile($: Shell, r: RemoteSettings, backup: Backup, file: string, content: string): Promise<void> {
   const out = await runRemote($, r, REPLACE_FILE, [backup.dir, file], { input: content })
   if (out.exitCode !== 0) throw new Error(`cannot write ${file} of ${backup.name} on ${remoteHost(r)}: ${remoteComplaint(out)}`)
 }

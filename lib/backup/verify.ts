@@ -78,7 +78,7 @@ function rank(seed: number, rel: string): number {
  * rank, taken until they hold at least `rate` of the bytes and of the files, so that empty and small files
  * get their turn too.
  */
-export function chooseSample(files: [string, number][], rate: number, seed: number, history: VerifyState | null): [string, number][] {
+function chooseSample(files: [string, number][], rate: number, seed: number, history: VerifyState | null): [string, number][] {
   // The result keeps the order of `files` (the catalog's, bytewise).
   // 0, before any real time, for a file never verified (or a time that does not parse).
   const lastVerified = (rel: string) => Date.parse(history?.[rel] ?? '') || 0
@@ -97,7 +97,7 @@ export function chooseSample(files: [string, number][], rate: number, seed: numb
 }
 
 /** A Hugging Face cache names each blob by the SHA-256 of its content. */
-export const HF_BLOB = /(^|\/)blobs\/[0-9a-f]{64}$/
+const HF_BLOB = /(^|\/)blobs\/[0-9a-f]{64}$/
 
 /** The verify state from `file`'s text ('' or null: none yet); anything but an object of times starts over. */
 export function parseVerifyState(text: string | null, warn: (message: string) => void, file = VERIFY_STATE): VerifyState {
