@@ -7,8 +7,10 @@
 // run does not bring it back.
 import path from 'node:path'
 import { planRetention } from '../lib/backup/retention.ts'
-import { onStore, REMOTE_ARG, removePartials, rootsOf } from '../lib/backup/store-tasks.ts'
+import { z } from 'zod'
+import { onStore, remoteArg, removePartials, rootsOf } from '../lib/backup/store-tasks.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
+import { SETTINGS } from '../lib/infra/config.ts'
 import { bytes, count } from '../lib/infra/format.ts'
 
 const task = defineTask({
@@ -16,11 +18,10 @@ const task = defineTask({
   description: 'Remove backups older than DAYS, always keeping of each source the newest BACKUP_KEEP_MIN and the newest verified one, and latest',
   tags: ['backup', 'cleanup'],
   roots: rootsOf(['backup']),
-  args: [
-    { name: 'days', positional: true, type: 'string', value: 'DAYS', help: 'remove backups older than this many days (default: BACKUP_RETENTION_DAYS)',
-      check: (v) => (/^\d+$/.test(v) ? null : 'expected a whole number of days, e.g. 30') },
-    REMOTE_ARG,
-  ],
+  args: z.object({
+    days: SETTINGS.BACKUP_RETENTION_DAYS.schema.optional().meta({ positional: true, value: 'DAYS', description: 'remove backups older than this many days (default: BACKUP_RETENTION_DAYS)' }),
+    remote: remoteArg,
+  }),
   aliases: { 'remote-backup-cleanup': { remote: true } },
   async run(ctx) {
     const { settings } = ctx
@@ -28,7 +29,7 @@ const task = defineTask({
       const missing = await store.missing()
       if (missing) return ctx.fail(missing)
       return store.exclusive(ctx, async () => {
-        const days = typeof ctx.args.days === 'string' ? Number(ctx.args.days) : settings.backup.retentionDays
+        const days = ctx.args.days ?? settings.backup.retentionDays
         const on = store.host ? ` on ${store.host}` : ''
         const contents = await store.scan()
 

@@ -16,7 +16,8 @@ import { backupsDir, scanStore } from '../lib/backup/local-store.ts'
 import { bytesToSend, sendBackup } from '../lib/backup/send.ts'
 import { scanRemote } from '../lib/backup/ssh-store.ts'
 import { backupName, chainOf, findBackup, noSuchBackup, type Backup, type BackupStore, type BackupType } from '../lib/backup/store.ts'
-import { onStore, REMOTE_ARG, removePartials, rootsOf } from '../lib/backup/store-tasks.ts'
+import { z } from 'zod'
+import { onStore, remoteArg, removePartials, rootsOf } from '../lib/backup/store-tasks.ts'
 import type { TreeFile } from '../lib/infra/tree.ts'
 import { lstatOrNull } from '../lib/infra/fsx.ts'
 import { RSYNC_VANISHED } from '../lib/backup/rsync.ts'
@@ -38,7 +39,7 @@ function shrinkage(src: string, files: TreeFile[], previous: Backup | null, maxS
   return `${src} holds ${count(files.length, 'file')}, ${bytes(size)}; its previous backup ${previous.name} holds ${count(was.files, 'file')}, ${bytes(was.bytes)}: a fall of ${Math.round(worst * 100)}%, more than BACKUP_MAX_SHRINK=${maxShrink} allows`
 }
 
-async function make(ctx: TaskContext, local: BackupStore, src: string): Promise<TaskResult> {
+async function make(ctx: TaskContext, local: BackupStore, src: string, asked: BackupType | undefined): Promise<TaskResult> {
   const { settings } = ctx
   const root = local.label
   const store = await local.scan()
@@ -47,7 +48,7 @@ async function make(ctx: TaskContext, local: BackupStore, src: string): Promise<
   // of the active models moves `latest`, which vLLM's restores and the daily incremental go by.
   const previous = chainOf(store, src).at(-1) ?? null
   const movesLatest = src === settings.modelsActive
-  let type = (ctx.args.type as BackupType | undefined) ?? (previous ? 'incremental' : 'full')
+  let type = asked ?? (previous ? 'incremental' : 'full')
   if (type === 'incremental' && !previous) {
     ctx.warn(`no complete backup of ${src} to base an incremental on: making a full one`)
     type = 'full'
@@ -117,27 +118,30 @@ const task = defineTask({
   // A send reads the local backup it sends.
   roots: rootsOf(['models', 'backup'], ['backup']),
   idempotent: false,
-  args: [
-    { name: 'src', positional: true, type: 'string', value: 'SRC|BACKUP', help: 'directory to back up (default: the active models directory); with --remote, the local backup to send (default: latest)' },
-    { name: 'type', type: 'string', value: 'full|incremental', help: 'default: incremental when a complete backup exists, else full', check: (v) => (v === 'full' || v === 'incremental' ? null : 'expected full or incremental') },
-    REMOTE_ARG,
-  ],
+  args: z.object({
+    // A path here, a backup's name with --remote: resolved only once it is known to be a path.
+    src: z.string().refine((v) => v !== '' && !v.includes('\0'), 'expected a directory, or with --remote a backup name').optional()
+      .meta({ positional: true, value: 'SRC', description: 'directory to back up (default: the active models directory); with --remote, the name of the local backup to send (default: latest)' }),
+    type: z.enum(['full', 'incremental'], { error: 'expected full or incremental' }).optional()
+      .meta({ value: 'full|incremental', description: 'default: incremental when a complete backup exists, else full' }),
+    remote: remoteArg,
+  }),
   aliases: { 'remote-backup-create': { remote: true } },
   async run(ctx) {
     const { settings } = ctx
     return onStore(ctx, async (store, remote) => {
       if (remote) {
-        if (ctx.args.type !== undefined) return ctx.fail(`--type "${String(ctx.args.type)}" is not valid with --remote: a send copies a backup as it was made; give its name (or none, for latest)`)
-        return send(ctx, store, remote, typeof ctx.args.src === 'string' ? ctx.args.src : undefined)
+        if (ctx.args.type !== undefined) return ctx.fail(`--type "${ctx.args.type}" is not valid with --remote: a send copies a backup as it was made; give its name (or none, for latest)`)
+        return send(ctx, store, remote, ctx.args.src)
       }
-      const src = path.resolve(typeof ctx.args.src === 'string' ? ctx.args.src : settings.modelsActive)
+      const src = path.resolve(ctx.args.src ?? settings.modelsActive)
       const root = store.label
       if (!(await fs.stat(src).catch(() => null))?.isDirectory()) return ctx.fail(`source ${src} is not a directory`)
       const rel = path.relative(src, root)
       if (!rel.startsWith('..') && !path.isAbsolute(rel)) return ctx.fail(`source ${src} contains the backup directory ${root}; back up something that does not`)
       const missing = await store.missing()
       if (missing) return ctx.fail(missing)
-      return store.exclusive(ctx, () => make(ctx, store, src))
+      return store.exclusive(ctx, () => make(ctx, store, src, ctx.args.type))
     })
   },
 })

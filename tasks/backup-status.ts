@@ -3,7 +3,8 @@
 // Warnings never fail it; an unreadable store does.
 import { storeStatus, type BackupStatus } from '../lib/backup/status.ts'
 import { showStatus } from '../lib/backup/status-report.ts'
-import { onStore, REMOTE_ARG, rootsOf } from '../lib/backup/store-tasks.ts'
+import { z } from 'zod'
+import { onStore, remoteArg, rootsOf } from '../lib/backup/store-tasks.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
 const task = defineTask({
@@ -13,7 +14,7 @@ const task = defineTask({
   // Only reads: it answers while another run holds the lock.
   readOnly: true,
   roots: rootsOf(['backup']),
-  args: [REMOTE_ARG],
+  args: z.object({ remote: remoteArg }),
   aliases: { 'remote-backup-status': { remote: true } },
   async run(ctx) {
     return onStore(ctx, async (store) => {

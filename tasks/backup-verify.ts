@@ -4,10 +4,12 @@
 // metadata, failed or not: that is bookkeeping, not a change to the backup, so the task reports ok when
 // nothing is wrong.
 import { findBackup, latestDamaged, noSuchBackup, shownName } from '../lib/backup/store.ts'
-import { onStore, REMOTE_ARG, rootsOf } from '../lib/backup/store-tasks.ts'
+import { z } from 'zod'
+import { onStore, remoteArg, rootsOf } from '../lib/backup/store-tasks.ts'
 import { recordVerification, verifyBackup } from '../lib/backup/verify.ts'
 import { showVerification } from '../lib/backup/verify-report.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
+import { SETTINGS, wholeNumber } from '../lib/infra/config.ts'
 import { progressLine } from '../lib/infra/format.ts'
 
 const task = defineTask({
@@ -15,22 +17,17 @@ const task = defineTask({
   description: 'Check a backup against its catalog (sizes, links, strays) and hash a sample against its manifest, files verified longest ago first',
   tags: ['backup', 'verify'],
   roots: rootsOf(['backup']),
-  args: [
-    { name: 'backup', positional: true, type: 'string', value: 'BACKUP', help: 'a backup name, or latest (the default)' },
-    {
-      name: 'sample', type: 'string', value: 'RATE', help: 'share of the bytes and of the files to hash (default: BACKUP_VERIFY_SAMPLE_RATE)',
-      check: (v) => (/^(\d+\.?\d*|\.\d+)$/.test(v) && Number(v) > 0 && Number(v) <= 1 ? null : 'expected a ratio greater than 0 and at most 1, e.g. 0.1'),
-    },
-    {
-      name: 'seed', type: 'string', value: 'N', help: 'the same N hashes the same sample, whichever files were verified recently',
-      check: (v) => (/^\d+$/.test(v) && Number.isSafeInteger(Number(v)) ? null : 'expected a whole number, e.g. 7'),
-    },
-    REMOTE_ARG,
-  ],
+  args: z.object({
+    backup: z.string().optional().meta({ positional: true, value: 'BACKUP', description: 'a backup name, or latest (the default)' }),
+    sample: SETTINGS.BACKUP_VERIFY_SAMPLE_RATE.schema.optional()
+      .meta({ value: 'RATE', description: 'share of the bytes and of the files to hash (default: BACKUP_VERIFY_SAMPLE_RATE)' }),
+    seed: wholeNumber(0, '7').optional().meta({ value: 'N', description: 'the same N hashes the same sample, whichever files were verified recently' }),
+    remote: remoteArg,
+  }),
   aliases: { 'remote-backup-verify': { remote: true } },
   async run(ctx) {
     return onStore(ctx, async (store) => {
-      const wanted = typeof ctx.args.backup === 'string' ? ctx.args.backup : undefined
+      const wanted = ctx.args.backup
       const contents = await store.scan()
       // Verifying the newest good backup instead would pass while the one `latest` names is unreadable.
       const broken = wanted === undefined || wanted === 'latest' ? latestDamaged(contents) : null
@@ -40,8 +37,8 @@ const task = defineTask({
 
       const started = Date.now()
       const outcome = await verifyBackup(store, backup, {
-        rate: typeof ctx.args.sample === 'string' ? Number(ctx.args.sample) : ctx.settings.backup.verifySampleRate,
-        seed: typeof ctx.args.seed === 'string' ? Number(ctx.args.seed) : null,
+        rate: ctx.args.sample ?? ctx.settings.backup.verifySampleRate,
+        seed: ctx.args.seed ?? null,
         signal: ctx.signal,
         onProgress: (done, total) => ctx.progress(progressLine(store.host ? `hashing on ${store.host}` : 'hashing', done, total, started)),
         warn: (message) => ctx.warn(message),

@@ -2,10 +2,11 @@
 // path. A measurement, not a change: it reports ok and its history line is bookkeeping. It still takes the
 // run lock, as it writes a test file, so it never measures while a backup runs.
 import { promises as fs } from 'node:fs'
-import path from 'node:path'
 import { perfHistoryFile } from '../lib/infra/layout.ts'
 import { refusal } from '../lib/core/marks.ts'
-import { perfSize, runPerf, type PerfJob, type PerfResult } from '../lib/health/perf.ts'
+import { appendPerfHistory, perfSize, runPerf, type PerfJob, type PerfResult } from '../lib/health/perf.ts'
+import { z } from 'zod'
+import { localPath } from '../lib/core/args.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
 import { bytes, table } from '../lib/infra/format.ts'
 
@@ -39,24 +40,25 @@ const task = defineTask({
   name: 'check-perf',
   description: 'Measure I/O with fio in the models root (or PATH): sequential read and write, 4 KiB random read, against the previous run',
   tags: ['monitor', 'perf'],
-  args: [
-    { name: 'path', positional: true, type: 'string', value: 'PATH', help: 'directory to measure (default: the models root)' },
-    { name: 'quick', type: 'boolean', help: '64 MiB and 2 s per job instead of 1 GiB and 10 s' },
-  ],
+  args: z.object({
+    path: localPath.optional().meta({ positional: true, value: 'PATH', description: 'directory to measure (default: the models root)' }),
+    quick: z.boolean().default(false).meta({ description: '64 MiB and 2 s per job instead of 1 GiB and 10 s' }),
+  }),
   async run(ctx) {
     // The models root only when it is the disk citadel marked: an empty mount point would be measured as it.
-    const refused = typeof ctx.args.path === 'string' ? null : await refusal(ctx.$, ctx.settings, ['models'], ctx.check ? ctx.earlierChanges : [])
+    const refused = ctx.args.path !== undefined ? null : await refusal(ctx.$, ctx.settings, ['models'], ctx.check ? ctx.earlierChanges : [])
     if (refused) return ctx.fail(refused)
-    const dir = path.resolve(typeof ctx.args.path === 'string' ? ctx.args.path : ctx.settings.modelsRoot)
+    const dir = ctx.args.path ?? ctx.settings.modelsRoot
     const st = await fs.stat(dir).catch(() => null)
     if (!st) return ctx.fail(`${dir} does not exist: nothing to measure`)
     if (!st.isDirectory()) return ctx.fail(`${dir} is not a directory: give the directory to measure`)
-    const quick = ctx.args.quick === true
+    const { quick } = ctx.args
     const { size_bytes, runtime_limit_seconds } = perfSize(quick)
     if (ctx.check) return ctx.skip(`would run fio in ${dir} (3 jobs of at most ${bytes(size_bytes)} and ${runtime_limit_seconds} s each; needs ${bytes(2 * size_bytes)} free)`)
     let r: PerfResult
     try {
       r = await runPerf({ $: ctx.$, signal: ctx.signal, progress: ctx.progress, dir, quick, historyFile: perfHistoryFile(ctx.settings) })
+      await ctx.bookkeep('perf history', () => appendPerfHistory(perfHistoryFile(ctx.settings), r))
     } catch (err) {
       if (ctx.signal.aborted) throw err
       return ctx.fail((err as Error).message)

@@ -4,6 +4,8 @@
 import { readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { classifySmart, readSmart, smartHealth, smartProblems, type SmartReport, type SmartVerdict } from '../lib/health/smart.ts'
+import { z } from 'zod'
+import { localPath } from '../lib/core/args.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
 import { count, summarize, table } from '../lib/infra/format.ts'
 
@@ -26,6 +28,10 @@ async function fromFile(file: string): Promise<SmartReport | string> {
   return classifySmart(doc, typeof name === 'string' && name ? name : path.basename(file))
 }
 
+// smartctl would read a name starting with "-" as an option.
+const devicePath = z.string({ error: 'expected a device path, e.g. /dev/sda' })
+  .refine((v) => path.isAbsolute(v) && !v.includes('\0'), 'expected a device path, e.g. /dev/sda')
+
 const VERDICTS: SmartVerdict[] = ['healthy', 'warning', 'failing', 'unavailable']
 
 const task = defineTask({
@@ -33,22 +39,22 @@ const task = defineTask({
   description: 'Give each disk under the model and backup roots a SMART verdict (healthy, warning, failing, unavailable) with its reasons',
   tags: ['monitor', 'smart'],
   readOnly: true,
-  args: [
-    { name: 'devices', positional: true, variadic: true, type: 'string', value: 'DEVICE', help: 'read these devices (e.g. /dev/sda) instead of the disks under the roots' },
-    { name: 'json-input', type: 'string', value: 'FILE', help: 'classify a saved smartctl --json output instead of reading a disk' },
-  ],
+  args: z.object({
+    devices: z.array(devicePath).optional().meta({ positional: true, value: 'DEVICE', description: 'read these devices (e.g. /dev/sda) instead of the disks under the roots' }),
+    'json-input': localPath.optional().meta({ value: 'FILE', description: 'classify a saved smartctl --json output instead of reading a disk' }),
+  }),
   async run(ctx) {
     const file = ctx.args['json-input']
     const devices = ctx.args.devices
     let disks: SmartReport[]
     let notes: string[] = []
-    if (typeof file === 'string') {
-      if (Array.isArray(devices)) return ctx.fail('give DEVICE names or --json-input FILE, not both')
+    if (file !== undefined) {
+      if (devices !== undefined) return ctx.fail('give DEVICE names or --json-input FILE, not both')
       const report = await fromFile(file)
       if (typeof report === 'string') return ctx.fail(report)
       disks = [report]
-    } else if (Array.isArray(devices)) {
-      disks = await Promise.all(devices.map((d: string) => readSmart(ctx.$, d, ctx.signal)))
+    } else if (devices !== undefined) {
+      disks = await Promise.all(devices.map((d) => readSmart(ctx.$, d, ctx.signal)))
     } else {
       ;({ disks, notes } = await smartHealth(ctx.$, ctx.settings, ctx.signal))
     }

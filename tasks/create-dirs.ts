@@ -2,7 +2,7 @@
 // root). Creates what is missing, fixes mode and owner of what is there, never creates the disk roots.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { describeEntry, lstatOrNull, octal } from '../lib/infra/fsx.ts'
+import { describeEntry, lstatOrNull } from '../lib/infra/fsx.ts'
 import { expectedDirs, logsDir } from '../lib/infra/layout.ts'
 import { resolveOwner, type Owner } from '../lib/infra/system.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
@@ -39,25 +39,10 @@ const task = defineTask({
 
     // A rollback keeps the app root and logs: the run's own lock and log live there.
     const keptOnRollback = [settings.appRoot, logsDir(settings)]
-    let created = 0
-    let fixed = 0
-    for (const { dir, st } of plan) {
-      if (!st) {
-        created++
-        await ctx.apply({ path: dir, action: 'create directory', before: null, after: octal(mode) }, keptOnRollback.includes(dir) ? null : { op: 'rmdir', path: dir }, async () => {
-          await fs.mkdir(dir, { mode })
-          await fs.chmod(dir, mode)
-        })
-        if (owner) await ctx.apply({ path: dir, action: 'set owner', before: null, after: `${owner.uid}:${owner.gid}` }, null, () => fs.chown(dir, owner.uid, owner.gid))
-        continue
-      }
-      if (st.isSymbolicLink()) continue // an operator's link to a directory elsewhere: theirs to manage
-      const wrongMode = (st.mode & 0o7777) !== mode
-      const wrongOwner = owner !== null && (st.uid !== owner.uid || st.gid !== owner.gid)
-      if (wrongMode) await ctx.apply({ path: dir, action: 'fix mode', before: octal(st.mode), after: octal(mode) }, { op: 'chmod', path: dir, mode: st.mode & 0o7777 }, () => fs.chmod(dir, mode))
-      if (owner && wrongOwner) await ctx.apply({ path: dir, action: 'fix owner', before: `${st.uid}:${st.gid}`, after: `${owner.uid}:${owner.gid}` }, { op: 'chown', path: dir, uid: st.uid, gid: st.gid }, () => fs.chown(dir, owner.uid, owner.gid))
-      if (wrongMode || wrongOwner) fixed++
-    }
+    const done = { created: 0, fixed: 0, ok: 0 }
+    // An operator's link to a directory elsewhere is theirs to manage: ensureDir leaves it alone.
+    for (const { dir } of plan) done[await ctx.ensureDir(dir, { mode, owner, keepOnRollback: keptOnRollback.includes(dir) })]++
+    const { created, fixed } = done
     const would = ctx.check ? 'would be ' : ''
     const msg = created + fixed === 0 ? `${plan.length} directories in place` : `${created} ${would}created, ${fixed} ${would}fixed, ${plan.length - created - fixed} in place`
     return ctx.finish(msg, { directories: plan.map((p) => p.dir) })

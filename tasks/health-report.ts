@@ -16,7 +16,7 @@ const task = defineTask({
     const report = await collectHealth({ settings: ctx.settings, $: ctx.$, signal: ctx.signal })
     for (const p of report.problems) ctx.warn(`${p.severity}: ${p.message}`)
     const file = healthFile(ctx.settings)
-    if (!ctx.check) await writeHealth(ctx.settings, report)
+    await ctx.bookkeep('health report', () => writeHealth(ctx.settings, report))
     const problems = report.problems.length ? `, ${count(report.problems.length, 'problem')}` : ''
     return ctx.finish(`overall ${report.overall}${problems}; ${ctx.check ? 'would write' : 'written to'} ${file}`, { ...report })
   },

@@ -2,9 +2,8 @@
 // citadel-daily/weekly.service with their timers. Each file is written atomically and only when it differs.
 // Where systemd runs, the units are then reloaded, enabled and started; elsewhere (a container, CI) the files
 // are written and the task says how to run the monitor by hand. Rendering and escaping: lib/systemd/units.ts.
-import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { atomicWriteFile, describeEntry, lstatOrNull, octal, readFileOrNull, which } from '../lib/infra/fsx.ts'
+import { describeEntry, lstatOrNull, readFileOrNull, which } from '../lib/infra/fsx.ts'
 import { ENABLED_UNITS, managerReads, renderUnits, scheduleProblem, showUnits, systemdRunning, UnitError, type UnitFile } from '../lib/systemd/units.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
@@ -31,21 +30,19 @@ const task = defineTask({
     const st = await lstatOrNull(dir)
     if (st && !st.isDirectory()) return ctx.fail(`${dir} (CITADEL_SYSTEMD_DIR) is ${describeEntry(st)}, expected a directory`)
     if (!st && !(await lstatOrNull(path.dirname(dir)))?.isDirectory()) return ctx.fail(`neither ${dir} (CITADEL_SYSTEMD_DIR) nor its parent exists`)
-    const plan: (UnitFile & { file: string; current: string | null; mode: number })[] = []
+    const plan: (UnitFile & { file: string; current: string | null })[] = []
     for (const unit of units) {
       const file = path.join(dir, unit.name)
       const fst = await lstatOrNull(file)
       if (fst && !fst.isFile()) return ctx.fail(`${file} is ${describeEntry(fst)}, expected a unit file: move it away and rerun`)
-      plan.push({ ...unit, file, current: fst ? await readFileOrNull(file) : null, mode: fst ? fst.mode & 0o7777 : 0o644 })
+      plan.push({ ...unit, file, current: fst ? await readFileOrNull(file) : null })
     }
-    if (!st) await ctx.apply({ path: dir, action: 'create directory', before: null, after: '0755' }, { op: 'rmdir', path: dir }, () => fs.mkdir(dir, { mode: 0o755 }))
+    // Only created: an existing unit directory's mode is systemd's business, not citadel's.
+    if (!st) await ctx.ensureDir(dir, { mode: 0o755 })
     const written: string[] = []
     for (const u of plan) {
-      if (u.current !== u.content) {
-        written.push(u.name)
-        await ctx.apply({ path: u.file, action: u.current === null ? 'create file' : 'update file', before: u.current, after: u.content }, { op: 'restore-file', path: u.file, content: u.current, mode: u.mode }, () =>
-          atomicWriteFile(u.file, u.content, 0o644))
-      } else if (u.mode !== 0o644) await ctx.apply({ path: u.file, action: 'fix mode', before: octal(u.mode), after: '0644' }, { op: 'chmod', path: u.file, mode: u.mode }, () => fs.chmod(u.file, 0o644))
+      if (u.current !== u.content) written.push(u.name)
+      await ctx.ensureFile(u.file, u.content, 0o644)
     }
     const would = ctx.check ? 'would be ' : ''
     const head = written.length ? `${written.length} of ${units.length} units ${would}written to ${dir}` : `${units.length} units up to date in ${dir}`

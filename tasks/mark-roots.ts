@@ -3,20 +3,20 @@
 // root missing the mark this app root remembers, or on another filesystem, is refused: that is an
 // unmounted or swapped disk, and only --new-disk lays out a replacement. Runs before create-dirs, while a
 // fresh root can still be told apart from one citadel laid out.
-import { promises as fs } from 'node:fs'
-import path from 'node:path'
-import { atomicWriteFile, readFileOrNull } from '../lib/infra/fsx.ts'
 import { appLaidOut, inspectRoots, markFile, newMark, NEW_DISK_FLAG, readRemembered, rememberedFile, type Mark, type RootState } from '../lib/core/marks.ts'
+import { z } from 'zod'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
 const task = defineTask({
   name: 'mark-roots',
   description: 'Mark the models and backup roots as citadel\'s, and refuse a root whose disk is not mounted or was swapped',
   tags: ['setup', 'dirs'],
-  args: [{ name: 'new-disk', type: 'boolean', help: 'Mark a replaced disk afresh: a root without its remembered mark, or with another filesystem\'s, gets a new mark' }],
+  args: z.object({
+    'new-disk': z.boolean().default(false).meta({ description: 'Mark a replaced disk afresh: a root without its remembered mark, or with another filesystem\'s, gets a new mark' }),
+  }),
   async run(ctx) {
     const { settings } = ctx
-    const newDisk = ctx.args['new-disk'] === true
+    const newDisk = ctx.args['new-disk']
     const states = await inspectRoots(ctx.$, settings)
     const remembered = await readRemembered(settings)
     const wasSetUp = await appLaidOut(settings)
@@ -39,21 +39,11 @@ const task = defineTask({
     for (const { state, mark } of marks) roots[state.role] = { id: mark.id, path: state.path, created: mark.created }
 
     for (const { state, mark, note } of marks) {
-      const file = markFile(state.path)
-      const old = await readFileOrNull(file)
-      await ctx.apply({ path: file, action: 'mark root', before: state.mark?.id ?? null, after: mark.id }, { op: 'restore-file', path: file, content: old, mode: 0o644 },
-        () => atomicWriteFile(file, JSON.stringify(mark, null, 2) + '\n'))
+      await ctx.ensureFile(markFile(state.path), JSON.stringify(mark, null, 2) + '\n', 0o644)
       if (note) ctx.warn(note)
     }
-    const record = rememberedFile(settings)
-    const text = JSON.stringify({ format: 1, roots }, null, 2) + '\n'
-    if (JSON.stringify(roots) !== JSON.stringify(remembered.roots)) {
-      const old = await readFileOrNull(record)
-      await ctx.apply({ path: record, action: 'remember root marks', before: old === null ? null : JSON.stringify(remembered.roots), after: JSON.stringify(roots) }, { op: 'restore-file', path: record, content: old, mode: 0o644 }, async () => {
-        await fs.mkdir(path.dirname(record), { recursive: true, mode: settings.dirMode })
-        await atomicWriteFile(record, text)
-      })
-    }
+    // The record lives in the state directory, which the runner makes before any task of a real run.
+    if (JSON.stringify(roots) !== JSON.stringify(remembered.roots)) await ctx.ensureFile(rememberedFile(settings), JSON.stringify({ format: 1, roots }, null, 2) + '\n', 0o644)
     const would = ctx.check ? 'would be ' : ''
     const msg = marks.length ? `${marks.map((m) => m.state.role).join(' and ')} root ${would}marked` : 'both roots marked'
     return ctx.finish(msg, { roots: states.map((s) => ({ role: s.role, path: s.path, verdict: s.verdict, fs_uuid: s.fs_uuid, mark: marks.find((m) => m.state === s)?.mark.id ?? s.mark?.id ?? null })) })

@@ -3,7 +3,6 @@
 // as create-symlinks: nothing in the way is touched without --force, and then it is moved aside. Unlike
 // create-symlinks it repairs every link it can even when another cannot be: each repair is right on its
 // own, so a failure for the others keeps it.
-import { promises as fs } from 'node:fs'
 import { fixLinks, planLinks } from '../lib/links/links.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
 import { summarize } from '../lib/infra/format.ts'
@@ -15,12 +14,7 @@ const task = defineTask({
   roots: ['models'],
   async run(ctx) {
     const plan = await planLinks(ctx)
-    for (const s of plan.missingTargets) {
-      await ctx.apply({ path: s.target, action: 'create missing link target', before: null, after: 'directory' }, { op: 'rmdir', path: s.target }, async () => {
-        await fs.mkdir(s.target, { mode: ctx.settings.dirMode })
-        await fs.chmod(s.target, ctx.settings.dirMode)
-      })
-    }
+    for (const s of plan.missingTargets) await ctx.ensureDir(s.target, { mode: ctx.settings.dirMode })
     await fixLinks(ctx, plan.fixes)
     for (const reason of plan.waiting) ctx.detail(`skipped ${reason}`)
     const repairs = [...plan.missingTargets.map((s) => ({ path: s.target, was: 'missing target' })), ...plan.fixes.map((s) => ({ path: s.path, was: s.verdict }))]

@@ -2,7 +2,7 @@
 // single-quoted, so sourcing it runs nothing; `bash -n` checks it before it is published by rename,
 // and it is rewritten only when its content changes.
 import path from 'node:path'
-import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull } from '../lib/infra/fsx.ts'
+import { describeEntry, lstatOrNull, readFileOrNull } from '../lib/infra/fsx.ts'
 import { envScriptPath, hfHome, vllmCache } from '../lib/infra/layout.ts'
 import { envNameOfAlias, type Settings } from '../lib/infra/config.ts'
 import { shellQuote } from '../lib/infra/quote.ts'
@@ -40,9 +40,7 @@ const task = defineTask({
     if (current === wanted) return ctx.finish(`${file} is up to date`)
     const syntax = await ctx.$({ input: wanted, nothrow: true })`bash -n`
     if (syntax.exitCode !== 0) return ctx.fail(`generated script does not parse (bash -n: ${syntax.stderr.trim()}); nothing written`)
-    const previousMode = st ? st.mode & 0o7777 : 0o644
-    await ctx.apply({ path: file, action: current === null ? 'create file' : 'update file', before: current, after: wanted }, { op: 'restore-file', path: file, content: current, mode: previousMode }, () =>
-      atomicWriteFile(file, wanted, 0o644))
+    await ctx.ensureFile(file, wanted, 0o644)
     return ctx.finish(`${file} ${ctx.check ? 'would be ' : ''}${current === null ? 'written' : 'updated'}`)
   },
 })

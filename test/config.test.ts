@@ -53,14 +53,6 @@ describe('settings', () => {
     }
   })
 
-  it('the README settings table lists every setting with its default', () => {
-    const readme = readFileSync(path.join(PROJECT, 'README.md'), 'utf8')
-    for (const [name, spec] of Object.entries(SETTINGS)) {
-      const row = readme.split('\n').find((l) => l.startsWith(`| \`${name}\` |`))
-      expect(row, `${name} in the README`).toBeDefined()
-      if (spec.default !== undefined) expect(row).toContain(`| \`${spec.default}\` |`)
-    }
-  })
 })
 
 // Each bad value, the setting that must be named, and a word of what is expected.

@@ -181,14 +181,14 @@ describe('a registered model vLLM cannot load', () => {
 })
 
 describe('files citadel wrote earlier are read through a schema', () => {
-  it('a health.json or perf history line of another shape is one line naming the file', async () => {
+  it("a monitor's state or perf history line of another shape is one line naming the file", async () => {
     const roots = await setUpServer(CALM)
     const state = path.join(roots.app, 'state')
-    writeFileSync(path.join(state, 'health.json'), JSON.stringify({ monitor: { pid: 'not a pid' } }))
+    writeFileSync(path.join(state, 'monitor.json'), JSON.stringify({ pid: 'not a pid' }))
     writeFileSync(path.join(state, 'perf-history.jsonl'), '{"path":"/x","at":"y","jobs":{}}\n')
     const status = await citadel(['status'], roots.env)
     expect(status.code).toBe(0)
-    expect(status.stderr).toBe(`citadel: warning: ${path.join(state, 'health.json')} is not a health report citadel wrote at monitor.pid: Invalid input: expected number, received string; status reads the disks itself\n`)
+    expect(status.stderr).toMatch(new RegExp(`^citadel: warning: ${path.join(state, 'monitor.json')} is not a monitor's state citadel wrote at pid: Invalid input: expected number, received string.*; status reads the disks itself\n$`))
     const health = await citadelJson(['health-check'], roots.env)
     expect(health.doc.problems).toContainEqual({ check: 'perf', severity: 'warning', key: 'perf:history', message: expect.stringMatching(new RegExp(`^${path.join(state, 'perf-history.jsonl')} line 1 is not a perf result citadel wrote at `)) })
   })

@@ -76,12 +76,10 @@ async function until<T>(what: string, probe: () => T | undefined | false | 0 | n
 }
 
 const healthOf = (roots: Roots) => JSON.parse(readFileSync(path.join(roots.app, 'state', 'health.json'), 'utf8'))
-/** When the monitor's last cycle ended; health.json written by anything else (initial-setup) does not count. */
-const cycleCount = (roots: Roots): string | null => {
-  if (!existsSync(path.join(roots.app, 'state', 'health.json'))) return null
-  const health = healthOf(roots)
-  return health.monitor ? health.generated_at : null
-}
+const monitorStateOf = (roots: Roots) => JSON.parse(readFileSync(path.join(roots.app, 'state', 'monitor.json'), 'utf8'))
+/** When the monitor's last cycle ended, from the monitor's own state file. */
+const cycleCount = (roots: Roots): string | null =>
+  existsSync(path.join(roots.app, 'state', 'monitor.json')) ? monitorStateOf(roots).last_cycle_at : null
 
 describe('citadel monitor', () => {
   it('--once writes health.json and a Prometheus textfile promtool accepts, and exits as health-check does', async () => {
@@ -94,7 +92,14 @@ describe('citadel monitor', () => {
     expect(once.code, once.stdout + once.stderr).toBe(0)
     const health = healthOf(roots)
     expect(health.overall).toBe('ok')
-    expect(health.monitor.pid).toBeGreaterThan(0)
+    // health.json has one shape whoever writes it; the monitor's own state is in monitor.json.
+    await citadel(['task', 'health-report'], roots.env)
+    expect(Object.keys(healthOf(roots)).sort()).toEqual(Object.keys(health).sort())
+    expect(health.monitor).toBeUndefined()
+    const state = monitorStateOf(roots)
+    expect(state.pid).toBeGreaterThan(0)
+    expect(Date.parse(state.last_cycle_at)).toBeGreaterThanOrEqual(Date.parse(health.generated_at))
+    expect(state.smart.read_at).toBe(health.smart_read_at)
     const prom = readFileSync(path.join(roots.app, 'metrics', 'citadel.prom'), 'utf8')
     expect(prom).toContain('citadel_health_severity{check="overall"} 0')
     expect(prom).toMatch(/citadel_backup_newest_age_seconds \d+/)

@@ -1,10 +1,11 @@
 // What monitoring needs of the local backup store (health-check, status, the monitor), read from the
 // backups' metadata alone, with no walk of their data.
+import { z } from 'zod'
 import type { Settings } from '../infra/config.ts'
-import type { Problem } from '../core/problems.ts'
+import { problemSchema, type Problem } from '../core/problems.ts'
 import { duration } from '../infra/format.ts'
 import { backupsDir, scanStore, storeMissing } from './local-store.ts'
-import { noBackup, overdue, verificationState, type VerificationState } from './status.ts'
+import { backupTypeSchema, noBackup, overdue, verificationState, type VerificationState } from './status.ts'
 import { chainOf, latestDamaged, type BackupType } from './store.ts'
 
 export interface BackupHealth {
@@ -18,6 +19,25 @@ export interface BackupHealth {
   verification: VerificationState | null
   problems: Problem[]
 }
+
+const nonNegative = z.number().int().nonnegative()
+
+const verificationStateSchema = z.strictObject({
+  backup: z.string(),
+  text: z.string().describe('for a status line: "verified ok 2h ago", "not verified yet; NAME verified ok 2d ago", ...'),
+  problem: z.string().nullable().describe('the warning, or null while the chain is verified recently enough'),
+}) satisfies z.ZodType<VerificationState>
+
+export const backupHealthSchema = z.strictObject({
+  store: z.string(),
+  complete: nonNegative.describe('complete backups in the store'),
+  newest: z.strictObject({ name: z.string(), type: backupTypeSchema, created: z.iso.datetime(), age: z.string(), age_seconds: z.number().int() }).nullable(),
+  last_verification: z.strictObject({ backup: z.string(), at: z.iso.datetime(), age_seconds: z.number().int(), ok: z.boolean(), problems: nonNegative }).nullable()
+    .describe('the most recent verification of any complete backup'),
+  latest: z.string().nullable(),
+  verification: verificationStateSchema.nullable().describe('the newest backup of the active models and how far it can be trusted'),
+  problems: z.array(problemSchema),
+}) satisfies z.ZodType<BackupHealth>
 
 /** The backup line of `status`, in the words of verificationState. */
 export const backupLine = (h: BackupHealth) => h.newest && h.verification ? `${h.newest.name}, ${h.newest.age} old; ${h.verification.text}` : 'no complete backup'

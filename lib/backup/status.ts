@@ -2,6 +2,7 @@
 // only it holds and its last verification, the space left on the store's disk, and what needs attention;
 // and how far the newest backup of a chain can be trusted, in the words status and monitoring share.
 import path from 'node:path'
+import { z } from 'zod'
 import { byClock, chainOf, isEmptyBackup, type Backup, type BackupStore, type BackupType, type Disk, type StoreContents } from './store.ts'
 import { count, DAY_MS, duration } from '../infra/format.ts'
 
@@ -42,6 +43,35 @@ export interface BackupStatus {
   damaged: { name: string; reason: string }[]
   warnings: string[]
 }
+
+const nonNegative = z.number().int().nonnegative()
+export const backupTypeSchema = z.enum(['full', 'incremental']) satisfies z.ZodType<BackupType>
+
+const backupSummarySchema = z.strictObject({
+  name: z.string(),
+  type: backupTypeSchema,
+  source: z.string().describe('the directory backed up: each source is its own chain'),
+  created: z.iso.datetime(),
+  age: z.string().describe('for people: "4h 12m"'),
+  age_seconds: z.number().int(),
+  files: nonNegative,
+  bytes: nonNegative,
+  unique_bytes: nonNegative.nullable().describe('bytes no other backup shares through a hard link: what removing this backup alone frees; null for the remote store'),
+  last_verification: z.strictObject({ at: z.iso.datetime(), rate: z.number(), ok: z.boolean(), problems: nonNegative }).nullable(),
+  latest: z.boolean(),
+}) satisfies z.ZodType<BackupSummary>
+
+/** What backup status (local or --remote) reports as its task's data. */
+export const backupStatusSchema = z.strictObject({
+  store: z.string(),
+  backups: z.array(backupSummarySchema).describe('complete backups, oldest first'),
+  totals: z.strictObject({ backups: nonNegative, bytes: nonNegative, bytes_on_disk: nonNegative.describe('each file shared through hard links counted once') }),
+  disk: z.strictObject({ free_bytes: nonNegative, total_bytes: nonNegative }),
+  latest: z.string().nullable().describe('the backup the latest link points at'),
+  partials: z.array(z.string()).describe('partial copies interrupted creates left; cleanup removes them'),
+  damaged: z.array(z.strictObject({ name: z.string(), reason: z.string() })).describe('backups whose backup.json cannot be read: never counted, never removed'),
+  warnings: z.array(z.string()),
+}) satisfies z.ZodType<BackupStatus>
 
 /**
  * Why the backups count as overdue, or null while the newest is recent enough. One dated in the future

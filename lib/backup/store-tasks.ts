@@ -3,13 +3,15 @@
 // that create and cleanup remove, under the store's lock, so a partial another run still writes is never one.
 import path from 'node:path'
 import type { RemoteSettings } from '../infra/config.ts'
-import type { ArgSpec, TaskArgs, TaskContext, TaskResult } from '../core/task.ts'
+import { z } from 'zod'
+import type { TaskArgs, TaskContext, TaskResult } from '../core/task.ts'
 import type { RootRole } from '../core/marks.ts'
 import { localStore } from './local-store.ts'
 import { sshStore } from './ssh-store.ts'
 import type { BackupStore, StoreContents } from './store.ts'
 
-export const REMOTE_ARG: ArgSpec = { name: 'remote', type: 'boolean', help: 'work on BACKUP_REMOTE over ssh instead of the backup disk' }
+/** Set by `citadel backup ACTION --remote` and by the aliases remote-backup-ACTION: the store is BACKUP_REMOTE. */
+export const remoteArg = z.boolean().default(false).meta({ preset: true, description: 'work on BACKUP_REMOTE over ssh instead of the backup disk' })
 
 /** The disk roots a backup task uses: `local` on the backup disk, none on BACKUP_REMOTE but what `remote` says. */
 export const rootsOf = (local: RootRole[], remote: RootRole[] = []) => (args: TaskArgs) => (args.remote === true ? remote : local)

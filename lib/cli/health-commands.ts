@@ -4,10 +4,10 @@ import { PLUGIN_EXIT, START_EXIT } from '../core/exit.ts'
 import path from 'node:path'
 import { backupLine } from '../backup/health.ts'
 import type { Settings } from '../infra/config.ts'
-import { collectHealth, readStoredHealth, type HealthReport, type SmartSnapshot, type StoredHealth } from '../health/health.ts'
+import { collectHealth, type HealthReport, type SmartSnapshot } from '../health/health.ts'
 import { healthDir } from '../infra/layout.ts'
 import { liveHolder } from '../core/lock.ts'
-import { MONITOR_LOCK } from '../monitor/monitor.ts'
+import { MONITOR_LOCK, readMonitorState, type MonitorState } from '../monitor/monitor.ts'
 import { makeShell } from '../infra/shell.ts'
 import { MONITOR_UNIT, servicesState, type ServicesState } from '../systemd/units.ts'
 import { bytes, count, duration, percent, table } from '../infra/format.ts'
@@ -42,20 +42,20 @@ const bar = (ratio: number) => {
 }
 
 export async function status(settings: Settings, json: boolean): Promise<number> {
-  let stored: StoredHealth | null = null
+  let stored: MonitorState | null = null
   try {
-    stored = readStoredHealth(settings)
+    stored = readMonitorState(settings)
   } catch (err) {
     process.stderr.write(`citadel: warning: ${(err as Error).message}; status reads the disks itself\n`)
   }
   const holder = liveHolder(path.join(healthDir(settings), MONITOR_LOCK))
   // SMART as the running monitor last read it, while that reading is fresh; otherwise read the disks now
   // (smartctl -n standby never spins a sleeping disk up).
-  const fresh = stored?.smart && stored.smart_read_at && Date.now() - Date.parse(stored.smart_read_at) < (settings.monitor.smartInterval + settings.monitor.checkInterval) * 1000
-  const smart: SmartSnapshot | undefined = holder && fresh && stored ? { disks: stored.smart!, notes: stored.notes ?? [], read_at: stored.smart_read_at! } : undefined
+  const fresh = stored && Date.now() - Date.parse(stored.smart.read_at) < (settings.monitor.smartInterval + settings.monitor.checkInterval) * 1000
+  const smart: SmartSnapshot | undefined = holder && fresh ? stored!.smart : undefined
   const $ = quietShell()
   const [report, services] = await Promise.all([collectHealth({ settings, $, ...(smart && { smart }) }), servicesState(settings, $)])
-  const monitor = { running: holder !== null, pid: holder?.pid ?? null, last_cycle_at: holder ? (stored?.generated_at ?? null) : null }
+  const monitor = { running: holder !== null, pid: holder?.pid ?? null, last_cycle_at: holder ? (stored?.last_cycle_at ?? null) : null }
   if (json) {
     process.stdout.write(JSON.stringify({ ...report, monitor, services }, null, 2) + '\n')
     return 0

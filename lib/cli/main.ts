@@ -6,6 +6,7 @@ import { playbooks } from '../../playbooks/index.ts'
 import { tasks } from '../../tasks/index.ts'
 import { EXIT, PLUGIN_EXIT } from '../core/exit.ts'
 import type { Settings } from '../infra/config.ts'
+import { argFields, parseTaskArgs, type RawArgs } from '../core/args.ts'
 import { isInternalError, playbookEntries, stepOf, type Playbook, type Step, type Task, type TaskArgs } from '../core/task.ts'
 
 
@@ -155,47 +156,50 @@ function findPlaybook(name: string): Playbook {
 const SHORT_NAMES: Record<string, string> = { 'check-smart': 'smart', 'check-perf': 'perf' }
 
 function usageOf(task: Task, prefix = `citadel task ${task.name}`): string {
-  const words = (task.args ?? []).map((a) => (a.positional ? `[${a.value ?? a.name.toUpperCase()}${a.variadic ? ' ...' : ''}]` : `[--${a.name}${a.type === 'string' ? ` ${a.value ?? 'VALUE'}` : ''}]`))
+  const words = argFields(task.args).map((a) => `[${a.label}${a.list ? ' ...' : ''}]`)
   return [prefix, ...words, '[options]'].join(' ')
 }
 
-/** An alias's preset arguments as they would be typed: --remote. */
-const presetWords = (preset: TaskArgs) => Object.entries(preset).map(([name, value]) => (value === true ? `--${name}` : `--${name} ${String(value)}`)).join(' ')
-
 function taskHelp(task: Task): string {
-  const args = (task.args ?? []).map((a) => {
-    const left = a.positional ? (a.value ?? a.name.toUpperCase()) : `--${a.name}${a.type === 'string' ? ` ${a.value ?? 'VALUE'}` : ''}`
-    return `  ${left.padEnd(21)}${a.help}`
-  })
+  const fields = argFields(task.args)
+  // As wide as the options' column below, wider only when a label needs it.
+  const width = Math.max(21, ...fields.map((a) => a.label.length + 2))
+  const args = fields.map((a) => `  ${a.label.padEnd(width)}${a.help}`)
   const backupAction = /^backup-(.+)$/.exec(task.name)
   const short = backupAction ? `backup ${backupAction[1]}` : SHORT_NAMES[task.name]
-  const also = [...(short ? [usageOf(task, `citadel ${short}`)] : []), ...Object.entries(task.aliases ?? {}).map(([alias, preset]) => `citadel task ${alias}, the same with ${presetWords(preset)}`)]
+  const aliases = Object.entries(task.aliases ?? {}).map(([alias, preset]) => `${usageOf(task, `citadel task ${alias}`)}: the task with ${Object.keys(preset).join(', ')} set${backupAction ? ` (citadel ${short} --remote)` : ''}`)
+  const also = [...(short ? [usageOf(task, `citadel ${short}`)] : []), ...aliases]
   return `Usage: ${usageOf(task)}${also.map((line) => `\nAlso: ${line}`).join('')}\n\n${task.description}\nTags: ${task.tags.join(', ')}\n${args.length ? `\nArguments:\n${args.join('\n')}\n` : ''}\n${COMMON_HELP}`
 }
 
-/** The task's own arguments out of its command line, each checked before anything runs. */
-function taskArgs(task: Task, values: Values, positionals: string[]): TaskArgs {
-  const specs = task.args ?? []
-  const slots = specs.filter((a) => a.positional)
-  if (positionals.length > slots.length && !slots.at(-1)?.variadic) {
-    const expected = slots.length ? `at most ${slots.map((a) => a.value ?? a.name.toUpperCase()).join(' ')}` : 'no arguments'
+/** The task's own arguments out of its command line, as given: its schema judges them. */
+function commandLineArgs(task: Task, values: Values, positionals: string[]): RawArgs {
+  const fields = argFields(task.args)
+  const slots = fields.filter((a) => a.positional)
+  if (positionals.length > slots.length && !slots.at(-1)?.list) {
+    const expected = slots.length ? `at most ${slots.map((a) => a.label).join(' ')}` : 'no arguments'
     throw new UsageError(`task ${task.name} takes ${expected}, got "${positionals[slots.length]}" too`)
   }
-  const args: Record<string, string | boolean | readonly string[] | undefined> = {}
-  for (const spec of specs) {
-    const at = slots.indexOf(spec)
-    const value = !spec.positional ? values[spec.name] : spec.variadic ? positionals.slice(at) : positionals[at]
-    if (value === undefined || (Array.isArray(value) && value.length === 0)) continue
-    for (const one of typeof value === 'string' ? [value] : Array.isArray(value) ? value : []) {
-      const problem = spec.check?.(one)
-      if (problem) throw new UsageError(`${spec.positional ? (spec.value ?? spec.name.toUpperCase()) : `--${spec.name}`} "${one}" is not valid: ${problem}`)
-    }
-    args[spec.name] = value
+  const raw: Record<string, string | boolean | readonly string[]> = {}
+  for (const field of fields) {
+    const at = slots.indexOf(field)
+    const value = !field.positional ? values[field.name] : field.list ? positionals.slice(at) : positionals[at]
+    if (value !== undefined && !(Array.isArray(value) && value.length === 0)) raw[field.name] = value
   }
-  return args
+  return raw
 }
 
-function select(entries: Step[], values: Values): Step[] {
+/** A step whose arguments its task's schema has converted and defaulted. */
+type ReadyStep = Omit<Step, 'args'> & { args: TaskArgs }
+
+/** The step with its arguments through its task's schema; `where` says whose they are when they are wrong. */
+function ready(step: Step, where = ''): ReadyStep {
+  const parsed = parseTaskArgs(step.task.args, step.args)
+  if ('problem' in parsed) throw new UsageError(`${where}${parsed.problem}`)
+  return { ...step, args: parsed.args }
+}
+
+function select(entries: ReadyStep[], values: Values): ReadyStep[] {
   const only = csv(values.tags)
   const skip = csv(values['skip-tags'])
   let chosen = entries
@@ -243,7 +247,7 @@ async function settingsOrNull(): Promise<Settings | null> {
   }
 }
 
-async function runTasks(playbook: Playbook | null, chosen: Step[], values: Values): Promise<number> {
+async function runTasks(playbook: Playbook | null, chosen: ReadyStep[], values: Values): Promise<number> {
   if (values['list-tasks']) {
     process.stdout.write(chosen.map(({ task, name }) => `${name}  ${task.description}`).join('\n') + '\n')
     return 0
@@ -284,10 +288,10 @@ const show = (text: string): number => {
 
 async function taskCommand(step: Omit<Step, 'when' | 'needs'>, argv: string[]): Promise<number> {
   const { task } = step
-  const own = Object.fromEntries((task.args ?? []).filter((a) => !a.positional).map((a) => [a.name, { type: a.type }]))
+  const own = Object.fromEntries(argFields(task.args).filter((a) => !a.positional).map((a) => [a.name, { type: a.flag ? 'boolean' : 'string' } as const]))
   const { values, positionals } = parse(argv, { ...RUN_OPTIONS, ...own })
   if (values.help) return show(taskHelp(task))
-  return runTasks(null, [{ ...step, args: { ...step.args, ...taskArgs(task, values, positionals) }, needs: [] }], values)
+  return runTasks(null, [ready({ ...step, args: { ...step.args, ...commandLineArgs(task, values, positionals) }, needs: [] })], values)
 }
 
 /** Each command: its arguments in, its exit code out. */
@@ -297,7 +301,9 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
     if (values.help) return show(HELP.run!)
     if (positionals.length !== 1) throw new UsageError(`run takes one playbook name; expected one of: ${playbooks.map((p) => p.name).join(', ')}`)
     const playbook = findPlaybook(positionals[0]!)
-    return runTasks(playbook, select(playbookEntries(playbook), values), values)
+    // Every step, chosen or not: a step whose arguments its task refuses is a broken playbook.
+    const entries = playbookEntries(playbook).map((e) => ready(e, `playbook ${playbook.name}, step ${e.name}: `))
+    return runTasks(playbook, select(entries, values), values)
   },
   async task([name, ...args]) {
     if (name === '-h' || name === '--help') return show(HELP.task!)
@@ -308,7 +314,9 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
     if (action === undefined || action === '-h' || action === '--help') return show(HELP.backup!)
     const task = tasks.find((t) => t.name === `backup-${action}`)
     if (!task) throw new UsageError(`unknown backup action "${action}"; expected create, verify, cleanup or status`)
-    return taskCommand(stepOf(task), args)
+    // --remote is the alias remote-backup-ACTION: the same task on BACKUP_REMOTE, under that name.
+    const remote = args.includes('--remote')
+    return taskCommand(stepOf(task, remote ? `remote-${task.name}` : task.name), args.filter((a) => a !== '--remote'))
   },
   async 'health-check'(args) {
     const { values } = parse(args, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })

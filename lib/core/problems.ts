@@ -1,5 +1,7 @@
 // The vocabulary every health check shares: a severity, and a problem that names its check, a stable key
 // (the monitor follows each key from sample to sample) and the reason in words an operator reads at 3 a.m.
+import { z } from 'zod'
+
 export type Severity = 'ok' | 'warning' | 'critical'
 
 export const CHECKS = ['roots', 'filesystems', 'symlinks', 'models', 'smart', 'backups', 'perf'] as const
@@ -11,6 +13,15 @@ export interface Problem {
   key: string
   message: string
 }
+
+export const severitySchema = z.enum(['ok', 'warning', 'critical']) satisfies z.ZodType<Severity>
+
+export const problemSchema = z.strictObject({
+  check: z.enum(CHECKS),
+  severity: z.enum(['warning', 'critical']),
+  key: z.string().describe('stable for one condition from sample to sample: the monitor follows it'),
+  message: z.string(),
+}) satisfies z.ZodType<Problem>
 
 /** A condition the monitor has confirmed as not ok, kept across restarts. */
 export interface Condition { check: Problem['check']; severity: Severity; since: string; message: string }

@@ -1,6 +1,8 @@
 // What a run prints after its tasks: details per task, diffs with --diff, rollback, and the recap line;
 // or, with --json, one document built from the same records.
+import { z } from 'zod'
 import { lineDiff } from '../infra/format.ts'
+import { CHANGE_ACTIONS, type ChangeAction } from './actions.ts'
 import type { RollbackStep } from './journal.ts'
 import type { Change, FailurePolicy, Status, TaskResult } from './task.ts'
 
@@ -17,19 +19,44 @@ export interface TaskRecord extends TaskResult {
   duration_ms: number
 }
 
-type JsonTask = Omit<TaskRecord, 'details' | 'keepChanges' | 'rolled_back'> & { kept_changes?: true }
+const status = z.enum(['ok', 'changed', 'skipped', 'failed']) satisfies z.ZodType<Status>
+const count = z.number().int().nonnegative()
 
-export interface RunReport {
-  playbook: string | null
-  on_failure: FailurePolicy
-  check: boolean
-  tasks: JsonTask[]
-  stats: Record<Status, number>
-  /** Every failed step, in order. */
-  failed: string[]
-  rolled_back: { task: string; done: boolean; msg: string }[]
-  interrupted: boolean
-}
+export const changeSchema = z.strictObject({
+  path: z.string(),
+  action: z.enum(Object.keys(CHANGE_ACTIONS) as [ChangeAction, ...ChangeAction[]]).describe('what kind of change: see Change actions in docs/json.md'),
+  before: z.string().nullable().describe('null when absent; a whole file content for files'),
+  after: z.string().nullable(),
+}) satisfies z.ZodType<Change>
+
+export const jsonTaskSchema = z.strictObject({
+  name: z.string(),
+  status,
+  msg: z.string().describe('one line'),
+  changes: z.array(changeSchema).describe('what changed, or under --check what would change'),
+  warnings: z.array(z.string()).describe('what did not fail the task but needs a look'),
+  data: z.record(z.string(), z.unknown()).describe("the task's own figures: backup-status's are in backup-status.schema.json"),
+  ran: z.boolean().describe('false when the step did not run: its when condition was false, a step it needs did not complete, or a signal stopped the run'),
+  blocked_by: z.string().optional().describe('the failed step that kept this one from running'),
+  internal: z.literal(true).optional().describe('the task threw: a bug in citadel, exit 1'),
+  kept_changes: z.literal(true).optional().describe('a failed task that keeps its changes, each right on its own (repair-symlinks)'),
+  duration_ms: z.number().nonnegative(),
+})
+
+/** What --json of `citadel run` and `citadel task` prints: one document, built from the task records. */
+export const runReportSchema = z.strictObject({
+  playbook: z.string().nullable().describe('null for citadel task'),
+  on_failure: z.enum(['rollback', 'continue']).describe("the playbook's policy; continue for citadel task") satisfies z.ZodType<FailurePolicy>,
+  check: z.boolean().describe('true under --check, where changes are what would change'),
+  tasks: z.array(jsonTaskSchema),
+  stats: z.strictObject({ ok: count, changed: count, failed: count, skipped: count }),
+  failed: z.array(z.string()).describe('every failed step, in order'),
+  rolled_back: z.array(z.strictObject({ task: z.string(), done: z.boolean(), msg: z.string() }))
+    .describe("each undone change, newest first: under rollback every change of the run, under continue the failed steps' own"),
+  interrupted: z.boolean(),
+})
+
+export type RunReport = z.infer<typeof runReportSchema>
 
 export function stats(records: TaskRecord[]): Record<Status, number> {
   const counts: Record<Status, number> = { ok: 0, changed: 0, failed: 0, skipped: 0 }

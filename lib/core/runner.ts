@@ -7,6 +7,7 @@ import path from 'node:path'
 import { Listr } from 'listr2'
 import type { Settings } from '../infra/config.ts'
 import { fileStamp, lstatOrNull } from '../infra/fsx.ts'
+import { ensureDir, ensureFile, ensureLink } from './ensure.ts'
 import { Journal, JournalError, journalFile, type JournalEntry, type RollbackStep } from './journal.ts'
 import { healthDir, logsDir, stateDir } from '../infra/layout.ts'
 import { Lock, processRuns } from './lock.ts'
@@ -91,6 +92,15 @@ async function execute(run: RunState, task: Task, name: string, args: TaskArgs, 
         if (undo) await journal.cancelLast(name)
         throw err
       }
+    },
+    ensureDir: (dir, options) => ensureDir(ctx, dir, options),
+    ensureLink: (link, target) => ensureLink(ctx, link, target),
+    ensureFile: (file, content, mode) => ensureFile(ctx, file, content, mode),
+    async bookkeep(what, write) {
+      if (check) return null
+      if (run.signal.aborted) throw new Interrupted()
+      log.event('bookkeeping', { task: task.name, what })
+      return write()
     },
     finish: (msg, data) => result(changes.length ? 'changed' : 'ok', msg, data),
     fail: (msg, data) => result('failed', msg, data),

@@ -8,7 +8,10 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { Shell } from 'zx/core'
 import type { Settings } from '../infra/config.ts'
+import type { z } from 'zod'
+import type { ChangeAction } from './actions.ts'
 import type { Undo } from './journal.ts'
+import { NO_ARGS, type ArgsSchema, type RawArgs } from './args.ts'
 import { projectRoot } from '../infra/fsx.ts'
 
 export type Status = 'ok' | 'changed' | 'skipped' | 'failed'
@@ -16,7 +19,7 @@ export type Status = 'ok' | 'changed' | 'skipped' | 'failed'
 /** One difference a task made (or, in check mode, would make). */
 export interface Change {
   path: string
-  action: string
+  action: ChangeAction
   before: string | null
   after: string | null
 }
@@ -36,29 +39,25 @@ export interface TaskResult {
   keepChanges?: true
 }
 
-/**
- * What a task takes on its command line: positionals in order, then --options. `check` validates a value
- * before anything runs and returns what is expected, or null when the value is fine.
- */
-export interface ArgSpec {
-  name: string
-  positional?: true
-  /** The last positional may take any number of values (citadel smart /dev/sda /dev/sdb). */
-  variadic?: true
-  type: 'string' | 'boolean'
-  help: string
-  /** Shown in usage for a string value, e.g. RATE. */
-  value?: string
-  check?: (value: string) => string | null
+export interface DirOptions {
+  mode: number
+  /** Set on a created directory, fixed on an existing one; null or absent leaves the owner as it is. */
+  owner?: { uid: number; gid: number } | null
+  /** A directory a rollback must not remove (the app root, which holds the run's own lock and log). */
+  keepOnRollback?: boolean
 }
 
-export type TaskArgs = Readonly<Record<string, string | boolean | readonly string[] | undefined>>
+/** What an ensure helper did (or, in check mode, would do). */
+export type Outcome = 'created' | 'fixed' | 'ok'
 
-export interface TaskContext {
+/** A task's arguments after its schema converted and defaulted them: what the runner hands the task. */
+export type TaskArgs = Readonly<Record<string, unknown>>
+
+export interface TaskContext<A = TaskArgs> {
   readonly task: string
   readonly settings: Settings
-  /** The task's own arguments: from its command line, or from the playbook entry. */
-  readonly args: TaskArgs
+  /** The task's own arguments, converted and defaulted by its schema: from its command line, or from the playbook step. */
+  readonly args: A
   /** Aborted when the run is interrupted (SIGINT, SIGTERM): long steps stop and clean up. */
   readonly signal: AbortSignal
   readonly check: boolean
@@ -76,6 +75,21 @@ export interface TaskContext {
   detail(...lines: string[]): void
   /** Records `change`; unless in check mode, journals `undo` and then runs `act`. */
   apply(change: Change, undo: Undo | null, act: () => Promise<unknown>): Promise<void>
+  /**
+   * The usual writes, each through apply() with its own undo (lib/core/ensure.ts). Each throws, changing
+   * nothing, when something else is in the way (a file where a directory belongs).
+   */
+  /** A directory with this mode (and owner): created, or its mode and owner fixed. */
+  ensureDir(dir: string, options: DirOptions): Promise<Outcome>
+  /** A symlink to `target`: created, or retargeted atomically. */
+  ensureLink(link: string, target: string): Promise<Outcome>
+  /** A file with this content and mode: written whole by rename, or its mode fixed. */
+  ensureFile(file: string, content: string, mode: number): Promise<Outcome>
+  /**
+   * A write that keeps citadel's own records (a verification's result, the perf history) rather than the
+   * state the task ensures: not a change, never undone, not made in check mode (resolves to null there).
+   */
+  bookkeep<T>(what: string, write: () => Promise<T>): Promise<T | null>
   /** ok, or changed when apply() recorded changes. */
   finish(msg: string, data?: Record<string, unknown>): TaskResult
   fail(msg: string, data?: Record<string, unknown>): TaskResult
@@ -84,11 +98,15 @@ export interface TaskContext {
   skip(msg: string, data?: Record<string, unknown>): TaskResult
 }
 
-export interface Task {
+export interface Task<S extends ArgsSchema = ArgsSchema> {
   name: string
   description: string
   tags: string[]
-  args?: ArgSpec[]
+  /**
+   * What the task takes, as a zod object: each field converts and checks one value and carries, in
+   * .meta(), its help (description), whether it is positional and the name of its value (see args.ts).
+   */
+  args: S
   /**
    * false for an action that makes something new each time it runs (a backup is a new point in time),
    * so a second run changes again; every other task reports no change the second time.
@@ -103,16 +121,19 @@ export interface Task {
    * The disk roots the task writes to or reads: the runner refuses it before it runs unless their marks hold.
    * A function when they depend on the arguments (a backup task with --remote works on another host).
    */
-  roots?: ('models' | 'backup')[] | ((args: TaskArgs) => ('models' | 'backup')[])
+  roots?: ('models' | 'backup')[] | ((args: z.output<S>) => ('models' | 'backup')[])
   /**
    * Other names the task answers to, each with the arguments it presets: `citadel task remote-backup-create`
    * is backup-create --remote, and runs under its own name.
    */
-  aliases?: Record<string, TaskArgs>
-  run(ctx: TaskContext): Promise<TaskResult>
+  aliases?: Record<string, RawArgs>
+  run(ctx: TaskContext<z.output<S>>): Promise<TaskResult>
 }
 
-export const defineTask = (task: Task): Task => task
+/** A task as its file writes it: without args it takes none. */
+export type TaskSpec<S extends ArgsSchema> = Omit<Task<S>, 'args'> & { args?: S }
+
+export const defineTask = <S extends ArgsSchema = typeof NO_ARGS>(task: TaskSpec<S>): Task<S> => ({ ...task, args: task.args ?? (NO_ARGS as unknown as S) })
 
 /**
  * A bug in citadel rather than a failure of the world. The world's failures reach a task as a system error
@@ -158,13 +179,14 @@ export function runWhenMain(meta: ImportMeta): void {
 export interface When { test: (settings: Settings) => boolean; otherwise: string }
 
 /**
- * One step of a playbook: a task, with arguments (as on its command line), a condition, extra tags, and the
- * earlier steps it needs (a task, or a step by its name): when one of those failed (or did not run because
- * of a failure), this one does not run either and says why. `name`, the task's by default, is what the
- * report, the log, --start-at-task and `needs` call the step: one of the task's aliases, whose arguments it
- * then takes, so that a playbook can run one task twice (backup-create, then remote-backup-create).
+ * One step of a playbook: a task, with arguments (as on its command line, checked by the task's schema
+ * before anything runs), a condition, extra tags, and the earlier steps it needs (a task, or a step by its
+ * name): when one of those failed (or did not run because of a failure), this one does not run either and
+ * says why. `name`, the task's by default, is what the report, the log, --start-at-task and `needs` call the
+ * step: one of the task's aliases, whose arguments it then takes, so that a playbook can run one task twice
+ * (backup-create, then remote-backup-create).
  */
-export interface PlaybookStep { task: Task; name?: string; args?: TaskArgs; when?: When; tags?: string[]; needs?: (Task | string)[] }
+export interface PlaybookStep { task: Task; name?: string; args?: RawArgs; when?: When; tags?: string[]; needs?: (Task | string)[] }
 
 /**
  * How a run fails. 'rollback': all or nothing, the first failed step stops the run and every change of the
@@ -184,8 +206,8 @@ export interface Playbook {
 
 export const definePlaybook = (playbook: Playbook): Playbook => playbook
 
-/** A step as the runner takes it; `needs` are step names. */
-export interface Step { task: Task; name: string; args: TaskArgs; when?: When; tags: string[]; needs: string[] }
+/** A step as the command line takes it: `args` as given, not yet parsed; `needs` are step names. */
+export interface Step { task: Task; name: string; args: RawArgs; when?: When; tags: string[]; needs: string[] }
 
 /** The step that runs `task` under `name`: its own, or one of its aliases with the arguments that presets. */
 export function stepOf(task: Task, name = task.name): Omit<Step, 'when' | 'needs'> {

@@ -1,45 +1,97 @@
 // The health report: every check in one document, the problems they found and the overall verdict.
 // health-check prints it, the health-report task and the monitor write it to <app root>/state/health.json.
-import { promises as fs, readFileSync } from 'node:fs'
+import { promises as fs } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import type { Shell } from 'zx/core'
-import { backupHealth, type BackupHealth } from '../backup/health.ts'
 import { z } from 'zod'
-import { CHECKS, overall, type Condition, type Problem, type Severity } from '../core/problems.ts'
+import { backupHealth, backupHealthSchema } from '../backup/health.ts'
+import { CHECKS, overall, problemSchema, severitySchema, type Condition, type Problem, type Severity } from '../core/problems.ts'
 import type { Settings } from '../infra/config.ts'
 import { atomicWriteFile } from '../infra/fsx.ts'
 import { healthFile, perfHistoryFile } from '../infra/layout.ts'
 import { inspectLinks, linkHealth, type LinkHealth } from '../links/links.ts'
 import { inspectRoots, type RootRole, type RootVerdict } from '../core/marks.ts'
-import { parseFile } from '../infra/schemas.ts'
-import { lastPerfResults, type PerfResult } from './perf.ts'
+import { lastPerfResults, perfResultSchema, type PerfResult } from './perf.ts'
 import { smartHealth, smartProblems, type SmartReport } from './smart.ts'
 import { filesystemUsage, type FilesystemUsage } from './usage.ts'
 
 export interface SmartSnapshot { disks: SmartReport[]; notes: string[]; read_at: string }
 
-export interface HealthReport {
-  generated_at: string
-  host: string
-  overall: Severity
-  /** Whether each disk root carries the mark citadel laid out: an unmounted or swapped disk is critical. */
-  roots: RootHealth[]
-  filesystems: FilesystemUsage[]
-  symlinks: LinkHealth[]
-  smart: SmartReport[]
-  /** When the SMART data was read: the monitor reads disks every STORAGE_MONITOR_SMART_INTERVAL only. */
-  smart_read_at: string
-  backups: BackupHealth
-  perf: { results: PerfResult[] }
-  /** Facts worth a line that are not problems: a root on tmpfs has no SMART data, say. */
-  notes: string[]
-  problems: Problem[]
+const nullableNumber = z.number().nullable()
+
+const rootHealthSchema = z.strictObject({
+  role: z.enum(['models', 'backup']) satisfies z.ZodType<RootRole>,
+  setting: z.string().describe('the setting that names the root'),
+  path: z.string(),
+  verdict: (z.enum(['ok', 'unmarked', 'foreign']) satisfies z.ZodType<RootVerdict>).describe("unmarked: no mark (the disk is not mounted?); foreign: another filesystem's, app root's or role's mark"),
+  reason: z.string(),
+  mark: z.string().nullable().describe("the mark's id"),
+  fs_uuid: z.string().nullable(),
+})
+type RootHealth = z.infer<typeof rootHealthSchema>
+
+const filesystemSchema = z.strictObject({
+  mount: z.string(),
+  source: z.string(),
+  fstype: z.string(),
+  roots: z.array(z.strictObject({ name: z.enum(['models', 'backup', 'app']), path: z.string() })),
+  size_bytes: z.number(),
+  used_bytes: z.number(),
+  available_bytes: z.number().describe('what non-root users can still write'),
+  used_ratio: z.number().describe("used / (used + available), as df computes it"),
+  inodes_total: z.number(),
+  inodes_used: z.number(),
+  inodes_free: z.number(),
+  inodes_used_ratio: nullableNumber.describe('null where the filesystem does not count inodes (btrfs)'),
+  disk: severitySchema,
+  inodes: severitySchema,
+  severity: severitySchema,
+  reasons: z.array(z.string()),
+}) satisfies z.ZodType<FilesystemUsage>
+
+const linkSchema = z.strictObject({
+  path: z.string(),
+  expected: z.string(),
+  actual: z.string().nullable(),
+  verdict: z.enum(['ok', 'missing', 'wrong-target', 'broken', 'not-a-link']),
+  failing: z.boolean().describe('false for a link whose model is not downloaded yet'),
+  reason: z.string(),
+  model: z.string().nullable().describe('the MODEL_REGISTRY alias of a model link'),
+  target_kind: z.enum(['directory', 'file', 'missing', 'other']),
+}) satisfies z.ZodType<LinkHealth>
+
+const smartReportShape = {
+  device: z.string(), verdict: z.enum(['healthy', 'warning', 'failing', 'unavailable']), reasons: z.array(z.string()),
+  model: z.string().nullable(), serial: z.string().nullable(), protocol: z.string().nullable(),
+  temperature_celsius: nullableNumber, power_on_hours: nullableNumber, nvme_percentage_used: nullableNumber,
+  counts: z.record(z.string(), z.number()).describe('the raw counts the verdict used, e.g. reallocated_sectors'),
+  exit_status: nullableNumber.describe("smartctl's exit status"),
+  roots: z.array(z.string()).describe('the citadel roots on this disk'),
 }
+/** A disk's SMART verdict as citadel stores it (the monitor keeps its last reading too). */
+export const smartReportSchema = z.strictObject(smartReportShape) satisfies z.ZodType<SmartReport>
 
-export interface RootHealth { role: RootRole; setting: string; path: string; verdict: RootVerdict; reason: string; mark: string | null; fs_uuid: string | null }
+const conditionShape = { check: z.enum(CHECKS), severity: severitySchema, since: z.string(), message: z.string() }
+export const conditionSchema = z.strictObject(conditionShape) satisfies z.ZodType<Condition>
 
-/** Exit status as monitoring plugins give it (Nagios, Icinga, monit `check program`). */
+/** What health-check --json prints and the health-report task writes to <app root>/state/health.json. */
+export const healthReportSchema = z.strictObject({
+  generated_at: z.iso.datetime(),
+  host: z.string(),
+  overall: severitySchema.describe('the worst severity among problems'),
+  roots: z.array(rootHealthSchema).describe('whether each disk root carries the mark citadel laid out'),
+  filesystems: z.array(filesystemSchema).describe('one per filesystem holding a root (two roots on one filesystem: one entry listing both)'),
+  symlinks: z.array(linkSchema).describe('every expected link with its verdict'),
+  smart: z.array(smartReportSchema).describe('one per physical disk under the model and backup roots'),
+  smart_read_at: z.iso.datetime().describe('when SMART was read: the monitor reads it every STORAGE_MONITOR_SMART_INTERVAL only'),
+  backups: backupHealthSchema,
+  perf: z.strictObject({ results: z.array(perfResultSchema).describe('the last citadel perf result per path') }),
+  notes: z.array(z.string()).describe('facts that are not problems, e.g. a root on tmpfs has no SMART data'),
+  problems: z.array(problemSchema),
+})
+
+export type HealthReport = z.infer<typeof healthReportSchema>
 
 export const linkProblems = (links: LinkHealth[]): Problem[] =>
   links.filter((l) => l.failing).map((l) => ({ check: 'symlinks', severity: 'critical', key: `symlinks:${l.path}`, message: `${l.path}: ${l.verdict} (${l.reason})` }))
@@ -118,37 +170,5 @@ export async function publish(file: string, content: string): Promise<void> {
   await atomicWriteFile(file, content)
 }
 
-const severity = z.enum(['ok', 'warning', 'critical'])
-const nullableNumber = z.number().nullable()
-const smartReport = z.object({
-  device: z.string(), verdict: z.enum(['healthy', 'warning', 'failing', 'unavailable']), reasons: z.array(z.string()),
-  model: z.string().nullable(), serial: z.string().nullable(), protocol: z.string().nullable(),
-  temperature_celsius: nullableNumber, power_on_hours: nullableNumber, nvme_percentage_used: nullableNumber,
-  counts: z.record(z.string(), z.number()), exit_status: nullableNumber, roots: z.array(z.string()),
-})
-const condition = z.object({ check: z.enum(CHECKS), severity, since: z.string(), message: z.string() }) satisfies z.ZodType<Condition>
-/** The parts of health.json that are read back: status reuses the monitor's SMART reading, a monitor its conditions. */
-const storedHealth = z.looseObject({
-  generated_at: z.string().optional(),
-  smart: z.array(smartReport).optional(),
-  smart_read_at: z.string().optional(),
-  notes: z.array(z.string()).optional(),
-  monitor: z.looseObject({ pid: z.number(), conditions: z.record(z.string(), condition).optional() }).optional(),
-})
-/** health.json as its last writer left it; a monitor adds its own section. */
-export type StoredHealth = z.infer<typeof storedHealth>
-
-/** The stored report, or null when there is none; throws one line naming the file when it is not one. */
-export function readStoredHealth(settings: Settings): StoredHealth | null {
-  const file = healthFile(settings)
-  let text: string
-  try {
-    text = readFileSync(file, 'utf8')
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
-    throw new Error(`cannot read ${file}: ${(err as Error).message}`)
-  }
-  return parseFile(storedHealth, file, text, 'a health report citadel wrote')
-}
-
-export const writeHealth = (settings: Settings, report: object) => publish(healthFile(settings), JSON.stringify(report, null, 2) + '\n')
+/** The one writer of health.json: the health-report task and the monitor both publish through it, the same report. */
+export const writeHealth = (settings: Settings, report: HealthReport) => publish(healthFile(settings), JSON.stringify(report, null, 2) + '\n')

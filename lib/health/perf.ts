@@ -76,7 +76,7 @@ export function parseFio(doc: unknown, direction: 'read' | 'write'): PerfJob {
 
 const perfJob = z.object({ mb_s: z.number(), iops: z.number(), p99_latency_ms: z.number().nullable(), runtime_seconds: z.number() })
 const change = z.number().nullable()
-const perfResult = z.object({
+export const perfResultSchema = z.object({
   path: z.string(), at: z.string(), quick: z.boolean(), engine: z.enum(['io_uring', 'libaio', 'psync']), direct: z.boolean(),
   notes: z.array(z.string()), size_bytes: z.number(), runtime_limit_seconds: z.number(),
   jobs: z.object({ seq_read: perfJob, seq_write: perfJob, rand_read_4k: perfJob }),
@@ -97,7 +97,7 @@ function parseHistory(file: string, text: string | null): PerfResult[] {
     } catch {
       continue
     }
-    results.push(checkShape(perfResult, `${file} line ${i + 1}`, doc, 'a perf result citadel wrote'))
+    results.push(checkShape(perfResultSchema, `${file} line ${i + 1}`, doc, 'a perf result citadel wrote'))
   }
   return results
 }
@@ -159,13 +159,18 @@ export async function runPerf(req: PerfRequest): Promise<PerfResult> {
         rand_read_4k_iops: relative(jobs.rand_read_4k.iops, before.jobs.rand_read_4k?.iops),
       } } : null,
     }
-    await fs.mkdir(path.dirname(req.historyFile), { recursive: true })
-    // After a torn last line, this line starts on a line of its own.
-    await fs.appendFile(req.historyFile, (history && !history.endsWith('\n') ? '\n' : '') + JSON.stringify(result) + '\n')
     return result
   } finally {
     await fs.rm(file, { force: true })
   }
+}
+
+/** Adds a result to the history, which the next run compares with. */
+export async function appendPerfHistory(historyFile: string, result: PerfResult): Promise<void> {
+  const history = await readFileOrNull(historyFile)
+  await fs.mkdir(path.dirname(historyFile), { recursive: true })
+  // After a torn last line, this line starts on a line of its own.
+  await fs.appendFile(historyFile, (history && !history.endsWith('\n') ? '\n' : '') + JSON.stringify(result) + '\n')
 }
 
 const relative = (now: number, before: number | undefined) => (before ? Math.round(((now - before) / before) * 1e4) / 1e4 : null)

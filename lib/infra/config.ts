@@ -28,12 +28,13 @@ const boolean = text('expected true/false, 1/0 or yes/no')
   .refine((v) => v.toLowerCase() in BOOLEAN_WORDS, 'expected true/false, 1/0 or yes/no')
   .transform((v) => BOOLEAN_WORDS[v.toLowerCase()] as boolean)
 
-const wholeNumber = (min: number, example: string) => {
-  const expected = `expected a whole number of at least ${min}, e.g. ${example}`
-  return text(expected).refine((v) => /^\d+$/.test(v) && Number(v) >= min, expected).transform(Number)
+/** A whole number written in decimal digits; the unit, when given, is said in the message (of days). Settings and task arguments share it. */
+export const wholeNumber = (min: number, example: string, unit?: string) => {
+  const expected = `expected a whole number${unit ? ` of ${unit}` : ''}${min > 0 ? ` of at least ${min}` : ''}, e.g. ${example}`
+  return text(expected).refine((v) => /^\d+$/.test(v) && Number.isSafeInteger(Number(v)) && Number(v) >= min, expected).transform(Number)
 }
 
-const ratio = (example: string) => {
+export const ratio = (example: string) => {
   const expected = `expected a ratio greater than 0 and at most 1, e.g. ${example}`
   return text(expected)
     .refine((v) => /^(0?\.\d+|[01](\.\d*)?)$/.test(v) && Number(v) > 0 && Number(v) <= 1, expected)
@@ -97,31 +98,31 @@ const modelRegistry = z.string().transform((value, ctx) => {
 
 const setting = <T>(def: string | undefined, doc: string, schema: z.ZodType<T, string>): SettingSpec<T> => ({ default: def, doc, schema })
 
-/** Every setting, in the order .env.example and the README list them. */
+/** Every setting, in the order .env.example and docs/settings.md (generated from this table) list them. */
 export const SETTINGS = {
-  CITADEL_APP_ROOT: setting('/opt/citadel', 'Application directory (configs, logs, links to the model disk)', absolutePath),
-  CITADEL_MODELS_ROOT: setting('/mnt/citadel-models', 'Mount point of the fast model disk (NVMe)', absolutePath),
+  CITADEL_APP_ROOT: setting('/opt/citadel', 'Application directory (configs, logs, state, links to the model disk)', absolutePath),
+  CITADEL_MODELS_ROOT: setting('/mnt/citadel-models', 'Mount point of the fast model disk (NVMe); citadel never creates it', absolutePath),
   CITADEL_MODELS_ACTIVE: setting(undefined, 'Directory of the models vLLM serves; default <models root>/active', absolutePath),
-  CITADEL_BACKUP_ROOT: setting('/mnt/citadel-backup', 'Mount point of the backup disk (HDD)', absolutePath),
-  CITADEL_OWNER: setting(undefined, 'Owner of created directories as user:group, applied when running as root; empty = leave as is', owner),
+  CITADEL_BACKUP_ROOT: setting('/mnt/citadel-backup', 'Mount point of the backup disk (HDD); citadel never creates it', absolutePath),
+  CITADEL_OWNER: setting(undefined, 'Owner of created directories as user:group (names or numeric ids), applied when running as root; empty = leave as is', owner),
   CITADEL_DIR_MODE: setting('0755', 'Mode of created directories (octal)', octalMode),
-  MODEL_REGISTRY: setting('mixtral=mixtral-8x7b-instruct,yi34b=yi-34b-chat', 'Models as alias=directory pairs (directory inside the active models directory), comma-separated', modelRegistry),
+  MODEL_REGISTRY: setting('mixtral=mixtral-8x7b-instruct,yi34b=yi-34b-chat', 'Models as alias=directory pairs, comma-separated: alias [a-z0-9][a-z0-9_-]*, directory a single path component inside the active models directory', modelRegistry),
   MODEL_DOWNLOAD_TIMEOUT: setting('1800', 'Seconds a model download may take', wholeNumber(1, '1800')),
   MODEL_VERIFICATION_ENABLED: setting('true', 'Verify model files after download', boolean),
   MODEL_AUTO_BACKUP: setting('true', 'Back up a model once it is in place', boolean),
   SYMLINK_FORCE_RECREATE: setting('false', 'Replace a real directory or file in the way of a link (moved aside, never deleted); same as --force', boolean),
-  STORAGE_MONITOR_DISK_USAGE_WARNING: setting('0.8', 'Disk usage ratio that raises a warning', ratio('0.8')),
+  STORAGE_MONITOR_DISK_USAGE_WARNING: setting('0.8', 'Disk usage ratio that raises a warning; above 0, at most 1, below the critical one', ratio('0.8')),
   STORAGE_MONITOR_DISK_USAGE_CRITICAL: setting('0.9', 'Disk usage ratio that is critical', ratio('0.9')),
-  STORAGE_MONITOR_INODE_USAGE_WARNING: setting('0.8', 'Inode usage ratio that raises a warning', ratio('0.8')),
+  STORAGE_MONITOR_INODE_USAGE_WARNING: setting('0.8', 'Inode usage ratio that raises a warning; above 0, at most 1, below the critical one', ratio('0.8')),
   STORAGE_MONITOR_INODE_USAGE_CRITICAL: setting('0.9', 'Inode usage ratio that is critical', ratio('0.9')),
-  STORAGE_MONITOR_CHECK_INTERVAL: setting('60', 'Seconds between two monitor checks', wholeNumber(1, '60')),
+  STORAGE_MONITOR_CHECK_INTERVAL: setting('60', 'Seconds between two monitor cycles (usage, links, backups)', wholeNumber(1, '60')),
   STORAGE_MONITOR_CONSECUTIVE: setting('2', 'Samples in a row a new state must hold before the monitor alerts on it', wholeNumber(1, '2')),
   STORAGE_MONITOR_SMART_INTERVAL: setting('1800', 'Seconds between two SMART reads in the monitor (smartctl never wakes a sleeping disk)', wholeNumber(1, '1800')),
   STORAGE_MONITOR_ALERT_COMMAND: setting(undefined, 'Shell command run for each alert, with the alert as JSON on its stdin; empty = log and stderr only', text('expected a shell command').refine((v) => !v.includes('\0'), 'expected a shell command without NUL bytes')),
   STORAGE_MONITOR_PROMETHEUS_FILE: setting(undefined, 'Prometheus textfile the monitor rewrites every cycle; default <app root>/metrics/citadel.prom', absolutePath),
-  BACKUP_RETENTION_DAYS: setting('30', 'Backups older than this many days may be removed by cleanup', wholeNumber(0, '30')),
-  BACKUP_VERIFY_SAMPLE_RATE: setting('0.1', 'Share of backup bytes whose hashes each verify run checks', ratio('0.1')),
-  BACKUP_KEEP_MIN: setting('3', 'Complete backups of each source cleanup always keeps, whatever their age', wholeNumber(1, '3')),
+  BACKUP_RETENTION_DAYS: setting('30', 'Backups older than this many days may be removed by cleanup (backup cleanup DAYS overrides it)', wholeNumber(0, '30', 'days')),
+  BACKUP_VERIFY_SAMPLE_RATE: setting('0.1', 'Share of backup bytes (and files) whose hashes each verify run checks; backup verify --sample overrides it', ratio('0.1')),
+  BACKUP_KEEP_MIN: setting('3', 'Complete backups of each source cleanup always keeps, whatever their age (an empty backup does not count)', wholeNumber(1, '3')),
   BACKUP_MAX_SHRINK: setting('0.5', 'Share by which the file count or bytes of a source may fall since its previous backup before backup create refuses (an unmounted disk looks like an emptied one); --force makes it anyway', ratio('0.5')),
   BACKUP_STORE_LOCK_WAIT: setting('1800', 'Seconds backup create and cleanup wait for another app root\'s run to finish with a shared backup store before they fail', wholeNumber(0, '1800')),
   BACKUP_REMOTE: setting(undefined, 'Off-host backup store as [user@]host:/absolute/path, reached with rsync over ssh; empty = none', remote),
@@ -129,11 +130,11 @@ export const SETTINGS = {
   BACKUP_SSH_IDENTITY: setting(undefined, 'Private key ssh uses for the remote backup host; empty = ssh\'s own defaults', sshFile),
   BACKUP_SSH_STRICT_HOST_KEY_CHECKING: setting('accept-new', 'ssh StrictHostKeyChecking for the remote backup host: yes, accept-new or no', hostKeyChecking),
   BACKUP_SSH_KNOWN_HOSTS: setting(undefined, 'known_hosts file for the remote backup host; empty = ssh\'s own (~/.ssh/known_hosts)', sshFile),
-  BACKUP_REMOTE_BANDWIDTH_LIMIT: setting('0', 'KiB per second rsync may send to the remote backup host, so a send does not fill the uplink; 0 = no limit', wholeNumber(0, '20000')),
+  BACKUP_REMOTE_BANDWIDTH_LIMIT: setting('0', 'KiB per second rsync may send to the remote backup host (--bwlimit), so a send does not fill the uplink; 0 = no limit', wholeNumber(0, '20000')),
   CITADEL_SYSTEMD_DIR: setting('/etc/systemd/system', 'Directory install-services writes the systemd units into', absolutePath),
   CITADEL_DAILY_SCHEDULE: setting('*-*-* 03:00:00', 'When the daily playbook runs (systemd OnCalendar)', calendar),
   CITADEL_WEEKLY_SCHEDULE: setting('Sun *-*-* 04:00:00', 'When the weekly playbook runs (systemd OnCalendar)', calendar),
-  CITADEL_TIMER_RANDOM_DELAY: setting('1800', 'Seconds the timers may start late at random, so a fleet does not hit its NAS at once', wholeNumber(0, '1800')),
+  CITADEL_TIMER_RANDOM_DELAY: setting('1800', 'Seconds the timers may start late at random (RandomizedDelaySec), so a fleet does not hit its NAS at once', wholeNumber(0, '1800')),
 } as const
 
 type SettingName = keyof typeof SETTINGS

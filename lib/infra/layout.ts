@@ -50,4 +50,6 @@ export const logsDir = (s: Settings) => path.join(s.appRoot, 'logs')
 /** Where health results live between runs: the monitor's health.json and state, perf history. */
 export const healthDir = (s: Settings) => path.join(s.appRoot, 'state')
 export const healthFile = (s: Settings) => path.join(healthDir(s), 'health.json')
+/** The monitor's own state: its conditions across restarts and its last SMART reading. */
+export const monitorStateFile = (s: Settings) => path.join(healthDir(s), 'monitor.json')
 export const perfHistoryFile = (s: Settings) => path.join(healthDir(s), 'perf-history.jsonl')

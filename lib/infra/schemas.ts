@@ -13,15 +13,15 @@ const problem = z.object({
 
 const verification = z.object({
   at: z.iso.datetime(),
-  rate: z.number().positive().max(1),
+  rate: z.number().positive().max(1).describe('the share of bytes and files hashed'),
   seed: count,
-  seeded: z.boolean(),
+  seeded: z.boolean().describe('true under --seed N: the sample depended on N alone'),
   files_checked: count,
   files_hashed: count,
   bytes_hashed: count,
   ok: z.boolean(),
   problems: z.array(problem),
-  transient: z.array(z.string()),
+  transient: z.array(z.string()).describe('files whose first hash disagreed and second agreed: read errors, not corruption'),
 })
 
 /** backup.json. Loose: fields a later citadel adds survive when this one rewrites the file. */
@@ -29,29 +29,29 @@ export const backupMetaSchema = z.looseObject({
   format: z.literal(1),
   name: z.string(),
   type: z.enum(['full', 'incremental']),
-  source: z.string(),
-  started: z.iso.datetime(),
+  source: z.string().describe('the directory backed up (each source is its own chain)'),
+  started: z.iso.datetime().describe('the time in the name, UTC'),
   finished: z.iso.datetime(),
   files: count,
   bytes: count,
   symlinks: count,
-  parent: z.string().nullable(),
-  rsync: z.looseObject({ exit_code: z.number().int(), warnings: z.array(z.string()) }),
-  hashed_bytes: count,
-  reused_hashes: count,
-  verifications: z.array(verification),
+  parent: z.string().nullable().describe('the backup an incremental hard-links unchanged files to; null for a full'),
+  rsync: z.looseObject({ exit_code: z.number().int().describe('0, or 24 when source files vanished during the copy'), warnings: z.array(z.string()) }),
+  hashed_bytes: count.describe('bytes read to write SHA256SUMS (0 for an unchanged incremental)'),
+  reused_hashes: count.describe("manifest entries taken from the parent's for files sharing its inode"),
+  verifications: z.array(verification).describe('every backup verify of this copy, oldest first'),
   /** Files whose source changed while they were copied; absent in backups made before it was recorded. */
-  changed_during_copy: z.array(z.string()).optional(),
+  changed_during_copy: z.array(z.string()).optional().describe('files that changed while they were copied: back up again once nothing writes to them'),
 })
 
 /** files.json: sizes of the files and targets of the links under data/. */
 export const catalogSchema = z.object({
-  files: z.array(z.tuple([z.string(), count])),
-  symlinks: z.array(z.tuple([z.string(), z.string()])),
+  files: z.array(z.tuple([z.string(), count])).describe('[path under data/, size in bytes] of every regular file'),
+  symlinks: z.array(z.tuple([z.string(), z.string()])).describe('[path under data/, target] of every symlink'),
 })
 
 /** verify-state.json: when each file last hashed as the manifest says, path → ISO time. */
-export const verifyStateSchema = z.record(z.string(), z.iso.datetime())
+export const verifyStateSchema = z.record(z.string(), z.iso.datetime()).describe('path under data/ → when it last hashed as the manifest says')
 
 /**
  * Parses `text`, the content of `file`, as JSON of `schema`; throws one line naming the file and what is

@@ -109,11 +109,9 @@ export async function fixLinks(ctx: TaskContext, fixes: LinkState[]): Promise<vo
 /** Makes one planned link right through ctx.apply: atomic, journaled, nothing deleted but an empty directory. */
 async function fixLink(ctx: TaskContext, s: LinkState): Promise<void> {
   assertInside(ctx.settings.appRoot, s.path)
-  if (s.verdict === 'missing') {
-    return ctx.apply({ path: s.path, action: 'create link', before: null, after: s.target }, { op: 'remove-link', path: s.path }, () => atomicSymlink(s.target, s.path))
-  }
-  if (s.verdict === 'wrong-target') {
-    return ctx.apply({ path: s.path, action: 'retarget link', before: s.actual, after: s.target }, { op: 'relink', path: s.path, target: s.actual! }, () => atomicSymlink(s.target, s.path))
+  if (s.verdict === 'missing' || s.verdict === 'wrong-target') {
+    await ctx.ensureLink(s.path, s.target)
+    return
   }
   const st = await lstatOrNull(s.path)
   if (st?.isDirectory() && (await entryCount(s.path)) === 0) {

@@ -2,16 +2,18 @@
 // interval and SMART every SMART interval, repairs a broken link once, and alerts only when a condition
 // changes and has held for STORAGE_MONITOR_CONSECUTIVE samples. Each cycle rewrites health.json and the
 // Prometheus textfile. What it has alerted on survives a restart, so a restart never repeats an alert.
-import { promises as fs } from 'node:fs'
+import { promises as fs, readFileSync } from 'node:fs'
 import os from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Shell } from 'zx/core'
 import { PLUGIN_EXIT } from '../core/exit.ts'
+import { z } from 'zod'
 import { rank, type Condition, type Problem, type Severity } from '../core/problems.ts'
+import { parseFile } from '../infra/schemas.ts'
 import type { Settings } from '../infra/config.ts'
-import { collectHealth, publish, readSmartSnapshot, readStoredHealth, writeHealth, type HealthReport, type SmartSnapshot } from '../health/health.ts'
+import { collectHealth, conditionSchema, publish, readSmartSnapshot, smartReportSchema, writeHealth, type HealthReport, type SmartSnapshot } from '../health/health.ts'
 import { removeTempSiblings } from '../infra/fsx.ts'
-import { healthDir, healthFile, logsDir } from '../infra/layout.ts'
+import { healthDir, healthFile, logsDir, monitorStateFile } from '../infra/layout.ts'
 import { inspectLinks } from '../links/links.ts'
 import { Lock, LockHeldError } from '../core/lock.ts'
 import { RunLog } from '../core/log.ts'
@@ -19,6 +21,32 @@ import { metricsText } from './metrics.ts'
 import { makeShell } from '../infra/shell.ts'
 
 export const MONITOR_LOCK = 'monitor.lock'
+
+/** state/monitor.json: written by the monitor alone, every cycle. */
+export const monitorStateSchema = z.strictObject({
+  pid: z.number(),
+  started_at: z.string(),
+  interval_seconds: z.number(),
+  last_cycle_at: z.string(),
+  /** What the monitor confirmed as not ok: a restart must not alert on it again. */
+  conditions: z.record(z.string(), conditionSchema),
+  /** The last SMART reading: status reuses it while the monitor runs and it is fresh, so no disk is woken twice. */
+  smart: z.object({ disks: z.array(smartReportSchema), notes: z.array(z.string()), read_at: z.string() }),
+})
+export type MonitorState = z.infer<typeof monitorStateSchema>
+
+/** The running (or last) monitor's state, or null when no monitor wrote one; throws one line naming the file when it is not one. */
+export function readMonitorState(settings: Settings): MonitorState | null {
+  const file = monitorStateFile(settings)
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
+    throw new Error(`cannot read ${file}: ${(err as Error).message}`)
+  }
+  return parseFile(monitorStateSchema, file, text, "a monitor's state citadel wrote")
+}
 
 export interface Alert {
   at: string
@@ -122,6 +150,7 @@ export async function runMonitor({ settings, intervalSeconds, once, repair }: Mo
     // A monitor killed in the middle of a write leaves its temporary file, which only a monitor writes.
     // (health.json is also written by the health-report task, whose temporary file may be in use now.)
     await removeTempSiblings(settings.monitor.prometheusFile, 'write')
+    await removeTempSiblings(monitorStateFile(settings), 'write')
   } catch (err) {
     say(err instanceof LockHeldError ? `a monitor is already running: pid ${err.holder.pid}, started ${err.holder.started}; its report is ${healthFile(settings)}` : `cannot start: ${(err as Error).message}`)
     return PLUGIN_EXIT.unknown
@@ -136,7 +165,7 @@ export async function runMonitor({ settings, intervalSeconds, once, repair }: Mo
   // What the last monitor confirmed: a restart must not alert on it again.
   let restored: Record<string, Condition> | undefined
   try {
-    restored = readStoredHealth(settings)?.monitor?.conditions
+    restored = readMonitorState(settings)?.conditions
   } catch (err) {
     say(`${(err as Error).message}; starting without the conditions it held`)
   }
@@ -161,8 +190,9 @@ export async function runMonitor({ settings, intervalSeconds, once, repair }: Mo
         const alerts = tracker.observe(report.problems, new Date())
         for (const alert of alerts) await deliver(alert, settings, $, log)
         alertsTotal += alerts.length
-        const monitor = { pid: process.pid, started_at: started, interval_seconds: intervalSeconds, conditions: tracker.conditions() }
-        await writeHealth(settings, { ...report, monitor })
+        await writeHealth(settings, report)
+        const state: MonitorState = { pid: process.pid, started_at: started, interval_seconds: intervalSeconds, last_cycle_at: new Date().toISOString(), conditions: tracker.conditions(), smart }
+        await publish(monitorStateFile(settings), JSON.stringify(state, null, 2) + '\n')
         await publish(settings.monitor.prometheusFile, metricsText(report, { cycle_seconds: (Date.now() - t0) / 1000, alerts_total: alertsTotal, repairs_total: repairsTotal }))
         exit = PLUGIN_EXIT[report.overall]
         if (once) process.stdout.write(`${report.overall.toUpperCase()}: ${report.problems.length ? report.problems.map((p) => `${p.severity} ${p.message}`).join('; ') : 'no problems'}\n`)

@@ -1,0 +1,29 @@
+// Every kind of change a run can report, each with what it means. A closed list: an action missing here
+// does not compile, so the reference generated from it (docs/json.md) names everything a run can say.
+
+export const CHANGE_ACTIONS = {
+  'create directory': 'a directory of the layout (or the systemd unit directory) was created, with its mode',
+  'set owner': 'a directory just created was given CITADEL_OWNER',
+  'fix mode': 'an existing directory or unit file had another mode; before and after are octal modes',
+  'fix owner': 'an existing directory had another owner than CITADEL_OWNER; before and after are uid:gid',
+  'create link': 'a missing link was created (atomically: temporary link, then rename)',
+  'retarget link': 'a link pointed elsewhere and now points where it belongs',
+  'replace empty directory with link': 'an empty directory stood where a link belongs and was replaced (only with --force)',
+  'move aside': 'a file or directory stood where a link belongs and was renamed to <path>.citadel-aside-<time> (only with --force), never deleted',
+  'create missing link target': 'the directory a link points at on the model disk was missing and was created',
+  'create file': 'a file citadel writes (storage-env.sh, a systemd unit) was created; before is null, after its content',
+  'update file': 'a file citadel writes had other content and was rewritten atomically; before and after are the contents',
+  'mark root': "a disk root was given citadel's mark, <root>/.citadel-root.json; after is the mark's id",
+  'remember root marks': 'the app root recorded the ids of its roots\' marks in .citadel/roots.json',
+  'create full backup': 'a new full backup was made and published; after summarises it',
+  'create incremental backup': 'a new incremental backup was made and published (unchanged files hard-linked to its parent)',
+  'point latest': 'the latest link of a backup store was moved to the newest backup',
+  'remove backup': 'a complete backup past retention was removed (renamed to .partial first)',
+  'remove interrupted backup': 'a partial copy an interrupted create or cleanup left behind was removed',
+  'send backup': 'a local backup was copied to the off-host store',
+  'systemctl daemon-reload': 'systemd was told to read the changed units',
+  'systemctl try-restart': 'a running unit whose file changed was restarted to take the change',
+  'systemctl enable --now': 'the monitor service and the daily and weekly timers were enabled and started',
+} as const satisfies Record<string, string>
+
+export type ChangeAction = keyof typeof CHANGE_ACTIONS
