@@ -12,10 +12,11 @@ import createDirs from './create-dirs.ts'
 import createSymlinks from './create-symlinks.ts'
 import healthReport from './health-report.ts'
 import markRoots from './mark-roots.ts'
-import installServices from './install-services.ts'
+import enableServices from './enable-services.ts'
+import writeUnits from './write-units.ts'
 import repairSymlinks from './repair-symlinks.ts'
 import verifyPrereq from './verify-prereq.ts'
 import verifySymlinks from './verify-symlinks.ts'
 import writeEnvScript from './write-env-script.ts'
 
-export const tasks: Task[] = [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, installServices]
+export const tasks: Task[] = [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, writeUnits, enableServices]

@@ -65,16 +65,16 @@ function argvOf(commandLine: string): string[] {
 /** A name with every character systemd treats specially in some setting. */
 const HOSTILE = `w -x %n %% $HOME \${X} $$ "dq" 'sq' back\\slash ; é`
 
-describe.skipIf(BOOTED)(`citadel task install-services${BOOTED ? ' (skipped: systemd runs this machine, so the task would reload and enable units)' : ''}`, () => {
+describe.skipIf(BOOTED)(`citadel run install-services${BOOTED ? ' (skipped: systemd runs this machine, so the task would reload and enable units)' : ''}`, () => {
   it('writes five units systemd-analyze accepts, says systemd is not running, and changes nothing the second time', async (ctx) => {
     for (const owner of [undefined, 'nobody:nogroup']) {
       const roots = makeRoots(owner ? { CITADEL_OWNER: owner } : {})
-      const first = await citadelJson(['task', 'install-services'], roots.env)
+      const first = await citadelJson(['run', 'install-services'], roots.env)
       expect(first.code, first.stderr).toBe(0)
-      const task = first.doc.tasks[0]
-      expect(task.status).toBe('changed')
-      expect(task.msg).toBe(`5 of 5 units written to ${unitDir(roots)}; systemd is not running: nothing enabled`)
-      expect(task.warnings.join('\n')).toMatch(/systemd is not running here.*`citadel monitor`/)
+      const [written, enabled] = first.doc.tasks
+      expect(written).toMatchObject({ name: 'write-units', status: 'changed', msg: `5 of 5 units written to ${unitDir(roots)}` })
+      expect(enabled).toMatchObject({ name: 'enable-services', status: 'skipped', msg: 'systemd is not running: nothing enabled', changes: [] })
+      expect(enabled.warnings.join('\n')).toMatch(/systemd is not running here.*`citadel monitor`/)
       expect(readdirSync(unitDir(roots)).sort()).toEqual([...UNIT_FILES].sort())
       for (const file of unitPaths(unitDir(roots))) expect((statSync(file).mode & 0o777).toString(8), file).toBe('644')
       const monitor = readFileSync(path.join(unitDir(roots), 'citadel-monitor.service'), 'utf8')
@@ -86,8 +86,9 @@ describe.skipIf(BOOTED)(`citadel task install-services${BOOTED ? ' (skipped: sys
       const timer = readFileSync(path.join(unitDir(roots), 'citadel-weekly.timer'), 'utf8')
       expect(timer).toContain('OnCalendar=Sun *-*-* 04:00:00\nRandomizedDelaySec=1800\nPersistent=true\n')
 
-      const second = await citadelJson(['task', 'install-services'], roots.env)
-      expect(second.doc.tasks[0]).toMatchObject({ status: 'ok', changes: [], msg: `5 units up to date in ${unitDir(roots)}; systemd is not running: nothing enabled` })
+      const second = await citadelJson(['run', 'install-services'], roots.env)
+      expect(second.doc.tasks[0]).toMatchObject({ status: 'ok', changes: [], msg: `5 units up to date in ${unitDir(roots)}` })
+      expect(second.doc.tasks[1]).toMatchObject({ status: 'skipped', changes: [] })
 
       if (ANALYZE) expect(verify(unitDir(roots))).toEqual({ code: 0, complaints: [] })
     }
@@ -112,7 +113,7 @@ describe.skipIf(BOOTED)(`citadel task install-services${BOOTED ? ' (skipped: sys
       CITADEL_OWNER: 'nobody:nogroup',
       STORAGE_MONITOR_PROMETHEUS_FILE: path.join(roots.base, `metrics ${HOSTILE}`, 'citadel.prom'),
     }
-    const result = await citadelJson(['task', 'install-services'], env)
+    const result = await citadelJson(['task', 'write-units'], env)
     expect(result.code, result.stderr).toBe(0)
     expect(result.doc.tasks[0].status).toBe('changed')
     if (!ANALYZE) return ctx.skip(NO_ANALYZE)
@@ -173,7 +174,7 @@ describe.skipIf(BOOTED)(`citadel task install-services${BOOTED ? ' (skipped: sys
     const roots = makeRoots()
     const bad = path.join(roots.base, 'models\nExecStartPre=true')
     mkdirSync(bad)
-    const result = await citadelJson(['task', 'install-services'], { ...roots.env, CITADEL_MODELS_ROOT: bad })
+    const result = await citadelJson(['task', 'write-units'], { ...roots.env, CITADEL_MODELS_ROOT: bad })
     expect(result.code).toBe(2)
     expect(result.doc.tasks[0].msg).toBe(`CITADEL_MODELS_ROOT ${JSON.stringify(bad)} contains a control character (a newline?), which a systemd unit cannot hold; nothing written`)
     expect(existsSync(unitDir(roots))).toBe(false)
@@ -182,9 +183,9 @@ describe.skipIf(BOOTED)(`citadel task install-services${BOOTED ? ' (skipped: sys
   it('in check mode writes nothing', async () => {
     const roots = makeRoots()
     const before = snapshot(roots.base)
-    const result = await citadelJson(['task', 'install-services', '--check'], roots.env)
+    const result = await citadelJson(['task', 'write-units', '--check'], roots.env)
     expect(result.code, result.stderr).toBe(0)
-    expect(result.doc.tasks[0]).toMatchObject({ status: 'changed', msg: `5 of 5 units would be written to ${unitDir(roots)}; systemd is not running: nothing enabled` })
+    expect(result.doc.tasks[0]).toMatchObject({ status: 'changed', msg: `5 of 5 units would be written to ${unitDir(roots)}` })
     expect(result.doc.tasks[0].changes.map((c: any) => c.action)).toEqual(['create directory', ...UNIT_FILES.map(() => 'create file')])
     expect(snapshot(roots.base)).toEqual(before)
   })
@@ -195,21 +196,21 @@ describe.skipIf(BOOTED)(`citadel task install-services${BOOTED ? ' (skipped: sys
   ] as const)('a bad %s fails naming it and writes nothing, also over installed units', async ([name, value, why], ctx) => {
     if (!ANALYZE) return ctx.skip(NO_ANALYZE)
     const roots = makeRoots()
-    const fresh = await citadelJson(['task', 'install-services'], { ...roots.env, [name]: value })
+    const fresh = await citadelJson(['task', 'write-units'], { ...roots.env, [name]: value })
     expect(fresh.code).toBe(2)
     expect(fresh.doc.tasks[0].msg).toBe(`invalid setting ${name}=${JSON.stringify(value)}: ${why}; expected a systemd calendar expression such as *-*-* 03:00:00; nothing written`)
     expect(existsSync(unitDir(roots))).toBe(false)
-    await citadelJson(['task', 'install-services'], roots.env)
+    await citadelJson(['task', 'write-units'], roots.env)
     const installed = snapshot(unitDir(roots))
-    const again = await citadelJson(['task', 'install-services', '--check'], { ...roots.env, [name]: value })
+    const again = await citadelJson(['task', 'write-units', '--check'], { ...roots.env, [name]: value })
     expect(again.doc.tasks[0].status).toBe('failed')
-    expect((await citadelJson(['task', 'install-services'], { ...roots.env, [name]: value })).code).toBe(2)
+    expect((await citadelJson(['task', 'write-units'], { ...roots.env, [name]: value })).code).toBe(2)
     expect(snapshot(unitDir(roots))).toEqual(installed)
   })
 
   it('rewrites a unit that drifted, and the playbook install-services runs the task', async () => {
     const roots = makeRoots()
-    await citadelJson(['task', 'install-services'], roots.env)
+    await citadelJson(['task', 'write-units'], roots.env)
     const timer = path.join(unitDir(roots), 'citadel-daily.timer')
     writeFileSync(timer, 'edited by hand\n')
     chmodSync(path.join(unitDir(roots), 'citadel-weekly.timer'), 0o600)
@@ -254,7 +255,7 @@ describe.skipIf(BOOTED)(`citadel start-monitor and status without systemd${BOOTE
     expect(json.doc.services).toEqual({ systemd: 'not running', dir: unitDir(roots), installed: [], missing: UNIT_FILES, monitor: null, timers: [], note: 'systemd is not running' })
     expect(snapshot(roots.base)).toEqual(before)
 
-    await citadelJson(['task', 'install-services'], roots.env)
+    await citadelJson(['task', 'write-units'], roots.env)
     expect((await citadel(['status'], roots.env)).stdout).toContain(`services systemd is not running; units installed in ${unitDir(roots)}, not enabled\n`)
     expect((await citadelJson(['status'], roots.env)).doc.services).toMatchObject({ installed: UNIT_FILES, missing: [] })
   })

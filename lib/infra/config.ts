@@ -131,7 +131,7 @@ export const SETTINGS = {
   BACKUP_SSH_STRICT_HOST_KEY_CHECKING: setting('accept-new', 'ssh StrictHostKeyChecking for the remote backup host: yes, accept-new or no', hostKeyChecking),
   BACKUP_SSH_KNOWN_HOSTS: setting(undefined, 'known_hosts file for the remote backup host; empty = ssh\'s own (~/.ssh/known_hosts)', sshFile),
   BACKUP_REMOTE_BANDWIDTH_LIMIT: setting('0', 'KiB per second rsync may send to the remote backup host (--bwlimit), so a send does not fill the uplink; 0 = no limit', wholeNumber(0, '20000')),
-  CITADEL_SYSTEMD_DIR: setting('/etc/systemd/system', 'Directory install-services writes the systemd units into', absolutePath),
+  CITADEL_SYSTEMD_DIR: setting('/etc/systemd/system', 'Directory write-units (playbook install-services) writes the systemd units into', absolutePath),
   CITADEL_DAILY_SCHEDULE: setting('*-*-* 03:00:00', 'When the daily playbook runs (systemd OnCalendar)', calendar),
   CITADEL_WEEKLY_SCHEDULE: setting('Sun *-*-* 04:00:00', 'When the weekly playbook runs (systemd OnCalendar)', calendar),
   CITADEL_TIMER_RANDOM_DELAY: setting('1800', 'Seconds the timers may start late at random (RandomizedDelaySec), so a fleet does not hit its NAS at once', wholeNumber(0, '1800')),

@@ -1,4 +1,4 @@
-// systemd: whether it runs here, the units `install-services` writes (rendered from the settings, every
+// systemd: whether it runs here, the units `write-units` writes (rendered from the settings, every
 // value escaped as systemd parses it), and the state of those units for `status` and `start-monitor`.
 // Loaded by every command through tasks/index.ts: it imports nothing heavy and runs nothing on load.
 import { lstatSync, realpathSync } from 'node:fs'
@@ -117,7 +117,7 @@ const runsAsRoot = (s: Settings) => !s.owner || s.owner.user === 'root' || s.own
 
 export interface RenderInput { settings: Settings; env: NodeJS.ProcessEnv; node?: string; root?: string }
 
-/** Every unit install-services writes, in UNIT_FILES order. Throws UnitError for a value systemd cannot take. */
+/** Every unit write-units writes, in UNIT_FILES order. Throws UnitError for a value systemd cannot take. */
 export function renderUnits({ settings: s, env, node = process.execPath, root = projectRoot() }: RenderInput): UnitFile[] {
   const script = path.join(root, 'bin', 'citadel.js')
   // systemd expands $ in argv[0] (though not in the program it runs): with a $ in node's path, "@" gives argv[0] apart.
@@ -129,7 +129,7 @@ export function renderUnits({ settings: s, env, node = process.execPath, root = 
     'CacheDirectory=citadel',
     ...carriedEnvironment(s, env).map(([name, value]) => `Environment=${environmentItem(name, value)}`),
   ]
-  const header = '# Written by citadel (task install-services) from its settings: change those and rerun\n# `citadel run install-services` rather than editing this file.'
+  const header = '# Written by citadel (playbook install-services) from its settings: change those and rerun\n# `citadel run install-services` rather than editing this file.'
   const network = ['Wants=network-online.target', 'After=network-online.target local-fs.target']
 
   const writable = writablePaths(s)
