@@ -11,7 +11,7 @@ import { sshStore } from './ssh-store.ts'
 import type { BackupStore, StoreContents } from './store.ts'
 
 /** Set by `citadel backup ACTION --remote` and by the aliases remote-backup-ACTION: the store is BACKUP_REMOTE. */
-export const remoteArg = z.boolean().default(false).meta({ preset: true, description: 'work on BACKUP_REMOTE over ssh instead of the backup disk' })
+export const remoteArg = z.boolean().optional().meta({ preset: true, description: 'work on BACKUP_REMOTE over ssh instead of the backup disk' })
 
 /** The disk roots a backup task uses: `local` on the backup disk, none on BACKUP_REMOTE but what `remote` says. */
 export const rootsOf = (local: RootRole[], remote: RootRole[] = []) => (args: TaskArgs) => (args.remote === true ? remote : local)
