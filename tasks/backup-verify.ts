@@ -44,8 +44,9 @@ const task = defineTask({
         warn: (message) => ctx.warn(message),
       })
       // The hashing is done: a record that cannot be written (a full backup disk) must not hide its result.
-      const unrecorded = ctx.check ? null : await recordVerification(store, backup, outcome).then(() => null, (err: NodeJS.ErrnoException) => err)
-      const result = showVerification(ctx, shownName(store, backup.name), outcome)
+      const shown = shownName(store, backup.name)
+      const unrecorded = await ctx.bookkeep(`verification of ${shown}`, () => recordVerification(store, backup, outcome)).then(() => null, (err: NodeJS.ErrnoException) => err)
+      const result = showVerification(ctx, shown, outcome)
       if (!unrecorded) return result
       const full = unrecorded.code === 'ENOSPC' ? `the backup disk ${ctx.settings.backupRoot} is full; free space there and verify again` : 'verify again once it can be written'
       return ctx.fail(`${result.msg}; this result was not recorded in ${backup.name}: ${unrecorded.message}; ${full}`, result.data)

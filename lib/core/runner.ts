@@ -99,7 +99,7 @@ async function execute(run: RunState, task: Task, name: string, args: TaskArgs, 
     async bookkeep(what, write) {
       if (check) return null
       if (run.signal.aborted) throw new Interrupted()
-      log.event('bookkeeping', { task: task.name, what })
+      log.event('bookkeeping', { task: name, what })
       return write()
     },
     finish: (msg, data) => result(changes.length ? 'changed' : 'ok', msg, data),
