@@ -7,9 +7,6 @@ import backupCreate from '../tasks/backup-create.ts'
 import backupVerify from '../tasks/backup-verify.ts'
 import checkPerf from '../tasks/check-perf.ts'
 import healthReport from '../tasks/health-report.ts'
-import remoteBackupCleanup from '../tasks/remote-backup-cleanup.ts'
-import remoteBackupCreate from '../tasks/remote-backup-create.ts'
-import remoteBackupVerify from '../tasks/remote-backup-verify.ts'
 import { definePlaybook, type When } from '../lib/core/task.ts'
 
 const remoteSet: When = { test: (s) => s.backup.remote !== undefined, otherwise: 'BACKUP_REMOTE is not set' }
@@ -22,10 +19,10 @@ export default definePlaybook({
   tasks: [
     { task: backupCreate, args: { type: 'full' } },
     { task: backupVerify, needs: [backupCreate] },
-    { task: remoteBackupCreate, when: remoteSet, needs: [backupVerify] },
-    { task: remoteBackupVerify, when: remoteSet, needs: [remoteBackupCreate] },
+    { task: backupCreate, name: 'remote-backup-create', when: remoteSet, tags: ['remote'], needs: [backupVerify] },
+    { task: backupVerify, name: 'remote-backup-verify', when: remoteSet, tags: ['remote'], needs: ['remote-backup-create'] },
     backupCleanup,
-    { task: remoteBackupCleanup, when: remoteSet },
+    { task: backupCleanup, name: 'remote-backup-cleanup', when: remoteSet, tags: ['remote'] },
     checkPerf,
     healthReport,
   ],

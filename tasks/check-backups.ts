@@ -1,6 +1,6 @@
 // Ensures nothing: judges the backup store as monitoring does. Critical with no complete backup; a warning
 // when the newest is more than 8 days old or the last verification failed. Reads metadata only.
-import { backupHealth } from '../lib/backup/status.ts'
+import { backupHealth } from '../lib/backup/health.ts'
 import { defineTask, runWhenMain } from '../lib/core/task.ts'
 
 const task = defineTask({

@@ -14,13 +14,9 @@ import healthReport from './health-report.ts'
 import markRoots from './mark-roots.ts'
 import enableServices from './enable-services.ts'
 import writeUnits from './write-units.ts'
-import remoteBackupCleanup from './remote-backup-cleanup.ts'
-import remoteBackupCreate from './remote-backup-create.ts'
-import remoteBackupStatus from './remote-backup-status.ts'
-import remoteBackupVerify from './remote-backup-verify.ts'
 import repairSymlinks from './repair-symlinks.ts'
 import verifyPrereq from './verify-prereq.ts'
 import verifySymlinks from './verify-symlinks.ts'
 import writeEnvScript from './write-env-script.ts'
 
-export const tasks: Task[] = [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, remoteBackupCreate, remoteBackupVerify, remoteBackupCleanup, remoteBackupStatus, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, writeUnits, enableServices]
+export const tasks: Task[] = [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, writeUnits, enableServices]

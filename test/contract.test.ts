@@ -84,14 +84,17 @@ const REMOTE = new Set(['remote-backup-create', 'remote-backup-verify', 'remote-
 /** What a change list says, without the times in backup names, which differ from one run to the next. */
 const shape = (changes: { path: string; action: string }[]) => changes.map((c) => `${c.action} ${c.path.replace(/backup_\d{8}_\d{6}/g, 'backup_<time>')}`)
 
+/** Every name `citadel task` takes: each task's own, and its aliases (remote-backup-create is backup-create on the remote store). */
+const NAMES = tasks.flatMap((t) => [t.name, ...Object.keys(t.aliases ?? {})])
+
 describe('the task contract', () => {
-  it('has an entry for every registered task and none for a task that is gone', () => {
-    expect(Object.keys(CONTRACT).sort()).toEqual(tasks.map((t) => t.name).sort())
+  it('has an entry for every registered task and alias, and none for one that is gone', () => {
+    expect(Object.keys(CONTRACT).sort()).toEqual(NAMES.sort())
   })
 
-  describe.each(tasks.map((t) => t.name))('task %s', (name) => {
+  describe.each(NAMES)('task %s', (name) => {
     const contract = CONTRACT[name]
-    const task = tasks.find((t) => t.name === name)!
+    const task = tasks.find((t) => t.name === name || t.aliases?.[name])!
     it.skipIf((REMOTE.has(name) && sshdMissing) || (name === 'enable-services' && systemdRunning()))('does its work, --check first changes nothing, a second run reports ok', async () => {
       expect(contract, `no entry for ${name} in CONTRACT of test/contract.test.ts`).toBeDefined()
       const { setup = async () => makeRoots(), args = [], first: expected, checkSkipped } = contract!

@@ -1,16 +1,14 @@
-// The state of the backup store as one plain object: every complete backup with its age, size, the bytes
-// only it holds and its last verification, the space left on the backup disk, and what needs attention.
-// `backup status` prints it; monitoring reads the same object.
-import { promises as fs } from 'node:fs'
+// The state of a backup store as one plain object: every complete backup with its age, size, the bytes
+// only it holds and its last verification, the space left on the store's disk, and what needs attention;
+// and how far the newest backup of a chain can be trusted, in the words status and monitoring share.
 import path from 'node:path'
 import { z } from 'zod'
-import type { Settings } from '../infra/config.ts'
-import { backupsDir, byClock, chainOf, DATA, isEmptyBackup, latestDamaged, scanStore, storeMissing, walkTree, type Backup, type BackupType, type Store } from './store.ts'
-import { problemSchema, type Problem } from '../core/problems.ts'
-import type { TaskContext, TaskResult } from '../core/task.ts'
-import { bytes, count, duration, table } from '../infra/format.ts'
+import { byClock, chainOf, isEmptyBackup, type Backup, type BackupStore, type BackupType, type Disk, type StoreContents } from './store.ts'
+import { count, DAY_MS, duration } from '../infra/format.ts'
 
-export const DAY_MS = 86_400_000
+// The retention rule lives in retention.ts and the day in format.ts; the backup tests read both from here.
+export { retentionVerdicts } from './retention.ts'
+export { DAY_MS } from '../infra/format.ts'
 /** The weekly playbook makes a new backup every 7 days; one day of slack before the newest counts as overdue. */
 const OVERDUE_DAYS = 8
 
@@ -47,11 +45,11 @@ export interface BackupStatus {
 }
 
 const nonNegative = z.number().int().nonnegative()
-const backupType = z.enum(['full', 'incremental']) satisfies z.ZodType<BackupType>
+export const backupTypeSchema = z.enum(['full', 'incremental']) satisfies z.ZodType<BackupType>
 
 const backupSummarySchema = z.strictObject({
   name: z.string(),
-  type: backupType,
+  type: backupTypeSchema,
   source: z.string().describe('the directory backed up: each source is its own chain'),
   created: z.iso.datetime(),
   age: z.string().describe('for people: "4h 12m"'),
@@ -76,46 +74,10 @@ export const backupStatusSchema = z.strictObject({
 }) satisfies z.ZodType<BackupStatus>
 
 /**
- * Which backups hold each file of their data/. A file with a single link belongs to its backup alone, so
- * only its size is kept; files with more links are keyed by inode with the backups that reference them.
- */
-export interface Sharing {
-  sole: Map<string, number>
-  linked: Map<string, { size: number; holders: Set<string> }>
-}
-
-export function sharing(backups: Backup[]): Sharing {
-  const result: Sharing = { sole: new Map(), linked: new Map() }
-  for (const backup of backups) {
-    let sole = 0
-    for (const file of walkTree(path.join(backup.dir, DATA)).files) {
-      if (file.nlink === 1) {
-        sole += file.size
-        continue
-      }
-      const key = `${file.dev}:${file.ino}`
-      const entry = result.linked.get(key) ?? { size: file.size, holders: new Set<string>() }
-      entry.holders.add(backup.name)
-      result.linked.set(key, entry)
-    }
-    result.sole.set(backup.name, sole)
-  }
-  return result
-}
-
-/** Bytes that removing the backups `names` gives back: files none of the other backups holds, each once. */
-export function bytesHeldOnlyBy(shared: Sharing, names: string[]): number {
-  const removed = new Set(names)
-  let total = names.reduce((sum, name) => sum + (shared.sole.get(name) ?? 0), 0)
-  for (const { size, holders } of shared.linked.values()) if ([...holders].every((h) => removed.has(h))) total += size
-  return total
-}
-
-/**
  * Why the backups count as overdue, or null while the newest is recent enough. One dated in the future
  * (made while the clock was ahead) is never the recent one: it would hide that no backup was made since.
  */
-function overdue(complete: Backup[], now: Date): string | null {
+export function overdue(complete: Backup[], now: Date): string | null {
   const { dated, ahead } = byClock(complete, now)
   const future = ahead.length ? `; ${ahead.map((b) => b.name).join(', ')} ${ahead.length === 1 ? 'is' : 'are'} dated in the future (the clock was ahead?) and not counted` : ''
   const newest = dated.at(-1)
@@ -164,9 +126,9 @@ export function verificationState(chain: Backup[], now: Date): VerificationState
 }
 
 /** Why the store has no backup of the active models: none at all, or only of other sources. */
-const noBackup = (root: string, store: Store, active: string) => store.complete.length ? `no complete backup of ${active} in ${root}` : `no complete backup in ${root}`
+export const noBackup = (root: string, store: StoreContents, active: string) => store.complete.length ? `no complete backup of ${active} in ${root}` : `no complete backup in ${root}`
 
-function storeWarnings(root: string, store: Store, now: Date, active: string): string[] {
+function storeWarnings(root: string, store: StoreContents, now: Date, active: string): string[] {
   const warnings: string[] = []
   const chain = chainOf(store, active)
   const newest = chain.at(-1)
@@ -186,14 +148,12 @@ function storeWarnings(root: string, store: Store, now: Date, active: string): s
   return warnings
 }
 
-export interface Disk { free_bytes: number; total_bytes: number }
-
 /**
- * The status of a store that has been read: `shared` tells the bytes each backup holds alone (null when
+ * The status of a store that has been read: `heldOnlyBy` tells the bytes backups hold alone (null when
  * unknown), `bytesOnDisk` what all of them take with shared files counted once. `active` is the source whose
  * chain `latest` follows and the warnings judge: the active models.
  */
-export function summarizeStore(root: string, store: Store, now: Date, disk: Disk, shared: Sharing | null, bytesOnDisk: number, active: string): BackupStatus {
+function summarizeStore(root: string, store: StoreContents, now: Date, disk: Disk, heldOnlyBy: ((names: string[]) => number) | null, bytesOnDisk: number, active: string): BackupStatus {
   const backups = store.complete.map((b): BackupSummary => {
     const ageMs = now.getTime() - b.created.getTime()
     const last = b.meta.verifications.at(-1)
@@ -206,7 +166,7 @@ export function summarizeStore(root: string, store: Store, now: Date, disk: Disk
       age_seconds: Math.floor(ageMs / 1000),
       files: b.meta.files,
       bytes: b.meta.bytes,
-      unique_bytes: shared && bytesHeldOnlyBy(shared, [b.name]),
+      unique_bytes: heldOnlyBy && heldOnlyBy([b.name]),
       last_verification: last ? { at: last.at, rate: last.rate, ok: last.ok, problems: last.problems.length } : null,
       latest: b.name === store.latest,
     }
@@ -223,146 +183,13 @@ export function summarizeStore(root: string, store: Store, now: Date, disk: Disk
   }
 }
 
-/** Reads the store and the backup disk; throws when the store cannot be read. Changes nothing. */
-export async function backupStatus(settings: Settings, now = new Date()): Promise<BackupStatus> {
-  const root = backupsDir(settings)
-  const missing = await storeMissing(settings)
+/** Reads the store and its disk; throws when the store cannot be read. Changes nothing. */
+export async function storeStatus(store: BackupStore, now: Date, active: string): Promise<BackupStatus> {
+  const missing = await store.missing()
   if (missing) throw new Error(missing)
-  const store = await scanStore(settings)
-  const shared = sharing(store.complete)
-  const { bavail, blocks, bsize } = await fs.statfs(root)
-  const onDisk = bytesHeldOnlyBy(shared, store.complete.map((b) => b.name))
-  return summarizeStore(root, store, now, { free_bytes: bavail * bsize, total_bytes: blocks * bsize }, shared, onDisk, settings.modelsActive)
-}
-
-export interface Retention { days: number; keepMin: number; now: Date }
-
-/**
- * Each complete backup (oldest first) with the first rule that keeps it, or 'remove': of each source (each
- * is its own chain) the newest keepMin and the newest whose last verification passed (a copy known to be
- * good), the one `latest` points at, and those younger than `days` stay. An empty backup is a copy of
- * nothing: it never counts as one of the newest nor as the verified one, so it cannot push out a real one.
- */
-export function retentionVerdicts(complete: Backup[], latest: string | null, rule: Retention): { backup: Backup; verdict: string }[] {
-  const newest = new Set<string>()
-  const lastVerified = new Set<string>()
-  for (const source of new Set(complete.map((b) => b.meta.source))) {
-    const chain = complete.filter((b) => b.meta.source === source && !isEmptyBackup(b))
-    for (const b of chain.slice(Math.max(0, chain.length - rule.keepMin))) newest.add(b.name)
-    const verified = chain.findLast((b) => b.meta.verifications.at(-1)?.ok === true)
-    if (verified) lastVerified.add(verified.name)
-  }
-  const cutoff = rule.now.getTime() - rule.days * DAY_MS
-  return complete.map((backup) => ({
-    backup,
-    verdict:
-      newest.has(backup.name) ? `keep: newest ${rule.keepMin}`
-      : lastVerified.has(backup.name) ? 'keep: last verified'
-      : backup.name === latest ? 'keep: latest'
-      : backup.created.getTime() >= cutoff ? 'keep: within retention'
-      : 'remove',
-  }))
-}
-
-/** What monitoring needs of the store, read from the backups' metadata alone (no walk of their data). */
-export interface BackupHealth {
-  store: string
-  complete: number
-  newest: { name: string; type: BackupType; created: string; age: string; age_seconds: number } | null
-  /** The most recent verification of any complete backup: incrementals between two weekly verifies have none. */
-  last_verification: { backup: string; at: string; age_seconds: number; ok: boolean; problems: number } | null
-  latest: string | null
-  /** The newest backup of the active models and how far it can be trusted (see verificationState). */
-  verification: VerificationState | null
-  problems: Problem[]
-}
-
-const verificationStateSchema = z.strictObject({
-  backup: z.string(),
-  text: z.string().describe('for a status line: "verified ok 2h ago", "not verified yet; NAME verified ok 2d ago", ...'),
-  problem: z.string().nullable().describe('the warning, or null while the chain is verified recently enough'),
-}) satisfies z.ZodType<VerificationState>
-
-export const backupHealthSchema = z.strictObject({
-  store: z.string(),
-  complete: nonNegative.describe('complete backups in the store'),
-  newest: z.strictObject({ name: z.string(), type: backupType, created: z.iso.datetime(), age: z.string(), age_seconds: z.number().int() }).nullable(),
-  last_verification: z.strictObject({ backup: z.string(), at: z.iso.datetime(), age_seconds: z.number().int(), ok: z.boolean(), problems: nonNegative }).nullable()
-    .describe('the most recent verification of any complete backup'),
-  latest: z.string().nullable(),
-  verification: verificationStateSchema.nullable().describe('the newest backup of the active models and how far it can be trusted'),
-  problems: z.array(problemSchema),
-}) satisfies z.ZodType<BackupHealth>
-
-/** The backup line of `status`, in the words of verificationState. */
-export const backupLine = (h: BackupHealth) => h.newest && h.verification ? `${h.newest.name}, ${h.newest.age} old; ${h.verification.text}` : 'no complete backup'
-
-export async function backupHealth(settings: Settings, now = new Date()): Promise<BackupHealth> {
-  const root = backupsDir(settings)
-  const problem = (severity: Problem['severity'], what: string, message: string): Problem => ({ check: 'backups', severity, key: `backups:${what}`, message })
-  const missing = await storeMissing(settings)
-  if (missing) return { store: root, complete: 0, newest: null, last_verification: null, latest: null, verification: null, problems: [problem('critical', 'none', missing)] }
-  const store = await scanStore(settings)
-  const chain = chainOf(store, settings.modelsActive)
-  const newest = chain.at(-1)
-  const verification = verificationState(chain, now)
-  const verifications = store.complete.flatMap((b) => b.meta.verifications.map((v) => ({ backup: b.name, v }))).sort((a, b) => a.v.at.localeCompare(b.v.at))
-  const last = verifications.at(-1)
-  const problems: Problem[] = []
-  if (!newest) problems.push(problem('critical', 'none', `${noBackup(root, store, settings.modelsActive)}: run citadel backup create`))
-  const broken = latestDamaged(store)
-  if (broken) problems.push(problem('critical', 'latest', `latest points at ${broken.name}, which is damaged (${broken.reason}): restore that file or make a new backup`))
-  const ageMs = newest ? now.getTime() - newest.created.getTime() : 0
-  const late = newest && overdue(chain, now)
-  if (late) problems.push(problem('warning', 'overdue', late))
-  if (verification?.problem) problems.push(problem('warning', 'verification', verification.problem))
-  return {
-    store: root,
-    complete: store.complete.length,
-    newest: newest ? { name: newest.name, type: newest.type, created: newest.created.toISOString(), age: duration(ageMs), age_seconds: Math.floor(ageMs / 1000) } : null,
-    last_verification: last ? { backup: last.backup, at: last.v.at, age_seconds: Math.floor((now.getTime() - Date.parse(last.v.at)) / 1000), ok: last.v.ok, problems: last.v.problems.length } : null,
-    latest: store.latest,
-    verification,
-    problems,
-  }
-}
-
-function verified(b: BackupSummary, now: Date): string {
-  const v = b.last_verification
-  return v ? `${v.ok ? 'ok' : 'FAILED'} ${duration(now.getTime() - Date.parse(v.at))} ago` : 'never'
-}
-
-/** The backup-status report of a store, local or remote: the table, totals, warnings and the headline. */
-export function showStatus(ctx: TaskContext, status: BackupStatus, now: Date, diskName: string): TaskResult {
-  for (const w of status.warnings) ctx.warn(w)
-  const { backups, totals, disk } = status
-  if (backups.length)
-    ctx.detail(...table([
-      ['NAME', 'TYPE', 'AGE', 'FILES', 'SIZE', 'UNIQUE', 'VERIFIED', 'LATEST', 'SOURCE'],
-      ...backups.map((b) => [b.name, b.type, b.age, String(b.files), bytes(b.bytes), b.unique_bytes === null ? '-' : bytes(b.unique_bytes), verified(b, now), b.latest ? 'yes' : '', b.source]),
-    ]))
-  const space = `${bytes(disk.free_bytes)} free of ${bytes(disk.total_bytes)}`
-  ctx.detail(`total: ${count(totals.backups, 'backup')}, ${bytes(totals.bytes)} (${bytes(totals.bytes_on_disk)} on disk); ${diskName}: ${space}`)
-  const newest = backups.at(-1)
-  const headline = newest ? `${count(backups.length, 'backup')}, newest ${newest.age} old` : 'no complete backup'
-  const warned = status.warnings.length ? `; ${count(status.warnings.length, 'warning')}` : ''
-  return ctx.finish(`${headline}; ${diskName}: ${space}${warned}`, { ...status })
-}
-
-export interface RetentionPlan {
-  /** Every complete backup, oldest first, with its age and the rule that keeps it, or 'remove'. */
-  backups: { name: string; age: string; verdict: string }[]
-  /** The backups to remove, each with how the change record describes it. */
-  doomed: { backup: Backup; before: string }[]
-}
-
-/** Cleanup's plan for a store, local or remote, shown as a table under the task. */
-export function planRetention(ctx: TaskContext, complete: Backup[], latest: string | null, days: number, now: Date): RetentionPlan {
-  const verdicts = retentionVerdicts(complete, latest, { days, keepMin: ctx.settings.backup.keepMin, now })
-  const ageOf = (b: Backup) => duration(now.getTime() - b.created.getTime())
-  if (verdicts.length) ctx.detail(...table([['BACKUP', 'AGE', 'VERDICT'], ...verdicts.map((v) => [v.backup.name, ageOf(v.backup), v.verdict])]))
-  return {
-    backups: verdicts.map((v) => ({ name: v.backup.name, age: ageOf(v.backup), verdict: v.verdict })),
-    doomed: verdicts.filter((v) => v.verdict === 'remove').map(({ backup: b }) => ({ backup: b, before: `${b.type} backup, ${ageOf(b)} old, ${count(b.meta.files, 'file')}, ${bytes(b.meta.bytes)}` })),
-  }
+  const contents = await store.scan()
+  const heldOnlyBy = store.heldOnlyBy(contents.complete)
+  const { used_bytes, ...disk } = await store.space()
+  const onDisk = used_bytes ?? heldOnlyBy?.(contents.complete.map((b) => b.name)) ?? 0
+  return summarizeStore(store.label, contents, now, disk, heldOnlyBy, onDisk, active)
 }

@@ -1,24 +1,13 @@
-// Verifies a backup against what was recorded when it was made. Every run compares the whole tree with
-// the catalog (sizes, link targets, strays), which costs one walk; hashing everything would cost a full
-// read of the slow disk, so each run hashes a sample, and without a seed the files verified longest ago
-// come first, so a few runs together cover the whole backup.
+// Verifies a backup against what was recorded when it was made, by one algorithm for every store. Each
+// run compares the whole tree with the catalog (sizes, link targets, strays), which costs one listing;
+// hashing everything would cost a full read of the slow disk, so each run hashes a sample, and without a
+// seed the files verified longest ago come first, so a few runs together cover the whole backup. The store
+// hashes on its own host: the local disk here, sha256sum -c on the far side over ssh.
 import { randomInt } from 'node:crypto'
-import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { CATALOG, DATA, listTree, MANIFEST, readCatalog, statFiles, VERIFY_STATE, writeMeta, type Backup, type Catalog, type Problem, type Verification } from './store.ts'
-import { atomicWriteFile, describeEntry, lstatOrNull, readFileOrNull, showName } from '../infra/fsx.ts'
-import { hashFiles } from '../infra/hashing.ts'
-import { compareBytewise, parseManifestBytes } from './manifest.ts'
+import { MANIFEST, META, metaText, VERIFY_STATE, type Backup, type BackupStore, type Catalog, type DataListing, type HashVerdict, type Verification, type VerifyProblem } from './store.ts'
+import { compareBytewise } from './manifest.ts'
 import { parseFile, verifyStateSchema } from '../infra/schemas.ts'
-import type { TaskContext, TaskResult } from '../core/task.ts'
-import { SETTINGS, wholeNumber } from '../infra/config.ts'
-import { bytes, count, percent, summarize, table } from '../infra/format.ts'
-
-/** The --sample and --seed arguments of the local and the remote verify. */
-export const sampleArg = SETTINGS.BACKUP_VERIFY_SAMPLE_RATE.schema.optional()
-  .meta({ value: 'RATE', description: 'share of the bytes and of the files to hash (default: BACKUP_VERIFY_SAMPLE_RATE)' })
-export const seedArg = wholeNumber(0, '7').optional()
-  .meta({ value: 'N', description: 'the same N hashes the same sample, whichever files were verified recently' })
 
 /** When each file of a backup last hashed as the manifest says: path → ISO time. */
 export type VerifyState = Record<string, string>
@@ -38,38 +27,37 @@ export interface VerifyOutcome {
   sampled: string[]
   /** Bytes of all files the catalog lists. */
   totalBytes: number
-  state: VerifyState
+  /** The verify state to save; null when the lists could not be read, so the saved one stays as it is. */
+  state: VerifyState | null
 }
 
 /**
- * Link targets, missing files and strays, from one walk of data/ by directory entries; returns the files
- * that are there, with their recorded sizes. Sizes are checked later: by the hash's read for the sample,
- * by a stat for the rest, so a full verification stats nothing twice.
+ * Link targets, missing files and strays, from one listing of data/; returns the files that are there,
+ * with their recorded sizes. Sizes are checked later: by the hash's read for the sample, by the listing
+ * for the rest, so a full verification stats nothing twice.
  */
-export async function checkTree(data: string, catalog: Catalog): Promise<{ problems: Problem[]; present: [string, number][] }> {
-  const listing = listTree(data)
+async function checkTree(listing: DataListing, catalog: Catalog): Promise<{ problems: VerifyProblem[]; present: [string, number][] }> {
   const files = new Set(listing.files)
-  const links = new Map(listing.symlinks.map((l) => [l.rel, l.target]))
-  const problems: Problem[] = []
+  const problems: VerifyProblem[] = []
   const present: [string, number][] = []
   for (const [rel, size] of catalog.files) {
     if (files.has(rel)) present.push([rel, size])
-    else problems.push({ kind: 'missing', path: rel, detail: `expected a file of ${size} bytes, found ${describeEntry(await lstatOrNull(path.join(data, rel)))}` })
+    else problems.push({ kind: 'missing', path: rel, detail: `expected a file of ${size} bytes, found ${await listing.describe(rel)}` })
   }
   for (const [rel, target] of catalog.symlinks) {
-    const found = links.get(rel)
+    const found = listing.symlinks.get(rel)
     if (found === target) continue
-    const what = found !== undefined ? `a link to ${found}` : describeEntry(await lstatOrNull(path.join(data, rel)))
+    const what = found !== undefined ? `a link to ${found}` : await listing.describe(rel)
     problems.push({ kind: 'link', path: rel, detail: `expected a link to ${target}, found ${what}` })
   }
   // A path the catalog records as the other kind is already reported above.
   const recorded = new Set([...catalog.files.map(([rel]) => rel), ...catalog.symlinks.map(([rel]) => rel)])
-  for (const rel of listing.files) if (!recorded.has(rel)) problems.push({ kind: 'extra', path: rel, detail: `${describeEntry(await lstatOrNull(path.join(data, rel)))} the backup did not record` })
-  for (const l of listing.symlinks) if (!recorded.has(l.rel)) problems.push({ kind: 'extra', path: l.rel, detail: `a link to ${l.target} the backup did not record` })
+  for (const rel of [...listing.files, ...listing.others]) if (!recorded.has(rel)) problems.push({ kind: 'extra', path: rel, detail: `${await listing.describe(rel)} the backup did not record` })
+  for (const [rel, target] of listing.symlinks) if (!recorded.has(rel)) problems.push({ kind: 'extra', path: rel, detail: `a link to ${target} the backup did not record` })
   return { problems, present }
 }
 
-const sizeProblem = (rel: string, found: number, recorded: number): Problem => ({ kind: 'size', path: rel, detail: `${found} bytes, ${recorded} recorded` })
+const sizeProblem = (rel: string, found: number, recorded: number): VerifyProblem => ({ kind: 'size', path: rel, detail: `${found} bytes, ${recorded} recorded` })
 
 /** A rank from the seed and the path alone (cyrb53): the same seed orders the same files the same way. */
 function rank(seed: number, rel: string): number {
@@ -90,7 +78,7 @@ function rank(seed: number, rel: string): number {
  * rank, taken until they hold at least `rate` of the bytes and of the files, so that empty and small files
  * get their turn too.
  */
-export function chooseSample(files: [string, number][], rate: number, seed: number, history: VerifyState | null): [string, number][] {
+function chooseSample(files: [string, number][], rate: number, seed: number, history: VerifyState | null): [string, number][] {
   // The result keeps the order of `files` (the catalog's, bytewise).
   // 0, before any real time, for a file never verified (or a time that does not parse).
   const lastVerified = (rel: string) => Date.parse(history?.[rel] ?? '') || 0
@@ -109,7 +97,7 @@ export function chooseSample(files: [string, number][], rate: number, seed: numb
 }
 
 /** A Hugging Face cache names each blob by the SHA-256 of its content. */
-export const HF_BLOB = /(^|\/)blobs\/[0-9a-f]{64}$/
+const HF_BLOB = /(^|\/)blobs\/[0-9a-f]{64}$/
 
 /** The verify state from `file`'s text ('' or null: none yet); anything but an object of times starts over. */
 export function parseVerifyState(text: string | null, warn: (message: string) => void, file = VERIFY_STATE): VerifyState {
@@ -122,61 +110,57 @@ export function parseVerifyState(text: string | null, warn: (message: string) =>
   }
 }
 
-/** The catalog and the manifest by path, or the problem that one of them cannot be read. */
-async function readLists(dir: string): Promise<{ catalog: Catalog; manifest: Map<string, string> } | Problem> {
-  let file = path.join(dir, CATALOG)
-  try {
-    const catalog = await readCatalog(dir)
-    file = path.join(dir, MANIFEST)
-    const manifest = new Map(parseManifestBytes(await fs.readFile(file)).map((e) => [e.path, e.sha256]))
-    return { catalog, manifest }
-  } catch (err) {
-    const message = (err as Error).message
-    return { kind: 'list', path: path.basename(file), detail: message.includes(file) ? message : `${file}: ${message}` }
-  }
-}
-
 /** Reads and hashes; writes nothing (see recordVerification). */
-export async function verifyBackup(backup: Backup, req: VerifyRequest): Promise<VerifyOutcome> {
+export async function verifyBackup(store: BackupStore, backup: Backup, req: VerifyRequest): Promise<VerifyOutcome> {
   const at = new Date().toISOString()
-  const data = path.join(backup.dir, DATA)
-  const stateFile = path.join(backup.dir, VERIFY_STATE)
-  const state = parseVerifyState(await readFileOrNull(stateFile), req.warn, stateFile)
-  const lists = await readLists(backup.dir)
-  if ('kind' in lists) {
-    const verification: Verification = { at, rate: req.rate, seed: req.seed ?? 0, seeded: req.seed !== null, files_checked: 0, files_hashed: 0, bytes_hashed: 0, ok: false, problems: [lists], transient: [] }
-    return { verification, sampled: [], totalBytes: 0, state }
+  const lists = await store.readLists(backup)
+  if ('message' in lists) {
+    const problem: VerifyProblem = { kind: 'list', path: lists.file, detail: lists.message }
+    const verification: Verification = { at, rate: req.rate, seed: req.seed ?? 0, seeded: req.seed !== null, files_checked: 0, files_hashed: 0, bytes_hashed: 0, ok: false, problems: [problem], transient: [] }
+    return { verification, sampled: [], totalBytes: 0, state: null }
   }
   const { catalog, manifest } = lists
+  const state = parseVerifyState(lists.state, req.warn, lists.stateFile)
+  const listing = await store.listData(backup)
+  const { problems, present } = await checkTree(listing, catalog)
 
-  const { problems, present } = await checkTree(data, catalog)
   const seed = req.seed ?? randomInt(2 ** 32)
-  const sample = chooseSample(present, req.rate, seed, req.seed === null ? state : null)
-  const sampled = new Set(sample.map(([rel]) => rel))
-  const unsampled = present.filter(([rel]) => !sampled.has(rel))
-  statFiles(data, unsampled.map(([rel]) => rel)).forEach((f, i) => {
-    if (f.size !== unsampled[i]![1]) problems.push(sizeProblem(f.rel, f.size, unsampled[i]![1]))
+  const chosen = chooseSample(present, req.rate, seed, req.seed === null ? state : null)
+  const chosenNames = new Set(chosen.map(([rel]) => rel))
+  // A file the manifest does not list has no hash to be checked against.
+  const sample = chosen.filter(([rel]) => {
+    if (manifest.has(rel)) return true
+    problems.push({ kind: 'mismatch', path: rel, detail: `not in ${MANIFEST}` })
+    return false
+  })
+  const unsampled = present.filter(([rel]) => !chosenNames.has(rel))
+  ;(await listing.sizes(unsampled.map(([rel]) => rel))).forEach((size, i) => {
+    if (size !== unsampled[i]![1]) problems.push(sizeProblem(unsampled[i]![0], size, unsampled[i]![1]))
   })
   const sampleBytes = sample.reduce((sum, [, size]) => sum + size, 0)
-  const jobs = sample.map(([rel, size]) => ({ file: path.join(data, rel), size }))
-  const first = await hashFiles(jobs, { signal: req.signal, onProgress: (done) => req.onProgress(done, sampleBytes) })
+  const jobs = sample.map(([rel, size]) => ({ rel, size, sha256: manifest.get(rel)! }))
+  const first = await store.hashCheck(backup, jobs, { signal: req.signal, onProgress: (done) => req.onProgress(done, sampleBytes) })
+  // A store that cannot tell how much it read (sha256sum -c) has the size from its listing.
+  const unknown = sample.flatMap(([rel], i) => (first[i]!.bytesRead === null ? [rel] : []))
+  const listed = new Map((await listing.sizes(unknown)).map((size, j) => [unknown[j]!, size]))
+  const found = (i: number, v: HashVerdict) => v.bytesRead ?? listed.get(sample[i]![0])!
 
   // A disagreement is read once more: a second read that agrees means the first was a read error.
-  const disagreeing = sample.flatMap(([rel, size], i) => (first[i]!.sha256 !== null && first[i]!.bytesRead === size && first[i]!.sha256 !== manifest.get(rel) ? [i] : []))
-  const second = new Map((await hashFiles(disagreeing.map((i) => jobs[i]!), { signal: req.signal })).map((o, j) => [disagreeing[j]!, o]))
+  const disagreeing = sample.flatMap(([, size], i) => (first[i]!.verdict === 'differs' && found(i, first[i]!) === size ? [i] : []))
+  const again = disagreeing.length ? await store.hashCheck(backup, disagreeing.map((i) => jobs[i]!), { signal: req.signal, onProgress: () => {} }) : []
+  const second = new Map(again.map((v, j) => [disagreeing[j]!, v]))
   const transient: string[] = []
   const verified: string[] = []
   for (const [i, [rel, size]] of sample.entries()) {
-    const expected = manifest.get(rel)
     const outcome = second.get(i) ?? first[i]!
-    if (outcome.sha256 === null) problems.push({ kind: 'unreadable', path: rel, detail: outcome.error ?? 'read failed' })
-    else if (outcome.bytesRead !== size) problems.push(sizeProblem(rel, outcome.bytesRead, size))
-    else if (expected === undefined) problems.push({ kind: 'mismatch', path: rel, detail: `not in ${MANIFEST}; hashes to ${outcome.sha256}` })
-    else if (outcome.sha256 !== expected) problems.push({ kind: 'mismatch', path: rel, detail: `hashes to ${outcome.sha256}, ${MANIFEST} says ${expected}` })
+    if (outcome.verdict === 'unreadable') problems.push({ kind: 'unreadable', path: rel, detail: outcome.detail })
+    else if (found(i, outcome) !== size) problems.push(sizeProblem(rel, found(i, outcome), size))
+    else if (outcome.verdict === 'differs') problems.push({ kind: 'mismatch', path: rel, detail: outcome.detail })
     else {
       if (second.has(i)) transient.push(rel)
+      const expected = jobs[i]!.sha256
       // The manifest was made from the copy, so it agrees with a blob that was already corrupt at the source.
-      if (HF_BLOB.test(rel) && path.basename(rel) !== expected) problems.push({ kind: 'blob-name', path: rel, detail: `content hashes to ${expected}, not to its name` })
+      if (HF_BLOB.test(rel) && path.posix.basename(rel) !== expected) problems.push({ kind: 'blob-name', path: rel, detail: `content hashes to ${expected}, not to its name` })
       else verified.push(rel)
     }
   }
@@ -189,7 +173,7 @@ export async function verifyBackup(backup: Backup, req: VerifyRequest): Promise<
     seeded: req.seed !== null,
     files_checked: catalog.files.length,
     files_hashed: sample.length,
-    bytes_hashed: first.reduce((sum, o) => sum + o.bytesRead, 0),
+    bytes_hashed: first.reduce((sum, v, i) => sum + found(i, v), 0),
     ok: problems.length === 0,
     problems,
     transient,
@@ -201,21 +185,7 @@ export async function verifyBackup(backup: Backup, req: VerifyRequest): Promise<
 }
 
 /** Appends the record to the backup's metadata and saves when each file was verified. */
-export async function recordVerification(backup: Backup, outcome: VerifyOutcome): Promise<void> {
-  await writeMeta(backup.dir, { ...backup.meta, verifications: [...backup.meta.verifications, outcome.verification] })
-  await atomicWriteFile(path.join(backup.dir, VERIFY_STATE), JSON.stringify(outcome.state) + '\n')
-}
-
-/** The backup-verify report of one verification, local or remote: failed on any problem. */
-export function showVerification(ctx: TaskContext, name: string, outcome: { verification: Verification; sampled: string[]; totalBytes: number }): TaskResult {
-  const { verification: v, sampled } = outcome
-  for (const rel of v.transient) ctx.warn(`${rel}: the first read disagreed with the manifest, a second agreed: a read error, not corruption`)
-  if (v.problems.length) ctx.detail(...table([['PATH', 'PROBLEM', 'DETAIL'], ...v.problems.map((p) => [showName(p.path), p.kind, p.detail])]))
-  const lists = v.problems.filter((p) => p.kind === 'list')
-  if (lists.length) return ctx.fail(`${name} cannot be verified: ${lists.map((p) => p.detail).join('; ')}`, { backup: name, verification: v, sampled })
-  const share = percent(outcome.totalBytes > 0 ? v.bytes_hashed / outcome.totalBytes : 1, 0)
-  const head = `${name}: ${count(v.files_checked, 'file')} checked, ${v.files_hashed} hashed (${bytes(v.bytes_hashed)}, ${share} of bytes)`
-  const data = { backup: name, verification: v, sampled }
-  if (!v.ok) return ctx.fail(`${head}: ${count(v.problems.length, 'problem')}: ${summarize(v.problems.map((p) => `${showName(p.path)}: ${p.kind}`))}`, data)
-  return ctx.finish(`${head}: ok`, data)
+export async function recordVerification(store: BackupStore, backup: Backup, outcome: VerifyOutcome): Promise<void> {
+  await store.replaceFile(backup, META, metaText({ ...backup.meta, verifications: [...backup.meta.verifications, outcome.verification] }))
+  if (outcome.state) await store.replaceFile(backup, VERIFY_STATE, JSON.stringify(outcome.state) + '\n')
 }

@@ -76,10 +76,15 @@ export async function checkSources(): Promise<number> {
     findings.push(...registryFindings(root, 'tasks', taskNames), ...registryFindings(root, 'playbooks', loaded.playbooks.map((p) => p.name)))
     for (const p of loaded.playbooks)
       for (const step of p.tasks) {
-        const name = ('task' in step ? step.task : step).name
-        if (!taskNames.includes(name)) findings.push({ step: 'load', line: `playbooks/${p.name}.ts: step ${name} is not a registered task` })
-        const parsed = 'task' in step && step.args ? parseTaskArgs(step.task.args, step.args) : {}
-        if ('problem' in parsed) findings.push({ step: 'load', line: `playbooks/${p.name}.ts: step ${name}: ${parsed.problem}` })
+        const task = 'task' in step ? step.task : step
+        const name = 'task' in step && step.name !== undefined ? step.name : task.name
+        const preset = name === task.name ? {} : task.aliases?.[name]
+        if (!taskNames.includes(task.name)) findings.push({ step: 'load', line: `playbooks/${p.name}.ts: step ${task.name} is not a registered task` })
+        else if (!preset) findings.push({ step: 'load', line: `playbooks/${p.name}.ts: step ${name} is neither ${task.name} nor one of its aliases` })
+        else {
+          const parsed = 'task' in step && step.args ? parseTaskArgs(task.args, { ...preset, ...step.args }) : {}
+          if ('problem' in parsed) findings.push({ step: 'load', line: `playbooks/${p.name}.ts: step ${name}: ${parsed.problem}` })
+        }
       }
     for (const t of loaded.tasks) {
       try {

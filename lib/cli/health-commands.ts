@@ -2,7 +2,7 @@
 // morning glance). Both only look: no lock, nothing written, so they run beside a backup or the monitor.
 import { PLUGIN_EXIT, START_EXIT } from '../core/exit.ts'
 import path from 'node:path'
-import { backupLine } from '../backup/status.ts'
+import { backupLine } from '../backup/health.ts'
 import type { Settings } from '../infra/config.ts'
 import { collectHealth, type HealthReport, type SmartSnapshot } from '../health/health.ts'
 import { healthDir } from '../infra/layout.ts'

@@ -7,7 +7,7 @@ import { tasks } from '../../tasks/index.ts'
 import { EXIT, PLUGIN_EXIT } from '../core/exit.ts'
 import type { Settings } from '../infra/config.ts'
 import { argFields, parseTaskArgs, type RawArgs } from '../core/args.ts'
-import { isInternalError, playbookEntries, type Playbook, type Step, type Task, type TaskArgs } from '../core/task.ts'
+import { isInternalError, playbookEntries, stepOf, type Playbook, type Step, type Task, type TaskArgs } from '../core/task.ts'
 
 
 class UsageError extends Error {}
@@ -120,10 +120,10 @@ Exit: 0 started, or a monitor already runs; 2 systemctl start failed (see journa
 Each is the task backup-NAME (citadel help backup-create, say): the same lock, log and report as a playbook.
 Backups live in <backup root>/models/backup_<UTC date>_<time>_<full|incremental>/; latest points at the newest.
 
-With --remote each works on BACKUP_REMOTE ([user@]host:/path) over ssh instead, as the task
-remote-backup-NAME: create sends a local backup (latest, or BACKUP) there, hard-linked to the newest
-remote one; verify has the remote host's sha256sum -c hash a sample; status and cleanup follow the
-local rules.`,
+With --remote each works on BACKUP_REMOTE ([user@]host:/path) over ssh instead (also the task
+remote-backup-NAME): create sends a local backup (latest, or BACKUP) there, hard-linked to the newest
+remote one; verify has the remote host's sha256sum -c hash a sample; verify, status and cleanup follow
+the same rules on both stores.`,
 }
 
 const csv = (v: string | boolean | undefined) => (typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : [])
@@ -139,10 +139,11 @@ function parse(args: string[], options: ParseArgsConfig['options']): { values: V
   }
 }
 
-function findTask(name: string): Task {
-  const task = tasks.find((t) => t.name === name)
+/** The task named `name`, or the one `name` is an alias of, as the step that runs it under that name. */
+function findStep(name: string): Omit<Step, 'when' | 'needs'> {
+  const task = tasks.find((t) => t.name === name) ?? tasks.find((t) => t.aliases?.[name])
   if (!task) throw new UsageError(`unknown task "${name}"; expected one of: ${tasks.map((t) => t.name).join(', ')}`)
-  return task
+  return stepOf(task, name)
 }
 
 function findPlaybook(name: string): Playbook {
@@ -164,10 +165,11 @@ function taskHelp(task: Task): string {
   // As wide as the options' column below, wider only when a label needs it.
   const width = Math.max(21, ...fields.map((a) => a.label.length + 2))
   const args = fields.map((a) => `  ${a.label.padEnd(width)}${a.help}`)
-  const backupAction = /^(remote-)?backup-(.+)$/.exec(task.name)
-  const short = backupAction ? `backup ${backupAction[2]}${backupAction[1] ? ' --remote' : ''}` : SHORT_NAMES[task.name]
-  const alias = short ? `\nAlso: ${usageOf(task, `citadel ${short}`)}` : ''
-  return `Usage: ${usageOf(task)}${alias}\n\n${task.description}\nTags: ${task.tags.join(', ')}\n${args.length ? `\nArguments:\n${args.join('\n')}\n` : ''}\n${COMMON_HELP}`
+  const backupAction = /^backup-(.+)$/.exec(task.name)
+  const short = backupAction ? `backup ${backupAction[1]}` : SHORT_NAMES[task.name]
+  const aliases = Object.entries(task.aliases ?? {}).map(([alias, preset]) => `${usageOf(task, `citadel task ${alias}`)}: the task with ${Object.keys(preset).join(', ')} set${backupAction ? ` (citadel ${short} --remote)` : ''}`)
+  const also = [...(short ? [usageOf(task, `citadel ${short}`)] : []), ...aliases]
+  return `Usage: ${usageOf(task)}${also.map((line) => `\nAlso: ${line}`).join('')}\n\n${task.description}\nTags: ${task.tags.join(', ')}\n${args.length ? `\nArguments:\n${args.join('\n')}\n` : ''}\n${COMMON_HELP}`
 }
 
 /** The task's own arguments out of its command line, as given: its schema judges them. */
@@ -203,18 +205,18 @@ function select(entries: ReadyStep[], values: Values): ReadyStep[] {
   let chosen = entries
   const start = values['start-at-task']
   if (typeof start === 'string') {
-    const index = chosen.findIndex((e) => e.task.name === start)
-    if (index < 0) throw new UsageError(`--start-at-task: "${start}" is not a task of this run; expected one of: ${chosen.map((e) => e.task.name).join(', ')}`)
+    const index = chosen.findIndex((e) => e.name === start)
+    if (index < 0) throw new UsageError(`--start-at-task: "${start}" is not a task of this run; expected one of: ${chosen.map((e) => e.name).join(', ')}`)
     chosen = chosen.slice(index)
   }
   return chosen
-    .filter((e) => (only.length === 0 || e.tags.some((t) => only.includes(t)) || only.includes(e.task.name)) && !e.tags.some((t) => skip.includes(t)))
+    .filter((e) => (only.length === 0 || e.tags.some((t) => only.includes(t)) || only.includes(e.name)) && !e.tags.some((t) => skip.includes(t)))
 }
 
 function list(json: boolean): void {
   if (json) {
     const doc = {
-      playbooks: playbooks.map((p) => ({ name: p.name, description: p.description, on_failure: p.onFailure, tasks: playbookEntries(p).map((e) => e.task.name) })),
+      playbooks: playbooks.map((p) => ({ name: p.name, description: p.description, on_failure: p.onFailure, tasks: playbookEntries(p).map((e) => e.name) })),
       tasks: tasks.map((t) => ({ name: t.name, description: t.description, tags: t.tags })),
     }
     process.stdout.write(JSON.stringify(doc, null, 2) + '\n')
@@ -223,7 +225,7 @@ function list(json: boolean): void {
   const width = Math.max(...tasks.map((t) => t.name.length), ...playbooks.map((p) => p.name.length)) + 2
   const out = ['PLAYBOOKS (citadel run NAME)']
   for (const p of playbooks) {
-    out.push(`  ${p.name.padEnd(width)}${p.description}`, `  ${''.padEnd(width)}${playbookEntries(p).map((e) => e.task.name).join(' -> ')}`)
+    out.push(`  ${p.name.padEnd(width)}${p.description}`, `  ${''.padEnd(width)}${playbookEntries(p).map((e) => e.name).join(' -> ')}`)
     out.push(`  ${''.padEnd(width)}on failure: ${p.onFailure === 'rollback' ? 'roll the whole run back' : "undo the failed step only, run the steps that do not need it"}`)
   }
   out.push('', 'TASKS (citadel task NAME)')
@@ -247,7 +249,7 @@ async function settingsOrNull(): Promise<Settings | null> {
 
 async function runTasks(playbook: Playbook | null, chosen: ReadyStep[], values: Values): Promise<number> {
   if (values['list-tasks']) {
-    process.stdout.write(chosen.map(({ task }) => `${task.name}  ${task.description}`).join('\n') + '\n')
+    process.stdout.write(chosen.map(({ task, name }) => `${name}  ${task.description}`).join('\n') + '\n')
     return 0
   }
   const settings = await settingsOrNull()
@@ -258,7 +260,7 @@ async function runTasks(playbook: Playbook | null, chosen: ReadyStep[], values: 
     return await run({
       playbook: playbook?.name ?? null,
       onFailure: playbook?.onFailure ?? 'continue',
-      tasks: chosen.map(({ task, args, when, needs }) => ({ task, args, when, needs })),
+      tasks: chosen.map(({ task, name, args, when, needs }) => ({ task, name, args, when, needs })),
       settings,
       check: Boolean(values.check),
       diff: Boolean(values.diff),
@@ -284,11 +286,12 @@ const show = (text: string): number => {
   return 0
 }
 
-async function taskCommand(task: Task, argv: string[]): Promise<number> {
+async function taskCommand(step: Omit<Step, 'when' | 'needs'>, argv: string[]): Promise<number> {
+  const { task } = step
   const own = Object.fromEntries(argFields(task.args).filter((a) => !a.positional).map((a) => [a.name, { type: a.flag ? 'boolean' : 'string' } as const]))
   const { values, positionals } = parse(argv, { ...RUN_OPTIONS, ...own })
   if (values.help) return show(taskHelp(task))
-  return runTasks(null, [ready({ task, args: commandLineArgs(task, values, positionals), tags: task.tags, needs: [] })], values)
+  return runTasks(null, [ready({ ...step, args: { ...step.args, ...commandLineArgs(task, values, positionals) }, needs: [] })], values)
 }
 
 /** Each command: its arguments in, its exit code out. */
@@ -299,21 +302,21 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
     if (positionals.length !== 1) throw new UsageError(`run takes one playbook name; expected one of: ${playbooks.map((p) => p.name).join(', ')}`)
     const playbook = findPlaybook(positionals[0]!)
     // Every step, chosen or not: a step whose arguments its task refuses is a broken playbook.
-    const entries = playbookEntries(playbook).map((e) => ready(e, `playbook ${playbook.name}, step ${e.task.name}: `))
+    const entries = playbookEntries(playbook).map((e) => ready(e, `playbook ${playbook.name}, step ${e.name}: `))
     return runTasks(playbook, select(entries, values), values)
   },
   async task([name, ...args]) {
     if (name === '-h' || name === '--help') return show(HELP.task!)
     if (name === undefined || name.startsWith('-')) throw new UsageError(`task takes a task name; expected one of: ${tasks.map((t) => t.name).join(', ')}`)
-    return taskCommand(findTask(name), args)
+    return taskCommand(findStep(name), args)
   },
   async backup([action, ...args]) {
     if (action === undefined || action === '-h' || action === '--help') return show(HELP.backup!)
-    // --remote picks the remote-backup-NAME task, which works on BACKUP_REMOTE by the same rules.
-    const remote = args.includes('--remote')
-    const task = tasks.find((t) => t.name === `${remote ? 'remote-' : ''}backup-${action}`)
+    const task = tasks.find((t) => t.name === `backup-${action}`)
     if (!task) throw new UsageError(`unknown backup action "${action}"; expected create, verify, cleanup or status`)
-    return taskCommand(task, args.filter((a) => a !== '--remote'))
+    // --remote is the alias remote-backup-ACTION: the same task on BACKUP_REMOTE, under that name.
+    const remote = args.includes('--remote')
+    return taskCommand(stepOf(task, remote ? `remote-${task.name}` : task.name), args.filter((a) => a !== '--remote'))
   },
   async 'health-check'(args) {
     const { values } = parse(args, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })
@@ -358,8 +361,8 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
     const { startMonitor } = await import('./health-commands.ts')
     return settings ? startMonitor(settings) : EXIT.invalid
   },
-  smart: (args) => taskCommand(findTask('check-smart'), args),
-  perf: (args) => taskCommand(findTask('check-perf'), args),
+  smart: (args) => taskCommand(findStep('check-smart'), args),
+  perf: (args) => taskCommand(findStep('check-perf'), args),
   async list(args) {
     const { values } = parse(args, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })
     if (values.help) return show(HELP.list!)
@@ -368,7 +371,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   },
   async help([topic]) {
     if (topic === undefined) return show(HELP.main!)
-    return show(HELP[topic] ?? taskHelp(findTask(topic)))
+    return show(HELP[topic] ?? taskHelp(findStep(topic).task))
   },
 }
 
@@ -410,7 +413,7 @@ export async function main(argv: string[], standalone?: Task): Promise<number> {
 
 async function dispatch(argv: string[], standalone?: Task): Promise<number> {
   try {
-    if (standalone) return await taskCommand(standalone, argv)
+    if (standalone) return await taskCommand(stepOf(standalone), argv)
     const [command, ...rest] = argv
     if (command === undefined) {
       process.stderr.write(HELP.main + '\n')

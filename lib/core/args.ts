@@ -10,6 +10,11 @@ declare module 'zod' {
     positional?: true
     /** The value's name in usage and errors: DAYS, RATE, full|incremental. */
     value?: string
+    /**
+     * Set only by an alias of the task (citadel task remote-backup-create presets remote) or a playbook step,
+     * never typed on the task's own command line: usage, help and errors leave it out.
+     */
+    preset?: true
   }
 }
 
@@ -54,9 +59,10 @@ function inspect(field: z.ZodType): { meta: z.GlobalMeta; kind: string } {
   }
 }
 
-/** The fields of a task's arguments, positionals first in their order, then options as declared. */
+/** The fields of a task's arguments an operator types, positionals first in their order, then options as declared. */
 export function argFields(schema: ArgsSchema): ArgField[] {
-  const fields = Object.entries(schema.shape).map(([name, field]): ArgField => {
+  const typed = Object.entries(schema.shape).filter(([, field]) => inspect(field as z.ZodType).meta.preset !== true)
+  const fields = typed.map(([name, field]): ArgField => {
     const { meta, kind } = inspect(field as z.ZodType)
     if (!meta.description) throw new TypeError(`argument ${name} has no help: give it .meta({ description })`)
     const positional = meta.positional === true
@@ -83,7 +89,7 @@ const EXPECTED_KIND: Record<string, string> = { boolean: 'expected true or false
  */
 export function parseTaskArgs<S extends ArgsSchema>(schema: S, raw: RawArgs): { args: z.output<S> } | { problem: string } {
   const fields = argFields(schema)
-  const unknown = Object.keys(raw).filter((k) => raw[k] !== undefined && !fields.some((f) => f.name === k))
+  const unknown = Object.keys(raw).filter((k) => raw[k] !== undefined && !(k in schema.shape))
   if (unknown.length) {
     const expected = fields.length ? `expected ${fields.map((f) => f.name).join(', ')}` : 'it takes no arguments'
     return { problem: `unknown argument ${unknown.map((k) => `"${k}"`).join(', ')}; ${expected}` }
@@ -91,10 +97,13 @@ export function parseTaskArgs<S extends ArgsSchema>(schema: S, raw: RawArgs): { 
   const parsed = schema.safeParse(raw)
   if (parsed.success) return { args: parsed.data }
   const issue = parsed.error.issues[0]!
-  const field = fields.find((f) => f.name === issue.path[0])!
-  const given = raw[field.name]
+  const name = String(issue.path[0])
+  const field = fields.find((f) => f.name === name)
+  const given = raw[name]
   const value = Array.isArray(given) && typeof issue.path[1] === 'number' ? given[issue.path[1]] : given
-  const expected = issue.code === 'invalid_type' ? (EXPECTED_KIND[inspect(schema.shape[field.name] as z.ZodType).kind] ?? 'expected text') : issue.message
-  if (value === undefined) return { problem: `${nameOf(field)} is missing: ${expected}` }
-  return { problem: `${nameOf(field)} ${JSON.stringify(value)} is not valid: ${expected}` }
+  const expected = issue.code === 'invalid_type' ? (EXPECTED_KIND[inspect(schema.shape[name] as z.ZodType).kind] ?? 'expected text') : issue.message
+  // A preset field is no option of the command line: named as the playbook step gives it.
+  const shown = field ? nameOf(field) : name
+  if (value === undefined) return { problem: `${shown} is missing: ${expected}` }
+  return { problem: `${shown} ${JSON.stringify(value)} is not valid: ${expected}` }
 }

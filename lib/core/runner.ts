@@ -23,8 +23,11 @@ export interface RunRequest {
   playbook: string | null
   /** 'continue' when not given: a single task (`citadel task`) keeps its changes on success, undoes them on failure. */
   onFailure?: FailurePolicy
-  /** `needs`: names of earlier tasks of this run that must have completed for this one to run. */
-  tasks: { task: Task; args: TaskArgs; when?: When | undefined; needs?: string[] }[]
+  /**
+   * `name`: what the report and the log call the step, the task's own name by default (see PlaybookStep);
+   * `needs`: names of earlier steps of this run that must have completed for this one to run.
+   */
+  tasks: { task: Task; name?: string; args: TaskArgs; when?: When | undefined; needs?: string[] }[]
   settings: Settings
   check: boolean
   diff: boolean
@@ -54,8 +57,8 @@ interface RunState {
   signal: AbortSignal
 }
 
-/** Runs one task with its context; whatever happens, returns its record. */
-async function execute(run: RunState, task: Task, args: TaskArgs, progress: (text: string) => void): Promise<TaskRecord> {
+/** Runs one task, as the step `name`, with its context; whatever happens, returns its record. */
+async function execute(run: RunState, task: Task, name: string, args: TaskArgs, progress: (text: string) => void): Promise<TaskRecord> {
   const { req, log, journal } = run
   const { settings, check } = req
   const t0 = Date.now()
@@ -64,7 +67,7 @@ async function execute(run: RunState, task: Task, args: TaskArgs, progress: (tex
   const details: string[] = []
   const result = (status: TaskResult['status'], msg: string, data: Record<string, unknown> = {}): TaskResult => ({ status, msg, changes, warnings, data, details })
   const ctx: TaskContext = {
-    task: task.name,
+    task: name,
     settings,
     args,
     signal: run.signal,
@@ -74,19 +77,19 @@ async function execute(run: RunState, task: Task, args: TaskArgs, progress: (tex
     earlierChanges: run.records.flatMap((r) => r.changes),
     $: run.shell,
     progress,
-    log: (event, fields = {}) => log.event(event, { task: task.name, ...fields }),
+    log: (event, fields = {}) => log.event(event, { task: name, ...fields }),
     warn: (message) => void warnings.push(message),
     detail: (...lines) => void details.push(...lines),
     async apply(change, undo, act) {
       if (run.signal.aborted) throw new Interrupted()
       changes.push(change)
       if (check) return
-      log.event('change', { task: task.name, ...change })
-      if (undo) await journal.record(task.name, undo)
+      log.event('change', { task: name, ...change })
+      if (undo) await journal.record(name, undo)
       try {
         await act()
       } catch (err) {
-        if (undo) await journal.cancelLast(task.name)
+        if (undo) await journal.cancelLast(name)
         throw err
       }
     },
@@ -96,7 +99,7 @@ async function execute(run: RunState, task: Task, args: TaskArgs, progress: (tex
     async bookkeep(what, write) {
       if (check) return null
       if (run.signal.aborted) throw new Interrupted()
-      log.event('bookkeeping', { task: task.name, what })
+      log.event('bookkeeping', { task: name, what })
       return write()
     },
     finish: (msg, data) => result(changes.length ? 'changed' : 'ok', msg, data),
@@ -107,7 +110,8 @@ async function execute(run: RunState, task: Task, args: TaskArgs, progress: (tex
   let outcome: TaskResult
   let internal = false
   try {
-    const refused = task.roots ? await rootsRefusal(run.shell, settings, task.roots, check ? ctx.earlierChanges : []) : null
+    const roots = typeof task.roots === 'function' ? task.roots(args) : task.roots
+    const refused = roots?.length ? await rootsRefusal(run.shell, settings, roots, check ? ctx.earlierChanges : []) : null
     outcome = refused ? result('failed', refused) : await task.run(ctx)
   } catch (err) {
     internal = !(err instanceof Interrupted) && isInternalError(err)
@@ -115,15 +119,15 @@ async function execute(run: RunState, task: Task, args: TaskArgs, progress: (tex
     else {
       const message = err instanceof Error ? err.message : String(err)
       const stack = err instanceof Error ? (err.stack ?? message) : `thrown: ${JSON.stringify(err)}`
-      log.event('internal-error', { task: task.name, stack })
+      log.event('internal-error', { task: name, stack })
       // Without a run log (check mode, or a log disk that failed) the stack has nowhere else to go.
       const where = log.file ? `the stack trace is in ${log.file}` : `stack trace:\n${stack}`
-      say(`internal error in task ${task.name} (a bug in citadel, please report it): ${message}; ${where}`)
+      say(`internal error in task ${name} (a bug in citadel, please report it): ${message}; ${where}`)
       outcome = result('failed', `internal error: ${message}`)
     }
   }
-  const record: TaskRecord = { name: task.name, ...outcome, ran: true, duration_ms: Date.now() - t0, ...(internal ? { internal: true as const } : {}) }
-  log.event('task', { task: task.name, status: record.status, msg: record.msg, changes: record.changes, warnings: record.warnings })
+  const record: TaskRecord = { name, ...outcome, ran: true, duration_ms: Date.now() - t0, ...(internal ? { internal: true as const } : {}) }
+  log.event('task', { task: name, status: record.status, msg: record.msg, changes: record.changes, warnings: record.warnings })
   return record
 }
 
@@ -165,8 +169,8 @@ async function settle(journal: Journal, log: RunLog, record: TaskRecord): Promis
 }
 
 /** The record of a step that did not run: its condition is false, a step it needs did not complete, or a signal stopped the run. */
-function notRun(task: Task, msg: string, blockedBy?: string): TaskRecord {
-  return { name: task.name, status: 'skipped', msg, changes: [], warnings: [], data: {}, details: [], ran: false, duration_ms: 0, ...(blockedBy ? { blocked_by: blockedBy } : {}) }
+function notRun(name: string, msg: string, blockedBy?: string): TaskRecord {
+  return { name, status: 'skipped', msg, changes: [], warnings: [], data: {}, details: [], ran: false, duration_ms: 0, ...(blockedBy ? { blocked_by: blockedBy } : {}) }
 }
 
 export async function run(req: RunRequest): Promise<number> {
@@ -213,7 +217,7 @@ export async function run(req: RunRequest): Promise<number> {
   process.on('SIGINT', onSignal)
   process.on('SIGTERM', onSignal)
   try {
-    log.event('run-start', { command: req.command, playbook: req.playbook, tasks: req.tasks.map((t) => t.task.name), check, pid: process.pid })
+    log.event('run-start', { command: req.command, playbook: req.playbook, tasks: req.tasks.map((t) => t.name ?? t.task.name), check, pid: process.pid })
     let leftover: JournalEntry[]
     try {
       leftover = await journal.entries()
@@ -239,36 +243,36 @@ export async function run(req: RunRequest): Promise<number> {
     /** Tasks that did not complete, each with the failed task at the root of it. */
     const incomplete = new Map<string, string>()
     const listr = new Listr(
-      req.tasks.map(({ task, args, when, needs = [] }) => ({
-        title: task.name,
+      req.tasks.map(({ task, name = task.name, args, when, needs = [] }) => ({
+        title: name,
         task: async (_: unknown, item: { title: string; output: string; skip: (m: string) => void }) => {
           const missing = needs.find((n) => incomplete.has(n))
           let record: TaskRecord
-          if (abort.signal.aborted) record = notRun(task, 'not started: interrupted by signal')
-          else if (when && !when.test(req.settings)) record = notRun(task, when.otherwise)
+          if (abort.signal.aborted) record = notRun(name, 'not started: interrupted by signal')
+          else if (when && !when.test(req.settings)) record = notRun(name, when.otherwise)
           else if (missing !== undefined) {
             const root = incomplete.get(missing)!
-            record = notRun(task, `not run: it needs ${missing}, which ${root === missing ? 'failed' : `did not run because ${root} failed`}`, root)
+            record = notRun(name, `not run: it needs ${missing}, which ${root === missing ? 'failed' : `did not run because ${root} failed`}`, root)
           } else {
             // A few updates a second on a terminal. Elsewhere (a log, the journal under systemd) the line
             // renderer prints every update as a line of its own: one every ten seconds is plenty there.
             let shownAt = 0
             const every = process.stdout.isTTY ? 250 : 10_000
-            record = await execute(run, task, args, (text) => {
+            record = await execute(run, task, name, args, (text) => {
               if (Date.now() - shownAt < every) return
               shownAt = Date.now()
               item.output = text
             })
             if (guarded && continuing) record = await settle(journal, log, record)
           }
-          if (!record.ran) log.event('task', { task: task.name, status: record.status, msg: record.msg, ...(record.blocked_by ? { blocked_by: record.blocked_by } : {}) })
+          if (!record.ran) log.event('task', { task: name, status: record.status, msg: record.msg, ...(record.blocked_by ? { blocked_by: record.blocked_by } : {}) })
           records.push(record)
-          if (record.status === 'failed') incomplete.set(task.name, task.name)
-          else if (record.blocked_by) incomplete.set(task.name, record.blocked_by)
+          if (record.status === 'failed') incomplete.set(name, name)
+          else if (record.blocked_by) incomplete.set(name, record.blocked_by)
           // A failure or skip is shown once while running: on a terminal in the title; elsewhere listr's line
           // renderer adds the message to the title itself ("name [FAILED: msg]").
           const quietTitle = !process.stdout.isTTY && record.status !== 'ok' && record.status !== 'changed'
-          item.title = quietTitle ? task.name : `${task.name}: ${record.msg}`
+          item.title = quietTitle ? name : `${name}: ${record.msg}`
           if (record.status === 'skipped') item.skip(record.msg)
           if (record.status === 'failed') throw new Error(record.msg)
         },

@@ -117,8 +117,16 @@ export interface Task<S extends ArgsSchema = ArgsSchema> {
    * check the disks while a backup runs. Its log still goes to the run log.
    */
   readOnly?: true
-  /** The disk roots the task writes to or reads: the runner refuses it before it runs unless their marks hold. */
-  roots?: ('models' | 'backup')[]
+  /**
+   * The disk roots the task writes to or reads: the runner refuses it before it runs unless their marks hold.
+   * A function when they depend on the arguments (a backup task with --remote works on another host).
+   */
+  roots?: ('models' | 'backup')[] | ((args: z.output<S>) => ('models' | 'backup')[])
+  /**
+   * Other names the task answers to, each with the arguments it presets: `citadel task remote-backup-create`
+   * is backup-create --remote, and runs under its own name.
+   */
+  aliases?: Record<string, RawArgs>
   run(ctx: TaskContext<z.output<S>>): Promise<TaskResult>
 }
 
@@ -172,10 +180,13 @@ export interface When { test: (settings: Settings) => boolean; otherwise: string
 
 /**
  * One step of a playbook: a task, with arguments (as on its command line, checked by the task's schema
- * before anything runs), a condition, extra tags, and the earlier steps it needs: when one of those failed
- * (or did not run because of a failure), this one does not run either and says why.
+ * before anything runs), a condition, extra tags, and the earlier steps it needs (a task, or a step by its
+ * name): when one of those failed (or did not run because of a failure), this one does not run either and
+ * says why. `name`, the task's by default, is what the report, the log, --start-at-task and `needs` call the
+ * step: one of the task's aliases, whose arguments it then takes, so that a playbook can run one task twice
+ * (backup-create, then remote-backup-create).
  */
-export interface PlaybookStep { task: Task; args?: RawArgs; when?: When; tags?: string[]; needs?: Task[] }
+export interface PlaybookStep { task: Task; name?: string; args?: RawArgs; when?: When; tags?: string[]; needs?: (Task | string)[] }
 
 /**
  * How a run fails. 'rollback': all or nothing, the first failed step stops the run and every change of the
@@ -195,11 +206,20 @@ export interface Playbook {
 
 export const definePlaybook = (playbook: Playbook): Playbook => playbook
 
-/** A step as the command line takes it: `args` as given, not yet parsed; `needs` are task names. */
-export interface Step { task: Task; args: RawArgs; when?: When; tags: string[]; needs: string[] }
+/** A step as the command line takes it: `args` as given, not yet parsed; `needs` are step names. */
+export interface Step { task: Task; name: string; args: RawArgs; when?: When; tags: string[]; needs: string[] }
+
+/** The step that runs `task` under `name`: its own, or one of its aliases with the arguments that presets. */
+export function stepOf(task: Task, name = task.name): Omit<Step, 'when' | 'needs'> {
+  const preset = name === task.name ? {} : task.aliases?.[name]
+  if (!preset) throw new Error(`${name} is neither the name of task ${task.name} nor one of its aliases`)
+  return { task, name, args: preset, tags: task.tags }
+}
 
 export function playbookEntries(p: Playbook): Step[] {
-  return p.tasks.map((e) => ('task' in e
-    ? { ...e, args: e.args ?? {}, tags: [...e.task.tags, ...(e.tags ?? [])], needs: (e.needs ?? []).map((t) => t.name) }
-    : { task: e, args: {}, tags: e.tags, needs: [] }))
+  return p.tasks.map((e) => {
+    if (!('task' in e)) return { ...stepOf(e), needs: [] }
+    const step = stepOf(e.task, e.name)
+    return { ...e, ...step, args: { ...step.args, ...e.args }, tags: [...step.tags, ...(e.tags ?? [])], needs: (e.needs ?? []).map((n) => (typeof n === 'string' ? n : n.name)) }
+  })
 }

@@ -58,6 +58,8 @@ export function percent(ratio: number | null, decimals = 1): string {
   return `${(Math.floor(ratio * 100 * scale + 1e-9) / scale).toFixed(decimals)}%`
 }
 
+export const DAY_MS = 86_400_000
+
 /**
  * 3d 4h, 5h 12m, 7m: a span of time (an age, a wait) to the precision an operator reads. With `seconds`, spans
  * under an hour show them (7m 5s, 42s): for what is left of a copy.
