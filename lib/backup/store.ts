@@ -63,9 +63,16 @@ export interface BackupMeta {
   verifications: Verification[]
   /** Files whose source changed while they were copied; absent in backups made before it was recorded. */
   changed_during_copy?: string[]
+  /** When the walk of the source began; absent in backups made before it was recorded. */
+  source_listed_at?: string
 }
 
-export interface Catalog { files: [string, number][]; symlinks: [string, string][] }
+export interface Catalog {
+  files: [string, number][]
+  symlinks: [string, string][]
+  /** Inode and ctime (ms) of each source file as the backup's walk saw it, for the next incremental (link-unchanged.ts). */
+  source?: [string, number, number][]
+}
 
 export interface Backup {
   name: string
@@ -289,7 +296,13 @@ export async function removePartials(ctx: TaskContext, store: Store): Promise<vo
 }
 
 export interface TreeFile { rel: string; size: number; mode: number; uid: number; gid: number; ino: number; dev: number; nlink: number; mtimeMs: number; ctimeMs: number }
-export interface Listing { files: string[]; symlinks: { rel: string; target: string }[]; dirs: number }
+export interface Listing {
+  files: string[]
+  symlinks: { rel: string; target: string }[]
+  dirs: number
+  /** The directories below the root, each before what it holds. */
+  dirPaths: string[]
+}
 export interface Tree extends Omit<Listing, 'files'> { files: TreeFile[] }
 
 /**
@@ -298,7 +311,7 @@ export interface Tree extends Omit<Listing, 'files'> { files: TreeFile[] }
  * of entries that is several times faster than the promise API.
  */
 export function listTree(root: string, skip: (name: string, isDir: boolean) => boolean = () => false): Listing {
-  const listing: Listing = { files: [], symlinks: [], dirs: 0 }
+  const listing: Listing = { files: [], symlinks: [], dirs: 0, dirPaths: [] }
   // Names are read as bytes: one that is not UTF-8 must not turn into another name (see decodeName).
   const visit = (dir: string, prefix: string) => {
     for (const entry of readdirSync(fsPath(dir), { withFileTypes: true, encoding: 'buffer' })) {
@@ -308,6 +321,7 @@ export function listTree(root: string, skip: (name: string, isDir: boolean) => b
       const rel = prefix + name
       if (isDir) {
         listing.dirs++
+        listing.dirPaths.push(rel)
         visit(path.join(dir, name), rel + '/')
       } else if (entry.isSymbolicLink()) listing.symlinks.push({ rel, target: decodeName(readlinkSync(fsPath(path.join(dir, name)), { encoding: 'buffer' })) })
       else if (entry.isFile()) listing.files.push(rel)

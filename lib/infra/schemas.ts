@@ -42,9 +42,11 @@ export const backupMetaSchema = z.looseObject({
   verifications: z.array(verification),
   /** Files whose source changed while they were copied; absent in backups made before it was recorded. */
   changed_during_copy: z.array(z.string()).optional(),
+  /** When the walk of the source began; absent in backups made before it was recorded. */
+  source_listed_at: z.iso.datetime().optional(),
 })
 
-/** files.json: sizes of the files and targets of the links under data/. */
+/** files.json: sizes of the files and targets of the links under data/ (its `source` is read by link-unchanged.ts). */
 export const catalogSchema = z.object({
   files: z.array(z.tuple([z.string(), count])),
   symlinks: z.array(z.tuple([z.string(), z.string()])),
