@@ -3,8 +3,11 @@
 //   verify --sample 1        vs  sha256sum -c SHA256SUMS        (and vs openssl speed: the hashing limit)
 //   create --type full       vs  rsync -a (and rsync -a + sync: a backup is only done once it is on disk)
 //   unchanged incremental    vs  the full: time, added disk use, bytes hashed
+//   unchanged incremental    vs  cp -al, rsync --link-dest, borg create, restic backup (each peer's repository
+//                                already holding the tree; borg and restic only when installed), median of rounds
 // on two trees: a few large files (model shards) and many small files.
-// BENCH_DIR (default: a directory in the system temp dir), BENCH_LARGE_GIB (4), BENCH_SMALL_FILES (20000).
+// BENCH_DIR (default: a directory in the system temp dir), BENCH_LARGE_GIB (4), BENCH_SMALL_FILES (20000),
+// BENCH_ROUNDS (5).
 import { execFileSync, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdirSync, mkdtempSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs'
@@ -18,6 +21,7 @@ const base = process.env.BENCH_DIR ? path.resolve(process.env.BENCH_DIR) : mkdte
 const largeGiB = Number(process.env.BENCH_LARGE_GIB ?? 4)
 const smallFiles = Number(process.env.BENCH_SMALL_FILES ?? 20000)
 const cores = os.availableParallelism()
+const rounds = Number(process.env.BENCH_ROUNDS ?? 5)
 
 const seconds = (start) => Number(process.hrtime.bigint() - start) / 1e9
 function timed(command, args, options = {}) {
@@ -31,6 +35,8 @@ function timed(command, args, options = {}) {
 }
 const usedBytes = (dir) => { const st = statfsSync(dir); return (st.blocks - st.bfree) * st.bsize }
 const fmt = (s) => `${s.toFixed(2)} s`
+const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+const installed = (command) => (process.env.PATH ?? '').split(':').some((dir) => dir && spawnSync('test', ['-x', path.join(dir, command)]).status === 0)
 const gb = (bytes) => `${(bytes / 1e9).toFixed(2)} GB`
 
 function makeLarge(dir) {
@@ -104,6 +110,7 @@ function bench(label, slug, make) {
 
   const full = readdirSync(store).find((n) => n.endsWith('_full'))
   const data = path.join(store, full, 'data')
+  comparePeers(dir, roots.backup, active, data, () => citadel('backup', 'create', '--type', 'incremental').s)
   const sums = []
   const ours = []
   const inTask = []
@@ -121,6 +128,54 @@ function bench(label, slug, make) {
   console.log(`  verify --sample 1       ${fmt(oursS)}   sha256sum -c ${fmt(sumS)}: ${(sumS / oursS).toFixed(2)}x faster (target >= 5x large, >= 1x small)`)
   console.log(`    throughput vs openssl speed -multi ${cores} (${gb(hashLimit)}/s, target > 70%): whole command ${share(oursS)}; the task itself (${fmt(Math.min(...inTask))}) ${share(Math.min(...inTask))}`)
   rmSync(dir, { recursive: true, force: true })
+}
+
+/**
+ * An unchanged incremental next to what else makes one of the same tree, in turns, each round once: cp -al of
+ * the full backup's data (the floor: one hard link per file, and nothing read), rsync --link-dest against it,
+ * and borg and restic with their repositories on the same disk already holding the tree. cp -al copies the
+ * backup, not the source: linking the source's files would change their ctime, which the next incremental
+ * (like borg and restic) takes for a change and reads the file to check.
+ */
+function comparePeers(dir, backupDisk, active, fullData, incremental) {
+  const peerEnv = {
+    ...process.env, BORG_BASE_DIR: path.join(dir, 'borg-home'), BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', BORG_RELOCATED_REPO_ACCESS_IS_OK: 'yes',
+    RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: path.join(dir, 'restic-cache'),
+  }
+  const borgRepo = path.join(backupDisk, 'borg')
+  const resticRepo = path.join(backupDisk, 'restic')
+  const run = (command, args) => timed(command, args, { env: peerEnv }).s
+  const runs = { citadel: [], 'cp -al': [], 'rsync --link-dest': [], borg: [], restic: [] }
+  const skipped = []
+  const peers = { borg: installed('borg'), restic: installed('restic') }
+  if (peers.borg) {
+    run('borg', ['init', '--encryption', 'none', borgRepo])
+    run('borg', ['create', `${borgRepo}::base`, active])
+  } else skipped.push('borg (not installed: apt-get install borgbackup)')
+  if (peers.restic) {
+    run('restic', ['init', '--quiet', '--repo', resticRepo])
+    run('restic', ['backup', '--quiet', '--repo', resticRepo, active])
+  } else skipped.push('restic (not installed: apt-get install restic)')
+  for (let i = 0; i < rounds; i++) {
+    runs.citadel.push(incremental())
+    const linked = path.join(backupDisk, `cp-al-${i}`)
+    runs['cp -al'].push(run('cp', ['-al', fullData, linked]))
+    rmSync(linked, { recursive: true })
+    const synced = path.join(backupDisk, `rsync-link-dest-${i}`)
+    runs['rsync --link-dest'].push(run('rsync', ['-a', `--link-dest=${fullData}`, active + '/', synced + '/']))
+    rmSync(synced, { recursive: true })
+    if (peers.borg) runs.borg.push(run('borg', ['create', `${borgRepo}::run-${i}`, active]))
+    if (peers.restic) runs.restic.push(run('restic', ['backup', '--quiet', '--repo', resticRepo, active]))
+  }
+  const ours = median(runs.citadel)
+  const against = Object.entries(runs).filter(([name, times]) => name !== 'citadel' && times.length)
+  console.log(`  unchanged incremental side by side, median of ${rounds}: citadel ${fmt(ours)}`)
+  for (const [name, times] of against) console.log(`    ${name.padEnd(18)} ${fmt(median(times))}: citadel takes ${(ours / median(times)).toFixed(2)}x`)
+  const slower = against.filter(([name, times]) => (name === 'borg' || name === 'restic') && ours >= median(times)).map(([name]) => name)
+  if (peers.borg || peers.restic) console.log(`    target: faster than borg and restic: ${slower.length ? `missed (not faster than ${slower.join(', ')})` : 'met'}`)
+  for (const note of skipped) console.log(`    skipped ${note}`)
+  rmSync(borgRepo, { recursive: true, force: true })
+  rmSync(resticRepo, { recursive: true, force: true })
 }
 
 console.log(`citadel backup bench in ${base} (${cores} cores, ${os.cpus()[0]?.model ?? 'unknown cpu'}); best of 2-3 runs where repeated`)

@@ -36,3 +36,19 @@ it('names the exit code, its meaning and rsync\'s own error when it fails', asyn
   expect(result.exitCode).toBe(23)
   expect(result.error).toMatch(/^rsync exit 23 \(partial transfer due to error\): .*missing.*No such file or directory/)
 })
+
+it('copies only the listed entries, a directory without what it holds, and leaves out a listed one that is gone', async () => {
+  base = mkdtempSync(path.join(os.tmpdir(), 'citadel-rsync-'))
+  const src = path.join(base, 'src')
+  mkdirSync(path.join(src, 'm', 'sub'), { recursive: true })
+  writeFileSync(path.join(src, 'm', 'listed.bin'), 'listed')
+  writeFileSync(path.join(src, 'm', 'unlisted.bin'), 'unlisted')
+  writeFileSync(path.join(src, 'm', 'sub', 'inside.bin'), 'inside')
+  const only = ['.', 'm', 'm/sub', 'm/listed.bin', 'm/deleted-since.bin']
+  const result = await rsyncCopy(makeShell(() => {}), { src, dest: path.join(base, 'dest'), linkDest: null, only, signal: new AbortController().signal, onBytes: () => {} })
+  expect(result).toEqual({ exitCode: 0, warnings: [], error: null })
+  expect(existsSync(path.join(base, 'dest', 'm', 'listed.bin'))).toBe(true)
+  expect(existsSync(path.join(base, 'dest', 'm', 'sub'))).toBe(true)
+  expect(existsSync(path.join(base, 'dest', 'm', 'sub', 'inside.bin'))).toBe(false)
+  expect(existsSync(path.join(base, 'dest', 'm', 'unlisted.bin'))).toBe(false)
+})

@@ -6,7 +6,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { CATALOG, DATA, META, MANIFEST, partialName, VERIFY_STATE, type BackupType, type Catalog } from './store.ts'
 import { removeBackupDir, writeFirstMeta } from './local-store.ts'
-import { walkTree, type Tree, type TreeFile } from '../infra/tree.ts'
+import { listTree, statFiles, walkTree, type Tree, type TreeFile } from '../infra/tree.ts'
 import { fsPath, fsyncDir } from '../infra/fsx.ts'
 import { hashFiles, type HashOutcome } from '../infra/hashing.ts'
 import { compareBytewise, manifestBytes, parseManifestBytes, type ManifestEntry } from './manifest.ts'
@@ -14,14 +14,22 @@ import { excluded, rsyncCopy } from './rsync.ts'
 import { backupMetaSchema, parseFile } from '../infra/schemas.ts'
 import type { TaskContext } from '../core/task.ts'
 import { parseVerifyState } from './verify.ts'
+import { linkUnchanged, matchParent, sourceState, type ParentMatch } from './link-unchanged.ts'
 import { bytes, count, progressLine, summarize } from '../infra/format.ts'
 
 const BLOCK = 4096
 
 export interface CopyPlan {
+  /** When the walk of the source began. */
+  listedAt: Date
   source: Tree
-  /** Source files rsync will copy: all for a full backup, those not matching the parent for an incremental. */
+  /**
+   * Source files rsync will copy: all for a full backup; for an incremental, those not matching the parent
+   * (a file hashed before it is linked counts as matching, as it almost always is).
+   */
   toCopy: TreeFile[]
+  /** For an incremental, what the parent already holds of the source. */
+  match: ParentMatch | null
   bytesToCopy: number
   /** Bytes the backup will take on the backup disk, with room for directories, links and metadata. */
   bytesNeeded: number
@@ -56,27 +64,15 @@ export function suspectFiles(dir: string): Set<string> {
 }
 
 /**
- * Walks the source and predicts what rsync will copy: a file is hard-linked to the parent's only when its
- * quick check (size, mtime) and the attributes -a preserves (mode, and owner when root) all match.
+ * Walks the source and predicts what will be copied: a file is hard-linked to the parent's when its size,
+ * mtime and the attributes -a preserves (mode, and owner when root) match the parent's copy (see
+ * link-unchanged.ts for when that is taken on trust and when the file is hashed first).
  */
 export function planCopy(src: string, parentDir: string | null): CopyPlan {
+  const listedAt = new Date()
   const source = walkTree(src, excluded)
-  const asRoot = process.getuid?.() === 0
-  const parentInodes = new Map<string, string>()
-  const suspect = parentDir === null ? new Set<string>() : suspectFiles(parentDir)
-  const fresh: string[] = []
-  const toCopy = source.files.filter((f) => {
-    if (parentDir === null) return true
-    if (suspect.has(f.rel)) {
-      fresh.push(f.rel)
-      return true
-    }
-    const old = statOrNull(path.join(parentDir, DATA, f.rel))
-    if (!old?.isFile()) return true
-    parentInodes.set(f.rel, `${old.dev}:${old.ino}`)
-    const owner = asRoot && (old.uid !== f.uid || old.gid !== f.gid)
-    return old.size !== f.size || Math.trunc(old.mtimeMs / 1000) !== Math.trunc(f.mtimeMs / 1000) || old.mode !== f.mode || owner
-  })
+  const match = parentDir === null ? null : matchParent(source.files, parentDir, suspectFiles(parentDir))
+  const toCopy = match?.copy ?? source.files
   const bytesToCopy = toCopy.reduce((sum, f) => sum + f.size, 0)
   const blocks = toCopy.reduce((sum, f) => sum + Math.ceil(f.size / BLOCK) * BLOCK, 0)
   const entries = source.files.length + source.symlinks.length + source.dirs
@@ -85,7 +81,7 @@ export function planCopy(src: string, parentDir: string | null): CopyPlan {
   const bytesNeeded = blocks + overhead + Math.max(1 << 20, Math.ceil((blocks + overhead) * 0.01))
   // The data/ and partial directories, the manifest, catalog, metadata and verify state, and a margin.
   const inodesNeeded = toCopy.length + source.symlinks.length + source.dirs + 8
-  return { source, toCopy, bytesToCopy, bytesNeeded, parentInodes, fresh, inodesNeeded }
+  return { listedAt, source, toCopy, match, bytesToCopy, bytesNeeded, parentInodes: match?.parentInodes ?? new Map(), fresh: match?.fresh ?? [], inodesNeeded }
 }
 
 /** Why the backup of `plan` does not fit on the disk of `dir` (bytes, then inodes), or null when it does. */
@@ -139,9 +135,12 @@ export async function buildManifest(
   early: EarlyHashes,
   signal: AbortSignal,
   onProgress: (bytes: number, total: number) => void,
+  linked: Map<string, TreeFile> = new Map(),
 ): Promise<ManifestResult> {
   const data = path.join(dir, DATA)
-  const copy = walkTree(data)
+  // What was linked here moments ago is the parent's inode as matched: only what rsync wrote is stat'ed.
+  const listing = listTree(data)
+  const copy: Tree = { ...listing, files: listing.files.map((rel) => linked.get(rel) ?? statFiles(data, [rel])[0]!) }
   const parentHashes = new Map<string, string>()
   if (parentDir !== null) for (const e of parseManifestBytes(await fs.readFile(path.join(parentDir, MANIFEST)))) parentHashes.set(e.path, e.sha256)
   const hashes = new Map<string, string>()
@@ -236,38 +235,35 @@ export async function buildBackup(ctx: TaskContext, req: BuildRequest): Promise<
     let copied = 0
     let hashedEarly = 0
     const show = () => ctx.progress(`${progressLine('copying', copied, plan.bytesToCopy, copyStart)}; hashed ${bytes(hashedEarly)}`)
-    const early = hashSource(src, plan.toCopy, hashSignal, (b) => ((hashedEarly = b), show()))
-    early.catch(() => {})
     const dest = path.join(partial, DATA)
-    const copy = await rsyncCopy(ctx.$, { src, dest, linkDest: parentDir && path.join(parentDir, DATA), signal: ctx.signal, onBytes: (b) => ((copied = b), show()) })
+    // An incremental links here what its parent holds as the source is now, and rsync copies only the rest.
+    const linked = plan.match && (await linkUnchanged(src, dest, plan.source, plan.match, ctx.signal, (line) => ctx.progress(line)))
+    const early = hashSource(src, linked?.copy ?? plan.toCopy, hashSignal, (b) => ((hashedEarly = b), show()))
+    early.catch(() => {})
+    const copy = await rsyncCopy(ctx.$, { src, dest, linkDest: null, only: linked?.rsyncList, signal: ctx.signal, onBytes: (b) => ((copied = b), show()) })
     if (copy.error) throw new Error((await diskFull(ctx, req, partial, copy.error)) ?? copy.error)
     for (const w of copy.warnings) ctx.warn(w)
-    if (plan.fresh.length) {
-      // --link-dest linked them to the parent's bad inode whenever their attributes matched: copied again, whole.
-      const linked = copied
-      const again = await rsyncCopy(ctx.$, { src, dest, linkDest: null, only: plan.fresh, signal: ctx.signal, onBytes: (b) => ((copied = linked + b), show()) })
-      if (again.error) throw new Error((await diskFull(ctx, req, partial, again.error)) ?? again.error)
-      for (const w of again.warnings) ctx.warn(w)
-      ctx.warn(`${count(plan.fresh.length, 'file')} the last verification of ${path.basename(parentDir!)} found bad copied afresh from the source: ${summarize(plan.fresh)}`)
-    }
+    if (plan.fresh.length) ctx.warn(`${count(plan.fresh.length, 'file')} the last verification of ${path.basename(parentDir!)} found bad copied afresh from the source: ${summarize(plan.fresh)}`)
     const hashStart = Date.now()
-    const manifest = await buildManifest(partial, src, parentDir, plan, await early, ctx.signal, (done, total) => ctx.progress(progressLine('hashing the copy:', done, total, hashStart)))
+    const manifest = await buildManifest(partial, src, parentDir, plan, await early, ctx.signal, (done, total) => ctx.progress(progressLine('hashing the copy:', done, total, hashStart)), linked?.linked)
     if (manifest.changed.length)
       ctx.warn(`${count(manifest.changed.length, 'file')} changed while being copied, so the backup may hold a mix of old and new content: ${summarize(manifest.changed)}; back up again once nothing writes to them`)
+    manifest.catalog.source = sourceState(plan.source.files)
     await writeLists(partial, parentDir, manifest)
+    const hashedBytes = manifest.hashedBytes + (linked?.hashedBytes ?? 0)
     const totalBytes = manifest.copy.files.reduce((s, f) => s + f.size, 0)
     await writeFirstMeta(partial, {
       format: 1, name: req.name, type: req.type, source: src, started: req.started.toISOString(), finished: new Date().toISOString(),
       files: manifest.copy.files.length, bytes: totalBytes, symlinks: manifest.copy.symlinks.length, parent: parentDir && path.basename(parentDir),
-      rsync: { exit_code: copy.exitCode, warnings: copy.warnings }, hashed_bytes: manifest.hashedBytes, reused_hashes: manifest.reused, verifications: [],
-      changed_during_copy: manifest.changed,
+      rsync: { exit_code: copy.exitCode, warnings: copy.warnings }, hashed_bytes: hashedBytes, reused_hashes: manifest.reused, verifications: [],
+      changed_during_copy: manifest.changed, source_listed_at: plan.listedAt.toISOString(),
     })
     ctx.progress('syncing the backup disk')
     await ctx.$`sync --file-system ${partial}`
     await fs.rename(partial, final)
     published = true
     await fsyncDir(path.dirname(final))
-    return { files: manifest.copy.files.length, bytes: totalBytes, copied_bytes: copied, hashed_bytes: manifest.hashedBytes, reused_hashes: manifest.reused, rsync_exit: copy.exitCode, fresh: plan.fresh, changed_during_copy: manifest.changed }
+    return { files: manifest.copy.files.length, bytes: totalBytes, copied_bytes: copied, hashed_bytes: hashedBytes, reused_hashes: manifest.reused, rsync_exit: copy.exitCode, fresh: plan.fresh, changed_during_copy: manifest.changed }
   } finally {
     stopHashing.abort()
     if (!published) await removeBackupDir(ctx.settings, partial).catch((err) => ctx.warn(`could not remove ${partial}: ${(err as Error).message}`))

@@ -40,7 +40,11 @@ export interface CopyRequest {
   bandwidthLimit?: number
   /** Patterns to leave out instead of what is never a model (a backup sent on keeps its own rules). */
   excludes?: string[]
-  /** Copies only these files (paths relative to src), each whole and afresh, even one that looks up to date. */
+  /**
+   * Copies only these entries (paths relative to src; a directory without what it holds), each whole and
+   * afresh, even one that looks up to date. One gone since the list was made is left out, as it would be
+   * from a walk of the tree begun now.
+   */
   only?: string[]
   signal: AbortSignal
   onBytes: (bytes: number) => void
@@ -53,7 +57,7 @@ export async function rsyncCopy($: Shell, req: CopyRequest): Promise<CopyResult>
   // --protect-args keeps the remote shell from splitting or expanding the paths and options sent over.
   const remote = req.rsh === undefined ? [] : ['--protect-args', '--rsh', req.rsh]
   const limit = req.bandwidthLimit ? [`--bwlimit=${req.bandwidthLimit}`] : []
-  const only = req.only ? ['--ignore-times', '--whole-file', '--from0', '--files-from=-'] : []
+  const only = req.only ? ['--ignore-times', '--whole-file', '--ignore-missing-args', '--from0', '--files-from=-'] : []
   // --no-h prints plain digits; LC_ALL=C (set for every command) keeps the number format fixed. Device
   // nodes, FIFOs and sockets are never model files: the backup holds files, directories and links only,
   // all of which its catalog records and verify checks.

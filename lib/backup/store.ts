@@ -60,9 +60,16 @@ export interface BackupMeta {
   verifications: Verification[]
   /** Files whose source changed while they were copied; absent in backups made before it was recorded. */
   changed_during_copy?: string[]
+  /** When the walk of the source began; absent in backups made before it was recorded. */
+  source_listed_at?: string
 }
 
-export interface Catalog { files: [string, number][]; symlinks: [string, string][] }
+export interface Catalog {
+  files: [string, number][]
+  symlinks: [string, string][]
+  /** Inode and ctime (ms) of each source file as the backup's walk saw it, for the next incremental (link-unchanged.ts). */
+  source?: [string, number, number][]
+}
 
 export interface Backup {
   name: string

@@ -42,12 +42,15 @@ export const backupMetaSchema = z.looseObject({
   verifications: z.array(verification).describe('every backup verify of this copy, oldest first'),
   /** Files whose source changed while they were copied; absent in backups made before it was recorded. */
   changed_during_copy: z.array(z.string()).optional().describe('files that changed while they were copied: back up again once nothing writes to them'),
+  /** When the walk of the source began; absent in backups made before it was recorded. */
+  source_listed_at: z.iso.datetime().optional().describe('when the walk of the source began: a file whose ctime is older than this and unchanged since is linked to this backup by the next incremental without being read'),
 })
 
-/** files.json: sizes of the files and targets of the links under data/. */
+/** files.json: sizes of the files and targets of the links under data/ (its `source` is read by link-unchanged.ts). */
 export const catalogSchema = z.object({
   files: z.array(z.tuple([z.string(), count])).describe('[path under data/, size in bytes] of every regular file'),
   symlinks: z.array(z.tuple([z.string(), z.string()])).describe('[path under data/, target] of every symlink'),
+  source: z.array(z.tuple([z.string(), count, z.number()])).optional().describe('[path, inode, ctime in ms] of every source file as the walk saw it, for the next incremental'),
 })
 
 /** verify-state.json: when each file last hashed as the manifest says, path → ISO time. */

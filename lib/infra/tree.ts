@@ -6,7 +6,14 @@ import { decodeName, fsPath } from './fsx.ts'
 
 export interface TreeFile { rel: string; size: number; mode: number; uid: number; gid: number; ino: number; dev: number; nlink: number; mtimeMs: number; ctimeMs: number }
 /** `others`: entries that are neither a directory, a regular file nor a symlink (a fifo, a device, a socket). */
-export interface Listing { files: string[]; symlinks: { rel: string; target: string }[]; others: string[]; dirs: number }
+export interface Listing {
+  files: string[]
+  symlinks: { rel: string; target: string }[]
+  others: string[]
+  dirs: number
+  /** The directories below the root, each before what it holds. */
+  dirPaths: string[]
+}
 export interface Tree extends Omit<Listing, 'files'> { files: TreeFile[] }
 
 /**
@@ -15,7 +22,7 @@ export interface Tree extends Omit<Listing, 'files'> { files: TreeFile[] }
  * times faster than the promise API.
  */
 export function listTree(root: string, skip: (name: string, isDir: boolean) => boolean = () => false): Listing {
-  const listing: Listing = { files: [], symlinks: [], others: [], dirs: 0 }
+  const listing: Listing = { files: [], symlinks: [], others: [], dirs: 0, dirPaths: [] }
   // Names are read as bytes: one that is not UTF-8 must not turn into another name (see decodeName).
   const visit = (dir: string, prefix: string) => {
     for (const entry of readdirSync(fsPath(dir), { withFileTypes: true, encoding: 'buffer' })) {
@@ -25,6 +32,7 @@ export function listTree(root: string, skip: (name: string, isDir: boolean) => b
       const rel = prefix + name
       if (isDir) {
         listing.dirs++
+        listing.dirPaths.push(rel)
         visit(path.join(dir, name), rel + '/')
       } else if (entry.isSymbolicLink()) listing.symlinks.push({ rel, target: decodeName(readlinkSync(fsPath(path.join(dir, name)), { encoding: 'buffer' })) })
       else if (entry.isFile()) listing.files.push(rel)
