@@ -133,11 +133,10 @@ export async function refusal($: Shell, s: Settings, roles: readonly RootRole[],
     return (err as Error).message
   }
   const wouldMark = new Set(planned.map((c) => c.path))
-  for (const role of roles) {
-    const state = await inspectRoot($, s, role, remembered)
-    if (state.verdict !== 'ok' && !wouldMark.has(markFile(state.path))) return `refused, nothing done: ${state.reason}`
-  }
-  return null
+  // Side by side: each root costs a findmnt (and maybe a blkid) before every task that declares it.
+  const states = await Promise.all(roles.map((role) => inspectRoot($, s, role, remembered)))
+  const refused = states.find((state) => state.verdict !== 'ok' && !wouldMark.has(markFile(state.path)))
+  return refused ? `refused, nothing done: ${refused.reason}` : null
 }
 
 export const newMark = (role: RootRole, fs_uuid: string | null): Mark =>
