@@ -1,11 +1,25 @@
 import { defineConfig } from 'vitest/config'
 
+// Three tiers, each runnable alone (npm run test:unit, test:cli, test:system); npm test runs all of them.
+// Every test works in its own temporary directories, mounts and ports, so files run side by side. Most of
+// the time is spent waiting on child processes (the CLI, rsync, fio, sshd, ansible), which is why there
+// are more workers than the two cores of a small CI machine.
+const tier = (name: string, include: string[]) => ({ extends: true as const, test: { name, include } })
+
 export default defineConfig({
   test: {
-    include: ['test/**/*.test.ts'],
     reporters: ['default', './test/summary-reporter.ts'],
     pool: 'forks',
+    maxWorkers: 3,
     testTimeout: 60_000,
     hookTimeout: 60_000,
+    projects: [
+      // In-process: pure cores, and functions and tasks on temporary directories; no CLI process, no sshd.
+      tier('unit', ['test/unit/**/*.test.ts']),
+      // The citadel command as a process. A test file not yet sorted into a tier runs here.
+      tier('cli', ['test/cli/**/*.test.ts', 'test/*.test.ts']),
+      // What needs the machine: sshd, ansible, root-only mounts, loop devices, systemd-analyze.
+      tier('system', ['test/system/**/*.test.ts']),
+    ],
   },
 })
