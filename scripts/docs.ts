@@ -1,6 +1,6 @@
 // Writes the reference that comes from the code: docs/settings.md from the settings table, the JSON schemas
 // of what citadel prints and keeps (docs/json/*.schema.json) from its zod schemas, and docs/json.md with the
-// change actions a run can report. `npm run docs` refreshes them; test/docs.test.ts fails when one is stale.
+// change actions a run can report. `npm run docs` refreshes them; test/cli/docs.test.ts fails when one is stale.
 import { mkdirSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'

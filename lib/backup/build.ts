@@ -14,7 +14,7 @@ import { excluded, rsyncCopy } from './rsync.ts'
 import { backupMetaSchema, parseFile } from '../infra/schemas.ts'
 import type { TaskContext } from '../core/task.ts'
 import { parseVerifyState } from './verify.ts'
-import { linkUnchanged, matchParent, sourceState, type ParentMatch } from './link-unchanged.ts'
+import { copyRootAttributes, linkUnchanged, matchParent, sourceState, type ParentMatch } from './link-unchanged.ts'
 import { bytes, count, progressLine, summarize } from '../infra/format.ts'
 
 const BLOCK = 4096
@@ -242,6 +242,7 @@ export async function buildBackup(ctx: TaskContext, req: BuildRequest): Promise<
     early.catch(() => {})
     const copy = await rsyncCopy(ctx.$, { src, dest, linkDest: null, only: linked?.rsyncList, signal: ctx.signal, onBytes: (b) => ((copied = b), show()) })
     if (copy.error) throw new Error((await diskFull(ctx, req, partial, copy.error)) ?? copy.error)
+    if (linked) await copyRootAttributes(src, dest)
     for (const w of copy.warnings) ctx.warn(w)
     if (plan.fresh.length) ctx.warn(`${count(plan.fresh.length, 'file')} the last verification of ${path.basename(parentDir!)} found bad copied afresh from the source: ${summarize(plan.fresh)}`)
     const hashStart = Date.now()

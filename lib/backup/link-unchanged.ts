@@ -138,6 +138,14 @@ export interface Linked {
   hashedBytes: number
 }
 
+/** Gives `dest` the mode, owner (as root) and times of `src`, as rsync -a would have had it been listed. */
+export async function copyRootAttributes(src: string, dest: string): Promise<void> {
+  const st = await fs.stat(src)
+  if (process.getuid?.() === 0) await fs.chown(dest, st.uid, st.gid)
+  await fs.chmod(dest, st.mode & 0o7777)
+  await fs.utimes(dest, st.atimeMs / 1000, st.mtimeMs / 1000)
+}
+
 /**
  * Hard-links into `dest` (the new backup's data/, empty) the parent's copy of every file of `match` that
  * holds what the source holds, after creating every directory of `source`; says what rsync has left to do.
@@ -164,7 +172,9 @@ export async function linkUnchanged(src: string, dest: string, source: Tree, mat
     if (i % 1024 === 0) signal.throwIfAborted()
     linkSync(fsPath(path.join(parentData, f.rel)), fsPath(path.join(dest, f.rel)))
   })
-  const rsyncList = ['.', ...source.dirPaths, ...source.symlinks.map((l) => l.rel), ...copy.map((f) => f.rel)]
+  // Not '.': rsync 3.5 sends the files directly inside a listed '.' whatever the list says, and would copy
+  // over the links just made. The root's own mode, owner and times are set by copyRootAttributes.
+  const rsyncList = [...source.dirPaths, ...source.symlinks.map((l) => l.rel), ...copy.map((f) => f.rel)]
   return { copy, rsyncList, linked: new Map(link.map((f) => [f.rel, match.parentCopies.get(f.rel)!])), hashedBytes }
 }
 

@@ -25,7 +25,7 @@ export function systemdRunning(root = '/run/systemd/system'): boolean {
   }
 }
 
-// ---- Escaping. The rules, from systemd 252's man pages and checked against its parser (test/services.test.ts):
+// ---- Escaping. The rules, from systemd 252's man pages and checked against its parser (test/system/services.test.ts):
 // - systemd.unit(5) "Specifiers": every setting below resolves %-specifiers, so a literal % is written %%.
 // - systemd.syntax(7) "Quoting": settings that unquote take "..." around a whole item, with C-style escapes
 //   inside (\\ and \"); a line ending in \ continues on the next line.

@@ -37,6 +37,22 @@ function rewriteKeepingSizeAndMtime(file: string, content: Buffer) {
 }
 
 describe('an incremental links only what its parent provably holds', () => {
+  it("links files at the top of the source as well as below it, and gives the copy the root's mode and times", async () => {
+    const roots = await setUpServer()
+    writeFile(path.join(roots.active, 'top.bin'), randomBytes(4096))
+    writeFile(path.join(roots.active, 'm', 'deep.bin'), randomBytes(4096))
+    chmodSync(roots.active, 0o750)
+    utimesSync(roots.active, MTIME, MTIME)
+    const full = (await create(roots)).backup
+    const incr = await create(roots)
+    // rsync 3.5 copies the files directly inside a listed '.', whatever else the list says: none may be copied.
+    for (const rel of ['top.bin', 'm/deep.bin']) expect(inode(path.join(dataOf(roots, incr.backup), rel)), rel).toBe(inode(path.join(dataOf(roots, full), rel)))
+    expect(incr.copied_bytes).toBe(0)
+    const root = statSync(dataOf(roots, incr.backup))
+    expect((root.mode & 0o7777).toString(8)).toBe('750')
+    expect(root.mtimeMs).toBe(MTIME.getTime())
+  })
+
   it('an untouched file is linked unread; one changed in place with size and mtime kept is hashed, found different and copied', async () => {
     const roots = await setUpServer()
     const old = randomBytes(64 << 10)

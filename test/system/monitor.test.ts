@@ -82,7 +82,7 @@ const cycleCount = (roots: Roots): string | null =>
   existsSync(path.join(roots.app, 'state', 'monitor.json')) ? monitorStateOf(roots).last_cycle_at : null
 
 describe('citadel monitor', () => {
-  it('--once writes health.json and a Prometheus textfile promtool accepts, and exits as health-check does', async () => {
+  it('--once writes health.json and a Prometheus textfile promtool accepts, and exits as health-check does', async (ctx) => {
     const roots = await setUpServer(CALM)
     const none = await citadel(['monitor', '--once'], roots.env)
     expect(none.code, none.stderr).toBe(2)
@@ -105,7 +105,7 @@ describe('citadel monitor', () => {
     expect(prom).toMatch(/citadel_backup_newest_age_seconds \d+/)
     expect(prom).toContain(`citadel_symlink_verdict{path="${path.join(roots.app, 'models')}",verdict="ok"} 1`)
     expect(readdirSync(path.join(roots.app, 'metrics'))).toEqual(['citadel.prom'])
-    if (!promtool) return console.warn('promtool is not installed (Debian package prometheus): the lint of the textfile is skipped')
+    if (!promtool) return ctx.skip('promtool is not installed (Debian package prometheus): the textfile was written but not linted')
     const lint = spawnSync('promtool', ['check', 'metrics'], { input: prom, encoding: 'utf8' })
     expect(lint.stdout + lint.stderr).toBe('')
     expect(lint.status).toBe(0)
