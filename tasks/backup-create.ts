@@ -125,13 +125,12 @@ const task = defineTask({
     type: z.enum(['full', 'incremental'], { error: 'expected full or incremental' }).optional()
       .meta({ value: 'full|incremental', description: 'default: incremental when a complete backup exists, else full' }),
     remote: remoteArg,
-  }),
+  }).refine((a) => !(a.remote && a.type !== undefined), { path: ['type'], message: 'not with --remote: a send copies a backup as it was made; give its name (or none, for latest)' }),
   aliases: { 'remote-backup-create': { remote: true } },
   async run(ctx) {
     const { settings } = ctx
     return onStore(ctx, async (store, remote) => {
       if (remote) {
-        if (ctx.args.type !== undefined) return ctx.fail(`--type "${ctx.args.type}" is not valid with --remote: a send copies a backup as it was made; give its name (or none, for latest)`)
         return send(ctx, store, remote, ctx.args.src)
       }
       const src = path.resolve(ctx.args.src ?? settings.modelsActive)

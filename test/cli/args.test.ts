@@ -34,6 +34,14 @@ describe('task arguments', () => {
     expect(parseTaskArgs(checkPerf.args, { quick: 'yes' })).toEqual({ problem: '--quick "yes" is not valid: expected true or false' })
     expect(parseTaskArgs(backupCreate.args, { kind: 'full' })).toEqual({ problem: 'unknown argument "kind"; expected src, type' })
     expect(parseTaskArgs(find('create-dirs').args, { force: true })).toEqual({ problem: 'unknown argument "force"; it takes no arguments' })
+    expect(parseTaskArgs(backupCreate.args, { remote: true, type: 'full' })).toEqual({ problem: '--type "full" is not valid: not with --remote: a send copies a backup as it was made; give its name (or none, for latest)' })
+  })
+
+  it('--type with --remote is refused before anything runs, exit 4, as before the stores were one', async () => {
+    const roots = makeRoots()
+    const refused = await citadel(['backup', 'create', '--remote', '--type', 'full'], roots.env)
+    expect(refused.code).toBe(4)
+    expect(refused.stderr).toBe('citadel: --type "full" is not valid: not with --remote: a send copies a backup as it was made; give its name (or none, for latest)\n')
   })
 
   it('usage and help come from the schema', async () => {

@@ -4,18 +4,10 @@ import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import type { SmartReport } from '../../lib/health/smart.ts'
 import { citadelJson, makeRoots } from '../helpers.ts'
+import { nvme } from '../smart-samples.ts'
 
-/** An NVMe drive as smartctl 7.3 prints it, with 3 media errors. */
-const failingNvme = {
-  smartctl: { version: [7, 3], exit_status: 0 },
-  device: { name: '/dev/nvme0', type: 'nvme', protocol: 'NVMe' },
-  model_name: 'Samsung SSD 990 PRO 2TB',
-  serial_number: 'S7',
-  smart_status: { passed: true, nvme: { value: 0 } },
-  nvme_smart_health_information_log: { critical_warning: 0, temperature: 40, available_spare: 100, available_spare_threshold: 10, percentage_used: 3, media_errors: 3 },
-  temperature: { current: 40 },
-  power_on_time: { hours: 1200 },
-}
+/** An NVMe drive with 3 media errors. */
+const failingNvme = nvme((log) => { log.media_errors = 3 })
 
 describe('citadel smart', () => {
   it('classifies a saved smartctl --json file and exits 0 even for a failing disk', async () => {

@@ -1,5 +1,6 @@
 // SMART verdicts: curated real smartctl captures (test/fixtures/smartctl, sources and licenses in its README),
 // a small document for each rule, and the real smartctl on devices that are not there.
+import { nvme } from '../smart-samples.ts'
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -83,20 +84,6 @@ function ata(edit: (doc: any) => void = () => {}): any {
 }
 const attribute = (doc: any, id: number) => doc.ata_smart_attributes.table.find((a: any) => a.id === id)
 
-function nvme(edit: (log: any, doc: any) => void = () => {}): any {
-  const doc = {
-    smartctl: { version: [7, 3], exit_status: 0 },
-    device: { name: '/dev/nvme0', type: 'nvme', protocol: 'NVMe' },
-    model_name: 'Samsung SSD 990 PRO 2TB',
-    serial_number: 'S7',
-    smart_status: { passed: true, nvme: { value: 0 } },
-    nvme_smart_health_information_log: { critical_warning: 0, temperature: 40, available_spare: 100, available_spare_threshold: 10, percentage_used: 3, media_errors: 0 },
-    temperature: { current: 40 },
-    power_on_time: { hours: 1200 },
-  }
-  edit(doc.nvme_smart_health_information_log, doc)
-  return doc
-}
 
 function scsi(edit: (doc: any) => void = () => {}): any {
   const doc = { smartctl: { exit_status: 0 }, device: { name: '/dev/sdb', type: 'scsi', protocol: 'SCSI' }, scsi_model_name: 'SEAGATE ST4000NM0043', smart_status: { passed: true }, scsi_grown_defect_list: 0, temperature: { current: 30, drive_trip: 68 } }
