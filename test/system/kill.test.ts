@@ -75,6 +75,13 @@ afterEach(async () => {
   while (left.some(running)) await sleep(20)
 })
 
+/** Waits until rsync copies for a backup under `base` (up to `limit` ms), then a random moment more of its copy. */
+async function untilCopying(base: string, limit: number): Promise<void> {
+  const deadline = Date.now() + limit
+  while (Date.now() < deadline && ![...processesMentioning(base).values()].some((c) => c.startsWith('rsync'))) await sleep(5)
+  await sleep(Math.random() * 30)
+}
+
 describe('a killed backup create', () => {
   it('killed in the middle of copying a big file: the copy dies with it and an immediate rerun succeeds', async () => {
     const roots = await setUpServer()
@@ -109,7 +116,10 @@ describe('a killed backup create', () => {
     for (let trial = 0; trial < 30; trial++) {
       touchSource()
       const victim = start(['backup', 'create'], roots.env)
-      await sleep(Math.random() * duration)
+      // Every other kill lands at a random moment of the copy itself, which is a small share of a run on a fast
+      // disk (or a loaded machine): the others, at any moment of the run.
+      if (trial % 2 === 0) await sleep(Math.random() * duration)
+      else await untilCopying(roots.base, duration)
       const before = processesMentioning(roots.base)
       victim.child.kill('SIGKILL')
       const after = processesMentioning(roots.base)
