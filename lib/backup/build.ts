@@ -4,7 +4,7 @@
 import { promises as fs, lstatSync, readFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { CATALOG, DATA, META, MANIFEST, partialName, VERIFY_STATE, type BackupType, type Catalog } from './store.ts'
+import { CATALOG, DATA, META, MANIFEST, partialName, VERIFY_STATE, type BackupMeta, type BackupType, type Catalog } from './store.ts'
 import { removeBackupDir, writeFirstMeta } from './local-store.ts'
 import { listTree, statFiles, walkTree, type Tree, type TreeFile } from '../infra/tree.ts'
 import { fsPath, fsyncDir } from '../infra/fsx.ts'
@@ -45,9 +45,7 @@ export interface CopyPlan {
  * Paths of the backup in `dir` whose last verification found a problem: a verification that found one,
  * and no later one that hashed the file as the manifest says.
  */
-export function suspectFiles(dir: string): Set<string> {
-  const metaFile = path.join(dir, META)
-  const meta = parseFile(backupMetaSchema, metaFile, readFileSync(metaFile, 'utf8'))
+function suspectFiles(dir: string, meta: BackupMeta): Set<string> {
   const lastBad = new Map<string, string>()
   // A list that could not be read says nothing about the file of the same name under data/.
   for (const v of meta.verifications) for (const p of v.problems) if (p.kind !== 'list' && v.at > (lastBad.get(p.path) ?? '')) lastBad.set(p.path, v.at)
@@ -71,16 +69,21 @@ export function suspectFiles(dir: string): Set<string> {
 export function planCopy(src: string, parentDir: string | null): CopyPlan {
   const listedAt = new Date()
   const source = walkTree(src, excluded)
-  const match = parentDir === null ? null : matchParent(source.files, parentDir, suspectFiles(parentDir))
+  let match: ParentMatch | null = null
+  if (parentDir !== null) {
+    const metaFile = path.join(parentDir, META)
+    const parentMeta = parseFile(backupMetaSchema, metaFile, readFileSync(metaFile, 'utf8'))
+    match = matchParent(source.files, parentDir, suspectFiles(parentDir, parentMeta), parentMeta.source_listed_at)
+  }
   const toCopy = match?.copy ?? source.files
   const bytesToCopy = toCopy.reduce((sum, f) => sum + f.size, 0)
   const blocks = toCopy.reduce((sum, f) => sum + Math.ceil(f.size / BLOCK) * BLOCK, 0)
-  const entries = source.files.length + source.symlinks.length + source.dirs
+  const entries = source.files.length + source.symlinks.length + source.dirPaths.length
   // A directory entry and an inode per entry, and the manifest and catalog lines (two per file).
   const overhead = entries * BLOCK + source.files.reduce((sum, f) => sum + 2 * (f.rel.length + 80), 0)
   const bytesNeeded = blocks + overhead + Math.max(1 << 20, Math.ceil((blocks + overhead) * 0.01))
   // The data/ and partial directories, the manifest, catalog, metadata and verify state, and a margin.
-  const inodesNeeded = toCopy.length + source.symlinks.length + source.dirs + 8
+  const inodesNeeded = toCopy.length + source.symlinks.length + source.dirPaths.length + 8
   return { listedAt, source, toCopy, match, bytesToCopy, bytesNeeded, parentInodes: match?.parentInodes ?? new Map(), fresh: match?.fresh ?? [], inodesNeeded }
 }
 

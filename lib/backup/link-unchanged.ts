@@ -14,9 +14,8 @@ import { linkSync, lstatSync, mkdirSync, promises as fs, readFileSync } from 'no
 import path from 'node:path'
 import { fsPath } from '../infra/fsx.ts'
 import { hashFiles } from '../infra/hashing.ts'
-import { backupMetaSchema, parseFile } from '../infra/schemas.ts'
 import { compareBytewise, parseManifestBytes } from './manifest.ts'
-import { CATALOG, DATA, MANIFEST, META } from './store.ts'
+import { CATALOG, DATA, MANIFEST } from './store.ts'
 import type { Tree, TreeFile } from '../infra/tree.ts'
 
 /**
@@ -47,11 +46,9 @@ export interface ParentMatch {
 }
 
 /** The inode and ctime of each source file the parent's walk saw long enough after its last change. */
-function settledState(parentDir: string): Map<string, [number, number]> {
+function settledState(parentDir: string, listedAt: string | undefined): Map<string, [number, number]> {
+  if (listedAt === undefined) return new Map()
   try {
-    const metaFile = path.join(parentDir, META)
-    const listedAt = parseFile(backupMetaSchema, metaFile, readFileSync(metaFile, 'utf8')).source_listed_at
-    if (listedAt === undefined) return new Map()
     const catalogFile = path.join(parentDir, CATALOG)
     const listedAtMs = Date.parse(listedAt)
     const state = parseSourceState(readFileSync(catalogFile, 'utf8'), catalogFile)
@@ -71,8 +68,8 @@ function parseSourceState(text: string, file: string): [string, number, number][
 }
 
 /** Sorts the source's files by what the parent backup in `parentDir` already holds of them. */
-export function matchParent(files: TreeFile[], parentDir: string, suspect: Set<string>): ParentMatch {
-  const recorded = settledState(parentDir)
+export function matchParent(files: TreeFile[], parentDir: string, suspect: Set<string>, listedAt: string | undefined): ParentMatch {
+  const recorded = settledState(parentDir, listedAt)
   const asRoot = process.getuid?.() === 0
   const match: ParentMatch = { parentDir, link: [], check: [], copy: [], parentInodes: new Map(), parentCopies: new Map(), fresh: [] }
   for (const f of files) {

@@ -44,7 +44,7 @@ const bar = (ratio: number) => {
 export async function status(settings: Settings, json: boolean): Promise<number> {
   let stored: MonitorState | null = null
   try {
-    stored = readMonitorState(settings)
+    stored = await readMonitorState(settings)
   } catch (err) {
     process.stderr.write(`citadel: warning: ${(err as Error).message}; status reads the disks itself\n`)
   }

@@ -10,7 +10,6 @@ export interface Listing {
   files: string[]
   symlinks: { rel: string; target: string }[]
   others: string[]
-  dirs: number
   /** The directories below the root, each before what it holds. */
   dirPaths: string[]
 }
@@ -22,7 +21,7 @@ export interface Tree extends Omit<Listing, 'files'> { files: TreeFile[] }
  * times faster than the promise API.
  */
 export function listTree(root: string, skip: (name: string, isDir: boolean) => boolean = () => false): Listing {
-  const listing: Listing = { files: [], symlinks: [], others: [], dirs: 0, dirPaths: [] }
+  const listing: Listing = { files: [], symlinks: [], others: [], dirPaths: [] }
   // Names are read as bytes: one that is not UTF-8 must not turn into another name (see decodeName).
   const visit = (dir: string, prefix: string) => {
     for (const entry of readdirSync(fsPath(dir), { withFileTypes: true, encoding: 'buffer' })) {
@@ -31,7 +30,6 @@ export function listTree(root: string, skip: (name: string, isDir: boolean) => b
       if (skip(name, isDir)) continue
       const rel = prefix + name
       if (isDir) {
-        listing.dirs++
         listing.dirPaths.push(rel)
         visit(path.join(dir, name), rel + '/')
       } else if (entry.isSymbolicLink()) listing.symlinks.push({ rel, target: decodeName(readlinkSync(fsPath(path.join(dir, name)), { encoding: 'buffer' })) })

@@ -2,7 +2,7 @@
 // interval and SMART every SMART interval, repairs a broken link once, and alerts only when a condition
 // changes and has held for STORAGE_MONITOR_CONSECUTIVE samples. Each cycle rewrites health.json and the
 // Prometheus textfile. What it has alerted on survives a restart, so a restart never repeats an alert.
-import { promises as fs, readFileSync } from 'node:fs'
+import { promises as fs } from 'node:fs'
 import os from 'node:os'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Shell } from 'zx/core'
@@ -12,7 +12,7 @@ import { rank, type Condition, type Problem, type Severity } from '../core/probl
 import { parseFile } from '../infra/schemas.ts'
 import type { Settings } from '../infra/config.ts'
 import { collectHealth, conditionSchema, publish, readSmartSnapshot, smartReportSchema, writeHealth, type HealthReport, type SmartSnapshot } from '../health/health.ts'
-import { removeTempSiblings } from '../infra/fsx.ts'
+import { readFileOrNull, removeTempSiblings } from '../infra/fsx.ts'
 import { healthDir, healthFile, logsDir, monitorStateFile } from '../infra/layout.ts'
 import { inspectLinks } from '../links/links.ts'
 import { Lock, LockHeldError } from '../core/lock.ts'
@@ -36,16 +36,12 @@ export const monitorStateSchema = z.strictObject({
 export type MonitorState = z.infer<typeof monitorStateSchema>
 
 /** The running (or last) monitor's state, or null when no monitor wrote one; throws one line naming the file when it is not one. */
-export function readMonitorState(settings: Settings): MonitorState | null {
+export async function readMonitorState(settings: Settings): Promise<MonitorState | null> {
   const file = monitorStateFile(settings)
-  let text: string
-  try {
-    text = readFileSync(file, 'utf8')
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
-    throw new Error(`cannot read ${file}: ${(err as Error).message}`)
-  }
-  return parseFile(monitorStateSchema, file, text, "a monitor's state citadel wrote")
+  const text = await readFileOrNull(file).catch((err: Error) => {
+    throw new Error(`cannot read ${file}: ${err.message}`)
+  })
+  return text === null ? null : parseFile(monitorStateSchema, file, text, "a monitor's state citadel wrote")
 }
 
 export interface Alert {
@@ -165,7 +161,7 @@ export async function runMonitor({ settings, intervalSeconds, once, repair }: Mo
   // What the last monitor confirmed: a restart must not alert on it again.
   let restored: Record<string, Condition> | undefined
   try {
-    restored = readMonitorState(settings)?.conditions
+    restored = (await readMonitorState(settings))?.conditions
   } catch (err) {
     say(`${(err as Error).message}; starting without the conditions it held`)
   }
