@@ -2,6 +2,7 @@
 import type { Task } from '../lib/core/task.ts'
 import backupCleanup from './backup-cleanup.ts'
 import backupCreate from './backup-create.ts'
+import backupRestore from './backup-restore.ts'
 import backupStatus from './backup-status.ts'
 import backupVerify from './backup-verify.ts'
 import checkBackups from './check-backups.ts'
@@ -19,4 +20,4 @@ import verifyPrereq from './verify-prereq.ts'
 import verifySymlinks from './verify-symlinks.ts'
 import writeEnvScript from './write-env-script.ts'
 
-export const tasks: Task[] = [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, writeUnits, enableServices]
+export const tasks: Task[] = [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, backupRestore, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, writeUnits, enableServices]

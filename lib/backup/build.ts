@@ -176,6 +176,7 @@ export async function buildManifest(
   const catalog: Catalog = {
     files: copy.files.map((f): [string, number] => [f.rel, f.size]).sort((a, b) => compareBytewise(a[0], b[0])),
     symlinks: copy.symlinks.map((l): [string, string] => [l.rel, l.target]).sort((a, b) => compareBytewise(a[0], b[0])),
+    attrs: copy.files.map((f): [string, number, number] => [f.rel, f.mode & 0o7777, f.mtimeMs]).sort((a, b) => compareBytewise(a[0], b[0])),
   }
   const hashedEarly = [...early.values()].reduce((sum, e) => sum + e.file.size, 0)
   return { copy, changed: changed.sort(compareBytewise), entries, catalog, hashedBytes: hashedEarly + total, reused }

@@ -3,6 +3,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import type { Shell } from 'zx/core'
 import type { Settings } from '../infra/config.ts'
 import type { TaskContext, TaskResult } from '../core/task.ts'
 import { atomicSymlink, atomicWriteFile, describeEntry, fsyncDir, lstatOrNull, readFileOrNull } from '../infra/fsx.ts'
@@ -11,6 +12,7 @@ import { backupMetaSchema, catalogSchema, parseFile } from '../infra/schemas.ts'
 import { listTree, statFiles } from '../infra/tree.ts'
 import { Lock, LockHeldError, type LockHolder } from '../core/lock.ts'
 import { parseManifestBytes } from './manifest.ts'
+import { rsyncCopy } from './rsync.ts'
 import { bytesHeldOnlyBy, sharing } from './sharing.ts'
 import { bareName, CATALOG, createdOf, DATA, isPartialName, MANIFEST, META, metaText, partialName, VERIFY_STATE, type BackupMeta, type BackupStore, type Catalog, type StoreContents } from './store.ts'
 
@@ -155,8 +157,8 @@ async function hashHere(data: string, files: { rel: string; size: number; sha256
   })
 }
 
-/** The store on this host's backup disk. */
-export function localStore(settings: Settings): BackupStore {
+/** The store on this host's backup disk; `$` runs rsync for fetch. */
+export function localStore(settings: Settings, $: Shell): BackupStore {
   const root = backupsDir(settings)
   return {
     label: root,
@@ -190,6 +192,7 @@ export function localStore(settings: Settings): BackupStore {
       const listing = listTree(data)
       return {
         files: listing.files,
+        dirs: listing.dirPaths,
         symlinks: new Map(listing.symlinks.map((l) => [l.rel, l.target])),
         others: listing.others,
         describe: async (rel) => describeEntry(await lstatOrNull(path.join(data, rel))),
@@ -197,6 +200,7 @@ export function localStore(settings: Settings): BackupStore {
       }
     },
     hashCheck: (backup, files, opts) => hashHere(path.join(backup.dir, DATA), files, opts),
+    fetch: (backup, rels, dest, { signal, onBytes }) => rsyncCopy($, { src: path.join(backup.dir, DATA), dest, linkDest: null, excludes: [], only: rels, signal, onBytes }),
     replaceFile: (backup, file, content) => atomicWriteFile(path.join(backup.dir, file), content),
     remove: (name) => removeBackupDir(settings, path.join(root, name)),
     pointLatest: (name) => pointLatest(settings, name),

@@ -6,7 +6,8 @@ import path from 'node:path'
 import type { Shell } from 'zx/core'
 import type { RemoteSettings } from '../infra/config.ts'
 import type { TaskContext } from '../core/task.ts'
-import { bareName, CATALOG, checkMeta, createdOf, isPartialName, MANIFEST, metaText, VERIFY_STATE, type Backup, type BackupMeta, type BackupStore, type DataListing, type StoreContents } from './store.ts'
+import { rsyncCopy } from './rsync.ts'
+import { bareName, CATALOG, DATA, checkMeta, createdOf, isPartialName, MANIFEST, metaText, VERIFY_STATE, type Backup, type BackupMeta, type BackupStore, type DataListing, type StoreContents } from './store.ts'
 import { catalogSchema, parseFile } from '../infra/schemas.ts'
 import { shellQuote } from '../infra/quote.ts'
 import { decodeName } from '../infra/fsx.ts'
@@ -300,6 +301,7 @@ export function sshStore(ctx: TaskContext, r: RemoteSettings): BackupStore {
       }
       const listing: DataListing = {
         files: [...files.keys()],
+        dirs: [...kinds].filter(([, kind]) => kind === 'd').map(([rel]) => rel),
         symlinks,
         others: [...kinds].filter(([, kind]) => kind === 'o').map(([rel]) => rel),
         // In the words of the local store's describeEntry.
@@ -337,6 +339,8 @@ export function sshStore(ctx: TaskContext, r: RemoteSettings): BackupStore {
         return { verdict: 'unreadable', detail: `sha256sum -c on ${host}: ${errors.get(f.rel) ?? answer ?? 'no answer'}`, bytesRead: null }
       })
     },
+    fetch: (backup, rels, dest, { signal: stop, onBytes }) =>
+      rsyncCopy($, { src: `${host}:${path.posix.join(backup.dir, DATA)}`, dest, linkDest: null, rsh: rsyncRsh(r), bandwidthLimit: r.bandwidthLimit, excludes: [], only: rels, signal: stop, onBytes }),
     replaceFile: (backup, file, content) => replaceRemoteFile($, r, backup, file, content),
     remove: (name) => removeRemote($, r, [name]),
     pointLatest: (name) => pointRemoteLatest($, r, name),

@@ -22,7 +22,7 @@ export const rootsOf = (local: RootRole[], remote: RootRole[] = []) => (args: Ta
  * the runner, which reports it. Otherwise it is the store on the backup disk.
  */
 export async function onStore(ctx: TaskContext, work: (store: BackupStore, remote: RemoteSettings | null) => Promise<TaskResult>): Promise<TaskResult> {
-  if (ctx.args.remote !== true) return work(localStore(ctx.settings), null)
+  if (ctx.args.remote !== true) return work(localStore(ctx.settings, ctx.$), null)
   const r = ctx.settings.backup.remote
   if (!r) return ctx.fail('BACKUP_REMOTE is not set: set it to [user@]host:/absolute/path to keep backups off this host')
   try {

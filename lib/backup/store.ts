@@ -6,6 +6,7 @@
 import path from 'node:path'
 import type { TaskContext, TaskResult } from '../core/task.ts'
 import { backupMetaSchema, checkShape } from '../infra/schemas.ts'
+import type { CopyResult } from './rsync.ts'
 
 export type BackupType = 'full' | 'incremental'
 const BACKUP_NAME = /^backup_(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})_(full|incremental)$/
@@ -62,11 +63,33 @@ export interface BackupMeta {
   changed_during_copy?: string[]
   /** When the walk of the source began; absent in backups made before it was recorded. */
   source_listed_at?: string
+  /** Every restore (and drill) made from this backup, oldest first; absent until the first. */
+  restores?: RestoreRecord[]
+}
+
+export interface RestoreRecord {
+  at: string
+  /** The model directories (top-level entries of data/) restored, or the paths under data/ with --path. */
+  what: string[]
+  /** Where they went: the active models directory, --to DIR, or a drill's scratch directory. */
+  to: string
+  drill: boolean
+  bytes_copied: number
+  bytes_reused: number
+  files_verified: number
+  duration_ms: number
+  ok: boolean
+  /** Why it failed, or null. */
+  error: string | null
+  /** Files whose copy in this backup was bad and came from another backup instead: path → that backup. */
+  from_elsewhere: Record<string, string>
 }
 
 export interface Catalog {
   files: [string, number][]
   symlinks: [string, string][]
+  /** Permission bits and mtime (ms) of each file, as copied; absent in backups made before it was recorded. */
+  attrs?: [string, number, number][]
   /** Inode and ctime (ms) of each source file as the backup's walk saw it, for the next incremental (link-unchanged.ts). */
   source?: [string, number, number][]
 }
@@ -101,6 +124,8 @@ export interface UnreadableList { file: string; message: string }
 /** What the data/ directory of a backup holds, from one listing. */
 export interface DataListing {
   files: string[]
+  /** The directories, each before what it holds. */
+  dirs: string[]
   /** path → target */
   symlinks: Map<string, string>
   /** Entries that are neither a directory, a regular file nor a link. */
@@ -145,6 +170,12 @@ export interface BackupStore {
   listData(backup: Backup): Promise<DataListing>
   /** Hashes `files` of the backup's data/ on the store's own host and compares each with its manifest hash. */
   hashCheck(backup: Backup, files: HashCheck[], opts: { signal: AbortSignal; onProgress: (bytesDone: number) => void }): Promise<HashVerdict[]>
+  /**
+   * Copies `rels` (paths under data/: directories without what they hold, links as links, files whole)
+   * from the backup's data/ into `dest` on this host, with rsync, attributes and hard links kept; never
+   * writes into the store.
+   */
+  fetch(backup: Backup, rels: string[], dest: string, opts: { signal: AbortSignal; onBytes: (bytes: number) => void }): Promise<CopyResult>
   /** Replaces one file of a published backup (its metadata, its verify state) in one rename. */
   replaceFile(backup: Backup, file: string, content: string): Promise<void>
   /** Deletes a backup or a partial one: renamed to .partial first, links inside removed as links. */

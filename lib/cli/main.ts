@@ -288,7 +288,7 @@ const show = (text: string): number => {
 
 async function taskCommand(step: Omit<Step, 'when' | 'needs'>, argv: string[]): Promise<number> {
   const { task } = step
-  const own = Object.fromEntries(argFields(task.args).filter((a) => !a.positional).map((a) => [a.name, { type: a.flag ? 'boolean' : 'string' } as const]))
+  const own = Object.fromEntries(argFields(task.args).filter((a) => !a.positional).map((a) => [a.name, a.flag ? { type: 'boolean' as const } : { type: 'string' as const, multiple: a.list }]))
   const { values, positionals } = parse(argv, { ...RUN_OPTIONS, ...own })
   if (values.help) return show(taskHelp(task))
   return runTasks(null, [ready({ ...step, args: { ...step.args, ...commandLineArgs(task, values, positionals) }, needs: [] })], values)
@@ -313,7 +313,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   async backup([action, ...args]) {
     if (action === undefined || action === '-h' || action === '--help') return show(HELP.backup!)
     const task = tasks.find((t) => t.name === `backup-${action}`)
-    if (!task) throw new UsageError(`unknown backup action "${action}"; expected create, verify, cleanup or status`)
+    if (!task) throw new UsageError(`unknown backup action "${action}"; expected create, verify, cleanup, status or restore`)
     // --remote is the alias remote-backup-ACTION: the same task on BACKUP_REMOTE, under that name.
     const remote = args.includes('--remote')
     return taskCommand(stepOf(task, remote ? `remote-${task.name}` : task.name), args.filter((a) => a !== '--remote'))

@@ -6,7 +6,10 @@ import { z } from 'zod'
 
 declare module 'zod' {
   interface GlobalMeta {
-    /** Taken by position (citadel backup cleanup 30) rather than as --name; an array field takes the rest. */
+    /**
+     * Taken by position (citadel backup cleanup 30) rather than as --name; an array field takes the rest.
+     * An array field that is not positional is an option given once per value (--model a --model b).
+     */
     positional?: true
     /** The value's name in usage and errors: DAYS, RATE, full|incremental. */
     value?: string
@@ -35,7 +38,7 @@ export type RawArgs = Readonly<Record<string, string | boolean | readonly string
 export interface ArgField {
   name: string
   positional: boolean
-  /** An array: a positional that takes every remaining value. */
+  /** An array: a positional that takes every remaining value, or an option given once per value. */
   list: boolean
   /** A boolean: --name alone, no value. */
   flag: boolean
@@ -69,7 +72,6 @@ export function argFields(schema: ArgsSchema): ArgField[] {
     const flag = kind === 'boolean'
     const list = kind === 'array'
     if (flag && positional) throw new TypeError(`argument ${name} is a boolean and positional: a flag is --${name}`)
-    if (list && !positional) throw new TypeError(`argument ${name} is a list and not positional: only the last positional takes many values`)
     const value = meta.value ?? name.toUpperCase()
     return { name, positional, list, flag, label: positional ? value : flag ? `--${name}` : `--${name} ${value}`, help: meta.description }
   })

@@ -79,6 +79,13 @@ async function applyUndo(u: Undo): Promise<void> {
       return fs.chmod(u.path, u.mode)
     case 'move-back': {
       const at = await lstatOrNull(u.to)
+      // Killed between journaling the move and making it: nothing moved, nothing to move back.
+      if (!(await lstatOrNull(u.from))) {
+        if (at) return
+        throw new Error(`neither ${u.from} nor ${u.to} is there`)
+      }
+      // A restore's partial directory is gone once its last model moved out of it: made again to move back into.
+      await fs.mkdir(path.dirname(u.to), { recursive: true })
       if (at?.isSymbolicLink()) await fs.unlink(u.to)
       else if (at) throw new Error(`${u.to} is occupied; ${u.from} left where it is`)
       return fs.rename(u.from, u.to)

@@ -24,6 +24,20 @@ const verification = z.object({
   transient: z.array(z.string()).describe('files whose first hash disagreed and second agreed: read errors, not corruption'),
 })
 
+const restoreRecord = z.object({
+  at: z.iso.datetime(),
+  what: z.array(z.string()).describe('the model directories restored, or the paths under data/ given with --path'),
+  to: z.string().describe('the directory restored into: the active models directory, --to DIR, or a drill\'s scratch directory'),
+  drill: z.boolean().describe('a restore drill: restored into scratch, verified, removed'),
+  bytes_copied: count,
+  bytes_reused: count.describe('bytes of files already right in the target, hard-linked rather than copied'),
+  files_verified: count.describe('files hashed against SHA256SUMS'),
+  duration_ms: count,
+  ok: z.boolean(),
+  error: z.string().nullable(),
+  from_elsewhere: z.record(z.string(), z.string()).describe('files whose copy in this backup was bad, restored from the named backup instead'),
+})
+
 /** backup.json. Loose: fields a later citadel adds survive when this one rewrites the file. */
 export const backupMetaSchema = z.looseObject({
   format: z.literal(1),
@@ -43,6 +57,7 @@ export const backupMetaSchema = z.looseObject({
   /** Files whose source changed while they were copied; absent in backups made before it was recorded. */
   changed_during_copy: z.array(z.string()).optional().describe('files that changed while they were copied: back up again once nothing writes to them'),
   /** When the walk of the source began; absent in backups made before it was recorded. */
+  restores: z.array(restoreRecord).optional().describe('every restore and restore drill from this backup, oldest first'),
   source_listed_at: z.iso.datetime().optional().describe('when the walk of the source began: a file whose ctime is older than this and unchanged since is linked to this backup by the next incremental without being read'),
 })
 
@@ -50,6 +65,7 @@ export const backupMetaSchema = z.looseObject({
 export const catalogSchema = z.object({
   files: z.array(z.tuple([z.string(), count])).describe('[path under data/, size in bytes] of every regular file'),
   symlinks: z.array(z.tuple([z.string(), z.string()])).describe('[path under data/, target] of every symlink'),
+  attrs: z.array(z.tuple([z.string(), count, z.number()])).optional().describe('[path, permission bits, mtime in ms] of every regular file as copied, which a restore checks'),
   source: z.array(z.tuple([z.string(), count, z.number()])).optional().describe('[path, inode, ctime in ms] of every source file as the walk saw it, for the next incremental'),
 })
 

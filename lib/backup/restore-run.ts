@@ -1,0 +1,229 @@
+// One restore, from plan to activation, for backup-restore and its drills. The partial directory is
+// `.restore-<UTC>.partial` in the target's staging place, so that activation is a rename; an existing model
+// directory is renamed into archive/, never deleted, and both renames are journaled, so a failure, an
+// interrupt or a kill leaves each model directory the old one or the new verified one.
+import { promises as fs } from 'node:fs'
+import path from 'node:path'
+import type { TaskContext } from '../core/task.ts'
+import { describeEntry, fileStamp, fsyncDir, lstatOrNull, moveNoReplace } from '../infra/fsx.ts'
+import { bytes, count, progressLine } from '../infra/format.ts'
+import { buildUnit, checkUnit, planRestore, type BadFile, type RestorePlan, type Selection, type UnitPlan } from './restore.ts'
+import { parseVerifyState } from './verify.ts'
+import { compareBytewise } from './manifest.ts'
+import { META, metaText, VERIFY_STATE, type Backup, type BackupLists, type BackupStore, type DataListing, type RestoreRecord, type StoreContents } from './store.ts'
+
+const BLOCK = 4096
+const PARTIAL = /^\.restore-\d{8}T\d{6}Z(-\d+)?(-drill)?\.partial$/
+
+/**
+ * Where a restore builds and what it replaces: `target` and `partials` on one filesystem; `archive` null
+ * under --to and for a drill; `scratch` for a drill's directory, citadel's own and removed after it, whose
+ * moves are no change to report or journal.
+ */
+export interface Destination { target: string; partials: string; archive: string | null; scratch: boolean }
+
+/** Another backup to take a file from when this backup's copy of it is bad. */
+export interface Elsewhere { store: BackupStore; backup: Backup; lists: BackupLists }
+
+export interface RestoreRequest {
+  store: BackupStore
+  backup: Backup
+  lists: BackupLists
+  listing: DataListing
+  sel: Selection
+  dest: Destination
+  /** Backups that may hold good copies of a file this one holds bad, best first; read only when needed. */
+  elsewhere: () => AsyncIterable<Elsewhere>
+  drill: boolean
+}
+
+export interface RestoreOutcome { plan: RestorePlan; record: RestoreRecord | null; restored: UnitPlan[] }
+
+/** Removes the partial restores an interrupted run left in `dir`: only citadel's own names, never through a link. */
+export async function removeLeftoverRestores(ctx: TaskContext, dir: string): Promise<void> {
+  for (const name of await fs.readdir(dir).catch(() => [] as string[])) {
+    if (!PARTIAL.test(name)) continue
+    const at = path.join(dir, name)
+    if (!(await lstatOrNull(at))?.isDirectory()) continue
+    await ctx.apply({ path: at, action: 'remove interrupted restore', before: 'partial restore', after: null }, null, () => fs.rm(at, { recursive: true }))
+    ctx.warn(`${at} was left by an interrupted restore: ${ctx.check ? 'would remove' : 'removed'} it`)
+  }
+}
+
+/** Why the copy does not fit on the target's disk (one line with both figures), or null. */
+async function spaceShortfall(plan: RestorePlan, dest: Destination, label: string): Promise<string | null> {
+  const copy = plan.units.filter((u) => u.current !== 'same')
+  const blocks = copy.reduce((sum, u) => sum + u.files.filter((f) => u.copy.includes(f.rel)).reduce((s, f) => s + Math.ceil(f.size / BLOCK) * BLOCK, 0), 0)
+  const entries = copy.reduce((sum, u) => sum + u.files.length + u.symlinks.length + u.dirs.length, 0)
+  const needed = blocks + entries * BLOCK
+  const withMargin = needed + Math.max(16 << 20, Math.ceil(needed * 0.01))
+  const { bavail, bsize } = await fs.statfs(dest.partials)
+  const free = bavail * bsize
+  return withMargin > free ? `not enough space on ${label} (${dest.partials}): the restore copies ${bytes(needed)} (${needed} bytes; ${withMargin} with a margin), ${free} bytes are free; free space there or restore less (--model, --path)` : null
+}
+
+/** Copies good bytes of `bad` files from other backups into the partial; returns what stayed bad and where the rest came from. */
+async function fromElsewhere(ctx: TaskContext, req: RestoreRequest, unit: UnitPlan, partial: string, bad: BadFile[]): Promise<{ bad: BadFile[]; found: Record<string, string> }> {
+  const sha = new Map(unit.files.map((f) => [f.rel, f.sha256]))
+  let open = bad.filter((b) => sha.has(b.rel))
+  const found: Record<string, string> = {}
+  let n = 0
+  for await (const other of req.elsewhere()) {
+    const here = open.filter((b) => other.lists.manifest.get(b.rel) === sha.get(b.rel))
+    if (!here.length) continue
+    const scratch = path.join(partial, `.elsewhere-${n++}`)
+    await fs.mkdir(scratch, { mode: 0o700 })
+    try {
+      ctx.progress(`fetching ${count(here.length, 'file')} from ${other.store.host ? `${other.store.host}:` : ''}${other.backup.name}`)
+      const copy = await other.store.fetch(other.backup, here.map((b) => b.rel), scratch, { signal: ctx.signal, onBytes: () => {} })
+      if (copy.error) continue
+      const fake: UnitPlan = { ...unit, roots: here.map((b) => b.rel), files: unit.files.filter((f) => here.some((b) => b.rel === f.rel)), symlinks: [], dirs: [], copy: here.map((b) => b.rel), reuse: [] }
+      const check = await checkUnit(other.lists, fake, scratch, { signal: ctx.signal, onHash: () => {} })
+      const stillBad = new Set(check.bad.map((b) => b.rel))
+      for (const b of here) {
+        if (stillBad.has(b.rel)) continue
+        await fs.rename(path.join(scratch, b.rel), path.join(partial, b.rel))
+        found[b.rel] = other.store.host ? `${other.store.host}:${other.backup.name}` : other.backup.name
+      }
+      open = open.filter((b) => !(b.rel in found))
+    } finally {
+      await fs.rm(scratch, { recursive: true, force: true })
+    }
+    if (!open.length) break
+  }
+  return { bad: [...bad.filter((b) => !sha.has(b.rel)), ...open], found }
+}
+
+/** A free name in archive/ for the directory a restore replaces: <name>.replaced-<UTC>, then -2, -3, ... */
+async function archiveName(archive: string, name: string, stamp: string): Promise<string> {
+  for (let n = 1; ; n++) {
+    const at = path.join(archive, `${name}.replaced-${stamp}${n === 1 ? '' : `-${n}`}`)
+    if (!(await lstatOrNull(at))) return at
+  }
+}
+
+/**
+ * Plans, checks the space, builds and verifies every unit that differs, then activates them one by one.
+ * Throws one line when something stands in the way; fails naming every bad file when a file has no good
+ * copy anywhere, with the partial removed and the target untouched.
+ */
+export async function runRestore(ctx: TaskContext, req: RestoreRequest, label: string): Promise<RestoreOutcome> {
+  const { store, backup, lists, dest } = req
+  const started = Date.now()
+  const at = new Date(started).toISOString()
+  const hashStart = Date.now()
+  const plan = await planRestore(lists, req.listing, req.sel, dest.target, ctx.signal, (done, total) => ctx.progress(progressLine(`hashing ${dest.target}:`, done, total, hashStart)))
+  const todo = plan.units.filter((u) => u.current !== 'same')
+  const short = todo.length ? await spaceShortfall(plan, dest, label) : null
+  if (short) throw new Error(short)
+  for (const u of plan.units) {
+    const what = u.current === 'same' ? 'already as the backup holds it' : `${count(u.copy.length, 'file')} to copy (${bytes(u.copyBytes)}), ${count(u.reuse.length, 'file')} already good (${bytes(u.reuseBytes)})${u.current === 'differs' && dest.archive ? `; the present ${u.name} moves to ${dest.archive}` : ''}`
+    ctx.detail(`${u.roots.join(', ')}: ${what}`)
+  }
+  if (!todo.length || ctx.check) {
+    if (!dest.scratch) for (const u of todo) await ctx.apply({ path: path.join(dest.target, u.name), action: 'restore model', before: u.current === 'absent' ? null : 'differs from the backup', after: `${backup.name}: ${bytes(u.copyBytes)} to copy` }, null, async () => {})
+    return { plan, record: null, restored: todo }
+  }
+
+  const stamp = fileStamp(new Date(started))
+  let partial = path.join(dest.partials, `.restore-${stamp}.partial`)
+  for (let n = 2; await lstatOrNull(partial); n++) partial = path.join(dest.partials, `.restore-${stamp}-${n}.partial`)
+  const record: RestoreRecord = { at, what: req.sel.paths ?? todo.map((u) => u.name), to: dest.target, drill: req.drill, bytes_copied: 0, bytes_reused: 0, files_verified: 0, duration_ms: 0, ok: false, error: null, from_elsewhere: {} }
+  const verifiedHere: string[] = []
+  try {
+    await fs.mkdir(partial, { mode: 0o700 })
+    const totalCopy = todo.reduce((s, u) => s + u.copyBytes, 0)
+    let copiedBefore = 0
+    const copyStart = Date.now()
+    const allBad: BadFile[] = []
+    for (const unit of todo) {
+      await buildUnit(store, backup, unit, dest.target, partial, ctx.$, {
+        signal: ctx.signal,
+        progress: (line) => ctx.progress(line),
+        copied: (b) => ctx.progress(progressLine(`copying ${unit.name}:`, copiedBefore + b, totalCopy, copyStart)),
+      })
+      copiedBefore += unit.copyBytes
+      const checkStart = Date.now()
+      const checked = await checkUnit(lists, unit, partial, { signal: ctx.signal, onHash: (done) => ctx.progress(progressLine(`verifying ${unit.name}:`, done, unit.copyBytes, checkStart)) })
+      const healed = checked.bad.length ? await fromElsewhere(ctx, req, unit, partial, checked.bad) : { bad: [], found: {} }
+      for (const [rel, where] of Object.entries(healed.found)) ctx.warn(`${rel}: the copy in ${backup.name} is bad; restored from ${where}, which holds the same bytes`)
+      Object.assign(record.from_elsewhere, healed.found)
+      allBad.push(...healed.bad)
+      verifiedHere.push(...unit.copy.filter((rel) => !checked.bad.some((b) => b.rel === rel)))
+      record.bytes_copied += unit.copyBytes
+      record.bytes_reused += unit.reuseBytes
+      record.files_verified += unit.copy.length + unit.reuse.length
+    }
+    if (allBad.length) throw new Error(`${count(allBad.length, 'file')} of ${backup.name} cannot be restored as its manifest says, and no other backup holds good copies: ${allBad.map((b) => `${b.rel} (${b.detail})`).join('; ')}; nothing was changed in ${dest.target}`)
+    ctx.progress('syncing the restored files')
+    await ctx.$`sync --file-system ${partial}`
+    for (const unit of todo) await activate(ctx, unit, partial, dest, stamp, backup)
+    await fsyncDir(dest.target)
+    record.ok = true
+  } catch (err) {
+    record.error = (err as Error).message
+    throw err
+  } finally {
+    record.duration_ms = Date.now() - started
+    // Only what is left: a unit already moved into place is the target's now, and the journal knows it.
+    await fs.rm(partial, { recursive: true, force: true }).catch((err) => ctx.warn(`could not remove ${partial}: ${(err as Error).message}`))
+    if (!ctx.signal.aborted) await ctx.bookkeep(`the restore record of ${backup.name}`, () => recordRestore(store, backup, lists, record, verifiedHere)).catch((err) => ctx.warn(`the restore was not recorded in ${backup.name}: ${(err as Error).message}`))
+  }
+  return { plan, record, restored: todo }
+}
+
+/** Moves what stands at the unit's place into archive/ (when it is the active tree), then the verified unit in. */
+async function activate(ctx: TaskContext, unit: UnitPlan, partial: string, dest: Destination, stamp: string, backup: Backup): Promise<void> {
+  const at = path.join(dest.target, unit.name)
+  const st = await lstatOrNull(at)
+  if (st) {
+    if (!dest.archive) throw new Error(`${at} appeared during the restore; nothing of it was changed`)
+    const aside = await archiveName(dest.archive, unit.name, stamp)
+    await ctx.apply({ path: at, action: 'archive replaced model', before: describeEntry(st), after: aside }, { op: 'move-back', from: aside, to: at }, () => moveNoReplace(at, aside))
+  }
+  if (dest.scratch) return moveNoReplace(path.join(partial, unit.name), at)
+  const summary = `${backup.name}: ${bytes(unit.copyBytes)} copied, ${bytes(unit.reuseBytes)} already good`
+  await ctx.apply({ path: at, action: 'restore model', before: st ? 'archived' : null, after: summary }, { op: 'move-back', from: at, to: path.join(partial, unit.name) }, () => moveNoReplace(path.join(partial, unit.name), at))
+}
+
+/** Appends the record to the backup's metadata; the files hashed right count as verified now. */
+async function recordRestore(store: BackupStore, backup: Backup, lists: BackupLists, record: RestoreRecord, verified: string[]): Promise<void> {
+  await store.replaceFile(backup, META, metaText({ ...backup.meta, restores: [...(backup.meta.restores ?? []), record] }))
+  if (!verified.length) return
+  const state = parseVerifyState(lists.state, () => {}, lists.stateFile)
+  for (const rel of verified) state[rel] = record.at
+  await store.replaceFile(backup, VERIFY_STATE, JSON.stringify(state) + '\n')
+}
+
+/** Where a drill goes: scratch of citadel's own under `staging`, named so a killed drill's leftover is removed as a partial restore. */
+export const drillScratch = (staging: string, at = new Date()) => path.join(staging, `.restore-${fileStamp(at)}-drill.partial`)
+
+/**
+ * What a drill restores: the --path given, or the one unit of `sel` drilled longest ago (never drilled
+ * first) across every backup of `chain`, so that drills rotate through the models week by week.
+ */
+export function drillSelection(sel: Selection, chain: Backup[]): Selection {
+  if (sel.paths) return sel
+  const last = new Map<string, string>()
+  for (const b of chain) for (const r of b.meta.restores ?? []) if (r.drill && r.ok) for (const w of r.what) if ((last.get(w) ?? '') < r.at) last.set(w, r.at)
+  const [pick] = [...sel.units].sort((a, b) => (last.get(a) ?? '').localeCompare(last.get(b) ?? '') || compareBytewise(a, b))
+  return { units: pick === undefined ? [] : [pick], paths: null }
+}
+
+/**
+ * Other complete backups that may hold a good copy of a file: the same store's, newest first, then those of
+ * `other` (the remote store for a local restore, the local one for a remote restore) when there is one and
+ * it can be read. Lists are read one backup at a time, only as far as they are needed.
+ */
+export async function* otherCopies(store: BackupStore, contents: StoreContents, backup: Backup, other: () => Promise<{ store: BackupStore; contents: StoreContents } | null>): AsyncIterable<Elsewhere> {
+  const listed = async function* (s: BackupStore, c: StoreContents) {
+    for (const b of [...c.complete].reverse()) {
+      if (s === store && b.name === backup.name) continue
+      const lists = await s.readLists(b)
+      if (!('message' in lists)) yield { store: s, backup: b, lists }
+    }
+  }
+  yield* listed(store, contents)
+  const far = await other()
+  if (far) yield* listed(far.store, far.contents)
+}

@@ -1,0 +1,190 @@
+// Getting models back out of a backup. Nothing of the target changes while a restore is built: each model
+// directory is assembled in a partial directory on the target's own filesystem, from the files of the
+// target that already hash as the manifest says (hard-linked, not copied again) and from the backup (copied
+// with rsync, never in place, never writing into the store), then every byte is hashed and every size, mode,
+// mtime and link target checked against the backup's lists. Only then is it activated, by rename
+// (restore-activate.ts). A file whose copy in this backup is bad is taken from another backup that lists
+// the same bytes, or the restore fails naming it.
+import { promises as fs, lstatSync, readlinkSync } from 'node:fs'
+import path from 'node:path'
+import type { Shell } from 'zx/core'
+import { decodeName, fsPath, octal } from '../infra/fsx.ts'
+import { hashFiles } from '../infra/hashing.ts'
+import { listTree, statFiles } from '../infra/tree.ts'
+import { compareBytewise } from './manifest.ts'
+import type { Backup, BackupLists, BackupStore, DataListing } from './store.ts'
+
+/** What the restore is asked for: whole model directories, or paths under data/ (--path). */
+export interface Selection { units: string[]; paths: string[] | null }
+
+/** One top-level entry of data/ (a model directory, usually) and what restoring it takes. */
+export interface UnitPlan {
+  name: string
+  /** false under --path: only `paths` come from the backup, the rest of the target's entry stays as it is. */
+  whole: boolean
+  /** The paths under data/ taken from the backup: the unit itself, or the --path entries inside it. */
+  roots: string[]
+  files: { rel: string; size: number; sha256: string }[]
+  symlinks: [string, string][]
+  dirs: string[]
+  /** Files of the target that already hash as the manifest says: hard-linked into the partial. */
+  reuse: string[]
+  /** Files to copy from the backup. */
+  copy: string[]
+  copyBytes: number
+  reuseBytes: number
+  /** What stands at the target now: nothing, the same as the backup holds, or something else (archived on activation). */
+  current: 'absent' | 'same' | 'differs'
+}
+
+export interface RestorePlan { units: UnitPlan[]; hashedBytes: number }
+
+/** Why a selection does not fit the backup (one line naming the alias or path), or null. */
+export function unknownSelection(listing: DataListing, sel: Selection, shown: string): string | null {
+  const entries = new Set([...listing.files, ...listing.dirs, ...listing.symlinks.keys()])
+  const missingUnit = sel.units.find((u) => !entries.has(u))
+  if (missingUnit !== undefined) return `${shown} holds no ${missingUnit} under data/; it holds ${[...new Set([...entries].map((e) => e.split('/')[0]!))].sort(compareBytewise).join(', ') || 'nothing'}`
+  const missingPath = sel.paths?.find((p) => !entries.has(p))
+  return missingPath === undefined ? null : `${shown} holds no ${missingPath} under data/; give a file or directory relative to data/ (citadel backup status lists the backups)`
+}
+
+/** The top-level entries of the backup's data/: what a restore without --model or --path brings back. */
+export const topLevel = (listing: DataListing) => [...new Set([...listing.files, ...listing.dirs, ...listing.symlinks.keys()].map((e) => e.split('/')[0]!))].sort(compareBytewise)
+
+const under = (root: string) => (rel: string) => rel === root || rel.startsWith(root + '/')
+
+/** What stands at `rel` under `base` and below it, with paths relative to `base`. */
+export interface Entries { files: string[]; symlinks: Map<string, string>; dirs: string[]; others: string[] }
+
+export function entriesAt(base: string, rels: string[]): Entries {
+  const found: Entries = { files: [], symlinks: new Map(), dirs: [], others: [] }
+  for (const rel of rels) {
+    const st = lstatSync(fsPath(path.join(base, rel)), { throwIfNoEntry: false })
+    if (!st) continue
+    if (st.isDirectory()) {
+      const inside = listTree(path.join(base, rel))
+      found.dirs.push(rel, ...inside.dirPaths.map((d) => `${rel}/${d}`))
+      found.files.push(...inside.files.map((f) => `${rel}/${f}`))
+      for (const l of inside.symlinks) found.symlinks.set(`${rel}/${l.rel}`, l.target)
+      found.others.push(...inside.others.map((o) => `${rel}/${o}`))
+    } else if (st.isSymbolicLink()) found.symlinks.set(rel, decodeName(readlinkSync(fsPath(path.join(base, rel)), { encoding: 'buffer' })))
+    else if (st.isFile()) found.files.push(rel)
+    else found.others.push(rel)
+  }
+  return found
+}
+
+const sameLinks = (a: Map<string, string>, b: [string, string][]) => a.size === b.length && b.every(([rel, t]) => a.get(rel) === t)
+const sameSet = (a: string[], b: string[]) => a.length === b.length && new Set([...a, ...b]).size === a.length
+
+/**
+ * Plans the restore of `sel` from the backup into `target`: hashes, on the worker pool, every file of the
+ * target whose size matches the backup's, so a file already right is linked, not copied again.
+ */
+export async function planRestore(lists: BackupLists, listing: DataListing, sel: Selection, target: string, signal: AbortSignal, onHash: (done: number, total: number) => void): Promise<RestorePlan> {
+  const units = sel.units.map((name) => {
+    const roots = sel.paths ? sel.paths.filter(under(name)) : [name]
+    const inScope = (rel: string) => roots.some((r) => under(r)(rel))
+    return {
+      name,
+      whole: !sel.paths || roots.includes(name),
+      roots,
+      files: lists.catalog.files.filter(([rel]) => inScope(rel)).map(([rel, size]) => ({ rel, size, sha256: lists.manifest.get(rel) ?? '' })),
+      symlinks: lists.catalog.symlinks.filter(([rel]) => inScope(rel)),
+      dirs: listing.dirs.filter(inScope),
+      now: entriesAt(target, roots),
+    }
+  })
+  const candidates = units.flatMap((u) => {
+    const there = new Set(u.now.files)
+    return u.files.filter((f) => there.has(f.rel) && f.sha256 !== '' && statFiles(target, [f.rel])[0]!.size === f.size)
+  })
+  const total = candidates.reduce((sum, f) => sum + f.size, 0)
+  const outcomes = await hashFiles(candidates.map((f) => ({ file: path.join(target, f.rel), size: f.size })), { signal, onProgress: (done) => onHash(done, total) })
+  const good = new Set(candidates.filter((f, i) => outcomes[i]!.sha256 === f.sha256).map((f) => f.rel))
+  const planned = units.map(({ now, ...u }): UnitPlan => {
+    const reuse = u.files.filter((f) => good.has(f.rel))
+    const copy = u.files.filter((f) => !good.has(f.rel))
+    const nothing = !now.files.length && !now.symlinks.size && !now.dirs.length && !now.others.length
+    const same = !copy.length && sameSet(now.files, u.files.map((f) => f.rel)) && sameLinks(now.symlinks, u.symlinks) && sameSet(now.dirs, u.dirs) && !now.others.length
+    return {
+      ...u,
+      reuse: reuse.map((f) => f.rel),
+      copy: copy.map((f) => f.rel),
+      copyBytes: copy.reduce((s, f) => s + f.size, 0),
+      reuseBytes: reuse.reduce((s, f) => s + f.size, 0),
+      current: same ? 'same' : nothing && !lstatSync(fsPath(path.join(target, u.name)), { throwIfNoEntry: false }) ? 'absent' : 'differs',
+    }
+  })
+  return { units: planned, hashedBytes: total }
+}
+
+export interface BuildProgress { signal: AbortSignal; progress: (line: string) => void; copied: (bytes: number) => void }
+
+/** A file that could not be restored as the manifest says, and why. */
+export interface BadFile { rel: string; detail: string }
+
+/**
+ * Builds `unit` inside `partial` (which exists, on the target's filesystem): under --path, first the
+ * target's entry as it is (files hard-linked, links and directories copied); then the backup's entries of
+ * the unit, reused files linked from the target and the rest fetched from the store.
+ */
+export async function buildUnit(store: BackupStore, backup: Backup, unit: UnitPlan, target: string, partial: string, $: Shell, opts: BuildProgress): Promise<void> {
+  const here = path.join(target, unit.name)
+  if (!unit.whole && (await fs.lstat(fsPath(here)).catch(() => null))) {
+    // cp -al: a new tree of links to the target's own files, so the archived copy keeps every byte.
+    await $({ signal: opts.signal })`cp -a --link --no-target-directory -- ${here} ${path.join(partial, unit.name)}`
+    for (const root of unit.roots) await fs.rm(fsPath(path.join(partial, root)), { recursive: true, force: true })
+  }
+  for (const dir of unit.dirs) await fs.mkdir(fsPath(path.join(partial, dir)), { recursive: true, mode: 0o700 })
+  for (const root of unit.roots) await fs.mkdir(fsPath(path.dirname(path.join(partial, root))), { recursive: true, mode: 0o755 })
+  for (const rel of unit.reuse) await fs.link(fsPath(path.join(target, rel)), fsPath(path.join(partial, rel)))
+  // Directories are listed too so that rsync gives them the backup's modes and times once their files are in.
+  const fetchList = [...unit.dirs, ...unit.symlinks.map(([rel]) => rel), ...unit.copy]
+  if (!fetchList.length) return
+  const result = await store.fetch(backup, fetchList, partial, { signal: opts.signal, onBytes: opts.copied })
+  if (result.error) throw new Error(`copying ${unit.name} from ${backup.name} failed: ${result.error}`)
+}
+
+/**
+ * Checks `unit` as built in `partial` against the backup's lists: every file there, of the recorded size,
+ * mode and mtime, the copied ones hashing as the manifest says; every link with its target; nothing else.
+ * Returns what is wrong; `hashed` gets the bytes hashed.
+ */
+export async function checkUnit(lists: BackupLists, unit: UnitPlan, partial: string, opts: { signal: AbortSignal; onHash: (done: number) => void }): Promise<{ bad: BadFile[]; hashedBytes: number }> {
+  const bad: BadFile[] = []
+  const attrs = new Map((lists.catalog.attrs ?? []).map(([rel, mode, mtimeMs]) => [rel, { mode, mtimeMs }]))
+  const built = entriesAt(partial, unit.roots)
+  const present = new Map(statFiles(partial, built.files).map((f) => [f.rel, f]))
+  const copied = new Set(unit.copy)
+  for (const f of unit.files) {
+    const got = present.get(f.rel)
+    const want = attrs.get(f.rel)
+    if (!got) bad.push({ rel: f.rel, detail: 'missing from the restored copy' })
+    else if (got.size !== f.size) bad.push({ rel: f.rel, detail: `${got.size} bytes, the backup recorded ${f.size}` })
+    // A reused file is the target's own inode: its bytes are what counts, its times are its own.
+    else if (want && copied.has(f.rel) && ((got.mode & 0o7777) !== want.mode || Math.abs(got.mtimeMs - want.mtimeMs) >= 1))
+      bad.push({ rel: f.rel, detail: `mode ${octal(got.mode)}, mtime ${new Date(got.mtimeMs).toISOString()}; the backup recorded ${octal(want.mode)}, ${new Date(want.mtimeMs).toISOString()}` })
+  }
+  const wanted = new Set(unit.files.map((f) => f.rel))
+  for (const rel of built.files) if (!wanted.has(rel)) bad.push({ rel, detail: 'a file the backup does not hold' })
+  const links = new Map(unit.symlinks)
+  for (const [rel, target] of unit.symlinks) {
+    const found = built.symlinks.get(rel)
+    if (found !== target) bad.push({ rel, detail: `expected a link to ${target}, found ${found === undefined ? 'none' : `a link to ${found}`}` })
+  }
+  for (const rel of built.symlinks.keys()) if (!links.has(rel)) bad.push({ rel, detail: 'a link the backup does not hold' })
+  for (const rel of built.others) bad.push({ rel, detail: 'a special file the backup does not hold' })
+
+  const toHash = unit.files.filter((f) => copied.has(f.rel) && present.get(f.rel)?.size === f.size)
+  const outcomes = await hashFiles(toHash.map((f) => ({ file: path.join(partial, f.rel), size: f.size })), { signal: opts.signal, onProgress: opts.onHash })
+  outcomes.forEach((o, i) => {
+    const f = toHash[i]!
+    if (o.sha256 === null) bad.push({ rel: f.rel, detail: `unreadable: ${o.error}` })
+    else if (o.sha256 !== f.sha256) bad.push({ rel: f.rel, detail: `hashes to ${o.sha256}, SHA256SUMS says ${f.sha256}` })
+  })
+  // One line per file, the strongest first: its bytes.
+  const byFile = new Map<string, BadFile>()
+  for (const b of bad) if (!byFile.has(b.rel) || b.detail.startsWith('hashes to')) byFile.set(b.rel, b)
+  return { bad: [...byFile.values()].sort((a, b) => compareBytewise(a.rel, b.rel)), hashedBytes: toHash.reduce((s, f) => s + f.size, 0) }
+}
