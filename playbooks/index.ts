@@ -4,6 +4,7 @@ import daily from './daily.ts'
 import emergency from './emergency.ts'
 import initialSetup from './initial-setup.ts'
 import installServices from './install-services.ts'
+import recover from './recover.ts'
 import weekly from './weekly.ts'
 
-export const playbooks: Playbook[] = [initialSetup, daily, weekly, emergency, installServices]
+export const playbooks: Playbook[] = [initialSetup, daily, weekly, emergency, recover, installServices]

@@ -108,7 +108,8 @@ const task = defineTask({
   name: 'backup-restore',
   description: 'Restore the models (or --model, --path) from a backup: built beside the active tree, every byte verified, then renamed into place; the replaced directory goes to archive/',
   tags: ['backup', 'restore'],
-  roots: (args) => (args.remote ? ['models'] : ['models', 'backup']),
+  // The recover playbook's fallback needs no backup disk: a dead one is why it may fall back.
+  roots: (args) => (args.remote || args.fallback ? ['models'] : ['models', 'backup']),
   args: z.object({
     backup: z.string().optional().meta({ positional: true, value: 'BACKUP', description: 'a backup name or path, or latest (the default: the newest complete backup of the active models)' }),
     model: z.array(z.string()).optional().meta({ value: 'ALIAS', description: 'restore the directory MODEL_REGISTRY gives for ALIAS (repeatable); default: every model directory in the backup' }),
@@ -116,11 +117,17 @@ const task = defineTask({
     to: localPath.optional().meta({ value: 'DIR', description: 'restore into DIR (absent or empty) instead of the active models directory, which stays as it is' }),
     drill: z.boolean().optional().meta({ description: 'a restore drill: restore one model (the one drilled longest ago) or --path into scratch, verify it, record it, remove it' }),
     remote: remoteArg,
+    fallback: z.boolean().optional().meta({ preset: true, description: 'set by the recover playbook: with no complete backup on the backup disk and BACKUP_REMOTE set, restore from BACKUP_REMOTE' }),
   }).refine((a) => !(a.drill && a.to !== undefined), { path: ['to'], message: 'not with --drill: a drill restores into scratch under staging and removes it' })
     .refine((a) => !(a.model && a.path), { path: ['path'], message: 'not with --model: give the model\'s files as paths under its directory' }),
   aliases: { 'remote-backup-restore': { remote: true } },
   async run(ctx) {
     const remote = ctx.settings.backup.remote
+    // A new server whose backup disk died too: the off-host store is then the only copy there is.
+    if (ctx.args.fallback && !ctx.args.remote && remote && !(await localStore(ctx.settings, ctx.$).scan()).complete.length) {
+      ctx.warn(`no complete backup in ${localStore(ctx.settings, ctx.$).label}: restoring from BACKUP_REMOTE`)
+      ctx = { ...ctx, args: { ...ctx.args, remote: true } }
+    }
     return onStore(ctx, (store) => {
       // Read only when a file of this backup is bad; a far store that cannot be read is one warning, not a failure.
       const other = async () => {
