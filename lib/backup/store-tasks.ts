@@ -4,7 +4,7 @@
 import path from 'node:path'
 import type { RemoteSettings } from '../infra/config.ts'
 import { z } from 'zod'
-import type { TaskArgs, TaskContext, TaskResult } from '../core/task.ts'
+import { isInternalError, type TaskArgs, type TaskContext, type TaskResult } from '../core/task.ts'
 import type { RootRole } from '../core/marks.ts'
 import { localStore } from './local-store.ts'
 import { sshStore } from './ssh-store.ts'
@@ -28,7 +28,8 @@ export async function onStore(ctx: TaskContext, work: (store: BackupStore, remot
   try {
     return await work(sshStore(ctx, r), r)
   } catch (err) {
-    if (ctx.signal.aborted) throw err
+    // A bug is reported as one (exit 1, its stack in the log), not as a remote host that failed.
+    if (ctx.signal.aborted || isInternalError(err)) throw err
     return ctx.fail((err as Error).message)
   }
 }

@@ -49,6 +49,8 @@ Usage:
   citadel backup verify [BACKUP] [--sample RATE] [--seed N]
   citadel backup cleanup [DAYS]
   citadel backup status            the backup tasks, by their own names (see citadel help backup)
+  citadel backup restore [BACKUP] [--model ALIAS ...] [--path REL ...] [--to DIR] [--drill]
+                                   verified restore; the replaced directory goes to archive/
   citadel backup ACTION --remote   the same on BACKUP_REMOTE, over ssh
   citadel health-check [--json]    every check in one report; exit 0 ok, 1 warning, 2 critical, 3 unknown
   citadel status [--json]          the morning glance: usage, links, backup, SMART, monitor, timers
@@ -115,7 +117,7 @@ starts nothing and says how to run \`citadel monitor\` in the foreground.
 Exit: 0 started, or a monitor already runs; 2 systemctl start failed (see journalctl -u citadel-monitor);
 3 a monitor outside systemd holds the monitor lock (stop it first); 4 invalid settings or arguments;
 5 nothing started: systemd is not running or the unit is not installed (the message says what to run).`,
-  backup: `Usage: citadel backup create|verify|cleanup|status [--remote] [arguments] [options]
+  backup: `Usage: citadel backup create|verify|cleanup|status|restore [--remote] [arguments] [options]
 
 Each is the task backup-NAME (citadel help backup-create, say): the same lock, log and report as a playbook.
 Backups live in <backup root>/models/backup_<UTC date>_<time>_<full|incremental>/; latest points at the newest.
@@ -123,7 +125,12 @@ Backups live in <backup root>/models/backup_<UTC date>_<time>_<full|incremental>
 With --remote each works on BACKUP_REMOTE ([user@]host:/path) over ssh instead (also the task
 remote-backup-NAME): create sends a local backup (latest, or BACKUP) there, hard-linked to the newest
 remote one; verify has the remote host's sha256sum -c hash a sample; verify, status and cleanup follow
-the same rules on both stores.`,
+the same rules on both stores; restore takes the backup from there, with the same verification.
+
+restore builds each model directory in <models root>/staging/.restore-<time>.partial, hard-links the files
+of the active tree that already hash as the backup's manifest says, copies the rest, hashes every copied
+byte, and only then renames it into place; what it replaces goes to <models root>/archive/. --check first
+says what it would copy and whether it fits.`,
 }
 
 const csv = (v: string | boolean | undefined) => (typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : [])
