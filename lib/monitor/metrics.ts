@@ -11,8 +11,9 @@ const escape = (v: string) => v.replaceAll('\\', '\\\\').replaceAll('"', '\\"').
 
 function render(families: Family[]): string {
   const lines: string[] = []
+  // A family without samples (no SMART reading yet, no fio run) is still declared: every file names every
+  // metric citadel writes, so dashboards and alert rules can be checked against any one of them.
   for (const f of families) {
-    if (f.samples.length === 0) continue
     lines.push(`# HELP ${f.name} ${f.help}`, `# TYPE ${f.name} ${f.type}`)
     for (const { labels, value } of f.samples) {
       const pairs = Object.entries(labels).map(([k, v]) => `${k}="${escape(v)}"`).join(',')
