@@ -33,7 +33,7 @@ const task = defineTask({
   args,
   aliases: { 'remote-backup-verify': { remote: true } },
   async run(ctx) {
-    return onStore(ctx, async (store, remote) => {
+    return onStore(ctx, async (store) => {
       const work = async () => {
         const wanted = ctx.args.backup
         const contents = await store.scan()
@@ -42,18 +42,18 @@ const task = defineTask({
         if (broken) return ctx.fail(`latest points at ${broken.name}${store.host ? ` on ${store.host}` : ''}, which is damaged (${broken.reason}); restore that file, or verify another backup by name`)
         const backup = findBackup(contents, wanted, ctx.settings.modelsActive)
         if (!backup) return ctx.fail(noSuchBackup(contents, wanted, store.label))
-        return verify(ctx, store, contents, backup, ctx.args.repair === true ? ctx.settings.backup.remote ?? null : undefined)
+        return verify(ctx, store, contents, backup, ctx.args.repair ? { remote: ctx.settings.backup.remote ?? null } : null)
       }
       // A repair writes into the backups: no create or cleanup may run meanwhile.
-      return ctx.args.repair === true && !remote ? store.exclusive(ctx, work) : work()
+      return ctx.args.repair ? store.exclusive(ctx, work) : work()
     })
   },
 })
 
-/** Verifies `backup`; with `repairFrom` (BACKUP_REMOTE or null) heals what it can, then records the run. */
-async function verify(ctx: TaskContext<z.output<typeof args>>, store: BackupStore, contents: StoreContents, backup: Backup, repairFrom: RemoteSettings | null | undefined) {
+/** Verifies `backup`; with `repair` heals what it can (from BACKUP_REMOTE too, when set), then records the run. */
+async function verify(ctx: TaskContext<z.output<typeof args>>, store: BackupStore, contents: StoreContents, backup: Backup, repair: { remote: RemoteSettings | null } | null) {
   // What a killed repair left would count as strays of the backup.
-  const leftovers = repairFrom === undefined ? [] : await removeLeftovers(ctx, path.join(backup.dir, DATA))
+  const leftovers = repair ? await removeLeftovers(ctx, path.join(backup.dir, DATA)) : []
   const started = Date.now()
   let outcome = await verifyBackup(store, backup, {
     rate: ctx.args.sample ?? ctx.settings.backup.verifySampleRate,
@@ -62,19 +62,19 @@ async function verify(ctx: TaskContext<z.output<typeof args>>, store: BackupStor
     onProgress: (done, total) => ctx.progress(progressLine(store.host ? `hashing on ${store.host}` : 'hashing', done, total, started)),
     warn: (message) => ctx.warn(message),
   })
-  let repair: Repair | null = null
-  if (repairFrom !== undefined && outcome.state !== null) {
+  let repaired: Repair | null = null
+  if (repair && outcome.state !== null) {
     const lists = await store.readLists(backup)
     if (!('message' in lists)) {
-      repair = await healBackup(ctx, { store, backup, contents, lists, problems: outcome.verification.problems, remote: repairFrom })
-      repair.leftovers.unshift(...leftovers)
-      outcome = withHealed(outcome, repair)
+      repaired = await healBackup(ctx, { store, backup, contents, lists, problems: outcome.verification.problems, remote: repair.remote })
+      repaired.leftovers.unshift(...leftovers)
+      outcome = withHealed(outcome, repaired)
     }
   }
   // The hashing is done: a record that cannot be written (a full backup disk) must not hide its result.
   const shown = shownName(store, backup.name)
   const unrecorded = await ctx.bookkeep(`verification of ${shown}`, () => recordVerification(store, backup, outcome)).then(() => null, (err: NodeJS.ErrnoException) => err)
-  const result = showVerification(ctx, shown, outcome, repair)
+  const result = showVerification(ctx, shown, outcome, repaired)
   if (!unrecorded) return result
   const full = unrecorded.code === 'ENOSPC' ? `the backup disk ${ctx.settings.backupRoot} is full; free space there and verify again` : 'verify again once it can be written'
   return ctx.fail(`${result.msg}; this result was not recorded in ${backup.name}: ${unrecorded.message}; ${full}`, result.data)

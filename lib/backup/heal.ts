@@ -143,16 +143,20 @@ async function* goodCopies(src: Sources, t: Target, tried: string[]): AsyncGener
     if ((await sha256Of(file, st.size, ctx.signal)) !== t.sha256) return null
     return { from, attrs: st, stage: (tmp) => copyBytes(file, tmp) }
   }
-  const active = await local(ACTIVE_COPY, path.join(src.backup.meta.source, t.rel))
+  const activeFile = path.join(src.backup.meta.source, t.rel)
+  const active = await local(ACTIVE_COPY, activeFile)
   if (active) yield active
-  else tried.push(`the active copy in ${src.backup.meta.source} ${(await lstatOrNull(path.join(src.backup.meta.source, t.rel)))?.isFile() ? 'does not hash to it' : 'is missing'}`)
+  else tried.push(`the active copy ${activeFile} ${(await lstatOrNull(activeFile))?.isFile() ? 'differs' : 'is missing'}`)
   for (const other of src.others) {
     const copy = await local(other.name, path.join(other.dir, DATA, t.rel))
     if (copy) yield copy
   }
   tried.push(src.others.length ? `no other local backup holds a separate good copy` : 'there is no other local backup')
   const r = src.remote
-  if (!r) return void tried.push('BACKUP_REMOTE is not set')
+  if (!r) {
+    tried.push('BACKUP_REMOTE is not set')
+    return
+  }
   if (!src.remoteStore) {
     try {
       const store = sshStore(ctx, r)
@@ -163,7 +167,10 @@ async function* goodCopies(src: Sources, t: Target, tried: string[]): AsyncGener
       ctx.warn(`BACKUP_REMOTE cannot give good copies: ${(err as Error).message}`)
     }
   }
-  if ('error' in src.remoteStore) return void tried.push(`BACKUP_REMOTE: ${src.remoteStore.error}`)
+  if ('error' in src.remoteStore) {
+    tried.push(`BACKUP_REMOTE: ${src.remoteStore.error}`)
+    return
+  }
   const { store, contents } = src.remoteStore
   // The same backup sent there first: the likeliest to hold this very file.
   const candidates = [...contents.complete].reverse().sort((a, b) => Number(b.name === src.backup.name) - Number(a.name === src.backup.name))

@@ -2,11 +2,12 @@
 // rotten one, from a copy that hashes as the manifest says, never written in place.
 import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { backUp, setUpServer, storeOf, writeFile } from '../backup-helpers.ts'
 import { citadel, citadelJson, snapshot, type Roots } from '../helpers.ts'
+import { sshdMissing, startSshd } from '../ssh-helpers.ts'
 
 const GOOD = 'the weights as they should be '.repeat(100)
 const sha256 = (content: string | Buffer) => createHash('sha256').update(content).digest('hex')
@@ -111,8 +112,7 @@ describe('backup verify --repair', () => {
     expect(result.code).toBe(2)
     const task = result.doc.tasks[0]
     expect(task.status).toBe('failed')
-    expect(task.msg).toContain('1 problem: m/a.bin: mismatch; could not heal m/a.bin (no good copy anywhere: the active copy in')
-    expect(task.msg).toContain('does not hash to it; no other local backup holds a separate good copy; BACKUP_REMOTE is not set)')
+    expect(task.msg).toContain(`1 problem: m/a.bin: mismatch; could not heal m/a.bin (no good copy anywhere: the active copy ${path.join(roots.active, 'm', 'a.bin')} differs; no other local backup holds a separate good copy; BACKUP_REMOTE is not set)`)
     expect(task.data.repair).toEqual({ healed: [], unhealed: [{ path: 'm/a.bin', why: expect.stringMatching(/^no good copy anywhere: /) }], leftovers: [] })
     expect(task.changes).toEqual([])
     expect(dataOf(roots, names)).toEqual(before)
@@ -164,5 +164,34 @@ describe('backup verify --repair', () => {
     const result = await citadel(['backup', 'verify', '--remote', '--repair'], roots.env)
     expect(result.code).toBe(4)
     expect(result.stderr).toBe('citadel: --repair is not valid here: not with --remote: only a backup on the backup disk can be healed; verify it with --remote, heal the local one\n')
+  })
+})
+
+describe.skipIf(sshdMissing)('backup verify --repair with BACKUP_REMOTE', () => {
+  it('fetches a good copy from the remote backup when no local one is left, hashing it here before use', async () => {
+    const roots = await setUpServer()
+    const remoteDir = path.join(roots.base, 'remote')
+    mkdirSync(remoteDir)
+    Object.assign(roots.env, (await startSshd(remoteDir)).env)
+    const names = await sharedChain(roots)
+    const sent = await citadelJson(['backup', 'create', '--remote', names[0]!], roots.env)
+    expect(sent.code, sent.stdout + sent.stderr).toBe(0)
+    writeFile(path.join(roots.active, 'm', 'a.bin'), 'weights retrained since')
+    const rotten = statSync(fileOf(roots, names[0]!))
+    rot(fileOf(roots, names[0]!))
+    const remoteCopy = snapshot(path.join(remoteDir, 'models', names[0]!))
+
+    const healed = await citadelJson(['backup', 'verify', names[1]!, '--repair', '--sample', '1'], roots.env)
+    expect(healed.code, healed.stdout + healed.stderr).toBe(0)
+    const task = healed.doc.tasks[0]
+    expect(task.msg).toMatch(new RegExp(`: 1 problem found; healed 1 file in 3 backups from [^ ]+:${names[0]}$`))
+    for (const name of names) expect(sha256sumCheck(roots, name).status, name).toBe(0)
+    const now = statSync(fileOf(roots, names[0]!))
+    expect(new Set(names.map((n) => statSync(fileOf(roots, n)).ino))).toEqual(new Set([now.ino]))
+    expect(now.ino).not.toBe(rotten.ino)
+    expect([now.mode, now.uid, Math.round(now.mtimeMs)]).toEqual([rotten.mode, rotten.uid, Math.round(rotten.mtimeMs)])
+    // Nothing of the fetch is left beside the file, and the remote copy is as it was.
+    expect(readdirSync(path.dirname(fileOf(roots, names[0]!))).sort()).toEqual(['a.bin', 'b.bin'])
+    expect(snapshot(path.join(remoteDir, 'models', names[0]!))).toEqual(remoteCopy)
   })
 })
