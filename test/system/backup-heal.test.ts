@@ -2,7 +2,7 @@
 // rotten one, from a copy that hashes as the manifest says, never written in place.
 import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, utimesSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { backUp, setUpServer, storeOf, writeFile } from '../backup-helpers.ts'
@@ -119,6 +119,19 @@ describe('backup verify --repair', () => {
     const record = readJson(path.join(backupDir(roots, names[2]!), 'backup.json')).verifications.at(-1)
     expect(record.ok).toBe(false)
     expect(record.healed).toBeUndefined()
+  })
+
+  it('puts back a file missing from a backup, by a link that never replaces anything', async () => {
+    const roots = await setUpServer()
+    const names = await sharedChain(roots)
+    const gone = fileOf(roots, names[2]!, 'm/b.bin')
+    rmSync(gone)
+    const result = await citadelJson(['backup', 'verify', '--repair', '--sample', '1'], roots.env)
+    expect(result.code, result.stdout + result.stderr).toBe(0)
+    expect(result.doc.tasks[0].msg).toMatch(/: 1 problem found; healed 1 file in 1 backup from the active models$/)
+    expect(result.doc.tasks[0].data.verification.problems).toMatchObject([{ kind: 'missing', path: 'm/b.bin' }])
+    expect(sha256sumCheck(roots, names[2]!).status).toBe(0)
+    expect(statSync(gone).mode).toBe(statSync(fileOf(roots, names[0]!, 'm/b.bin')).mode)
   })
 
   it('--check names what it would heal and leaves the store byte for byte as it was', async () => {
