@@ -40,7 +40,7 @@ export interface Repair {
   leftovers: string[]
 }
 
-export const ACTIVE_COPY = 'the active models'
+const ACTIVE_COPY = 'the active models'
 
 /**
  * Removes what an interrupted repair left in the data/ at `data` (a listing of it may be given): staged
