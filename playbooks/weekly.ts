@@ -1,7 +1,7 @@
-// Weekly: a full backup of the active models, a verification of a sample of it, the verified backup sent
-// off the host when BACKUP_REMOTE is set (and a sample of the remote copy verified there), old backups gone
-// on both sides, the model disk's I/O measured so a slowing disk shows up week over week, and a fresh health
-// report.
+// Weekly: a full backup of the active models, a verification of a sample of it that heals what rotted on
+// the backup disk, the verified backup sent off the host when BACKUP_REMOTE is set (and a sample of the
+// remote copy verified there), old backups gone on both sides, the model disk's I/O measured so a slowing
+// disk shows up week over week, and a fresh health report.
 import backupCleanup from '../tasks/backup-cleanup.ts'
 import backupCreate from '../tasks/backup-create.ts'
 import backupVerify from '../tasks/backup-verify.ts'
@@ -18,7 +18,8 @@ export default definePlaybook({
   onFailure: 'continue',
   tasks: [
     { task: backupCreate, args: { type: 'full' } },
-    { task: backupVerify, needs: [backupCreate] },
+    // Heals what rotted on the backup disk before the backup is sent on.
+    { task: backupVerify, args: { repair: true }, needs: [backupCreate] },
     { task: backupCreate, name: 'remote-backup-create', when: remoteSet, tags: ['remote'], needs: [backupVerify] },
     { task: backupVerify, name: 'remote-backup-verify', when: remoteSet, tags: ['remote'], needs: ['remote-backup-create'] },
     backupCleanup,

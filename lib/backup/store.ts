@@ -40,6 +40,8 @@ export interface Verification {
   problems: VerifyProblem[]
   /** Files whose first hash disagreed and whose second agreed with the manifest: a read error, not corruption. */
   transient: string[]
+  /** Files of `problems` that backup verify --repair replaced with a good copy, and where it came from; absent when none. */
+  healed?: { path: string; from: string }[]
 }
 
 export interface BackupMeta {

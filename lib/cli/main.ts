@@ -46,7 +46,7 @@ Usage:
   citadel run PLAYBOOK [options]   run a playbook (an ordered list of tasks)
   citadel task TASK [options]      run one task
   citadel backup create [SRC] [--type full|incremental]
-  citadel backup verify [BACKUP] [--sample RATE] [--seed N]
+  citadel backup verify [BACKUP] [--sample RATE] [--seed N] [--repair]
   citadel backup cleanup [DAYS]
   citadel backup status            the backup tasks, by their own names (see citadel help backup)
   citadel backup restore [BACKUP] [--model ALIAS ...] [--path REL ...] [--to DIR] [--drill]
@@ -121,6 +121,8 @@ Exit: 0 started, or a monitor already runs; 2 systemctl start failed (see journa
 
 Each is the task backup-NAME (citadel help backup-create, say): the same lock, log and report as a playbook.
 Backups live in <backup root>/models/backup_<UTC date>_<time>_<full|incremental>/; latest points at the newest.
+verify --repair heals each bad file it finds from a copy that hashes as the manifest says (the active
+models, another backup's separate copy, BACKUP_REMOTE), in every backup that shares its inode.
 
 With --remote each works on BACKUP_REMOTE ([user@]host:/path) over ssh instead (also the task
 remote-backup-NAME): create sends a local backup (latest, or BACKUP) there, hard-linked to the newest

@@ -19,6 +19,8 @@ export const CHANGE_ACTIONS = {
   'point latest': 'the latest link of a backup store was moved to the newest backup',
   'remove backup': 'a complete backup past retention was removed (renamed to .partial first)',
   'remove interrupted backup': 'a partial copy an interrupted create or cleanup left behind was removed',
+  'heal backup file': 'a file of a backup that verify found rotten, missing or unreadable was replaced, by rename, with a copy that hashes to its manifest entry (from the active models, another backup or BACKUP_REMOTE); every backup sharing the rotten inode gets the same good one; before says what was wrong, after where the good bytes came from',
+  'remove interrupted heal': 'a temporary file or directory an interrupted backup verify --repair left beside a backup file was removed',
   'send backup': 'a local backup was copied to the off-host store',
   'restore model': 'a model directory (or another top-level entry of a backup) was restored: built and verified beside the target, then renamed into place',
   'archive replaced model': 'what stood where a restore put a model directory was renamed to <models root>/archive/<name>.replaced-<time>, never deleted',

@@ -107,5 +107,7 @@ export function parseTaskArgs<S extends ArgsSchema>(schema: S, raw: RawArgs): { 
   // A preset field is no option of the command line: named as the playbook step gives it.
   const shown = field ? nameOf(field) : name
   if (value === undefined) return { problem: `${shown} is missing: ${expected}` }
+  // A flag that is set has no value worth quoting: what is wrong is that it is there.
+  if (field?.flag && value === true) return { problem: `${shown} is not valid here: ${expected}` }
   return { problem: `${shown} ${JSON.stringify(value)} is not valid: ${expected}` }
 }

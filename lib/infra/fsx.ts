@@ -96,6 +96,9 @@ export function tempSibling(p: string, purpose = 'tmp'): string {
   return path.join(path.dirname(p), `.${path.basename(p)}.citadel-${purpose}-${process.pid}-${randomBytes(4).toString('hex')}`)
 }
 
+/** Whether `name` is one a tempSibling(_, purpose) call made: a killed process's leftover when no process writes it. */
+export const isTempSiblingName = (name: string, purpose: string) => name.startsWith('.') && new RegExp(`\\.citadel-${purpose}-\\d+-[0-9a-f]{8}$`).test(name)
+
 /**
  * Removes what a killed process left of tempSibling(p, purpose): only entries of that exact name
  * pattern and of the kind the purpose creates (links for 'link', files for 'write').

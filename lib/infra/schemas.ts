@@ -22,6 +22,8 @@ const verification = z.object({
   ok: z.boolean(),
   problems: z.array(problem),
   transient: z.array(z.string()).describe('files whose first hash disagreed and second agreed: read errors, not corruption'),
+  healed: z.array(z.object({ path: z.string(), from: z.string() })).optional()
+    .describe('files of problems that --repair replaced with a copy hashing as the manifest says, and where it came from (the active models, a backup, host:backup)'),
 })
 
 const restoreRecord = z.object({
