@@ -17,6 +17,8 @@ export const sshdMissing: string | null =
 
 export interface Sshd {
   port: number
+  /** How many times a client has logged in so far. */
+  logins(): number
   /** The settings that reach this sshd; BACKUP_REMOTE points at `remoteDir`. */
   env: Record<string, string>
 }
@@ -67,6 +69,7 @@ export async function startSshd(remoteDir: string): Promise<Sshd> {
   })
   return {
     port,
+    logins: () => log.split('\n').filter((line) => line.includes('Accepted publickey')).length,
     env: {
       BACKUP_REMOTE: `root@127.0.0.1:${remoteDir}`,
       BACKUP_SSH_PORT: String(port),

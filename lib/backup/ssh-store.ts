@@ -13,6 +13,8 @@ import { shellQuote } from '../infra/quote.ts'
 import { decodeName } from '../infra/fsx.ts'
 import { DIES_WITH_CITADEL } from '../infra/shell.ts'
 import { manifestBytes, parseManifest, unescapeName } from './manifest.ts'
+import { shareConnectionsUnder, startMaster, viaMaster } from './ssh-connection.ts'
+import { stateDir } from '../infra/layout.ts'
 
 /** ssh's own exit status for "could not connect or authenticate"; a remote command's status is its own. */
 const SSH_FAILED = 255
@@ -29,12 +31,21 @@ export const remoteLabel = (r: RemoteSettings) => `${remoteHost(r)}:${remoteStor
 // ssh expands %-tokens in file options and splits them at spaces unless quoted.
 const sshFileOption = (name: string, file: string) => `${name}="${file.replaceAll('%', '%%')}"`
 
+/** Seconds ssh waits for the host to answer. */
+const CONNECT_TIMEOUT_S = 15
+
+/** The run's shared connection to this store's host is keyed by whom it logs in as, where. */
+const connectionKey = (r: RemoteSettings) => `${remoteHost(r)}:${r.port}`
+
+/** ssh's options, through the run's shared connection once it is up (ssh-connection.ts). */
+const sshOptions = (r: RemoteSettings): string[] => [...ownOptions(r), ...viaMaster(connectionKey(r))]
+
 /** ssh's options: never a password prompt, a bounded wait for the host, a dead link noticed in a minute. */
-function sshOptions(r: RemoteSettings): string[] {
+function ownOptions(r: RemoteSettings): string[] {
   return [
     '-p', String(r.port),
     '-o', 'BatchMode=yes',
-    '-o', 'ConnectTimeout=15',
+    '-o', `ConnectTimeout=${CONNECT_TIMEOUT_S}`,
     '-o', 'ServerAliveInterval=15',
     '-o', 'ServerAliveCountMax=4',
     '-o', `StrictHostKeyChecking=${r.strictHostKeyChecking}`,
@@ -57,6 +68,8 @@ interface RemoteOutput { exitCode: number; stdout: string; stderr: string }
  * stdout holds file names, which are bytes: it is decoded as they are (decodeName), line by line for onLine.
  */
 async function runRemote($: Shell, r: RemoteSettings, script: string, args: string[], opts: { input?: string | Buffer; signal?: AbortSignal; onLine?: (line: string) => void } = {}): Promise<RemoteOutput> {
+  const unreachable = await startMaster(connectionKey(r), ownOptions(r), remoteHost(r), CONNECT_TIMEOUT_S)
+  if (unreachable) throw new Error(`cannot reach the remote backup host ${remoteHost(r)} on port ${r.port}: ${unreachable}`)
   const command = ['sh', '-c', script, 'citadel', ...args].map(shellQuote).join(' ')
   const run = $({ input: opts.input ?? '', signal: opts.signal, nothrow: true })`${DIES_WITH_CITADEL} ssh ${sshOptions(r)} -- ${remoteHost(r)} ${command}`
   // Collected here as bytes: zx's own stdout is already decoded as UTF-8.
@@ -247,6 +260,11 @@ exec sha256sum -c --strict -`
 /** The store BACKUP_REMOTE names, over ssh; `ctx` gives the shell and the signal that stops a long step. */
 export function sshStore(ctx: TaskContext, r: RemoteSettings): BackupStore {
   const { $, signal } = ctx
+  try {
+    shareConnectionsUnder(stateDir(ctx.settings))
+  } catch {
+    // Without a place for the socket each command connects on its own, as it would without sharing.
+  }
   const host = remoteHost(r)
   const label = remoteLabel(r)
   const run = async (script: string, args: string[], what: string, opts: Parameters<typeof runRemote>[4] = {}) => {
