@@ -84,6 +84,7 @@ const BAD: [string, string, string][] = [
   ['BACKUP_RETENTION_DAYS', '1.5', 'whole number'],
   ['BACKUP_VERIFY_SAMPLE_RATE', '0', 'ratio'],
   ['BACKUP_KEEP_MIN', '0', 'whole number'],
+  ['BACKUP_DRILL_MAX_AGE_DAYS', 'monthly', 'whole number of days'],
   ['BACKUP_REMOTE', 'nas', '[user@]host:/absolute/path'],
   ['BACKUP_REMOTE', 'nas:relative/dir', '[user@]host:/absolute/path'],
   ['BACKUP_REMOTE', '-oProxyCommand=touch:/x', '[user@]host:/absolute/path'],
