@@ -1,6 +1,7 @@
 // The state of a backup store as one plain object: every complete backup with its age, size, the bytes
-// only it holds and its last verification, the space left on the store's disk, and what needs attention;
-// and how far the newest backup of a chain can be trusted, in the words status and monitoring share.
+// only it holds and its last verification, the space left on the store's disk, the last restore and drill,
+// and what needs attention; and how far the newest backup of a chain can be trusted and whether it has been
+// drilled recently enough, in the words status and monitoring share.
 import path from 'node:path'
 import { z } from 'zod'
 import { byClock, chainOf, isEmptyBackup, type Backup, type BackupStore, type BackupType, type Disk, type StoreContents } from './store.ts'
@@ -178,7 +179,7 @@ export function lastRestores(backups: Backup[], now: Date): LastRestores {
   return { restore: last(false), drill: last(true) }
 }
 
-/** One restore for a status line: "2d 3h ago from NAME: mixtral-8x7b-instruct into DIR, 1.2 GB copied in 3m 2s". */
+/** One restore for a status line: "2d 3h ago from NAME: mixtral-8x7b-instruct into DIR, 86.9 GiB copied in 7m 41s". */
 export function restoreText(r: RestoreSummary | null, drill: boolean): string {
   if (!r) return 'never'
   const into = drill ? '' : ` into ${r.to}`
