@@ -1,9 +1,12 @@
 // Weekly: a full backup of the active models, a verification of a sample of it that heals what rotted on
-// the backup disk, the verified backup sent off the host when BACKUP_REMOTE is set (and a sample of the
-// remote copy verified there), old backups gone on both sides, the model disk's I/O measured so a slowing
-// disk shows up week over week, and a fresh health report.
+// the backup disk, a restore drill of one model (the one drilled longest ago, so drills rotate through the
+// models: it proves the backup comes back, not only that its bytes hash right), the verified backup sent off
+// the host when BACKUP_REMOTE is set (and a sample of the remote copy verified there), old backups gone on
+// both sides, the model disk's I/O measured so a slowing disk shows up week over week, and a fresh health
+// report.
 import backupCleanup from '../tasks/backup-cleanup.ts'
 import backupCreate from '../tasks/backup-create.ts'
+import backupRestore from '../tasks/backup-restore.ts'
 import backupVerify from '../tasks/backup-verify.ts'
 import checkPerf from '../tasks/check-perf.ts'
 import healthReport from '../tasks/health-report.ts'
@@ -13,13 +16,14 @@ const remoteSet: When = { test: (s) => s.backup.remote !== undefined, otherwise:
 
 export default definePlaybook({
   name: 'weekly',
-  description: 'Full backup of the active models, verify a sample, send it to BACKUP_REMOTE and verify there, remove backups past retention, measure disk I/O, write the health report',
+  description: 'Full backup of the active models, verify a sample, drill a restore of one model, send it to BACKUP_REMOTE and verify there, remove backups past retention, measure disk I/O, write the health report',
   // A failed backup stops only what builds on it: cleanup and the I/O measure still run.
   onFailure: 'continue',
   tasks: [
     { task: backupCreate, args: { type: 'full' } },
     // Heals what rotted on the backup disk before the backup is sent on.
     { task: backupVerify, args: { repair: true }, needs: [backupCreate] },
+    { task: backupRestore, args: { drill: true }, needs: [backupVerify] },
     { task: backupCreate, name: 'remote-backup-create', when: remoteSet, tags: ['remote'], needs: [backupVerify] },
     { task: backupVerify, name: 'remote-backup-verify', when: remoteSet, tags: ['remote'], needs: ['remote-backup-create'] },
     backupCleanup,

@@ -5,7 +5,7 @@ import type { Settings } from '../infra/config.ts'
 import { problemSchema, type Problem } from '../core/problems.ts'
 import { duration } from '../infra/format.ts'
 import { backupsDir, scanStore, storeMissing } from './local-store.ts'
-import { backupTypeSchema, noBackup, overdue, verificationState, type VerificationState } from './status.ts'
+import { backupTypeSchema, drillProblem, lastRestores, lastRestoresSchema, noBackup, overdue, restoreText, verificationState, type LastRestores, type VerificationState } from './status.ts'
 import { chainOf, latestDamaged, type BackupType } from './store.ts'
 
 export interface BackupHealth {
@@ -17,6 +17,8 @@ export interface BackupHealth {
   latest: string | null
   /** The newest backup of the active models and how far it can be trusted (see verificationState). */
   verification: VerificationState | null
+  /** The last successful restore and drill from any complete backup of the store. */
+  restores: LastRestores
   problems: Problem[]
 }
 
@@ -36,17 +38,21 @@ export const backupHealthSchema = z.strictObject({
     .describe('the most recent verification of any complete backup'),
   latest: z.string().nullable(),
   verification: verificationStateSchema.nullable().describe('the newest backup of the active models and how far it can be trusted'),
+  restores: lastRestoresSchema,
   problems: z.array(problemSchema),
 }) satisfies z.ZodType<BackupHealth>
 
 /** The backup line of `status`, in the words of verificationState. */
 export const backupLine = (h: BackupHealth) => h.newest && h.verification ? `${h.newest.name}, ${h.newest.age} old; ${h.verification.text}` : 'no complete backup'
 
+/** The restore line of `status`: the last drill, and the last restore. */
+export const restoreLine = (h: BackupHealth) => `last drill ${restoreText(h.restores.drill, true)}; last restore ${restoreText(h.restores.restore, false)}`
+
 export async function backupHealth(settings: Settings, now = new Date()): Promise<BackupHealth> {
   const root = backupsDir(settings)
   const problem = (severity: Problem['severity'], what: string, message: string): Problem => ({ check: 'backups', severity, key: `backups:${what}`, message })
   const missing = await storeMissing(settings)
-  if (missing) return { store: root, complete: 0, newest: null, last_verification: null, latest: null, verification: null, problems: [problem('critical', 'none', missing)] }
+  if (missing) return { store: root, complete: 0, newest: null, last_verification: null, latest: null, verification: null, restores: { restore: null, drill: null }, problems: [problem('critical', 'none', missing)] }
   const store = await scanStore(settings)
   const chain = chainOf(store, settings.modelsActive)
   const newest = chain.at(-1)
@@ -61,6 +67,8 @@ export async function backupHealth(settings: Settings, now = new Date()): Promis
   const late = newest && overdue(chain, now)
   if (late) problems.push(problem('warning', 'overdue', late))
   if (verification?.problem) problems.push(problem('warning', 'verification', verification.problem))
+  const undrilled = drillProblem(chain, now, settings.backup.drillMaxAgeDays)
+  if (undrilled) problems.push(problem('warning', 'drill', undrilled))
   return {
     store: root,
     complete: store.complete.length,
@@ -68,6 +76,7 @@ export async function backupHealth(settings: Settings, now = new Date()): Promis
     last_verification: last ? { backup: last.backup, at: last.v.at, age_seconds: Math.floor((now.getTime() - Date.parse(last.v.at)) / 1000), ok: last.v.ok, problems: last.v.problems.length } : null,
     latest: store.latest,
     verification,
+    restores: lastRestores(store.complete, now),
     problems,
   }
 }

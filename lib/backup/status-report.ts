@@ -1,8 +1,8 @@
-// How backup status is reported: the warnings, a table of the backups, the totals and the space left, and
-// the status itself as the task's data. The same for every store.
+// How backup status is reported: the warnings, a table of the backups, the totals and the space left, the
+// last restore and drill, and the status itself as the task's data. The same for every store.
 import type { TaskContext, TaskResult } from '../core/task.ts'
 import { bytes, count, duration, table } from '../infra/format.ts'
-import type { BackupStatus, BackupSummary } from './status.ts'
+import { restoreText, type BackupStatus, type BackupSummary } from './status.ts'
 
 function verified(b: BackupSummary, now: Date): string {
   const v = b.last_verification
@@ -20,6 +20,7 @@ export function showStatus(ctx: TaskContext, status: BackupStatus, now: Date, di
     ]))
   const space = `${bytes(disk.free_bytes)} free of ${bytes(disk.total_bytes)}`
   ctx.detail(`total: ${count(totals.backups, 'backup')}, ${bytes(totals.bytes)} (${bytes(totals.bytes_on_disk)} on disk); ${diskName}: ${space}`)
+  ctx.detail(`last restore: ${restoreText(status.restores.restore, false)}`, `last drill: ${restoreText(status.restores.drill, true)}`)
   const newest = backups.at(-1)
   const headline = newest ? `${count(backups.length, 'backup')}, newest ${newest.age} old` : 'no complete backup'
   const warned = status.warnings.length ? `; ${count(status.warnings.length, 'warning')}` : ''

@@ -1,10 +1,11 @@
 // The state of a backup store as one plain object: every complete backup with its age, size, the bytes
-// only it holds and its last verification, the space left on the store's disk, and what needs attention;
-// and how far the newest backup of a chain can be trusted, in the words status and monitoring share.
+// only it holds and its last verification, the space left on the store's disk, the last restore and drill,
+// and what needs attention; and how far the newest backup of a chain can be trusted and whether it has been
+// drilled recently enough, in the words status and monitoring share.
 import path from 'node:path'
 import { z } from 'zod'
 import { byClock, chainOf, isEmptyBackup, type Backup, type BackupStore, type BackupType, type Disk, type StoreContents } from './store.ts'
-import { count, DAY_MS, duration } from '../infra/format.ts'
+import { bytes, count, DAY_MS, duration, summarize } from '../infra/format.ts'
 
 // The retention rule lives in retention.ts and the day in format.ts; the backup tests read both from here.
 export { retentionVerdicts } from './retention.ts'
@@ -31,6 +32,23 @@ export interface BackupSummary {
   latest: boolean
 }
 
+/** A successful restore or drill as status and monitoring show it, with the backup it came from. */
+export interface RestoreSummary {
+  backup: string
+  at: string
+  age: string
+  age_seconds: number
+  what: string[]
+  to: string
+  bytes_copied: number
+  bytes_reused: number
+  files_verified: number
+  duration_ms: number
+}
+
+/** The last successful restore into place (or --to) and the last successful drill, each null until there is one. */
+export interface LastRestores { restore: RestoreSummary | null; drill: RestoreSummary | null }
+
 export interface BackupStatus {
   store: string
   /** Oldest first. */
@@ -41,6 +59,7 @@ export interface BackupStatus {
   latest: string | null
   partials: string[]
   damaged: { name: string; reason: string }[]
+  restores: LastRestores
   warnings: string[]
 }
 
@@ -61,6 +80,24 @@ const backupSummarySchema = z.strictObject({
   latest: z.boolean(),
 }) satisfies z.ZodType<BackupSummary>
 
+const restoreSummarySchema = z.strictObject({
+  backup: z.string().describe('the backup restored from'),
+  at: z.iso.datetime().describe('when the restore started'),
+  age: z.string().describe('for people: "4h 12m"'),
+  age_seconds: z.number().int(),
+  what: z.array(z.string()).describe('the model directories restored, or the paths under data/ given with --path'),
+  to: z.string().describe("the directory restored into (a drill's scratch directory is gone again)"),
+  bytes_copied: nonNegative,
+  bytes_reused: nonNegative.describe('bytes already right in place, hard-linked rather than copied'),
+  files_verified: nonNegative,
+  duration_ms: nonNegative,
+}) satisfies z.ZodType<RestoreSummary>
+
+export const lastRestoresSchema = z.strictObject({
+  restore: restoreSummarySchema.nullable().describe('the last successful restore (not a drill) from any complete backup of the store'),
+  drill: restoreSummarySchema.nullable().describe('the last successful restore drill (backup restore --drill) from any complete backup of the store'),
+}) satisfies z.ZodType<LastRestores>
+
 /** What backup status (local or --remote) reports as its task's data. */
 export const backupStatusSchema = z.strictObject({
   store: z.string(),
@@ -70,6 +107,7 @@ export const backupStatusSchema = z.strictObject({
   latest: z.string().nullable().describe('the backup the latest link points at'),
   partials: z.array(z.string()).describe('partial copies interrupted creates left; cleanup removes them'),
   damaged: z.array(z.strictObject({ name: z.string(), reason: z.string() })).describe('backups whose backup.json cannot be read: never counted, never removed'),
+  restores: lastRestoresSchema,
   warnings: z.array(z.string()),
 }) satisfies z.ZodType<BackupStatus>
 
@@ -123,6 +161,44 @@ export function verificationState(chain: Backup[], now: Date): VerificationState
   if (now.getTime() - since <= OVERDUE_DAYS * DAY_MS) return state(`not verified yet${earlier ? `; ${earlier.name} verified ok ${ago(since)}` : ''}`, null)
   const why = earlier ? `; the last verification, of ${earlier.name}, passed ${ago(since)}` : `, nor any backup of ${newest.meta.source} since ${chain[0]!.name}, made ${ago(since)}`
   return state(`never verified${why} (more than ${OVERDUE_DAYS} days)`, `the newest backup, ${newest.name}, was never verified${why} (more than ${OVERDUE_DAYS} days)`)
+}
+
+const successes = (backups: Backup[], drill: boolean) =>
+  backups.flatMap((b) => (b.meta.restores ?? []).filter((r) => r.ok && r.drill === drill).map((r) => ({ backup: b, r })))
+    .sort((x, y) => Date.parse(x.r.at) - Date.parse(y.r.at))
+
+/** The last successful restore and drill recorded in any of `backups`. */
+export function lastRestores(backups: Backup[], now: Date): LastRestores {
+  const last = (drill: boolean): RestoreSummary | null => {
+    const found = successes(backups, drill).at(-1)
+    if (!found) return null
+    const { backup, r } = found
+    const ageMs = now.getTime() - Date.parse(r.at)
+    return { backup: backup.name, at: r.at, age: duration(ageMs), age_seconds: Math.floor(ageMs / 1000), what: r.what, to: r.to, bytes_copied: r.bytes_copied, bytes_reused: r.bytes_reused, files_verified: r.files_verified, duration_ms: r.duration_ms }
+  }
+  return { restore: last(false), drill: last(true) }
+}
+
+/** One restore for a status line: "2d 3h ago from NAME: mixtral-8x7b-instruct into DIR, 86.9 GiB copied in 7m 41s". */
+export function restoreText(r: RestoreSummary | null, drill: boolean): string {
+  if (!r) return 'never'
+  const into = drill ? '' : ` into ${r.to}`
+  return `${r.age} ago from ${r.backup}: ${summarize(r.what)}${into}, ${bytes(r.bytes_copied)} copied${r.bytes_reused ? ` (${bytes(r.bytes_reused)} already good)` : ''} in ${duration(r.duration_ms, { seconds: true })}`
+}
+
+/**
+ * Why the backups of a chain count as undrilled, or null: a successful drill of one of them within
+ * `maxAgeDays`, or a chain younger than that, is enough; 0 days turns the judgement off. Only the chain's
+ * own drills count: a drill of another source sharing the store proves nothing about these backups.
+ */
+export function drillProblem(chain: Backup[], now: Date, maxAgeDays: number): string | null {
+  if (maxAgeDays === 0 || !chain.length) return null
+  const last = successes(chain, true).at(-1)
+  const since = last ? Date.parse(last.r.at) : chain[0]!.created.getTime()
+  if (now.getTime() - since <= maxAgeDays * DAY_MS) return null
+  const source = chain[0]!.meta.source
+  const why = last ? `the last, from ${last.backup.name}, was ${duration(now.getTime() - since)} ago` : `none since ${chain[0]!.name}, made ${duration(now.getTime() - since)} ago`
+  return `no restore drill of the backups of ${source} succeeded within BACKUP_DRILL_MAX_AGE_DAYS=${maxAgeDays} days (${why}): run citadel backup restore --drill`
 }
 
 /** Why the store has no backup of the active models: none at all, or only of other sources. */
@@ -179,6 +255,7 @@ function summarizeStore(root: string, store: StoreContents, now: Date, disk: Dis
     latest: store.latest,
     partials: store.partials.map((p) => path.basename(p)),
     damaged: store.damaged,
+    restores: lastRestores(store.complete, now),
     warnings: storeWarnings(root, store, now, active),
   }
 }

@@ -2,7 +2,7 @@
 // morning glance). Both only look: no lock, nothing written, so they run beside a backup or the monitor.
 import { PLUGIN_EXIT, START_EXIT } from '../core/exit.ts'
 import path from 'node:path'
-import { backupLine } from '../backup/health.ts'
+import { backupLine, restoreLine } from '../backup/health.ts'
 import type { Settings } from '../infra/config.ts'
 import { collectHealth, type HealthReport, type SmartSnapshot } from '../health/health.ts'
 import { healthDir } from '../infra/layout.ts'
@@ -71,6 +71,7 @@ export async function status(settings: Settings, json: boolean): Promise<number>
   out.push(`links    ${report.symlinks.length - failing.length - waiting.length} ok${waiting.length ? `, ${waiting.length} without their model directory` : ''}${failing.length ? `, ${failing.length} FAILING` : ''}`)
   for (const l of failing) out.push(`         ${l.path}: ${l.verdict} (${l.reason})`)
   out.push(`backup   ${backupLine(report.backups)}`)
+  out.push(`restore  ${restoreLine(report.backups)}`)
   const disks = report.smart.map((d) => `${d.device} ${d.verdict}${d.temperature_celsius !== null ? ` ${d.temperature_celsius}°C` : ''}${d.verdict === 'healthy' ? '' : ` (${d.reasons[0] ?? ''})`}`)
   out.push(`smart    ${disks.length ? disks.join(', ') : 'no disk to read'}${smart ? ` (monitor, ${ago(smart.read_at)})` : ''}`)
   for (const note of report.notes) out.push(`         ${note}`)

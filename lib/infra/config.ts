@@ -124,6 +124,7 @@ export const SETTINGS = {
   BACKUP_VERIFY_SAMPLE_RATE: setting('0.1', 'Share of backup bytes (and files) whose hashes each verify run checks; backup verify --sample overrides it', ratio('0.1')),
   BACKUP_KEEP_MIN: setting('3', 'Complete backups of each source cleanup always keeps, whatever their age (an empty backup does not count)', wholeNumber(1, '3')),
   BACKUP_MAX_SHRINK: setting('0.5', 'Share by which the file count or bytes of a source may fall since its previous backup before backup create refuses (an unmounted disk looks like an emptied one); --force makes it anyway', ratio('0.5')),
+  BACKUP_DRILL_MAX_AGE_DAYS: setting('35', 'Days the backups of the active models may go without a successful restore drill (backup restore --drill, run by the weekly playbook) before health-check warns; 0 = no warning', wholeNumber(0, '35', 'days')),
   BACKUP_STORE_LOCK_WAIT: setting('1800', 'Seconds backup create and cleanup wait for another app root\'s run to finish with a shared backup store before they fail', wholeNumber(0, '1800')),
   BACKUP_REMOTE: setting(undefined, 'Off-host backup store as [user@]host:/absolute/path, reached with rsync over ssh; empty = none', remote),
   BACKUP_SSH_PORT: setting('22', 'ssh port of the remote backup host', wholeNumber(1, '22').refine((n) => n <= 65535, 'expected a port from 1 to 65535')),
@@ -163,7 +164,16 @@ export interface Settings {
     alertCommand?: string
     prometheusFile: string
   }
-  backup: { retentionDays: number; verifySampleRate: number; keepMin: number; maxShrink: number; storeLockWait: number; remote?: RemoteSettings }
+  backup: {
+    retentionDays: number
+    verifySampleRate: number
+    keepMin: number
+    maxShrink: number
+    /** Days without a successful drill before health-check warns; 0 = never. */
+    drillMaxAgeDays: number
+    storeLockWait: number
+    remote?: RemoteSettings
+  }
   systemd: { dir: string; dailySchedule: string; weeklySchedule: string; randomDelay: number }
   /** Where each setting came from, for messages: env, the .env file's path, or default. */
   sources: Record<string, string>
@@ -309,6 +319,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
       verifySampleRate: r.BACKUP_VERIFY_SAMPLE_RATE,
       keepMin: r.BACKUP_KEEP_MIN,
       maxShrink: r.BACKUP_MAX_SHRINK,
+      drillMaxAgeDays: r.BACKUP_DRILL_MAX_AGE_DAYS,
       storeLockWait: r.BACKUP_STORE_LOCK_WAIT,
       remote: r.BACKUP_REMOTE && {
         ...r.BACKUP_REMOTE,

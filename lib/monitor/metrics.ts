@@ -26,6 +26,7 @@ function render(families: Family[]): string {
 const SMART_VERDICTS = ['healthy', 'warning', 'failing', 'unavailable'] as const
 const LINK_VERDICTS = ['ok', 'missing', 'wrong-target', 'broken', 'not-a-link'] as const
 const seconds = (iso: string) => Date.parse(iso) / 1000
+type RestoreSummary = NonNullable<HealthReport['backups']['restores']['drill']>
 
 export interface MonitorFigures { cycle_seconds: number; alerts_total: number; repairs_total: number }
 
@@ -34,6 +35,8 @@ export function metricsText(report: HealthReport, monitor?: MonitorFigures): str
   const { backups } = report
   const smartNumber = (key: 'temperature_celsius' | 'power_on_hours' | 'nvme_percentage_used', scale: number) =>
     report.smart.filter((d) => d[key] !== null).map((d) => ({ labels: { device: d.device }, value: d[key]! * scale }))
+  // None yet: no sample, so an alert on the drill's age fires on absent() rather than on a made-up zero.
+  const restored = (r: RestoreSummary | null, value: (r: RestoreSummary) => number) => (r ? [{ labels: {}, value: value(r) }] : [])
   const perf = report.perf.results.flatMap((r) => Object.entries(r.jobs).map(([job, j]) => ({ r, job, j })))
   const families: Family[] = [
     gauge('citadel_health_severity', 'Verdict of each check and overall: 0 ok, 1 warning, 2 critical', [
@@ -57,6 +60,10 @@ export function metricsText(report: HealthReport, monitor?: MonitorFigures): str
     gauge('citadel_backup_newest_age_seconds', 'Age of the newest complete backup', backups.newest ? [{ labels: {}, value: backups.newest.age_seconds }] : []),
     gauge('citadel_backup_last_verification_timestamp_seconds', 'Time of the most recent backup verification (Unix time)', backups.last_verification ? [{ labels: {}, value: seconds(backups.last_verification.at) }] : []),
     gauge('citadel_backup_last_verification_success', 'Whether the most recent backup verification passed', backups.last_verification ? [{ labels: {}, value: backups.last_verification.ok ? 1 : 0 }] : []),
+    gauge('citadel_backup_last_drill_timestamp_seconds', 'When the last successful restore drill started (Unix time)', restored(backups.restores.drill, (r) => seconds(r.at))),
+    gauge('citadel_backup_last_drill_duration_seconds', 'How long the last successful restore drill took', restored(backups.restores.drill, (r) => r.duration_ms / 1000)),
+    gauge('citadel_backup_last_restore_timestamp_seconds', 'When the last successful restore (not a drill) started (Unix time)', restored(backups.restores.restore, (r) => seconds(r.at))),
+    gauge('citadel_backup_last_restore_duration_seconds', 'How long the last successful restore (not a drill) took', restored(backups.restores.restore, (r) => r.duration_ms / 1000)),
     gauge('citadel_perf_throughput_bytes_per_second', 'Throughput of the last fio run per job', perf.map(({ r, job, j }) => ({ labels: { path: r.path, job }, value: j.mb_s * 1e6 }))),
     gauge('citadel_perf_iops', 'I/O operations per second of the last fio run per job', perf.map(({ r, job, j }) => ({ labels: { path: r.path, job }, value: j.iops }))),
     gauge('citadel_perf_p99_latency_seconds', '99th percentile completion latency of the last fio run per job', perf.filter(({ j }) => j.p99_latency_ms !== null).map(({ r, job, j }) => ({ labels: { path: r.path, job }, value: j.p99_latency_ms! / 1000 }))),

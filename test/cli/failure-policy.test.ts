@@ -82,10 +82,11 @@ describe('a maintenance playbook keeps what it repaired when a later step fails'
     const run = await citadelJson(['run', 'weekly', '--skip-tags', 'perf'], roots.env)
     expect(run.code, run.stderr).toBe(2)
     expect(steps(run.doc)).toEqual([
-      ['backup-create', 'failed'], ['backup-verify', 'skipped'], ['remote-backup-create', 'skipped'], ['remote-backup-verify', 'skipped'],
+      ['backup-create', 'failed'], ['backup-verify', 'skipped'], ['backup-restore', 'skipped'], ['remote-backup-create', 'skipped'], ['remote-backup-verify', 'skipped'],
       ['backup-cleanup', 'failed'], ['remote-backup-cleanup', 'skipped'], ['health-report', 'ok'],
     ])
     expect(taskOf(run.doc, 'backup-verify')).toMatchObject({ ran: false, blocked_by: 'backup-create', msg: 'not run: it needs backup-create, which failed' })
+    expect(taskOf(run.doc, 'backup-restore')).toMatchObject({ ran: false, blocked_by: 'backup-create' })
     expect(taskOf(run.doc, 'remote-backup-create')).toMatchObject({ ran: false, msg: 'BACKUP_REMOTE is not set' })
     expect(taskOf(run.doc, 'remote-backup-create').blocked_by).toBeUndefined()
     expect(run.doc.failed).toEqual(['backup-create', 'backup-cleanup'])

@@ -25,17 +25,18 @@ describe('playbooks', () => {
         expect(parseTaskArgs(step.task.args, step.args), `${p.name}: ${step.task.name}`).not.toHaveProperty('problem')
   })
 
-  it('weekly makes a full backup, verifies it and cleans up; each week adds a full one', async () => {
+  it('weekly makes a full backup, verifies it, drills a restore and cleans up; each week adds a full one', async () => {
     const roots = await setUp()
     // The perf step measures 1 GiB per job: test/perf.test.ts runs it for real, here it is only listed.
     const listed = await citadel(['run', 'weekly', '--list-tasks'], roots.env)
-    expect(listed.stdout.split('\n').filter(Boolean).map((l) => l.split(' ')[0])).toEqual(['backup-create', 'backup-verify', 'remote-backup-create', 'remote-backup-verify', 'backup-cleanup', 'remote-backup-cleanup', 'check-perf', 'health-report'])
+    expect(listed.stdout.split('\n').filter(Boolean).map((l) => l.split(' ')[0])).toEqual(['backup-create', 'backup-verify', 'backup-restore', 'remote-backup-create', 'remote-backup-verify', 'backup-cleanup', 'remote-backup-cleanup', 'check-perf', 'health-report'])
     const first = await citadelJson(['run', 'weekly', '--skip-tags', 'perf'], roots.env)
     expect(first.code, first.stderr).toBe(0)
     expect(steps(first.doc)).toEqual([
-      ['backup-create', 'changed'], ['backup-verify', 'ok'], ['remote-backup-create', 'skipped'], ['remote-backup-verify', 'skipped'], ['backup-cleanup', 'ok'], ['remote-backup-cleanup', 'skipped'], ['health-report', 'ok'],
+      ['backup-create', 'changed'], ['backup-verify', 'ok'], ['backup-restore', 'ok'], ['remote-backup-create', 'skipped'], ['remote-backup-verify', 'skipped'], ['backup-cleanup', 'ok'], ['remote-backup-cleanup', 'skipped'], ['health-report', 'ok'],
     ])
-    expect(first.doc.tasks[2].msg).toBe('BACKUP_REMOTE is not set')
+    expect(first.doc.tasks[2].data.record).toMatchObject({ drill: true, ok: true, what: ['mixtral-8x7b-instruct'] })
+    expect(first.doc.tasks[3].msg).toBe('BACKUP_REMOTE is not set')
     expect(first.doc.tasks[1].data.verification).toMatchObject({ ok: true, rate: 0.1 })
     const second = await citadelJson(['run', 'weekly', '--skip-tags', 'perf'], roots.env)
     expect(second.code, second.stderr).toBe(0)

@@ -13,7 +13,7 @@ describe('settings', () => {
     expect(s.models).toEqual([{ alias: 'mixtral', dir: 'mixtral-8x7b-instruct' }, { alias: 'yi34b', dir: 'yi-34b-chat' }])
     expect(s.dirMode).toBe(0o755)
     expect(s.monitor).toMatchObject({ diskWarning: 0.8, diskCritical: 0.9, checkInterval: 60 })
-    expect(s.backup).toEqual({ retentionDays: 30, verifySampleRate: 0.1, keepMin: 3, maxShrink: 0.5, storeLockWait: 1800 })
+    expect(s.backup).toEqual({ retentionDays: 30, verifySampleRate: 0.1, keepMin: 3, maxShrink: 0.5, drillMaxAgeDays: 35, storeLockWait: 1800 })
     expect(s.owner).toBeUndefined()
   })
 
@@ -84,6 +84,7 @@ const BAD: [string, string, string][] = [
   ['BACKUP_RETENTION_DAYS', '1.5', 'whole number'],
   ['BACKUP_VERIFY_SAMPLE_RATE', '0', 'ratio'],
   ['BACKUP_KEEP_MIN', '0', 'whole number'],
+  ['BACKUP_DRILL_MAX_AGE_DAYS', 'monthly', 'whole number of days'],
   ['BACKUP_REMOTE', 'nas', '[user@]host:/absolute/path'],
   ['BACKUP_REMOTE', 'nas:relative/dir', '[user@]host:/absolute/path'],
   ['BACKUP_REMOTE', '-oProxyCommand=touch:/x', '[user@]host:/absolute/path'],
