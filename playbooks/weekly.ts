@@ -16,7 +16,7 @@ const remoteSet: When = { test: (s) => s.backup.remote !== undefined, otherwise:
 
 export default definePlaybook({
   name: 'weekly',
-  description: 'Full backup of the active models, verify a sample, drill a restore of one model, send it to BACKUP_REMOTE and verify there, remove backups past retention, measure disk I/O, write the health report',
+  description: 'Full backup of the active models, verify a sample and heal what rotted, drill a restore of one model, send it to BACKUP_REMOTE and verify there, remove backups past retention, measure disk I/O, write the health report',
   // A failed backup stops only what builds on it: cleanup and the I/O measure still run.
   onFailure: 'continue',
   tasks: [
