@@ -79,11 +79,14 @@ async function applyUndo(u: Undo): Promise<void> {
       return fs.chmod(u.path, u.mode)
     case 'move-back': {
       const at = await lstatOrNull(u.to)
+      const from = await lstatOrNull(u.from)
       // Killed between journaling the move and making it: nothing moved, nothing to move back.
-      if (!(await lstatOrNull(u.from))) {
+      if (!from) {
         if (at) return
         throw new Error(`neither ${u.from} nor ${u.to} is there`)
       }
+      // Killed between moveNoReplace claiming the name and the rename: the empty placeholder is all that moved.
+      if (at?.isDirectory() && from.isDirectory() && (await fs.readdir(u.from)).length === 0) return fs.rmdir(u.from)
       // A restore's partial directory is gone once its last model moved out of it: made again to move back into.
       await fs.mkdir(path.dirname(u.to), { recursive: true })
       if (at?.isSymbolicLink()) await fs.unlink(u.to)

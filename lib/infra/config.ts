@@ -73,7 +73,7 @@ const hostKeyChecking = text('expected yes, accept-new or no')
   .refine((v) => (HOST_KEY_CHECKING as readonly string[]).includes(v), 'expected yes, accept-new or no')
   .transform((v) => v as (typeof HOST_KEY_CHECKING)[number])
 
-const ALIAS_PATTERN = /^[a-z0-9][a-z0-9_-]*$/
+export const ALIAS_PATTERN = /^[a-z0-9][a-z0-9_-]*$/
 
 const modelRegistry = z.string().transform((value, ctx) => {
   const models: ModelEntry[] = []
@@ -206,9 +206,15 @@ const DOTENV_LINE = /(?:^|^)\s*(?:export\s+)?([\w.-]+)(?:\s*=\s*?|:\s+?)(\s*'(?:
 
 interface EnvFile { file: string; values: Record<string, string>; lines: Map<string, number> }
 
+/** The env file settings are read from: CITADEL_ENV_FILE, or .env in the checkout. It may not exist. */
+export const envFilePath = (env: NodeJS.ProcessEnv = process.env) => (env.CITADEL_ENV_FILE ? path.resolve(env.CITADEL_ENV_FILE) : path.join(projectRoot(), '.env'))
+
+/** dotenv's own line pattern, for code that edits one line of the env file and must find it as dotenv does. */
+export const dotenvLines = () => new RegExp(DOTENV_LINE.source, DOTENV_LINE.flags)
+
 function readEnvFile(env: NodeJS.ProcessEnv): EnvFile {
   const named = env.CITADEL_ENV_FILE
-  const file = named ? path.resolve(named) : path.join(projectRoot(), '.env')
+  const file = envFilePath(env)
   if (!existsSync(file)) {
     if (named) throw new ConfigError([`invalid setting CITADEL_ENV_FILE=${JSON.stringify(named)}: file does not exist; expected the path of a readable .env file`])
     return { file, values: {}, lines: new Map() }

@@ -1,7 +1,7 @@
 // systemd: whether it runs here, the units `write-units` writes (rendered from the settings, every
 // value escaped as systemd parses it), and the state of those units for `status` and `start-monitor`.
 // Loaded by every command through tasks/index.ts: it imports nothing heavy and runs nothing on load.
-import { lstatSync, realpathSync } from 'node:fs'
+import { lstatSync, readFileSync, realpathSync } from 'node:fs'
 import path from 'node:path'
 import type { Shell } from 'zx/core'
 import type { Settings } from '../infra/config.ts'
@@ -97,6 +97,30 @@ export function carriedEnvironment(s: Settings, env: NodeJS.ProcessEnv): [string
   if (env.CITADEL_ENV_FILE) carried.push(['CITADEL_ENV_FILE', path.resolve(env.CITADEL_ENV_FILE)])
   for (const [name, source] of Object.entries(s.sources)) if (source === 'environment' && env[name] !== undefined) carried.push([name, env[name]!])
   return carried
+}
+
+/**
+ * The Environment= items of citadel's unit files installed in `dir`, by unit: what the services get on top
+ * of the env file (read back as environmentItem writes them). Units that are not there are left out.
+ */
+export function installedEnvironment(dir: string): Map<string, [string, string][]> {
+  const found = new Map<string, [string, string][]>()
+  for (const unit of UNIT_FILES) {
+    let text: string
+    try {
+      text = readFileSync(path.join(dir, unit), 'utf8')
+    } catch {
+      continue
+    }
+    const items = text.split('\n').filter((line) => line.startsWith('Environment=')).map((line) => {
+      const item = line.slice('Environment='.length).replaceAll('%%', '%')
+      const plain = item.startsWith('"') && item.endsWith('"') ? item.slice(1, -1).replace(/\\(.)/g, '$1') : item
+      const eq = plain.indexOf('=')
+      return [plain.slice(0, eq), plain.slice(eq + 1)] as [string, string]
+    })
+    found.set(unit, items)
+  }
+  return found
 }
 
 const inside = (dir: string, p: string) => path.resolve(dir) === path.resolve(p) || isInside(dir, p)

@@ -2,7 +2,7 @@
 // does not fail, --check before it reports the same changes and changes nothing on disk, and a second run
 // reports ok. Each task's state comes from the table below; a registered task without an entry fails here,
 // so a new task is held to the contract before it ships.
-import { mkdirSync, rmSync } from 'node:fs'
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { tasks } from '../../tasks/index.ts'
@@ -53,6 +53,16 @@ const withRemote = (backups: number, sent: number, env: Record<string, string> =
 // Cleanup removes what is older than DAYS beyond the newest BACKUP_KEEP_MIN: with DAYS 0 and one kept, two backups leave it one to remove.
 const KEEP_ONE = { BACKUP_KEEP_MIN: '1' }
 
+/** A set-up server whose env file registers chat=m-v1 (live), with `staged` versions in staging/ and `promoted` of them promoted in order. */
+const withModels = (staged: string[], promoted = 0) => async () => {
+  const roots = await setUpServer()
+  writeFileSync(roots.env.CITADEL_ENV_FILE!, '# the chat model\nMODEL_REGISTRY=chat=m-v1\n')
+  for (const dir of ['m-v1', ...staged]) writeFile(path.join(dir === 'm-v1' ? roots.active : path.join(roots.models, 'staging'), dir, 'config.json'), `{"version": "${dir}"}\n`)
+  expect((await citadelJson(['run', 'initial-setup'], roots.env)).code).toBe(0)
+  for (const dir of staged.slice(0, promoted)) expect((await citadelJson(['task', 'model-promote', 'chat', dir], roots.env)).code).toBe(0)
+  return roots
+}
+
 const CONTRACT: Record<string, Contract> = {
   'verify-prereq': { first: 'ok' },
   'mark-roots': { first: 'changed' },
@@ -77,6 +87,9 @@ const CONTRACT: Record<string, Contract> = {
   'write-units': { first: 'changed' },
   // Run only where systemd does not run (a machine it runs would get citadel's units enabled): it says so, changes nothing.
   'enable-services': { first: 'skipped' },
+  // MODEL_AUTO_BACKUP is true by default: the promote ends with a backup.
+  'model-promote': { setup: withModels(['m-v2']), args: ['chat', 'm-v2'], first: 'changed' },
+  'model-rollback': { setup: withModels(['m-v2'], 1), args: ['chat'], first: 'changed' },
 }
 
 const REMOTE = new Set(['remote-backup-create', 'remote-backup-verify', 'remote-backup-cleanup', 'remote-backup-status'])
