@@ -364,28 +364,40 @@ print(json.dumps(out))`
     expect(fleetRoots(hosts)).toEqual(repaired)
   }, 300_000)
 
-  it("status.yml's remote column shows backups_remote.newest of the report, and '-' where it is absent or null", (ctx) => {
+  it("status.yml reads a report's verdict, and shows backups_remote.newest, '-' where it is absent or null", (ctx) => {
     if (skip) return ctx.skip(skip)
     if (!existsSync(fleetDir('gpu-a', 'install', '.env'))) return ctx.skip('needs the fleet of the previous test')
     const check = citadelOn('gpu-a', 'health-check', '--json')
     expect(check.status, check.stderr).toBe(0)
     const report = JSON.parse(check.stdout)
     const remote = { name: 'backup_20261201_020000_full', created: '2026-12-01T02:00:00.000Z', age: '1d 3h', age_seconds: 97_200 }
-    const variants = [report, { ...report, backups_remote: null }, { ...report, backups_remote: { newest: null } }, { ...report, backups_remote: { newest: remote } }]
+    const problem = (severity: string) => ({ check: 'backups', severity, key: 'backups:overdue', message: `a ${severity} problem` })
+    // [health-check's exit status, what it printed]
+    const answers: [number, string][] = [
+      [0, JSON.stringify(report)],
+      [0, JSON.stringify({ ...report, backups_remote: null })],
+      [0, JSON.stringify({ ...report, backups_remote: { newest: null } })],
+      [0, JSON.stringify({ ...report, backups_remote: { newest: remote } })],
+      [1, JSON.stringify({ ...report, overall: 'warning', problems: [problem('warning')] })],
+      [2, JSON.stringify({ ...report, overall: 'critical', problems: [problem('critical')] })],
+      [3, 'CITADEL UNKNOWN - the checks could not run: no such thing\n'],
+    ]
     const script = `
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from citadel import citadel_health
-print(json.dumps([citadel_health({'rc': 0, 'stdout': json.dumps(doc)}, 'gpu-a') for doc in json.load(sys.stdin)]))`
+print(json.dumps([citadel_health({'rc': rc, 'stdout': out, 'stderr': ''}, 'gpu-a') for rc, out in json.load(sys.stdin)]))`
     const run = spawnSync(python, ['-c', script, path.join(PROJECT, 'ansible', 'roles', 'citadel', 'filter_plugins')], {
-      input: JSON.stringify(variants),
+      input: JSON.stringify(answers),
       encoding: 'utf8',
       env: { PATH: process.env.PATH ?? '/usr/bin:/bin', PYTHONDONTWRITEBYTECODE: '1', ANSIBLE_HOME: path.join(base, 'ansible', 'home'), ANSIBLE_LOCAL_TEMP: path.join(base, 'ansible', 'local') },
     })
     expect(run.status, run.stderr).toBe(0)
-    const rows: { overall: string; remote: string; local: string }[] = JSON.parse(run.stdout)
-    expect(rows.map((r) => r.remote)).toEqual(['-', '-', '-', 'backup_20261201_020000_full, 1d 3h ago'])
-    expect(rows.map((r) => r.overall)).toEqual(['ok', 'ok', 'ok', 'ok'])
+    const rows: { overall: string; failing: boolean; problems: { severity: string; text: string }[]; local: string; remote: string }[] = JSON.parse(run.stdout)
+    expect(rows.map((r) => r.remote)).toEqual(['-', '-', '-', 'backup_20261201_020000_full, 1d 3h ago', '-', '-', '-'])
+    expect(rows.map((r) => [r.overall, r.failing])).toEqual([['ok', false], ['ok', false], ['ok', false], ['ok', false], ['warning', false], ['critical', true], ['unknown', true]])
     expect(rows[0]!.local).toBe(`${report.backups.newest.name}, ${report.backups.newest.age} ago`)
+    expect(rows[5]!.problems).toEqual([{ severity: 'critical', text: 'backups: a critical problem' }])
+    expect(rows[6]!.problems).toEqual([{ severity: 'unknown', text: 'CITADEL UNKNOWN - the checks could not run: no such thing' }])
   })
 })

@@ -229,9 +229,10 @@ def _why_unknown(result):
 def citadel_health(result, host):
     """
     One host's line of the fleet status from its registered health-check result (None: the host gave no
-    answer, unreachable or failed before). overall is ok, warning, critical, unknown or unreachable.
+    answer, unreachable or failed before). overall is ok, warning, critical, unknown or unreachable; failing
+    says whether it fails the status play.
     """
-    row = {'host': to_text(host), 'overall': 'unreachable', 'problems': [], 'local': '-', 'remote': '-', 'verified': '-'}
+    row = {'host': to_text(host), 'overall': 'unreachable', 'failing': True, 'problems': [], 'local': '-', 'remote': '-', 'verified': '-'}
     if not isinstance(result, dict) or result.get('unreachable'):
         row['problems'] = [{'severity': 'unreachable', 'text': to_text(result.get('msg')) if isinstance(result, dict) and result.get('msg') else 'no answer from the host'}]
         return row
@@ -245,6 +246,7 @@ def citadel_health(result, host):
     remote = doc.get('backups_remote')
     row.update({
         'overall': doc['overall'],
+        'failing': doc['overall'] in FAILING,
         'problems': [{'severity': to_text(p.get('severity')), 'text': '%s: %s' % (p.get('check'), p.get('message'))} for p in doc['problems'] if isinstance(p, dict)],
         'local': _backup_cell(backups),
         'remote': _backup_cell(remote) if isinstance(remote, dict) else '-',
@@ -261,15 +263,12 @@ def _short(problems):
     return first if len(problems) == 1 else '%s (+%d more)' % (first, len(problems) - 1)
 
 
-def citadel_fleet_status(hosts, hostvars, result_name='citadel_health_result'):
-    """The fleet's status as lines: a headline, one table row per host, every problem in full, the hosts that fail."""
-    rows = []
-    for host in hosts:
-        try:
-            result = hostvars[host].get(result_name)
-        except KeyError:
-            result = None
-        rows.append(citadel_health(result, host))
+def citadel_fleet_status(hosts, hostvars, result_name):
+    """
+    The fleet's status as lines: a headline, one table row per host, every problem of the hosts not ok in
+    full, and the hosts that fail the play. result_name is the variable each host registered health-check in.
+    """
+    rows = [citadel_health(hostvars[host].get(result_name), host) for host in hosts]
     header = ('HOST', 'OVERALL', 'PROBLEMS', 'NEWEST LOCAL BACKUP', 'NEWEST REMOTE BACKUP', 'LAST VERIFICATION')
     cells = [header] + [(r['host'], r['overall'].upper(), _short(r['problems']), r['local'], r['remote'], r['verified']) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
@@ -283,7 +282,7 @@ def citadel_fleet_status(hosts, hostvars, result_name='citadel_health_result'):
     if details:
         lines.append('')
         lines += ['%s  %-11s %s' % (host.ljust(widths[0]), problem['severity'], problem['text']) for host, problem in details]
-    failing = [r for r in rows if r['overall'] in FAILING]
+    failing = [r for r in rows if r['failing']]
     if failing:
         lines.append('')
         lines.append('FAILED: %s' % ', '.join('%s (%s)' % (r['host'], r['overall']) for r in failing))
