@@ -229,7 +229,7 @@ print(json.dumps(out))`
     expect(second.recap.localhost).toMatchObject({ changed: 0, failed: 0, unreachable: 0 })
     expect(runStatus(second)).toBe('ok')
     expect(second.citadel.localhost!.at(-1)).toMatch(/^RECAP  ok=\d+ changed=0 failed=0 skipped=0$/)
-  }, 180_000)
+  }, 300_000)
 
   it('--check runs citadel --check with the settings the run would write: reports changed, changes nothing', async (ctx) => {
     if (skip) return ctx.skip(skip)
