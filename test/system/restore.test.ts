@@ -1,0 +1,198 @@
+// Restores, for real: backups made with the real command, restored with rsync into real directories, the
+// result compared byte for byte, mode for mode, time for time with what was backed up.
+import { execFileSync, spawnSync } from 'node:child_process'
+import { createHash, randomBytes } from 'node:crypto'
+import { chmodSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { afterEach, describe, expect, it } from 'vitest'
+import { backUp, setUpServer, storeOf, writeFile } from '../backup-helpers.ts'
+import { citadel, citadelJson, makeRoots, snapshot, start, type Roots } from '../helpers.ts'
+import { sshdMissing, startSshd } from '../ssh-helpers.ts'
+
+const REGISTRY = { MODEL_REGISTRY: 'llama=llama-3-8b,qwen=qwen2-7b' }
+const sha256 = (content: string | Buffer) => createHash('sha256').update(content).digest('hex')
+const readJson = (file: string) => JSON.parse(readFileSync(file, 'utf8'))
+const backupDir = (roots: Roots, name: string) => path.join(storeOf(roots), name)
+const staging = (roots: Roots) => path.join(roots.models, 'staging')
+const archive = (roots: Roots) => path.join(roots.models, 'archive')
+const partials = (roots: Roots) => readdirSync(staging(roots)).filter((n) => n.startsWith('.restore-'))
+
+async function restore(roots: Roots, ...args: string[]) {
+  const result = await citadelJson(['backup', 'restore', ...args], roots.env)
+  return { ...result, task: result.doc.tasks[0] }
+}
+
+/**
+ * Every entry below `dir` with what a restore must give back: kind, mode, mtime (files and links), content
+ * hash, link text, and which names of a file share its inode (by the first name of the group).
+ */
+function exactTree(dir: string): Record<string, string> {
+  const out: Record<string, string> = {}
+  const firstName = new Map<number, string>()
+  const walk = (rel: string) => {
+    const p = path.join(dir, rel)
+    const st = lstatSync(p)
+    const mode = (st.mode & 0o7777).toString(8)
+    if (st.isSymbolicLink()) out[rel] = `link -> ${readlinkSync(p)}`
+    else if (st.isFile()) {
+      if (!firstName.has(st.ino)) firstName.set(st.ino, rel)
+      out[rel] = `file ${mode} mtime=${st.mtimeMs} ${sha256(readFileSync(p))} inode-of=${firstName.get(st.ino)}`
+    } else if (st.isDirectory()) {
+      out[rel || '.'] = `dir ${mode}`
+      for (const name of readdirSync(p).sort()) walk(rel ? `${rel}/${name}` : name)
+    } else out[rel] = 'other'
+  }
+  walk('')
+  return out
+}
+
+/** What a model directory holds, as one hash: names, kinds, modes, bytes, link targets; not times. */
+function treeHash(dir: string): string | null {
+  if (!existsSync(dir)) return null
+  const lines: string[] = []
+  const walk = (rel: string) => {
+    const p = path.join(dir, rel)
+    const st = lstatSync(p)
+    if (st.isSymbolicLink()) lines.push(`${rel} link ${readlinkSync(p)}`)
+    else if (st.isFile()) lines.push(`${rel} file ${(st.mode & 0o7777).toString(8)} ${sha256(readFileSync(p))}`)
+    else if (st.isDirectory()) for (const name of readdirSync(p).sort()) walk(rel ? `${rel}/${name}` : name)
+  }
+  walk('')
+  return sha256(lines.join('\n'))
+}
+
+/** One byte of `file` flipped in place: same size, same mode, same mtime, so only a hash can tell. */
+function flipByte(file: string, at = 7) {
+  const st = statSync(file)
+  const times = `${file}.times`
+  execFileSync('touch', ['-r', file, times])
+  chmodSync(file, 0o644)
+  const content = readFileSync(file)
+  content[at] ^= 0x01
+  writeFileSync(file, content)
+  chmodSync(file, st.mode & 0o7777)
+  execFileSync('touch', ['-r', times, file])
+  rmSync(times)
+}
+
+const MTIME = new Date('2025-03-04T05:06:07.250Z')
+
+/** Two models as they come from the hub: an HF-cache style snapshot link into blobs, a hard link, modes and old times. */
+function writeModels(roots: Roots) {
+  const llama = path.join(roots.active, 'llama-3-8b')
+  const blob = randomBytes(40_000)
+  const blobSha = sha256(blob)
+  writeFile(path.join(llama, 'blobs', blobSha), blob)
+  mkdirSync(path.join(llama, 'snapshots', 'main'), { recursive: true })
+  symlinkSync(`../../blobs/${blobSha}`, path.join(llama, 'snapshots', 'main', 'model.safetensors'))
+  writeFile(path.join(llama, 'config.json'), '{"model_type": "llama"}\n')
+  writeFile(path.join(llama, 'model-00001-of-00002.safetensors'), randomBytes(30_000))
+  writeFile(path.join(llama, 'model-00002-of-00002.safetensors'), randomBytes(20_000))
+  writeFile(path.join(llama, 'run.sh'), '#!/bin/sh\necho serve\n')
+  chmodSync(path.join(llama, 'run.sh'), 0o750)
+  chmodSync(path.join(llama, 'config.json'), 0o600)
+  const qwen = path.join(roots.active, 'qwen2-7b')
+  writeFile(path.join(qwen, 'weights.bin'), randomBytes(25_000))
+  linkSync(path.join(qwen, 'weights.bin'), path.join(qwen, 'weights-alias.bin'))
+  writeFile(path.join(qwen, 'tokenizer', 'vocab.txt'), 'a\nb\nc\n')
+  for (const file of ['llama-3-8b/config.json', 'llama-3-8b/model-00001-of-00002.safetensors', 'llama-3-8b/model-00002-of-00002.safetensors', 'llama-3-8b/run.sh', `llama-3-8b/blobs/${blobSha}`, 'qwen2-7b/weights.bin', 'qwen2-7b/tokenizer/vocab.txt'])
+    utimesSync(path.join(roots.active, file), MTIME, MTIME)
+}
+
+async function serverWithModels(extraEnv: Record<string, string> = {}) {
+  const roots = await setUpServer({ ...REGISTRY, ...extraEnv })
+  writeModels(roots)
+  const name = await backUp(roots)
+  return { roots, name }
+}
+
+describe('a full restore', () => {
+  it('gives back byte-identical trees with modes, times, links and hard links; a second restore copies nothing', async () => {
+    const { roots, name } = await serverWithModels()
+    const before = exactTree(roots.active)
+    for (const entry of readdirSync(roots.active)) rmSync(path.join(roots.active, entry), { recursive: true })
+
+    const first = await restore(roots)
+    expect(first.code, first.stdout + first.stderr).toBe(0)
+    expect(first.task.status).toBe('changed')
+    expect(first.task.data.units.map((u: any) => [u.name, u.state])).toEqual([['llama-3-8b', 'absent'], ['qwen2-7b', 'absent']])
+    expect(exactTree(roots.active)).toEqual(before)
+    const qwen = path.join(roots.active, 'qwen2-7b')
+    expect(statSync(path.join(qwen, 'weights.bin')).ino).toBe(statSync(path.join(qwen, 'weights-alias.bin')).ino)
+    const sums = spawnSync('sha256sum', ['-c', '--strict', '--quiet', path.join(backupDir(roots, name), 'SHA256SUMS')], { cwd: roots.active, encoding: 'utf8' })
+    expect(sums.status, sums.stdout + sums.stderr).toBe(0)
+    expect(partials(roots)).toEqual([])
+    expect(readJson(path.join(backupDir(roots, name), 'backup.json')).restores).toEqual([expect.objectContaining({ ok: true, drill: false, what: ['llama-3-8b', 'qwen2-7b'], from_elsewhere: {} })])
+
+    const second = await restore(roots)
+    expect(second.code).toBe(0)
+    expect(second.doc.stats.changed).toBe(0)
+    expect(second.task.data.units.map((u: any) => [u.name, u.state, u.bytes_to_copy, u.files_to_copy])).toEqual([['llama-3-8b', 'same', 0, 0], ['qwen2-7b', 'same', 0, 0]])
+    expect(exactTree(roots.active)).toEqual(before)
+  })
+})
+
+describe('a restore of a model with one bad byte', () => {
+  it('--model copies only that file and archives the old directory as it was', async () => {
+    const { roots } = await serverWithModels()
+    const shard = path.join(roots.active, 'llama-3-8b', 'model-00001-of-00002.safetensors')
+    const good = readFileSync(shard)
+    flipByte(shard, 12_345)
+    const flipped = readFileSync(shard)
+    const old = exactTree(path.join(roots.active, 'llama-3-8b'))
+
+    const result = await restore(roots, '--model', 'llama')
+    expect(result.code, result.stdout + result.stderr).toBe(0)
+    expect(result.task.data.units).toEqual([expect.objectContaining({ name: 'llama-3-8b', state: 'differs', files_to_copy: 1, bytes_to_copy: good.length })])
+    expect(result.task.data.record).toMatchObject({ bytes_copied: good.length, ok: true })
+    expect(readFileSync(shard)).toEqual(good)
+    const archived = readdirSync(archive(roots)).filter((n) => n.startsWith('llama-3-8b.replaced-'))
+    expect(archived).toHaveLength(1)
+    const aside = path.join(archive(roots), archived[0]!)
+    expect(readFileSync(path.join(aside, 'model-00001-of-00002.safetensors'))).toEqual(flipped)
+    expect(exactTree(aside)).toEqual(old)
+    expect(result.task.changes.filter((c: any) => c.path.startsWith(roots.models)).map((c: any) => `${c.action} ${c.path}`)).toEqual([`archive replaced model ${path.join(roots.active, 'llama-3-8b')}`, `restore model ${path.join(roots.active, 'llama-3-8b')}`])
+  })
+})
+
+describe('a bad copy in the backup', () => {
+  it('fails naming it and changes nothing, unless another backup holds a good copy of the same bytes', async () => {
+    const { roots, name: bad } = await serverWithModels()
+    const rel = 'qwen2-7b/tokenizer/vocab.txt'
+    flipByte(path.join(backupDir(roots, bad), 'data', rel), 2)
+    const active = path.join(roots.active, rel)
+    const good = readFileSync(active)
+    // The active copy lost, so the restore must take the backup's.
+    rmSync(active)
+    const before = snapshot(roots.active)
+    const archived = snapshot(archive(roots))
+
+    const failed = await restore(roots, bad)
+    expect(failed.code).toBe(2)
+    expect(failed.task.status).toBe('failed')
+    expect(failed.task.msg).toContain(`1 file of ${bad} cannot be restored as its manifest says, and no other backup holds good copies: ${rel} (hashes to `)
+    expect(snapshot(roots.active)).toEqual(before)
+    expect(snapshot(archive(roots))).toEqual(archived)
+    expect(partials(roots)).toEqual([])
+
+    // A second full backup: its own copy, not a hard link to the bad one.
+    writeFile(active, good)
+    utimesSync(active, MTIME, MTIME)
+    const second = await citadelJson(['backup', 'create', '--type', 'full'], roots.env)
+    expect(second.code, second.stdout).toBe(0)
+    const other = second.doc.tasks[0].data.backup
+    expect(statSync(path.join(backupDir(roots, other), 'data', rel)).ino).not.toBe(statSync(path.join(backupDir(roots, bad), 'data', rel)).ino)
+    rmSync(active)
+
+    const healed = await restore(roots, bad)
+    expect(healed.code, healed.stdout + healed.stderr).toBe(0)
+    expect(healed.task.warnings).toContain(`${rel}: the copy in ${bad} is bad; restored from ${other}, which holds the same bytes`)
+    expect(readFileSync(active)).toEqual(good)
+    expect(statSync(active).mtime).toEqual(MTIME)
+    const records = readJson(path.join(backupDir(roots, bad), 'backup.json')).restores
+    expect(records.at(-1)).toMatchObject({ ok: true, from_elsewhere: { [rel]: other } })
+    expect(records[0]).toMatchObject({ ok: false, error: expect.stringContaining(rel) })
+    expect(partials(roots)).toEqual([])
+  })
+})
