@@ -196,3 +196,145 @@ describe('a bad copy in the backup', () => {
     expect(partials(roots)).toEqual([])
   })
 })
+
+describe('restore options', () => {
+  it('--to DIR restores into DIR and leaves the active models as they are', async () => {
+    const { roots } = await serverWithModels()
+    const before = snapshot(roots.active)
+    const expected = exactTree(roots.active)
+    const to = path.join(roots.base, 'elsewhere')
+    const result = await restore(roots, '--to', to)
+    expect(result.code, result.stdout + result.stderr).toBe(0)
+    expect(result.task.data.to).toBe(to)
+    expect(exactTree(to)).toEqual(expected)
+    expect(snapshot(roots.active)).toEqual(before)
+    expect(readdirSync(archive(roots))).toEqual([])
+  })
+
+  it('--path of one file copies only it; --path of a directory only that directory; the rest of the model stays', async () => {
+    const { roots } = await serverWithModels()
+    const llama = path.join(roots.active, 'llama-3-8b')
+    const shard = 'llama-3-8b/model-00002-of-00002.safetensors'
+    const good = readFileSync(path.join(roots.active, shard))
+    flipByte(path.join(roots.active, shard))
+    // Drift elsewhere in the model that a --path restore of one file must not undo.
+    writeFile(path.join(llama, 'notes.txt'), 'local notes')
+    flipByte(path.join(llama, 'model-00001-of-00002.safetensors'))
+    const untouched = (t: Record<string, string>) => Object.fromEntries(Object.entries(t).filter(([rel]) => rel !== 'model-00002-of-00002.safetensors' && rel !== '.'))
+    const rest = untouched(exactTree(llama))
+
+    const one = await restore(roots, '--path', shard)
+    expect(one.code, one.stdout + one.stderr).toBe(0)
+    expect(one.task.data.units).toEqual([expect.objectContaining({ name: 'llama-3-8b', paths: [shard], files_to_copy: 1, bytes_to_copy: good.length })])
+    expect(readFileSync(path.join(roots.active, shard))).toEqual(good)
+    expect(untouched(exactTree(llama))).toEqual(rest)
+
+    const tokenizer = path.join(roots.active, 'qwen2-7b', 'tokenizer')
+    rmSync(tokenizer, { recursive: true })
+    const qwenWeights = snapshot(path.join(roots.active, 'qwen2-7b', 'weights.bin'))
+    const dir = await restore(roots, '--path', 'qwen2-7b/tokenizer')
+    expect(dir.code, dir.stdout + dir.stderr).toBe(0)
+    expect(dir.task.data.units).toEqual([expect.objectContaining({ name: 'qwen2-7b', paths: ['qwen2-7b/tokenizer'], files_to_copy: 1 })])
+    expect(readFileSync(path.join(tokenizer, 'vocab.txt'), 'utf8')).toBe('a\nb\nc\n')
+    expect(snapshot(path.join(roots.active, 'qwen2-7b', 'weights.bin'))).toEqual(qwenWeights)
+  })
+
+  it('--check changes nothing anywhere and says what it would do', async () => {
+    const { roots } = await serverWithModels()
+    rmSync(path.join(roots.active, 'qwen2-7b'), { recursive: true })
+    flipByte(path.join(roots.active, 'llama-3-8b', 'config.json'), 3)
+    writeFile(path.join(staging(roots), 'download.part'), 'half')
+    writeFile(path.join(archive(roots), 'old-model', 'w.bin'), 'old')
+    const before = snapshot(roots.base)
+    const result = await restore(roots, '--check')
+    expect(result.code, result.stdout + result.stderr).toBe(0)
+    expect(snapshot(roots.base)).toEqual(before)
+    expect(result.task.status).toBe('changed')
+    expect(result.task.msg).toMatch(new RegExp(`^would restore llama-3-8b; qwen2-7b from backup_\\S+ into ${roots.active}: .* to copy, .* already good$`))
+    expect(result.task.data.units.map((u: any) => [u.name, u.state, u.files_to_copy])).toEqual([['llama-3-8b', 'differs', 1], ['qwen2-7b', 'absent', 3]])
+  })
+
+  it('--drill restores into scratch, records it, removes it, and drills the other model next time', async () => {
+    const { roots, name } = await serverWithModels()
+    const before = snapshot(roots.active)
+    const meta = path.join(backupDir(roots, name), 'backup.json')
+    const first = await restore(roots, '--drill')
+    expect(first.code, first.stdout + first.stderr).toBe(0)
+    expect(first.task.msg).toMatch(/^drill from backup_\S+: llama-3-8b: 5 files, .* restored and verified in .*; scratch copy removed$/)
+    expect(readJson(meta).restores).toEqual([expect.objectContaining({ drill: true, ok: true, what: ['llama-3-8b'] })])
+    expect(partials(roots)).toEqual([])
+    expect(snapshot(roots.active)).toEqual(before)
+
+    const second = await restore(roots, '--drill')
+    expect(second.code).toBe(0)
+    expect(readJson(meta).restores.map((r: any) => [r.drill, r.what])).toEqual([[true, ['llama-3-8b']], [true, ['qwen2-7b']]])
+    expect(partials(roots)).toEqual([])
+    expect(snapshot(roots.active)).toEqual(before)
+  })
+
+  it('refuses bad input with one line and its exit code, changing nothing', async () => {
+    const { roots, name } = await serverWithModels()
+    const full = path.join(roots.base, 'full')
+    writeFile(path.join(full, 'keep.txt'), 'mine')
+    // The run log and the store lock come and go; the model disk and the backup's records stay as they are.
+    const state = () => ({ models: snapshot(roots.models), full: snapshot(full), meta: readFileSync(path.join(backupDir(roots, name), 'backup.json'), 'utf8') })
+    const before = state()
+    const cases: [string[], number, RegExp][] = [
+      [['--model', 'mistral'], 2, /^--model mistral is not in MODEL_REGISTRY \(llama, qwen\); give a registered alias, or --path DIR$/],
+      [['backup_20200101_000000_full'], 2, /backup_20200101_000000_full/],
+      [['--to', full], 2, new RegExp(`^--to ${full} is not empty \\(it holds keep\\.txt\\): give an empty directory, or one that does not exist yet$`)],
+      [[`${name}.partial`], 2, new RegExp(`^${name}\\.partial is a partial backup \\(an interrupted copy\\), never restored from`)],
+      [['--path', '../x'], 4, /--path/],
+      [['--drill', '--to', path.join(roots.base, 'drill')], 4, /--to/],
+    ]
+    for (const [args, code, message] of cases) {
+      const result = await citadel(['backup', 'restore', ...args], roots.env)
+      expect(result.code, `${args.join(' ')}: ${result.stdout} ${result.stderr}`).toBe(code)
+      expect(`${result.stdout}\n${result.stderr}`, args.join(' ')).toMatch(new RegExp(message.source.replace(/^\^|\$$/g, '')))
+      expect(state(), args.join(' ')).toEqual(before)
+    }
+  })
+})
+
+describe.skipIf(sshdMissing)(`a restore from the remote store${sshdMissing ? ` (${sshdMissing})` : ''}`, () => {
+  it('--remote restores what was sent, verified', async () => {
+    const { roots, name } = await serverWithModels()
+    const remoteDir = path.join(roots.base, 'remote')
+    mkdirSync(remoteDir)
+    Object.assign(roots.env, (await startSshd(remoteDir)).env)
+    expect((await citadel(['backup', 'create', '--remote'], roots.env)).code).toBe(0)
+    const expected = exactTree(roots.active)
+    for (const entry of readdirSync(roots.active)) rmSync(path.join(roots.active, entry), { recursive: true })
+    // The local backup gone too: only the remote one can give the models back.
+    rmSync(storeOf(roots), { recursive: true })
+    mkdirSync(storeOf(roots))
+
+    const result = await restore(roots, '--remote')
+    expect(result.code, result.stdout + result.stderr).toBe(0)
+    expect(result.task.data).toMatchObject({ backup: name, record: { ok: true } })
+    expect(exactTree(roots.active)).toEqual(expected)
+    expect(readJson(path.join(remoteDir, 'models', name, 'backup.json')).restores).toEqual([expect.objectContaining({ ok: true })])
+  }, 60_000)
+})
+
+describe('the recover playbook', () => {
+  it('on an empty model disk brings every model back verified, with links and env script; a second run changes nothing', async () => {
+    const { roots } = await serverWithModels()
+    const expected = exactTree(roots.active)
+    for (const entry of readdirSync(roots.active)) rmSync(path.join(roots.active, entry), { recursive: true })
+    const first = await citadelJson(['run', 'recover'], roots.env)
+    expect(first.code, first.stdout + first.stderr).toBe(0)
+    const restoreTask = first.doc.tasks.find((t: any) => t.name === 'backup-restore')
+    expect(restoreTask.status).toBe('changed')
+    expect(restoreTask.data.record).toMatchObject({ ok: true, files_verified: 8 })
+    expect(exactTree(roots.active)).toEqual(expected)
+    expect(readlinkSync(path.join(roots.app, 'model-links', 'llama'))).toBe(path.join(roots.active, 'llama-3-8b'))
+    expect(existsSync(path.join(roots.app, 'configs', 'storage-env.sh'))).toBe(true)
+
+    const second = await citadelJson(['run', 'recover'], roots.env)
+    expect(second.code, second.stdout + second.stderr).toBe(0)
+    expect(second.doc.stats.changed).toBe(0)
+    expect(second.doc.stats.failed).toBe(0)
+    expect(exactTree(roots.active)).toEqual(expected)
+  })
+})
