@@ -2,7 +2,7 @@
 // result compared byte for byte, mode for mode, time for time with what was backed up.
 import { execFileSync, spawnSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
-import { chmodSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, linkSync, lstatSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterEach, describe, expect, it } from 'vitest'
@@ -281,16 +281,20 @@ describe('restore options', () => {
     const before = state()
     const cases: [string[], number, RegExp][] = [
       [['--model', 'mistral'], 2, /^--model mistral is not in MODEL_REGISTRY \(llama, qwen\); give a registered alias, or --path DIR$/],
-      [['backup_20200101_000000_full'], 2, /backup_20200101_000000_full/],
+      [['backup_20200101_000000_full'], 2, new RegExp(`no complete backup named backup_20200101_000000_full; available: ${name}`)],
       [['--to', full], 2, new RegExp(`^--to ${full} is not empty \\(it holds keep\\.txt\\): give an empty directory, or one that does not exist yet$`)],
       [[`${name}.partial`], 2, new RegExp(`^${name}\\.partial is a partial backup \\(an interrupted copy\\), never restored from`)],
-      [['--path', '../x'], 4, /--path/],
-      [['--drill', '--to', path.join(roots.base, 'drill')], 4, /--to/],
+      [['--path', '../x'], 4, /^citadel: --path "\.\.\/x" is not valid: expected a path relative to the backup's data\//],
+      [['--drill', '--to', path.join(roots.base, 'drill')], 4, /^citadel: --to ".*" is not valid: not with --drill/],
     ]
     for (const [args, code, message] of cases) {
-      const result = await citadel(['backup', 'restore', ...args], roots.env)
+      // A task's failure is its one-line message; bad arguments are one line on stderr before any task runs.
+      const json = code === 2 ? await citadelJson(['backup', 'restore', ...args], roots.env) : null
+      const result = json ?? await citadel(['backup', 'restore', ...args], roots.env)
       expect(result.code, `${args.join(' ')}: ${result.stdout} ${result.stderr}`).toBe(code)
-      expect(`${result.stdout}\n${result.stderr}`, args.join(' ')).toMatch(new RegExp(message.source.replace(/^\^|\$$/g, '')))
+      const said: string = json ? json.doc.tasks[0].msg : result.stderr.trim()
+      expect(said.split('\n'), args.join(' ')).toHaveLength(1)
+      expect(said, args.join(' ')).toMatch(message)
       expect(state(), args.join(' ')).toEqual(before)
     }
   })
@@ -336,5 +340,107 @@ describe('the recover playbook', () => {
     expect(second.doc.stats.changed).toBe(0)
     expect(second.doc.stats.failed).toBe(0)
     expect(exactTree(roots.active)).toEqual(expected)
+  })
+})
+
+describe('a killed restore', () => {
+  it('SIGKILLed at random moments, each followed at once by a rerun: every model directory is the old or the new one, and the rerun finishes it', async () => {
+    const roots = await setUpServer()
+    // Many small model directories, so that activation (two journaled renames each) takes a while to hit.
+    const DIRS = Array.from({ length: 30 }, (_, i) => `model-${String(i).padStart(2, '0')}`)
+    for (const dir of DIRS) {
+      writeFile(path.join(roots.active, dir, 'w0.bin'), randomBytes(4096))
+      writeFile(path.join(roots.active, dir, 'w1.bin'), randomBytes(4096))
+      writeFile(path.join(roots.active, dir, 'sub', 'config.json'), `{"name": "${dir}"}\n`)
+    }
+    await backUp(roots)
+    const hashes = () => Object.fromEntries(DIRS.map((d) => [d, treeHash(path.join(roots.active, d))]))
+    const fresh = hashes()
+    // Every directory differs from the backup, so every run has all of them to build and activate.
+    const drift = () => {
+      for (const dir of DIRS) writeFileSync(path.join(roots.active, dir, 'w0.bin'), randomBytes(4096))
+    }
+    const archived = () => readdirSync(archive(roots)).length
+
+    drift()
+    const t0 = Date.now()
+    const timing = await citadel(['backup', 'restore'], roots.env)
+    expect(timing.code, timing.stdout + timing.stderr).toBe(0)
+    const duration = Date.now() - t0
+
+    const TRIALS = 20
+    const problems: string[] = []
+    let killed = 0
+    let midActivation = 0
+    let missingAfterKill = 0
+    for (let trial = 0; trial < TRIALS; trial++) {
+      drift()
+      const old = hashes()
+      const archivedBefore = archived()
+      const victim = start(['backup', 'restore'], roots.env)
+      if (trial % 2 === 0) await sleep(Math.random() * duration)
+      else {
+        // Into the activation phase: once the first model directory moved aside, a random moment more.
+        for (const until = Date.now() + duration * 2; archived() === archivedBefore && Date.now() < until; ) await sleep(2)
+        await sleep(Math.random() * 500)
+      }
+      victim.child.kill('SIGKILL')
+      const ended = await victim.done
+      if (ended.signal === 'SIGKILL') killed++
+      const now = hashes()
+      const states = DIRS.map((d) => (now[d] === old[d] ? 'old' : now[d] === fresh[d] ? 'new' : now[d] === null ? 'missing' : 'mixed'))
+      if (states.includes('old') && states.includes('new')) midActivation++
+      for (const [i, state] of states.entries()) {
+        const dir = DIRS[i]!
+        if (state === 'mixed') problems.push(`trial ${trial}: after the kill ${dir} is neither the old nor the new tree`)
+        if (state !== 'missing') continue
+        // Killed between moving the old one aside and the new one in: the old one is whole in archive/, and
+        // the journal of the killed run moves it back before the rerun does anything.
+        missingAfterKill++
+        const aside = readdirSync(archive(roots)).filter((n) => n.startsWith(`${dir}.replaced-`)).map((n) => treeHash(path.join(archive(roots), n)))
+        if (!aside.includes(old[dir]!)) problems.push(`trial ${trial}: after the kill ${dir} is missing and its old tree is not in archive/`)
+      }
+      const rerun = await citadel(['backup', 'restore'], roots.env)
+      if (rerun.code !== 0) problems.push(`trial ${trial}: the rerun exited ${rerun.code}: ${rerun.stdout} ${rerun.stderr}`)
+      const after = hashes()
+      for (const dir of DIRS) if (after[dir] !== fresh[dir]) problems.push(`trial ${trial}: after the rerun ${dir} is ${after[dir] === null ? 'missing' : after[dir] === old[dir] ? 'the old tree' : 'neither tree'}`)
+      if (partials(roots).length) problems.push(`trial ${trial}: left in staging after the rerun: ${partials(roots).join(', ')}`)
+    }
+    console.log(`restore kills: ${TRIALS} trials, ${killed} killed before the end, ${midActivation} in the middle of activation, ${missingAfterKill} directories between their two renames; one restore took ${duration} ms, the test ${Date.now() - t0} ms`)
+    expect(problems).toEqual([])
+    // The kills must have hit runs at work, and some of them activation itself, or the test proves nothing.
+    expect(killed).toBeGreaterThan(TRIALS / 2)
+    expect(midActivation).toBeGreaterThan(2)
+  }, 300_000)
+})
+
+const mounted: string[] = []
+afterEach(() => {
+  for (const dir of mounted.splice(0).reverse()) execFileSync('umount', [dir])
+})
+const asRoot = process.getuid?.() === 0
+if (!asRoot) console.warn('restore: the test on a small model disk needs root to mount a tmpfs; skipped')
+
+describe.skipIf(!asRoot)('on a small model disk (root: mounts a tmpfs)', () => {
+  it('a restore that does not fit is refused before anything is copied, with both figures on one line', async () => {
+    const roots = makeRoots(REGISTRY)
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m,mode=0755', 'tmpfs', roots.models])
+    mounted.push(roots.models)
+    expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
+    writeFile(path.join(roots.active, 'llama-3-8b', 'weights.bin'), randomBytes(5 << 20))
+    await backUp(roots)
+    rmSync(path.join(roots.active, 'llama-3-8b'), { recursive: true })
+    // Something else took the space meanwhile: less is free than the model alone needs.
+    writeFile(path.join(roots.models, 'downloads', 'other.bin'), Buffer.alloc(4 << 20, 1))
+    const before = snapshot(roots.models)
+
+    const result = await restore(roots)
+    expect(result.code).toBe(2)
+    const pattern = new RegExp(`^not enough space on the model disk ${roots.models} \\(${staging(roots)}\\): the restore copies [\\d.]+ MiB \\((\\d+) bytes; (\\d+) with a margin\\), (\\d+) bytes are free; free space there or restore less \\(--model, --path\\)$`)
+    expect(result.task.msg).toMatch(pattern)
+    const [needed, , free] = pattern.exec(result.task.msg)!.slice(1).map(Number)
+    expect(needed).toBeGreaterThanOrEqual(5 << 20)
+    expect(needed).toBeGreaterThan(free!)
+    expect(snapshot(roots.models)).toEqual(before)
   })
 })
