@@ -347,7 +347,7 @@ describe('a killed restore', () => {
   it('SIGKILLed at random moments, each followed at once by a rerun: every model directory is the old or the new one, and the rerun finishes it', async () => {
     const roots = await setUpServer()
     // Many small model directories, so that activation (two journaled renames each) takes a while to hit.
-    const DIRS = Array.from({ length: 30 }, (_, i) => `model-${String(i).padStart(2, '0')}`)
+    const DIRS = Array.from({ length: 12 }, (_, i) => `model-${String(i).padStart(2, '0')}`)
     for (const dir of DIRS) {
       writeFile(path.join(roots.active, dir, 'w0.bin'), randomBytes(4096))
       writeFile(path.join(roots.active, dir, 'w1.bin'), randomBytes(4096))
