@@ -3,7 +3,7 @@
 // target that already hash as the manifest says (hard-linked, not copied again) and from the backup (copied
 // with rsync, never in place, never writing into the store), then every byte is hashed and every size, mode,
 // mtime and link target checked against the backup's lists. Only then is it activated, by rename
-// (restore-activate.ts). A file whose copy in this backup is bad is taken from another backup that lists
+// (restore-run.ts). A file whose copy in this backup is bad is taken from another backup that lists
 // the same bytes, or the restore fails naming it.
 import { promises as fs, lstatSync, readlinkSync } from 'node:fs'
 import path from 'node:path'
