@@ -93,9 +93,12 @@ async function restore(ctx: TaskContext, store: BackupStore, other: () => Promis
     const what = record ? `${summarize(record.what)}: ${count(record.files_verified, 'file')}, ${bytes(record.bytes_copied)} restored and verified in ${duration(record.duration_ms, { seconds: true })}; scratch copy removed` : `would restore ${summarize(chosen.paths ?? chosen.units)} into scratch and verify it`
     return ctx.finish(`drill from ${shown}: ${what}`, data)
   }
-  if (dest.archive && !ctx.check) {
+  if (dest.archive) {
     const links = await planLinks(ctx)
-    await fixLinks(ctx, links.fixes)
+    // In check mode nothing was restored: a model's link waits for a directory this restore would bring, and would be made.
+    const coming = new Set(outcome.restored.map((u) => path.join(dest.target, u.name)))
+    const wouldFix = ctx.check ? links.states.filter((s) => s.model !== undefined && !s.targetExists && coming.has(s.target) && (s.verdict === 'missing' || s.verdict === 'wrong-target')) : []
+    await fixLinks(ctx, [...links.fixes, ...wouldFix])
     await ensureEnvScript(ctx)
   }
   const todo = plan.units.filter((u) => u.current !== 'same')
