@@ -47,6 +47,29 @@ describe('the recover playbook', () => {
     expect(contents(roots.backup)).toEqual(before.backup)
   }, 60_000)
 
+  it('gives a replaced model disk every model back from the backup disk once it is marked', async () => {
+    const roots = await setUpServer(REGISTRY)
+    await backUp(roots, FILES)
+    const models = contents(roots.active)
+    const backups = contents(roots.backup)
+    emptyMountPoint(roots.models)
+
+    const marked = await citadelJson(['task', 'mark-roots', '--new-disk'], roots.env)
+    expect(marked.code, marked.stdout + marked.stderr).toBe(0)
+    expect(marked.doc.tasks[0].changes.map((c: any) => c.path)).not.toContain(path.join(roots.backup, '.citadel-root.json'))
+    const run = await recover(roots)
+    expect(run.code, run.stdout + run.stderr).toBe(0)
+    expect(run.step('backup-restore')).toMatchObject({ status: 'changed', warnings: [], data: { store: path.join(roots.backup, 'models') } })
+    expect(contents(roots.active)).toEqual(models)
+    expect(readdirSync(path.join(roots.app, 'model-links')).sort()).toEqual(['m1', 'm2'])
+    // The store gains only the restore's record (backup.json) and the files it verified (verify-state.json).
+    const after = contents(roots.backup)
+    expect(Object.keys(after).filter((rel) => after[rel] !== backups[rel]).map((rel) => path.basename(rel)).sort()).toEqual(['backup.json', 'verify-state.json'])
+
+    const again = await recover(roots)
+    expect(again.doc.stats.changed).toBe(0)
+  }, 90_000)
+
   it.skipIf(sshdMissing)('restores a new model disk from BACKUP_REMOTE when the backup disk is dead, and leaves its mount point empty', async () => {
     const roots = await setUpServer(REGISTRY)
     const remoteDir = path.join(roots.base, 'remote')
