@@ -13,6 +13,7 @@ import createDirs from './create-dirs.ts'
 import createSymlinks from './create-symlinks.ts'
 import healthReport from './health-report.ts'
 import markRoots from './mark-roots.ts'
+import modelVerify from './model-verify.ts'
 import enableServices from './enable-services.ts'
 import writeUnits from './write-units.ts'
 import repairSymlinks from './repair-symlinks.ts'
@@ -20,4 +21,4 @@ import verifyPrereq from './verify-prereq.ts'
 import verifySymlinks from './verify-symlinks.ts'
 import writeEnvScript from './write-env-script.ts'
 
-export const tasks: Task[] = [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, backupRestore, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, writeUnits, enableServices]
+export const tasks: Task[] = [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, backupRestore, modelVerify, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, writeUnits, enableServices]
