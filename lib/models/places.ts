@@ -5,7 +5,6 @@ import path from 'node:path'
 import { z } from 'zod'
 import type { Settings } from '../infra/config.ts'
 import { lstatOrNull } from '../infra/fsx.ts'
-import { summarize } from '../infra/format.ts'
 
 export const PLACES = ['active', 'staging', 'archive', 'downloads'] as const
 export type Place = (typeof PLACES)[number]
@@ -44,7 +43,7 @@ async function findOne(s: Settings, wanted: string): Promise<ModelDir | string> 
   if (found.length === 1) return found[0]!
   if (found.length > 1) return `${wanted} is a directory in both ${found.map((d) => `${d.place}/`).join(' and ')}: its hash record would be ambiguous; rename one of them`
   const aliases = s.models.map((m) => m.alias)
-  return `"${wanted}" is neither an alias in MODEL_REGISTRY (${aliases.length ? summarize(aliases, 5) : 'none'}) nor a directory in active/, staging/, archive/ or downloads/ of ${s.modelsRoot}`
+  return `"${wanted}" is neither an alias in MODEL_REGISTRY (${aliases.join(', ') || 'none'}) nor a directory in active/, staging/, archive/ or downloads/ of ${s.modelsRoot}`
 }
 
 /**
