@@ -71,7 +71,8 @@ async function verify(ctx: Ctx, model: ModelDir): Promise<Verified> {
     signal: ctx.signal,
     onProgress: (done, total) => ctx.progress(progressLine(`hashing ${model.name}`, done, total, started)),
   })
-  await ctx.bookkeep(`hashes of ${model.name}`, () => writeHashRecord(recordFile, hashes.record))
+  // A run that hashed nothing well has nothing to record: no file appears for a directory that holds only damage.
+  if (JSON.stringify(hashes.record) !== JSON.stringify(old)) await ctx.bookkeep(`hashes of ${model.name}`, () => writeHashRecord(recordFile, hashes.record))
   return {
     model,
     files: structure.files.length,

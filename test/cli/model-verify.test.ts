@@ -115,6 +115,7 @@ describe('citadel model verify', () => {
 
     expect(Object.keys(readRecord(roots, 'cut'))).not.toContain(SHARD2)
     expect(Object.keys(readRecord(roots, 'hf'))).toEqual(['SHA256SUMS'])
+    expect(existsSync(recordOf(roots, 'old'))).toBe(false)
   }, 60_000)
 
   it('refuses bad names with one line: an unknown alias or directory (exit 2), a path (exit 4), an unknown action (exit 4)', async () => {
