@@ -2,7 +2,7 @@
 // file is judged by its header against its own size, so a download cut short is caught without reading
 // the weights. What vLLM would load as garbage (a shard the index names but that is missing, a tensor the
 // index promises that its shard does not hold) is caught here too.
-import { closeSync, openSync, readFileSync, readSync, realpathSync, statSync } from 'node:fs'
+import { closeSync, constants, fstatSync, openSync, readSync, realpathSync, statSync } from 'node:fs'
 import path from 'node:path'
 import { fsPath, isInside } from '../infra/fsx.ts'
 import { walkTree, type TreeFile } from '../infra/tree.ts'
@@ -45,14 +45,20 @@ function readAt(fd: number, length: number, position: number): Buffer {
   return buffer.subarray(0, done)
 }
 
-function withFile<T>(file: string, use: (fd: number) => T): T {
-  const fd = openSync(fsPath(file), 'r')
+/** Runs `use` on the open file; throws when `file` is no longer a regular file (swapped since it was listed). */
+function withFile<T>(file: string, use: (fd: number, size: number) => T): T {
+  // O_NONBLOCK: a FIFO swapped in fails the check below instead of blocking the open forever.
+  const fd = openSync(fsPath(file), constants.O_RDONLY | constants.O_NONBLOCK)
   try {
-    return use(fd)
+    const st = fstatSync(fd)
+    if (!st.isFile()) throw new Error(`${file} is no longer a regular file; verify again`)
+    return use(fd, st.size)
   } finally {
     closeSync(fd)
   }
 }
+
+const readText = (file: string) => withFile(file, (fd, size) => readAt(fd, size, 0).toString('utf8'))
 
 /** Keeps the first few problems of a file and counts the rest. */
 function capped(details: string[]): string[] {
@@ -63,13 +69,13 @@ function capped(details: string[]): string[] {
 interface TensorSpan { name: string; begin: number; end: number }
 
 /**
- * The problems of a safetensors file of `size` bytes, and the names of the tensors its header lists (null
+ * The problems of a safetensors file, and the names of the tensors its header lists (null
  * when the header cannot be read at all). Layout: 8 bytes little-endian N, N bytes of JSON, then the data,
  * which the tensors' data_offsets must cover exactly, in any order.
  */
-export function checkSafetensors(file: string, size: number): { problems: string[]; tensors: Set<string> | null } {
-  if (size < 8) return { problems: [`${size} bytes: too short for a safetensors file (it starts with an 8-byte header length)`], tensors: null }
-  return withFile(file, (fd) => {
+export function checkSafetensors(file: string): { problems: string[]; tensors: Set<string> | null } {
+  return withFile(file, (fd, size) => {
+    if (size < 8) return { problems: [`${size} bytes: too short for a safetensors file (it starts with an 8-byte header length)`], tensors: null }
     const headerLength = readAt(fd, 8, 0).readBigUInt64LE(0)
     if (headerLength > BigInt(SAFETENSORS_HEADER_MAX)) return { problems: [`header length ${headerLength} is over the 100 MB limit: not a safetensors file, or damaged`], tensors: null }
     const n = Number(headerLength)
@@ -174,7 +180,9 @@ class GgufReader {
     this.pos += n
   }
 
-  u32 = () => this.take(4).readUInt32LE(0)
+  u32(): number {
+    return this.take(4).readUInt32LE(0)
+  }
   u64(what: string): number {
     const v = this.take(8).readBigUInt64LE(0)
     if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new HeaderEnd(`${what} ${v} is beyond any file`)
@@ -211,8 +219,8 @@ class GgufReader {
  * and tensor table that end inside the file, and every tensor's data (from its dimensions and type) inside
  * the data section, which starts at the next multiple of general.alignment after the table.
  */
-export function checkGguf(file: string, size: number): string[] {
-  return withFile(file, (fd) => {
+export function checkGguf(file: string): string[] {
+  return withFile(file, (fd, size) => {
     const r = new GgufReader(fd, size)
     try {
       if (size < 24) return [`${size} bytes: too short for a GGUF header`]
@@ -274,7 +282,7 @@ export function checkGguf(file: string, size: number): string[] {
 function checkIndex(root: string, rel: string, shardTensors: Map<string, Set<string> | null>, present: Set<string>): string[] {
   let index: unknown
   try {
-    index = JSON.parse(readFileSync(fsPath(path.join(root, rel)), 'utf8'))
+    index = JSON.parse(readText(path.join(root, rel)))
   } catch (err) {
     return [`not valid JSON (${(err as Error).message})`]
   }
@@ -314,8 +322,8 @@ export function checkModelStructure(root: string): ModelStructure {
   const tree = walkTree(root)
   const problems: ModelProblem[] = []
   const realRoot = realpathSync(fsPath(root)).toString()
-  /** Every name a file can be read by, with its size: the regular files and the links to them. */
-  const readable = new Map<string, number>(tree.files.map((f) => [f.rel, f.size]))
+  /** Every name a file can be read by: the regular files and the links to them. */
+  const readable = new Set<string>(tree.files.map((f) => f.rel))
   const links = new Map<string, string>()
   for (const link of tree.symlinks) {
     let target: string
@@ -327,36 +335,34 @@ export function checkModelStructure(root: string): ModelStructure {
     }
     if (!isInside(realRoot, target)) problems.push({ path: link.rel, detail: `a link to ${link.target}, outside the model directory: not verified` })
     else {
-      const st = statSync(target)
-      if (st.isFile()) {
-        readable.set(link.rel, st.size)
+      if (statSync(target).isFile()) {
+        readable.add(link.rel)
         links.set(link.rel, path.relative(realRoot, target).split(path.sep).join('/'))
       }
     }
   }
   const shardTensors = new Map<string, Set<string> | null>()
   const indexes: string[] = []
-  for (const [rel, size] of readable) {
+  for (const rel of readable) {
     const file = path.join(root, rel)
     const name = path.posix.basename(rel)
     let found: string[] = []
     if (name.endsWith('.safetensors')) {
-      const result = checkSafetensors(file, size)
+      const result = checkSafetensors(file)
       shardTensors.set(rel, result.tensors)
       found = result.problems
-    } else if (name.endsWith('.gguf')) found = checkGguf(file, size)
+    } else if (name.endsWith('.gguf')) found = checkGguf(file)
     else if (name.endsWith(INDEX_SUFFIX)) indexes.push(rel)
     else if (JSON_FILES.has(name)) found = jsonProblems(file)
     problems.push(...found.map((detail) => ({ path: rel, detail })))
   }
-  const present = new Set(readable.keys())
-  for (const rel of indexes) problems.push(...checkIndex(root, rel, shardTensors, present).map((detail) => ({ path: rel, detail })))
+  for (const rel of indexes) problems.push(...checkIndex(root, rel, shardTensors, readable).map((detail) => ({ path: rel, detail })))
   return { files: tree.files, links, problems }
 }
 
 function jsonProblems(file: string): string[] {
   try {
-    JSON.parse(readFileSync(fsPath(file), 'utf8'))
+    JSON.parse(readText(file))
     return []
   } catch (err) {
     return [`not valid JSON (${(err as Error).message})`]

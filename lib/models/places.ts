@@ -3,8 +3,8 @@
 // downloads/. A name is one path component, so it can never reach outside those places.
 import path from 'node:path'
 import { z } from 'zod'
-import type { Settings } from '../infra/config.ts'
-import { lstatOrNull } from '../infra/fsx.ts'
+import type { ModelEntry, Settings } from '../infra/config.ts'
+import { describeEntry, lstatOrNull } from '../infra/fsx.ts'
 
 export const PLACES = ['active', 'staging', 'archive', 'downloads'] as const
 export type Place = (typeof PLACES)[number]
@@ -26,19 +26,32 @@ export const modelName = z.string().refine(
   'expected an alias from MODEL_REGISTRY or the name of a directory in active/, staging/, archive/ or downloads/ (one name, no / and not . or ..)',
 )
 
-const isDir = async (p: string) => (await lstatOrNull(p))?.isDirectory() ?? false
+/** Why `dir` is not a model directory to verify, or null when it is one. */
+async function notADir(dir: string): Promise<'missing' | string | null> {
+  const st = await lstatOrNull(dir)
+  if (!st) return 'missing'
+  return st.isDirectory() ? null : `${dir} is ${describeEntry(st)}, not a directory: only a model directory citadel can see whole is verified`
+}
+
+/** The directory of an alias, or why there is none: `missing` when it is not there yet. */
+async function aliasDir(s: Settings, model: ModelEntry): Promise<ModelDir | { missing: boolean; problem: string }> {
+  const dir = path.join(s.modelsActive, model.dir)
+  const wrong = await notADir(dir)
+  if (wrong === null) return { name: model.dir, place: 'active', path: dir, alias: model.alias }
+  return wrong === 'missing' ? { missing: true, problem: `alias ${model.alias}: its directory ${dir} does not exist (not fetched or promoted yet)` } : { missing: false, problem: `alias ${model.alias}: ${wrong}` }
+}
 
 /** A name's directory, or the one line that says why there is none. */
 async function findOne(s: Settings, wanted: string): Promise<ModelDir | string> {
   const model = s.models.find((m) => m.alias === wanted)
   if (model) {
-    const dir = path.join(s.modelsActive, model.dir)
-    return (await isDir(dir)) ? { name: model.dir, place: 'active', path: dir, alias: model.alias } : `alias ${wanted}: its directory ${dir} does not exist (not fetched or promoted yet)`
+    const found = await aliasDir(s, model)
+    return 'problem' in found ? found.problem : found
   }
   const found: ModelDir[] = []
   for (const place of PLACES) {
     const dir = path.join(placeDir(s, place), wanted)
-    if (await isDir(dir)) found.push({ name: wanted, place, path: dir, alias: place === 'active' ? (s.models.find((m) => m.dir === wanted)?.alias ?? null) : null })
+    if ((await notADir(dir)) === null) found.push({ name: wanted, place, path: dir, alias: place === 'active' ? (s.models.find((m) => m.dir === wanted)?.alias ?? null) : null })
   }
   if (found.length === 1) return found[0]!
   if (found.length > 1) return `${wanted} is a directory in both ${found.map((d) => `${d.place}/`).join(' and ')}: its hash record would be ambiguous; rename one of them`
@@ -55,9 +68,10 @@ export async function findModelDirs(s: Settings, wanted: readonly string[]): Pro
     const dirs: ModelDir[] = []
     const pending: string[] = []
     for (const m of s.models) {
-      const dir = path.join(s.modelsActive, m.dir)
-      if (await isDir(dir)) dirs.push({ name: m.dir, place: 'active', path: dir, alias: m.alias })
-      else pending.push(m.alias)
+      const found = await aliasDir(s, m)
+      if (!('problem' in found)) dirs.push(found)
+      else if (found.missing) pending.push(m.alias)
+      else return { problem: found.problem }
     }
     return { dirs, pending }
   }

@@ -126,6 +126,11 @@ describe('citadel model verify', () => {
     const pending = await citadelJson(['model', 'verify', 'yi34b'], roots.env)
     expect(pending.code).toBe(2)
     expect(pending.doc.tasks[0].msg).toBe(`alias yi34b: its directory ${path.join(roots.active, 'yi-34b-chat')} does not exist (not fetched or promoted yet)`)
+    // A directory reached through a link could be anything, anywhere: refused, not followed.
+    symlinkSync(roots.base, path.join(roots.active, 'yi-34b-chat'))
+    const linked = await citadelJson(['model', 'verify'], roots.env)
+    expect(linked.code).toBe(2)
+    expect(linked.doc.tasks[0].msg).toBe(`alias yi34b: ${path.join(roots.active, 'yi-34b-chat')} is a symlink, not a directory: only a model directory citadel can see whole is verified`)
     for (const bad of ['../x', 'a/b', '..']) {
       const run = await citadel(['model', 'verify', bad], roots.env)
       expect(run.code, bad).toBe(4)
