@@ -27,6 +27,8 @@ interface Verified {
   hashed: number
   hashed_bytes: number
   recorded: number
+  /** Recorded files that are gone or differ from their record. */
+  changed: string[]
   problems: { path: string; detail: string }[]
 }
 
@@ -49,7 +51,7 @@ const task = defineTask({
       ...results.map((r) => [r.model.alias ? `${r.model.alias} (${r.model.name})` : r.model.name, `${r.model.place}/`, String(r.files), bytes(r.bytes), `${r.hashed} (${bytes(r.hashed_bytes)})`, String(r.problems.length)]),
     ]))
     const data = {
-      models: results.map((r) => ({ name: r.model.name, alias: r.model.alias, place: r.model.place, path: r.model.path, files: r.files, bytes: r.bytes, hashed: r.hashed, hashed_bytes: r.hashed_bytes, recorded: r.recorded, problems: r.problems })),
+      models: results.map((r) => ({ name: r.model.name, alias: r.model.alias, place: r.model.place, path: r.model.path, files: r.files, bytes: r.bytes, hashed: r.hashed, hashed_bytes: r.hashed_bytes, recorded: r.recorded, changed: r.changed, problems: r.problems })),
       pending: found.pending,
     }
     const problems = results.flatMap((r) => r.problems.map((p) => `${r.model.name}/${p.path}: ${p.detail}`))
@@ -71,6 +73,10 @@ async function verify(ctx: Ctx, model: ModelDir): Promise<Verified> {
     signal: ctx.signal,
     onProgress: (done, total) => ctx.progress(progressLine(`hashing ${model.name}`, done, total, started)),
   })
+  if (hashes.changed.length) {
+    const fix = model.place === 'active' ? `restore ${hashes.changed.length === 1 ? 'it' : 'them'} from a backup (citadel backup restore --path ${model.name}/${hashes.changed[0]}), or, ` : ''
+    ctx.detail(`${model.name}: ${count(hashes.changed.length, 'file')} no longer as recorded in ${recordFile}: ${fix}if the change was meant, remove that record and verify again to record the files anew`)
+  }
   // A run that hashed nothing well has nothing to record: no file appears for a directory that holds only damage.
   if (JSON.stringify(hashes.record) !== JSON.stringify(old)) await ctx.bookkeep(`hashes of ${model.name}`, () => writeHashRecord(recordFile, hashes.record))
   return {
@@ -80,6 +86,7 @@ async function verify(ctx: Ctx, model: ModelDir): Promise<Verified> {
     hashed: hashes.hashed,
     hashed_bytes: hashes.hashedBytes,
     recorded: hashes.recorded,
+    changed: hashes.changed,
     problems: [...structure.problems, ...hashes.problems].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)),
   }
 }

@@ -63,6 +63,8 @@ export interface HashOutcome {
   hashedBytes: number
   /** Files recorded for the first time. */
   recorded: number
+  /** Recorded files that are gone, or whose size or hash is no longer the recorded one. */
+  changed: string[]
 }
 
 const day = (iso: string) => iso.slice(0, 10)
@@ -91,12 +93,15 @@ function readSums(text: string | null, links: Map<string, string>): { sums: Map<
 export async function checkHashes(root: string, structure: ModelStructure, old: HashRecord, req: HashRequest): Promise<HashOutcome> {
   const at = new Date().toISOString()
   const problems: ModelProblem[] = []
+  const changed: string[] = []
   const record: HashRecord = { files: { ...old.files } }
   const bySize = new Map(structure.files.map((f) => [f.rel, f.size]))
   for (const [rel, r] of Object.entries(old.files)) {
     const size = bySize.get(rel)
     if (size === undefined) problems.push({ path: rel, detail: `recorded on ${day(r.recorded)}, missing now` })
     else if (size !== r.size) problems.push({ path: rel, detail: `${size} bytes, ${r.size} when recorded on ${day(r.recorded)}: changed since` })
+    else continue
+    changed.push(rel)
   }
   const candidates: [string, number][] = structure.files.filter((f) => (old.files[f.rel]?.size ?? f.size) === f.size).map((f) => [f.rel, f.size])
   const verified = Object.fromEntries(Object.entries(old.files).map(([rel, r]) => [rel, r.verified]))
@@ -120,7 +125,10 @@ export async function checkHashes(root: string, structure: ModelStructure, old: 
     else if (bytesRead !== size) found.push(`${bytesRead} bytes read, ${size} listed a moment before: it changed while being verified`)
     else {
       const known = old.files[rel]
-      if (known && known.sha256 !== sha256) found.push(`sha256 ${sha256} differs from the one recorded on ${day(known.recorded)}: damaged or changed since; restore it from a backup`)
+      if (known && known.sha256 !== sha256) {
+        found.push(`sha256 ${sha256} differs from the one recorded on ${day(known.recorded)}: damaged or changed since`)
+        changed.push(rel)
+      }
       const blob = HF_BLOB.exec(rel)?.[2]
       if (blob && blob !== sha256) found.push(`content hashes to ${sha256}, not to its name`)
       const listed = sums.get(rel)
@@ -132,5 +140,5 @@ export async function checkHashes(root: string, structure: ModelStructure, old: 
     if (!known) recorded++
     record.files[rel] = { size, sha256, recorded: known?.recorded ?? at, verified: at }
   })
-  return { problems, record, hashed: sample.length, hashedBytes, recorded }
+  return { problems, record, hashed: sample.length, hashedBytes, recorded, changed: changed.sort() }
 }

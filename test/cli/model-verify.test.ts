@@ -2,7 +2,7 @@
 // server's model disk: a correct model passes and its hashes are recorded under the app root, each kind
 // of damage fails naming the file, a byte changed later is found on the next verify, --check records nothing.
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, readFileSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { setUpServer, writeFile } from '../backup-helpers.ts'
@@ -59,8 +59,15 @@ describe('citadel model verify', () => {
       expect(verify.code).toBe(2)
       const t = verify.doc.tasks[0]
       expect(t.status).toBe('failed')
-      expect(t.msg).toMatch(new RegExp(`^1 problem: ${MIXTRAL}/${SHARD2}: sha256 ${sha256(bytes)} differs from the one recorded on \\d{4}-\\d\\d-\\d\\d: damaged or changed since; restore it from a backup$`))
+      expect(t.msg).toMatch(new RegExp(`^1 problem: ${MIXTRAL}/${SHARD2}: sha256 ${sha256(bytes)} differs from the one recorded on \\d{4}-\\d\\d-\\d\\d: damaged or changed since$`))
+      expect(t.data.models[0].changed).toEqual([SHARD2])
     }
+    rmSync(path.join(roots.active, MIXTRAL, 'generation_config.json'))
+    const gone = await citadelJson(['model', 'verify', '--sample', '0.1'], roots.env)
+    expect(gone.doc.tasks[0].data.models[0].problems).toEqual(expect.arrayContaining([{ path: 'generation_config.json', detail: expect.stringMatching(/^recorded on \d{4}-\d\d-\d\d, missing now$/) }]))
+    const shown = await citadel(['model', 'verify'], roots.env)
+    expect(shown.code).toBe(2)
+    expect(shown.stdout).toContain(`${MIXTRAL}: 2 files no longer as recorded in ${recordOf(roots, MIXTRAL)}: restore them from a backup (citadel backup restore --path ${MIXTRAL}/generation_config.json), or, if the change was meant, remove that record and verify again to record the files anew`)
   }, 60_000)
 
   it('hashes a rotating sample: files verified longest ago first, so two half runs cover every file', async () => {
