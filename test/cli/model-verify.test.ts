@@ -146,6 +146,11 @@ describe('citadel model verify', () => {
     const sample = await citadel(['model', 'verify', '--sample', '2'], roots.env)
     expect(sample.code).toBe(4)
     expect(sample.stderr).toBe('citadel: --sample "2" is not valid: expected a ratio greater than 0 and at most 1, e.g. 0.1\n')
+    for (const args of [['model', '--help'], ['help', 'model-verify'], ['model', 'verify', '--help']]) {
+      const help = await citadel(args, roots.env)
+      expect(help.code, args.join(' ')).toBe(0)
+      expect(help.stdout, args.join(' ')).toMatch(/^Usage: citadel (model verify|task model-verify) /)
+    }
     const action = await citadel(['model', 'frobnicate'], roots.env)
     expect(action.code).toBe(4)
     expect(action.stderr).toBe('citadel: unknown model action "frobnicate"; expected verify\n')
