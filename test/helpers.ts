@@ -91,8 +91,9 @@ export interface InProcessResult { code: number; report: RunReport | null }
 /**
  * Runs a playbook (`['run', NAME]`) or a task (`['task', NAME]`, with `args` as its command line would give
  * them) here, in the test's process: the real tasks through the real runner (lock, journal, run log), with
- * the settings of `env`, printing nothing. For set-up that is not what a test is about: a citadel process
- * costs ~0.7 s of CPU to start, this costs none. A test about a command's own behaviour uses citadel().
+ * the settings of `env`, printing nothing. For set-up that is not what a test is about: it saves a citadel
+ * process start (half a second of CPU) per run, after loading the modules once per test file (about as much).
+ * A test about a command's own behaviour uses citadel().
  */
 export async function citadelHere([command, name]: ['run' | 'task', string], env: Record<string, string>, args: Record<string, string | boolean | string[]> = {}): Promise<InProcessResult> {
   const [{ run }, { loadSettings, SETTINGS }, { playbooks }, { tasks }, { playbookEntries, stepOf }, { parseTaskArgs }] = await Promise.all([
