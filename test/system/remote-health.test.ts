@@ -1,5 +1,6 @@
 // The remote store (BACKUP_REMOTE) as monitoring sees it, through the real command against a private sshd:
 // health-check's verdicts and JSON, status's remote line, the monitor's metrics, and how often it logs in.
+import { execFileSync, spawnSync } from 'node:child_process'
 import { mkdirSync, readFileSync, renameSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
@@ -160,6 +161,24 @@ describe.skipIf(sshdMissing)('the remote store in health-check, status and the m
     expect(json.code).toBe(1)
     expect(remoteProblems(json.doc)).toEqual([expect.objectContaining({ key: 'backups:remote-unreachable', message: expect.stringMatching(/unreachable: .*(timed out|no answer)/) })])
   }, 60_000)
+
+  it('a store that hangs once logged in (a backup.json that never reads to its end) is a warning after 30 s, not a hang', async () => {
+    const { roots, name, remoteStore } = await sentBackup()
+    const fifo = path.join(remoteStore, name, 'backup.json')
+    unlinkSync(fifo)
+    execFileSync('mkfifo', [fifo])
+    // The remote cat waits on the FIFO for a writer: a short one lets it go after the check.
+    cleanups.push(() => spawnSync('timeout', ['2', 'sh', '-c', 'exec 3>"$1"', 'sh', fifo]))
+    const t0 = Date.now()
+    const json = await citadelJson(['health-check'], roots.env)
+    const took = Date.now() - t0
+    expect(took).toBeGreaterThanOrEqual(30_000)
+    expect(took).toBeLessThan(45_000)
+    expect(remoteProblems(json.doc)).toEqual([{
+      check: 'backups', severity: 'warning', key: 'backups:remote-unreachable',
+      message: `the remote backup store root@127.0.0.1:${remoteStore} is unreachable: no answer from the remote backup host within 30 s`,
+    }])
+  }, 90_000)
 
   it('the monitor reads the remote store at most every STORAGE_MONITOR_REMOTE_INTERVAL; status reuses its reading', async () => {
     const { roots, logins } = await sentBackup()
