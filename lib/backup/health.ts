@@ -88,7 +88,6 @@ export async function backupHealth(settings: Settings, now = new Date()): Promis
   }
 }
 
-
 /**
  * The remote store (BACKUP_REMOTE) as one ssh round trip saw it at checked_at. The monitor keeps a reading
  * for STORAGE_MONITOR_REMOTE_INTERVAL; remoteHealthAt brings its ages up to the time of a report.
