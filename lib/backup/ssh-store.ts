@@ -62,6 +62,9 @@ export const rsyncRsh = (r: RemoteSettings) => ['ssh', ...sshOptions(r)].map((w)
 
 interface RemoteOutput { exitCode: number; stdout: string; stderr: string }
 
+/** ssh itself could not connect or log in: monitoring tells it from a store it reached but could not read. */
+export class RemoteUnreachableError extends Error {}
+
 /**
  * Runs `script` with `sh -c` on the remote host, `args` as $1, $2, ...; throws, naming the host and ssh's
  * reason, when ssh itself fails. The script's own exit status and output are the caller's to read. Its
@@ -69,7 +72,7 @@ interface RemoteOutput { exitCode: number; stdout: string; stderr: string }
  */
 async function runRemote($: Shell, r: RemoteSettings, script: string, args: string[], opts: { input?: string | Buffer; signal?: AbortSignal; onLine?: (line: string) => void } = {}): Promise<RemoteOutput> {
   const unreachable = await startMaster(connectionKey(r), ownOptions(r), remoteHost(r), CONNECT_TIMEOUT_S)
-  if (unreachable) throw new Error(`cannot reach the remote backup host ${remoteHost(r)} on port ${r.port}: ${unreachable}`)
+  if (unreachable) throw new RemoteUnreachableError(`cannot reach the remote backup host ${remoteHost(r)} on port ${r.port}: ${unreachable}`)
   const command = ['sh', '-c', script, 'citadel', ...args].map(shellQuote).join(' ')
   const run = $({ input: opts.input ?? '', signal: opts.signal, nothrow: true })`${DIES_WITH_CITADEL} ssh ${sshOptions(r)} -- ${remoteHost(r)} ${command}`
   // Collected here as bytes: zx's own stdout is already decoded as UTF-8.
@@ -90,7 +93,7 @@ async function runRemote($: Shell, r: RemoteSettings, script: string, args: stri
   if (opts.signal?.aborted) throw opts.signal.reason
   if (out.exitCode === SSH_FAILED) {
     const why = out.stderr.split('\n').map((l) => l.trim()).filter(Boolean).at(-1) ?? `ssh exited ${SSH_FAILED}`
-    throw new Error(`cannot reach the remote backup host ${remoteHost(r)} on port ${r.port}: ${why}`)
+    throw new RemoteUnreachableError(`cannot reach the remote backup host ${remoteHost(r)} on port ${r.port}: ${why}`)
   }
   return { exitCode: out.exitCode ?? 1, stdout: decodeName(Buffer.concat(chunks)), stderr: out.stderr }
 }
@@ -124,9 +127,9 @@ printf 'E\\0'
 df -Pk . | tail -n 1
 `
 
-/** Reads the remote store; `mode` create also makes <dir>/models. */
-export async function scanRemote($: Shell, r: RemoteSettings, mode: 'read' | 'create' = 'read'): Promise<RemoteContents> {
-  const out = await runRemote($, r, SCAN, [r.dir, mode])
+/** Reads the remote store; `mode` create also makes <dir>/models; `signal` stops ssh. */
+export async function scanRemote($: Shell, r: RemoteSettings, mode: 'read' | 'create' = 'read', signal?: AbortSignal): Promise<RemoteContents> {
+  const out = await runRemote($, r, SCAN, [r.dir, mode], { signal })
   if (out.exitCode !== 0) throw new Error(`cannot read the remote store ${remoteLabel(r)}: ${remoteComplaint(out)}`)
   const dir = remoteStoreDir(r)
   const store: RemoteContents = { complete: [], damaged: [], partials: [], latest: null, disk: { free_bytes: 0, total_bytes: 0 } }

@@ -2,9 +2,9 @@
 // morning glance). Both only look: no lock, nothing written, so they run beside a backup or the monitor.
 import { PLUGIN_EXIT, START_EXIT } from '../core/exit.ts'
 import path from 'node:path'
-import { backupLine, restoreLine } from '../backup/health.ts'
+import { backupLine, remoteLine, restoreLine } from '../backup/health.ts'
 import type { Settings } from '../infra/config.ts'
-import { collectHealth, type HealthReport, type SmartSnapshot } from '../health/health.ts'
+import { collectHealth, remoteReadingFresh, type HealthReport, type RemoteHealth, type SmartSnapshot } from '../health/health.ts'
 import { healthDir } from '../infra/layout.ts'
 import { liveHolder } from '../core/lock.ts'
 import { MONITOR_LOCK, readMonitorState, type MonitorState } from '../monitor/monitor.ts'
@@ -53,8 +53,11 @@ export async function status(settings: Settings, json: boolean): Promise<number>
   // (smartctl -n standby never spins a sleeping disk up).
   const fresh = stored && Date.now() - Date.parse(stored.smart.read_at) < (settings.monitor.smartInterval + settings.monitor.checkInterval) * 1000
   const smart: SmartSnapshot | undefined = holder && fresh ? stored!.smart : undefined
+  // The remote store likewise: the running monitor's last reading spares an ssh round trip while it is fresh.
+  const kept = holder ? stored?.remote : undefined
+  const remote: RemoteHealth | undefined = remoteReadingFresh(kept, settings, settings.monitor.remoteInterval + settings.monitor.checkInterval) ? kept : undefined
   const $ = quietShell()
-  const [report, services] = await Promise.all([collectHealth({ settings, $, ...(smart && { smart }) }), servicesState(settings, $)])
+  const [report, services] = await Promise.all([collectHealth({ settings, $, ...(smart && { smart }), ...(remote && { remote }) }), servicesState(settings, $)])
   const monitor = { running: holder !== null, pid: holder?.pid ?? null, last_cycle_at: holder ? (stored?.last_cycle_at ?? null) : null }
   if (json) {
     process.stdout.write(JSON.stringify({ ...report, monitor, services }, null, 2) + '\n')
@@ -72,6 +75,7 @@ export async function status(settings: Settings, json: boolean): Promise<number>
   for (const l of failing) out.push(`         ${l.path}: ${l.verdict} (${l.reason})`)
   out.push(`backup   ${backupLine(report.backups)}`)
   out.push(`restore  ${restoreLine(report.backups)}`)
+  if (report.backups_remote) out.push(`remote   ${remoteLine(report.backups_remote)}${remote ? ` (monitor, ${ago(remote.checked_at)})` : ''}`)
   const disks = report.smart.map((d) => `${d.device} ${d.verdict}${d.temperature_celsius !== null ? ` ${d.temperature_celsius}°C` : ''}${d.verdict === 'healthy' ? '' : ` (${d.reasons[0] ?? ''})`}`)
   out.push(`smart    ${disks.length ? disks.join(', ') : 'no disk to read'}${smart ? ` (monitor, ${ago(smart.read_at)})` : ''}`)
   for (const note of report.notes) out.push(`         ${note}`)

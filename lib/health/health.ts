@@ -5,7 +5,8 @@ import os from 'node:os'
 import path from 'node:path'
 import type { Shell } from 'zx/core'
 import { z } from 'zod'
-import { backupHealth, backupHealthSchema } from '../backup/health.ts'
+import { backupHealth, backupHealthSchema, readRemoteHealth, remoteHealthAt, remoteHealthSchema, remoteProblems, type RemoteHealth } from '../backup/health.ts'
+import { remoteLabel } from '../backup/ssh-store.ts'
 import { CHECKS, overall, problemSchema, severitySchema, type Condition, type Problem, type Severity } from '../core/problems.ts'
 import type { Settings } from '../infra/config.ts'
 import { atomicWriteFile } from '../infra/fsx.ts'
@@ -86,6 +87,7 @@ export const healthReportSchema = z.strictObject({
   smart: z.array(smartReportSchema).describe('one per physical disk under the model and backup roots'),
   smart_read_at: z.iso.datetime().describe('when SMART was read: the monitor reads it every STORAGE_MONITOR_SMART_INTERVAL only'),
   backups: backupHealthSchema,
+  backups_remote: remoteHealthSchema.nullable().describe('the remote store BACKUP_REMOTE names, read over ssh (by the monitor every STORAGE_MONITOR_REMOTE_INTERVAL); null when BACKUP_REMOTE is unset'),
   perf: z.strictObject({ results: z.array(perfResultSchema).describe('the last citadel perf result per path') }),
   notes: z.array(z.string()).describe('facts that are not problems, e.g. a root on tmpfs has no SMART data'),
   problems: z.array(problemSchema),
@@ -126,12 +128,25 @@ export async function readSmartSnapshot($: Shell, settings: Settings, signal?: A
   return { ...(await smartHealth($, settings, signal)), read_at: new Date().toISOString() }
 }
 
+export type { RemoteHealth } from '../backup/health.ts'
+export { remoteHealthSchema } from '../backup/health.ts'
+
+/** A reading of BACKUP_REMOTE now, or null when it is unset. */
+export const readRemoteSnapshot = ($: Shell, settings: Settings): Promise<RemoteHealth | null> =>
+  settings.backup.remote ? readRemoteHealth($, settings, settings.backup.remote) : Promise.resolve(null)
+
+/** Whether a reading kept from before is of the store BACKUP_REMOTE names now, and younger than `maxAgeS`. */
+export const remoteReadingFresh = (reading: RemoteHealth | null | undefined, settings: Settings, maxAgeS: number, now = Date.now()): reading is RemoteHealth =>
+  !!reading && !!settings.backup.remote && reading.store === remoteLabel(settings.backup.remote) && now - Date.parse(reading.checked_at) < maxAgeS * 1000
+
 export interface CollectOptions {
   settings: Settings
   $: Shell
   signal?: AbortSignal
   /** Reuse these SMART readings instead of reading the disks now. */
   smart?: SmartSnapshot
+  /** Reuse this reading of the remote store instead of reading it now (ssh). */
+  remote?: RemoteHealth
   /** Severities the monitor currently holds, by problem key: usage verdicts clear with hysteresis. */
   held?: ReadonlyMap<string, Severity>
 }
@@ -139,17 +154,20 @@ export interface CollectOptions {
 /** Runs every check (perf only from its stored history) and puts the results in one report. */
 export async function collectHealth(opts: CollectOptions): Promise<HealthReport> {
   const { settings } = opts
-  const [roots, usage, links, smart, backups, perf] = await Promise.all([
+  const [roots, usage, links, smart, backups, remote, perf] = await Promise.all([
     rootHealth(opts.$, settings),
     filesystemUsage(settings, opts.held),
     inspectLinks(settings).then(linkHealth),
     opts.smart ?? readSmartSnapshot(opts.$, settings, opts.signal),
     backupHealth(settings),
+    opts.remote ?? readRemoteSnapshot(opts.$, settings),
     perfHealth(settings),
   ])
-  const problems = [...roots.problems, ...usage.problems, ...linkProblems(links), ...modelProblems(links), ...smartProblems(smart.disks), ...backups.problems, ...perf.problems]
+  const now = new Date()
+  const remoteNow = remote && remoteHealthAt(remote, now)
+  const problems = [...roots.problems, ...usage.problems, ...linkProblems(links), ...modelProblems(links), ...smartProblems(smart.disks), ...backups.problems, ...(remoteNow ? remoteProblems(remoteNow, settings) : []), ...perf.problems]
   return {
-    generated_at: new Date().toISOString(),
+    generated_at: now.toISOString(),
     host: os.hostname(),
     overall: overall(problems),
     roots: roots.roots,
@@ -158,6 +176,7 @@ export async function collectHealth(opts: CollectOptions): Promise<HealthReport>
     smart: smart.disks,
     smart_read_at: smart.read_at,
     backups,
+    backups_remote: remoteNow,
     perf: { results: perf.results },
     notes: smart.notes,
     problems,

@@ -118,6 +118,7 @@ export const SETTINGS = {
   STORAGE_MONITOR_CHECK_INTERVAL: setting('60', 'Seconds between two monitor cycles (usage, links, backups)', wholeNumber(1, '60')),
   STORAGE_MONITOR_CONSECUTIVE: setting('2', 'Samples in a row a new state must hold before the monitor alerts on it', wholeNumber(1, '2')),
   STORAGE_MONITOR_SMART_INTERVAL: setting('1800', 'Seconds between two SMART reads in the monitor (smartctl never wakes a sleeping disk)', wholeNumber(1, '1800')),
+  STORAGE_MONITOR_REMOTE_INTERVAL: setting('3600', 'Seconds between two readings of the remote backup store (BACKUP_REMOTE) in the monitor: each is an ssh round trip', wholeNumber(1, '3600')),
   STORAGE_MONITOR_ALERT_COMMAND: setting(undefined, 'Shell command run for each alert, with the alert as JSON on its stdin; empty = log and stderr only', text('expected a shell command').refine((v) => !v.includes('\0'), 'expected a shell command without NUL bytes')),
   STORAGE_MONITOR_PROMETHEUS_FILE: setting(undefined, 'Prometheus textfile the monitor rewrites every cycle; default <app root>/metrics/citadel.prom', absolutePath),
   BACKUP_RETENTION_DAYS: setting('30', 'Backups older than this many days may be removed by cleanup (backup cleanup DAYS overrides it)', wholeNumber(0, '30', 'days')),
@@ -131,6 +132,7 @@ export const SETTINGS = {
   BACKUP_SSH_IDENTITY: setting(undefined, 'Private key ssh uses for the remote backup host; empty = ssh\'s own defaults', sshFile),
   BACKUP_SSH_STRICT_HOST_KEY_CHECKING: setting('accept-new', 'ssh StrictHostKeyChecking for the remote backup host: yes, accept-new or no', hostKeyChecking),
   BACKUP_SSH_KNOWN_HOSTS: setting(undefined, 'known_hosts file for the remote backup host; empty = ssh\'s own (~/.ssh/known_hosts)', sshFile),
+  BACKUP_REMOTE_MAX_AGE_DAYS: setting('8', 'Days the newest backup in the remote store (BACKUP_REMOTE) may reach before health-check warns that backups stopped going off the host', wholeNumber(1, '8', 'days')),
   BACKUP_REMOTE_BANDWIDTH_LIMIT: setting('0', 'KiB per second rsync may send to the remote backup host (--bwlimit), so a send does not fill the uplink; 0 = no limit', wholeNumber(0, '20000')),
   CITADEL_SYSTEMD_DIR: setting('/etc/systemd/system', 'Directory write-units (playbook install-services) writes the systemd units into', absolutePath),
   CITADEL_DAILY_SCHEDULE: setting('*-*-* 03:00:00', 'When the daily playbook runs (systemd OnCalendar)', calendar),
@@ -161,6 +163,8 @@ export interface Settings {
     checkInterval: number
     consecutive: number
     smartInterval: number
+    /** Seconds between two ssh readings of the remote store. */
+    remoteInterval: number
     alertCommand?: string
     prometheusFile: string
   }
@@ -173,6 +177,8 @@ export interface Settings {
     drillMaxAgeDays: number
     storeLockWait: number
     remote?: RemoteSettings
+    /** Days the newest backup in the remote store may reach before health-check warns. */
+    remoteMaxAgeDays: number
   }
   systemd: { dir: string; dailySchedule: string; weeklySchedule: string; randomDelay: number }
   /** Where each setting came from, for messages: env, the .env file's path, or default. */
@@ -317,6 +323,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
       checkInterval: r.STORAGE_MONITOR_CHECK_INTERVAL,
       consecutive: r.STORAGE_MONITOR_CONSECUTIVE,
       smartInterval: r.STORAGE_MONITOR_SMART_INTERVAL,
+      remoteInterval: r.STORAGE_MONITOR_REMOTE_INTERVAL,
       alertCommand: r.STORAGE_MONITOR_ALERT_COMMAND,
       prometheusFile: r.STORAGE_MONITOR_PROMETHEUS_FILE ?? path.join(r.CITADEL_APP_ROOT, 'metrics', 'citadel.prom'),
     },
@@ -327,6 +334,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
       maxShrink: r.BACKUP_MAX_SHRINK,
       drillMaxAgeDays: r.BACKUP_DRILL_MAX_AGE_DAYS,
       storeLockWait: r.BACKUP_STORE_LOCK_WAIT,
+      remoteMaxAgeDays: r.BACKUP_REMOTE_MAX_AGE_DAYS,
       remote: r.BACKUP_REMOTE && {
         ...r.BACKUP_REMOTE,
         port: r.BACKUP_SSH_PORT,

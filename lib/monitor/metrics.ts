@@ -32,7 +32,12 @@ export interface MonitorFigures { cycle_seconds: number; alerts_total: number; r
 
 export function metricsText(report: HealthReport, monitor?: MonitorFigures): string {
   const gauge = (name: string, help: string, samples: Family['samples']): Family => ({ name, help, type: 'gauge', samples })
-  const { backups } = report
+  const { backups, backups_remote: remote } = report
+  // No sample while BACKUP_REMOTE is unset, or for what a reading could not tell: unknown is not zero.
+  const remoteSample = (value: (r: NonNullable<typeof remote>) => number | null | undefined) => {
+    const v = remote ? value(remote) : null
+    return v === null || v === undefined ? [] : [{ labels: {}, value: v }]
+  }
   const smartNumber = (key: 'temperature_celsius' | 'power_on_hours' | 'nvme_percentage_used', scale: number) =>
     report.smart.filter((d) => d[key] !== null).map((d) => ({ labels: { device: d.device }, value: d[key]! * scale }))
   // None yet: no sample, so an alert on the drill's age fires on absent() rather than on a made-up zero.
@@ -64,6 +69,14 @@ export function metricsText(report: HealthReport, monitor?: MonitorFigures): str
     gauge('citadel_backup_last_drill_duration_seconds', 'How long the last successful restore drill took', restored(backups.restores.drill, (r) => r.duration_ms / 1000)),
     gauge('citadel_backup_last_restore_timestamp_seconds', 'When the last successful restore (not a drill) started (Unix time)', restored(backups.restores.restore, (r) => seconds(r.at))),
     gauge('citadel_backup_last_restore_duration_seconds', 'How long the last successful restore (not a drill) took', restored(backups.restores.restore, (r) => r.duration_ms / 1000)),
+    gauge('citadel_backup_remote_reachable', 'Whether the last reading reached the remote backup store (BACKUP_REMOTE) over ssh', remoteSample((r) => (r.reachable ? 1 : 0))),
+    gauge('citadel_backup_remote_complete', 'Complete backups in the remote store', remoteSample((r) => r.complete)),
+    gauge('citadel_backup_remote_newest_timestamp_seconds', 'Creation time of the newest complete remote backup (Unix time)', remoteSample((r) => r.newest && seconds(r.newest.created))),
+    gauge('citadel_backup_remote_newest_age_seconds', 'Age of the newest complete remote backup', remoteSample((r) => r.newest?.age_seconds)),
+    gauge('citadel_backup_remote_last_verification_timestamp_seconds', 'Time of the most recent remote backup verification (Unix time)', remoteSample((r) => r.last_verification && seconds(r.last_verification.at))),
+    gauge('citadel_backup_remote_last_verification_success', 'Whether the most recent remote backup verification passed', remoteSample((r) => r.last_verification && (r.last_verification.ok ? 1 : 0))),
+    gauge('citadel_backup_remote_free_bytes', "Free space on the remote store's disk", remoteSample((r) => r.free_bytes)),
+    gauge('citadel_backup_remote_checked_timestamp_seconds', 'When the remote store was last read (Unix time); the monitor reads it every STORAGE_MONITOR_REMOTE_INTERVAL', remoteSample((r) => seconds(r.checked_at))),
     gauge('citadel_perf_throughput_bytes_per_second', 'Throughput of the last fio run per job', perf.map(({ r, job, j }) => ({ labels: { path: r.path, job }, value: j.mb_s * 1e6 }))),
     gauge('citadel_perf_iops', 'I/O operations per second of the last fio run per job', perf.map(({ r, job, j }) => ({ labels: { path: r.path, job }, value: j.iops }))),
     gauge('citadel_perf_p99_latency_seconds', '99th percentile completion latency of the last fio run per job', perf.filter(({ j }) => j.p99_latency_ms !== null).map(({ r, job, j }) => ({ labels: { path: r.path, job }, value: j.p99_latency_ms! / 1000 }))),

@@ -1,5 +1,5 @@
 // The monitor: a foreground loop (systemd keeps it running) that checks usage, links and backups every
-// interval and SMART every SMART interval, repairs a broken link once, and alerts only when a condition
+// interval, SMART every SMART interval and the remote store every remote interval, repairs a broken link once, and alerts only when a condition
 // changes and has held for STORAGE_MONITOR_CONSECUTIVE samples. Each cycle rewrites health.json and the
 // Prometheus textfile. What it has alerted on survives a restart, so a restart never repeats an alert.
 import { promises as fs } from 'node:fs'
@@ -11,7 +11,7 @@ import { z } from 'zod'
 import { rank, type Condition, type Problem, type Severity } from '../core/problems.ts'
 import { parseFile } from '../infra/schemas.ts'
 import type { Settings } from '../infra/config.ts'
-import { collectHealth, conditionSchema, publish, readSmartSnapshot, smartReportSchema, writeHealth, type HealthReport, type SmartSnapshot } from '../health/health.ts'
+import { collectHealth, conditionSchema, publish, readRemoteSnapshot, readSmartSnapshot, remoteHealthSchema, remoteReadingFresh, smartReportSchema, writeHealth, type HealthReport, type RemoteHealth, type SmartSnapshot } from '../health/health.ts'
 import { readFileOrNull, removeTempSiblings } from '../infra/fsx.ts'
 import { healthDir, healthFile, logsDir, monitorStateFile } from '../infra/layout.ts'
 import { inspectLinks } from '../links/links.ts'
@@ -32,6 +32,12 @@ export const monitorStateSchema = z.strictObject({
   conditions: z.record(z.string(), conditionSchema),
   /** The last SMART reading: status reuses it while the monitor runs and it is fresh, so no disk is woken twice. */
   smart: z.object({ disks: z.array(smartReportSchema), notes: z.array(z.string()), read_at: z.string() }),
+  /**
+   * The last reading of the remote store (null while BACKUP_REMOTE is unset): a restarted monitor and status
+   * reuse it while it is fresh, so the host is reached over ssh once per STORAGE_MONITOR_REMOTE_INTERVAL.
+   * Absent in a state written before the monitor read the remote store.
+   */
+  remote: remoteHealthSchema.nullable().optional(),
 })
 export type MonitorState = z.infer<typeof monitorStateSchema>
 
@@ -160,8 +166,11 @@ export async function runMonitor({ settings, intervalSeconds, once, repair }: Mo
   process.on('SIGTERM', onSignal)
   // What the last monitor confirmed: a restart must not alert on it again.
   let restored: Record<string, Condition> | undefined
+  let remote: RemoteHealth | null | undefined
   try {
-    restored = (await readMonitorState(settings))?.conditions
+    const last = await readMonitorState(settings)
+    restored = last?.conditions
+    remote = last?.remote
   } catch (err) {
     say(`${(err as Error).message}; starting without the conditions it held`)
   }
@@ -172,22 +181,26 @@ export async function runMonitor({ settings, intervalSeconds, once, repair }: Mo
   let alertsTotal = 0
   let repairsTotal = 0
   let exit: number = PLUGIN_EXIT.ok
-  log.event('monitor-start', { interval: intervalSeconds, smart_interval: settings.monitor.smartInterval, once, restored: Object.keys(tracker.conditions()) })
-  if (!once) say(`checking every ${intervalSeconds} s (SMART every ${settings.monitor.smartInterval} s); report ${healthFile(settings)}, metrics ${settings.monitor.prometheusFile}`)
+  const remoteInterval = settings.monitor.remoteInterval
+  log.event('monitor-start', { interval: intervalSeconds, smart_interval: settings.monitor.smartInterval, remote_interval: settings.backup.remote ? remoteInterval : null, once, restored: Object.keys(tracker.conditions()) })
+  if (!once) say(`checking every ${intervalSeconds} s (SMART every ${settings.monitor.smartInterval} s${settings.backup.remote ? `, the remote store every ${remoteInterval} s` : ''}); report ${healthFile(settings)}, metrics ${settings.monitor.prometheusFile}`)
   try {
     do {
       const t0 = Date.now()
       try {
         if (!smart || t0 - Date.parse(smart.read_at) >= settings.monitor.smartInterval * 1000) smart = await readSmartSnapshot($, settings)
-        let report = await collectHealth({ settings, $, smart, held: tracker.held() })
+        // An ssh round trip, not a stat: an unreachable host is read again only after the interval too.
+        if (!remoteReadingFresh(remote, settings, remoteInterval, t0)) remote = await readRemoteSnapshot($, settings)
+        const reuse = { smart, ...(remote && { remote }) }
+        let report = await collectHealth({ settings, $, ...reuse, held: tracker.held() })
         const fixes = await repairLinks(settings, repair, report, repaired, log)
         repairsTotal += fixes
-        if (fixes) report = await collectHealth({ settings, $, smart, held: tracker.held() })
+        if (fixes) report = await collectHealth({ settings, $, ...reuse, held: tracker.held() })
         const alerts = tracker.observe(report.problems, new Date())
         for (const alert of alerts) await deliver(alert, settings, $, log)
         alertsTotal += alerts.length
         await writeHealth(settings, report)
-        const state: MonitorState = { pid: process.pid, started_at: started, interval_seconds: intervalSeconds, last_cycle_at: new Date().toISOString(), conditions: tracker.conditions(), smart }
+        const state: MonitorState = { pid: process.pid, started_at: started, interval_seconds: intervalSeconds, last_cycle_at: new Date().toISOString(), conditions: tracker.conditions(), smart, remote: remote ?? null }
         await publish(monitorStateFile(settings), JSON.stringify(state, null, 2) + '\n')
         await publish(settings.monitor.prometheusFile, metricsText(report, { cycle_seconds: (Date.now() - t0) / 1000, alerts_total: alertsTotal, repairs_total: repairsTotal }))
         exit = PLUGIN_EXIT[report.overall]

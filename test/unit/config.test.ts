@@ -12,8 +12,8 @@ describe('settings', () => {
     expect(s.modelsActive).toBe('/mnt/citadel-models/active')
     expect(s.models).toEqual([{ alias: 'mixtral', dir: 'mixtral-8x7b-instruct' }, { alias: 'yi34b', dir: 'yi-34b-chat' }])
     expect(s.dirMode).toBe(0o755)
-    expect(s.monitor).toMatchObject({ diskWarning: 0.8, diskCritical: 0.9, checkInterval: 60 })
-    expect(s.backup).toEqual({ retentionDays: 30, verifySampleRate: 0.1, keepMin: 3, maxShrink: 0.5, drillMaxAgeDays: 35, storeLockWait: 1800 })
+    expect(s.monitor).toMatchObject({ diskWarning: 0.8, diskCritical: 0.9, checkInterval: 60, remoteInterval: 3600 })
+    expect(s.backup).toEqual({ retentionDays: 30, verifySampleRate: 0.1, keepMin: 3, maxShrink: 0.5, drillMaxAgeDays: 35, storeLockWait: 1800, remoteMaxAgeDays: 8 })
     expect(s.owner).toBeUndefined()
   })
 
@@ -85,6 +85,8 @@ const BAD: [string, string, string][] = [
   ['BACKUP_VERIFY_SAMPLE_RATE', '0', 'ratio'],
   ['BACKUP_KEEP_MIN', '0', 'whole number'],
   ['BACKUP_DRILL_MAX_AGE_DAYS', 'monthly', 'whole number of days'],
+  ['BACKUP_REMOTE_MAX_AGE_DAYS', '0', 'whole number of days of at least 1'],
+  ['STORAGE_MONITOR_REMOTE_INTERVAL', '1h', 'whole number of at least 1'],
   ['BACKUP_REMOTE', 'nas', '[user@]host:/absolute/path'],
   ['BACKUP_REMOTE', 'nas:relative/dir', '[user@]host:/absolute/path'],
   ['BACKUP_REMOTE', '-oProxyCommand=touch:/x', '[user@]host:/absolute/path'],
