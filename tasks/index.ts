@@ -15,6 +15,9 @@ import healthReport from './health-report.ts'
 import markRoots from './mark-roots.ts'
 import modelPromote from './model-promote.ts'
 import modelRollback from './model-rollback.ts'
+import modelList from './model-list.ts'
+import modelArchive from './model-archive.ts'
+import modelRemove from './model-remove.ts'
 import enableServices from './enable-services.ts'
 import writeUnits from './write-units.ts'
 import repairSymlinks from './repair-symlinks.ts'
@@ -22,4 +25,4 @@ import verifyPrereq from './verify-prereq.ts'
 import verifySymlinks from './verify-symlinks.ts'
 import writeEnvScript from './write-env-script.ts'
 
-export const tasks: Task[] = [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, backupRestore, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, writeUnits, enableServices, modelPromote, modelRollback]
+export const tasks: Task[] = [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, backupRestore, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, writeUnits, enableServices, modelPromote, modelRollback, modelList, modelArchive, modelRemove]
