@@ -43,7 +43,8 @@ export function mappedPaths(maps: string): string[] {
 
 async function commandOf(pid: number): Promise<string> {
   const cmdline = await tolerant(() => fs.readFile(`/proc/${pid}/cmdline`, 'utf8'), '')
-  const shown = cmdline.replace(/\0+$/, '').replaceAll('\0', ' ')
+  // One line whatever the arguments hold: a `python3 -c` script spans many.
+  const shown = cmdline.replace(/[\0\s]+/g, ' ').trim()
   if (shown) return shown.length > 120 ? shown.slice(0, 117) + '...' : shown
   return (await tolerant(() => fs.readFile(`/proc/${pid}/comm`, 'utf8'), '?')).trim()
 }
