@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // A self-contained demo: lays out ./demo/ as a small server (app root, model disk, backup disk, two tiny
 // sample models), runs the initial-setup playbook against it, makes and verifies a full and an incremental
-// backup, then shows the morning glance and the health report. No root, no real disks.
+// backup, deletes one model and restores it from the backup, then shows the morning glance and the health
+// report. No root, no real disks.
 import { spawnSync } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
+import { createHash, randomBytes } from 'node:crypto'
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -48,8 +49,13 @@ const citadel = (...args) => {
   console.log(`\n$ citadel ${args.join(' ')}`)
   return spawnSync(process.execPath, [path.join(project, 'bin', 'citadel.js'), ...args], { env, stdio: 'inherit' }).status ?? 1
 }
+/** Each file of a model directory with its sha256: what the restore must give back. */
+const fingerprint = (dir) => readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile())
+  .map((e) => `${path.relative(dir, path.join(e.parentPath, e.name))} ${createHash('sha256').update(readFileSync(path.join(e.parentPath, e.name))).digest('hex')}`).sort().join('\n')
+const victim = path.join(roots.models, 'active', 'yi-34b-chat')
+let before = ''
 // The main job: lay out the server, then back the models up twice (the second time only what changed
-// is copied) and check every byte of both backups against their manifests.
+// is copied) and check every byte of both backups against their manifests; then lose a model and get it back.
 const steps = [
   () => citadel('run', 'initial-setup', ...process.argv.slice(2)),
   () => citadel('backup', 'create', '--type', 'full'),
@@ -62,6 +68,19 @@ const steps = [
   },
   () => citadel('backup', 'verify', '--sample', '1'),
   () => citadel('backup', 'status'),
+  () => {
+    before = fingerprint(victim)
+    rmSync(victim, { recursive: true })
+    console.log(`\n(deleted ${rel(victim)}, as a stray rm -rf would; first ask what a restore would do, then do it:`)
+    console.log(' it is built beside the active models, every byte checked against the manifest, then renamed into place)')
+    return citadel('backup', 'restore', '--model', 'yi34b', '--check')
+  },
+  () => citadel('backup', 'restore', '--model', 'yi34b'),
+  () => {
+    const same = existsSync(victim) && fingerprint(victim) === before
+    console.log(same ? `\n(${rel(victim)} is back: every file has the sha256 it had before)` : `\n${rel(victim)} did not come back as it was`)
+    return same ? 0 : 1
+  },
   () => citadel('status'),
   () => {
     // health-check exits as monitoring plugins do: 1 or 2 is its verdict (this machine's own disk may be
@@ -83,11 +102,13 @@ Where to look:
   ${rel(roots.app)}/configs/storage-env.sh   what vLLM sources (. ${rel(roots.app)}/configs/storage-env.sh)
   ${rel(roots.app)}/logs/                    JSON lines of every run
   ${rel(roots.backup)}/models/           backups: data/, SHA256SUMS, backup.json; latest -> the newest
+  ${rel(roots.models)}/archive/         what a restore replaced (a damaged model directory), kept until you delete it
   ${rel(roots.app)}/state/health.json        the last health report; metrics/citadel.prom for Prometheus
 Try next:
   CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel task verify-symlinks
   CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel run initial-setup --check --diff
   CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel backup verify --sample 0.1   (a different tenth each run)
+  CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel backup restore --drill        (restore one model into scratch, verify, remove)
   CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel monitor --interval 5          (Ctrl-C stops it; rm a link to see a repair)
   CITADEL_ENV_FILE=${rel(demo)}/.env npx citadel perf ${rel(roots.models)} --quick`)
 process.exit(status)

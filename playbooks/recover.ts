@@ -1,6 +1,8 @@
 // Recover: a new, empty model disk (or one whose models are lost) gets the layout, every model of the
 // newest backup back, verified before it goes live, the links and storage-env.sh, and a health report.
-// From the backup disk; when that holds no complete backup and BACKUP_REMOTE is set, from there.
+// From the backup disk; when that holds no complete backup and BACKUP_REMOTE is set, from there. A replaced
+// model disk is marked first (citadel task mark-roots --new-disk): until then every step that writes to it
+// is refused. A dead backup disk is not laid out again: its empty mount point is no place for backups.
 import backupRestore from '../tasks/backup-restore.ts'
 import createDirs from '../tasks/create-dirs.ts'
 import createSymlinks from '../tasks/create-symlinks.ts'
@@ -17,7 +19,7 @@ export default definePlaybook({
   onFailure: 'continue',
   tasks: [
     verifyPrereq,
-    createDirs,
+    { task: createDirs, args: { recovering: true } },
     { task: backupRestore, args: { fallback: true }, needs: [createDirs] },
     createSymlinks,
     verifySymlinks,

@@ -18,6 +18,7 @@ import { ensureEnvScript } from '../lib/links/env-script.ts'
 import { localPath } from '../lib/core/args.ts'
 import { defineTask, isInternalError, runWhenMain, type TaskContext, type TaskResult } from '../lib/core/task.ts'
 import { isInside, lstatOrNull } from '../lib/infra/fsx.ts'
+import { inspectRoots } from '../lib/core/marks.ts'
 import { bytes, count, duration, summarize } from '../lib/infra/format.ts'
 
 const relPath = z.string().transform((v) => path.posix.normalize(v).replace(/\/+$/, ''))
@@ -93,9 +94,12 @@ async function restore(ctx: TaskContext, store: BackupStore, other: () => Promis
     const what = record ? `${summarize(record.what)}: ${count(record.files_verified, 'file')}, ${bytes(record.bytes_copied)} restored and verified in ${duration(record.duration_ms, { seconds: true })}; scratch copy removed` : `would restore ${summarize(chosen.paths ?? chosen.units)} into scratch and verify it`
     return ctx.finish(`drill from ${shown}: ${what}`, data)
   }
-  if (dest.archive && !ctx.check) {
+  if (dest.archive) {
     const links = await planLinks(ctx)
-    await fixLinks(ctx, links.fixes)
+    // In check mode nothing was restored: a model's link waits for a directory this restore would bring, and would be made.
+    const coming = new Set(outcome.restored.map((u) => path.join(dest.target, u.name)))
+    const wouldFix = ctx.check ? links.states.filter((s) => s.model !== undefined && !s.targetExists && coming.has(s.target) && (s.verdict === 'missing' || s.verdict === 'wrong-target')) : []
+    await fixLinks(ctx, [...links.fixes, ...wouldFix])
     await ensureEnvScript(ctx)
   }
   const todo = plan.units.filter((u) => u.current !== 'same')
@@ -123,10 +127,17 @@ const task = defineTask({
   aliases: { 'remote-backup-restore': { remote: true } },
   async run(ctx) {
     const remote = ctx.settings.backup.remote
-    // A new server whose backup disk died too: the off-host store is then the only copy there is.
-    if (ctx.args.fallback && !ctx.args.remote && remote && !(await localStore(ctx.settings, ctx.$).scan()).complete.length) {
-      ctx.warn(`no complete backup in ${localStore(ctx.settings, ctx.$).label}: restoring from BACKUP_REMOTE`)
-      ctx = { ...ctx, args: { ...ctx.args, remote: true } }
+    // A new server whose backup disk died too: the off-host store is then the only copy there is. Only a
+    // backup disk with its mark counts as one: another disk mounted there is never restored from.
+    if (ctx.args.fallback && !ctx.args.remote) {
+      const [disk] = await inspectRoots(ctx.$, ctx.settings, ['backup'])
+      const local = localStore(ctx.settings, ctx.$)
+      const none = disk!.verdict !== 'ok' ? `the backup disk is not usable (${disk!.reason})` : !(await local.scan()).complete.length ? `no complete backup in ${local.label}` : null
+      if (none && !remote) return ctx.fail(`${none}, and BACKUP_REMOTE is not set: there is nothing to restore from; mount the backup disk, or set BACKUP_REMOTE`)
+      if (none) {
+        ctx.warn(`${none}: restoring from BACKUP_REMOTE`)
+        ctx = { ...ctx, args: { ...ctx.args, remote: true } }
+      }
     }
     return onStore(ctx, (store) => {
       // Read only when a file of this backup is bad; a far store that cannot be read is one warning, not a failure.

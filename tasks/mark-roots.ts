@@ -13,11 +13,14 @@ const task = defineTask({
   tags: ['setup', 'dirs'],
   args: z.object({
     'new-disk': z.boolean().default(false).meta({ description: 'Mark a replaced disk afresh: a root without its remembered mark, or with another filesystem\'s, gets a new mark' }),
+    // A new model disk while the backup disk is dead: its empty mount point must not be marked as a disk.
+    root: z.enum(['models', 'backup'], { error: 'expected models or backup' }).optional()
+      .meta({ value: 'models|backup', description: 'only this root; the other is neither marked nor checked (its disk is dead and not replaced yet)' }),
   }),
   async run(ctx) {
     const { settings } = ctx
     const newDisk = ctx.args['new-disk']
-    const states = await inspectRoots(ctx.$, settings)
+    const states = await inspectRoots(ctx.$, settings, ctx.args.root ? [ctx.args.root] : undefined)
     const remembered = await readRemembered(settings)
     const wasSetUp = await appLaidOut(settings)
     const problems: string[] = []
@@ -45,7 +48,7 @@ const task = defineTask({
     // The record lives in the state directory, which the runner makes before any task of a real run.
     if (JSON.stringify(roots) !== JSON.stringify(remembered.roots)) await ctx.ensureFile(rememberedFile(settings), JSON.stringify({ format: 1, roots }, null, 2) + '\n', 0o644, 'remember root marks')
     const would = ctx.check ? 'would be ' : ''
-    const msg = marks.length ? `${marks.map((m) => m.state.role).join(' and ')} root ${would}marked` : 'both roots marked'
+    const msg = marks.length ? `${marks.map((m) => m.state.role).join(' and ')} root ${would}marked` : ctx.args.root ? `${ctx.args.root} root marked` : 'both roots marked'
     return ctx.finish(msg, { roots: states.map((s) => ({ role: s.role, path: s.path, verdict: s.verdict, fs_uuid: s.fs_uuid, mark: marks.find((m) => m.state === s)?.mark.id ?? s.mark?.id ?? null })) })
   },
 })

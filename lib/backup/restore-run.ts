@@ -7,7 +7,7 @@ import path from 'node:path'
 import type { TaskContext } from '../core/task.ts'
 import { describeEntry, fileStamp, fsyncDir, lstatOrNull, moveNoReplace } from '../infra/fsx.ts'
 import { bytes, count, progressLine } from '../infra/format.ts'
-import { buildUnit, checkUnit, planRestore, type BadFile, type RestorePlan, type Selection, type UnitPlan } from './restore.ts'
+import { buildUnits, checkUnit, planRestore, unitsTogether, type BadFile, type RestorePlan, type Selection, type UnitPlan } from './restore.ts'
 import { parseVerifyState } from './verify.ts'
 import { compareBytewise } from './manifest.ts'
 import { META, metaText, VERIFY_STATE, type Backup, type BackupLists, type BackupStore, type DataListing, type RestoreRecord, type StoreContents } from './store.ts'
@@ -132,29 +132,22 @@ export async function runRestore(ctx: TaskContext, req: RestoreRequest, label: s
   const verifiedHere: string[] = []
   try {
     await fs.mkdir(partial, { mode: 0o700 })
-    const totalCopy = todo.reduce((s, u) => s + u.copyBytes, 0)
-    let copiedBefore = 0
+    const all = unitsTogether(todo)
     const copyStart = Date.now()
-    const allBad: BadFile[] = []
-    for (const unit of todo) {
-      await buildUnit(store, backup, unit, dest.target, partial, ctx.$, {
-        signal: ctx.signal,
-        progress: (line) => ctx.progress(line),
-        copied: (b) => ctx.progress(progressLine(`copying ${unit.name}:`, copiedBefore + b, totalCopy, copyStart)),
-      })
-      copiedBefore += unit.copyBytes
-      const checkStart = Date.now()
-      const checked = await checkUnit(lists, unit, partial, { signal: ctx.signal, onHash: (done) => ctx.progress(progressLine(`verifying ${unit.name}:`, done, unit.copyBytes, checkStart)) })
-      const healed = checked.bad.length ? await fromElsewhere(ctx, req, unit, partial, checked.bad) : { bad: [], found: {} }
-      for (const [rel, where] of Object.entries(healed.found)) ctx.warn(`${rel}: the copy in ${backup.name} is bad; restored from ${where}, which holds the same bytes`)
-      Object.assign(record.from_elsewhere, healed.found)
-      allBad.push(...healed.bad)
-      verifiedHere.push(...unit.copy.filter((rel) => !checked.bad.some((b) => b.rel === rel)))
-      record.bytes_copied += unit.copyBytes
-      record.bytes_reused += unit.reuseBytes
-      record.files_verified += unit.copy.length + unit.reuse.length
-    }
-    if (allBad.length) throw new Error(`${count(allBad.length, 'file')} of ${backup.name} cannot be restored as its manifest says, and no other backup holds good copies: ${allBad.map((b) => `${b.rel} (${b.detail})`).join('; ')}; nothing was changed in ${dest.target}`)
+    await buildUnits(store, backup, todo, dest.target, partial, ctx.$, {
+      signal: ctx.signal,
+      copied: (b) => ctx.progress(progressLine('copying:', b, all.copyBytes, copyStart)),
+    })
+    const checkStart = Date.now()
+    const checked = await checkUnit(lists, all, partial, { signal: ctx.signal, onHash: (done) => ctx.progress(progressLine('verifying:', done, all.copyBytes, checkStart)) })
+    const healed = checked.bad.length ? await fromElsewhere(ctx, req, all, partial, checked.bad) : { bad: [], found: {} }
+    for (const [rel, where] of Object.entries(healed.found)) ctx.warn(`${rel}: the copy in ${backup.name} is bad; restored from ${where}, which holds the same bytes`)
+    Object.assign(record.from_elsewhere, healed.found)
+    verifiedHere.push(...all.copy.filter((rel) => !checked.bad.some((b) => b.rel === rel)))
+    record.bytes_copied = all.copyBytes
+    record.bytes_reused = all.reuseBytes
+    record.files_verified = all.copy.length + all.reuse.length
+    if (healed.bad.length) throw new Error(`${count(healed.bad.length, 'file')} of ${backup.name} cannot be restored as its manifest says, and no other backup holds good copies: ${healed.bad.map((b) => `${b.rel} (${b.detail})`).join('; ')}; nothing was changed in ${dest.target}`)
     ctx.progress('syncing the restored files')
     await ctx.$`sync --file-system ${partial}`
     for (const unit of todo) await activate(ctx, unit, partial, dest, stamp, backup)

@@ -3,7 +3,7 @@
 // target that already hash as the manifest says (hard-linked, not copied again) and from the backup (copied
 // with rsync, never in place, never writing into the store), then every byte is hashed and every size, mode,
 // mtime and link target checked against the backup's lists. Only then is it activated, by rename
-// (restore-activate.ts). A file whose copy in this backup is bad is taken from another backup that lists
+// (restore-run.ts). A file whose copy in this backup is bad is taken from another backup that lists
 // the same bytes, or the restore fails naming it.
 import { promises as fs, lstatSync, readlinkSync } from 'node:fs'
 import path from 'node:path'
@@ -119,31 +119,52 @@ export async function planRestore(lists: BackupLists, listing: DataListing, sel:
   return { units: planned, hashedBytes: total }
 }
 
-export interface BuildProgress { signal: AbortSignal; progress: (line: string) => void; copied: (bytes: number) => void }
+export interface BuildProgress { signal: AbortSignal; copied: (bytes: number) => void }
 
 /** A file that could not be restored as the manifest says, and why. */
 export interface BadFile { rel: string; detail: string }
 
 /**
- * Builds `unit` inside `partial` (which exists, on the target's filesystem): under --path, first the
+ * Builds `units` inside `partial` (which exists, on the target's filesystem): under --path, first the
  * target's entry as it is (files hard-linked, links and directories copied); then the backup's entries of
- * the unit, reused files linked from the target and the rest fetched from the store.
+ * each unit, reused files linked from the target and the rest fetched from the store, in one copy for all
+ * of them (a copy per unit costs an rsync start per model directory, which dominates with many small ones).
  */
-export async function buildUnit(store: BackupStore, backup: Backup, unit: UnitPlan, target: string, partial: string, $: Shell, opts: BuildProgress): Promise<void> {
-  const here = path.join(target, unit.name)
-  if (!unit.whole && (await fs.lstat(fsPath(here)).catch(() => null))) {
-    // cp -al: a new tree of links to the target's own files, so the archived copy keeps every byte.
-    await $({ signal: opts.signal })`cp -a --link --no-target-directory -- ${here} ${path.join(partial, unit.name)}`
-    for (const root of unit.roots) await fs.rm(fsPath(path.join(partial, root)), { recursive: true, force: true })
+export async function buildUnits(store: BackupStore, backup: Backup, units: UnitPlan[], target: string, partial: string, $: Shell, opts: BuildProgress): Promise<void> {
+  for (const unit of units) {
+    const here = path.join(target, unit.name)
+    if (!unit.whole && (await fs.lstat(fsPath(here)).catch(() => null))) {
+      // cp -al: a new tree of links to the target's own files, so the archived copy keeps every byte.
+      await $({ signal: opts.signal })`cp -a --link --no-target-directory -- ${here} ${path.join(partial, unit.name)}`
+      for (const root of unit.roots) await fs.rm(fsPath(path.join(partial, root)), { recursive: true, force: true })
+    }
+    for (const dir of unit.dirs) await fs.mkdir(fsPath(path.join(partial, dir)), { recursive: true, mode: 0o700 })
+    for (const root of unit.roots) await fs.mkdir(fsPath(path.dirname(path.join(partial, root))), { recursive: true, mode: 0o755 })
+    for (const rel of unit.reuse) await fs.link(fsPath(path.join(target, rel)), fsPath(path.join(partial, rel)))
   }
-  for (const dir of unit.dirs) await fs.mkdir(fsPath(path.join(partial, dir)), { recursive: true, mode: 0o700 })
-  for (const root of unit.roots) await fs.mkdir(fsPath(path.dirname(path.join(partial, root))), { recursive: true, mode: 0o755 })
-  for (const rel of unit.reuse) await fs.link(fsPath(path.join(target, rel)), fsPath(path.join(partial, rel)))
   // Directories are listed too so that rsync gives them the backup's modes and times once their files are in.
-  const fetchList = [...unit.dirs, ...unit.symlinks.map(([rel]) => rel), ...unit.copy]
+  const fetchList = units.flatMap((unit) => [...unit.dirs, ...unit.symlinks.map(([rel]) => rel), ...unit.copy])
   if (!fetchList.length) return
   const result = await store.fetch(backup, fetchList, partial, { signal: opts.signal, onBytes: opts.copied })
-  if (result.error) throw new Error(`copying ${unit.name} from ${backup.name} failed: ${result.error}`)
+  if (result.error) throw new Error(`copying ${units.map((u) => u.name).join(', ')} from ${backup.name} failed: ${result.error}`)
+}
+
+/** Several units as one, for building and checking them together. */
+export function unitsTogether(units: UnitPlan[]): UnitPlan {
+  const sum = (pick: (u: UnitPlan) => number) => units.reduce((s, u) => s + pick(u), 0)
+  return {
+    name: units.map((u) => u.name).join(', '),
+    whole: units.every((u) => u.whole),
+    roots: units.flatMap((u) => u.roots),
+    files: units.flatMap((u) => u.files),
+    symlinks: units.flatMap((u) => u.symlinks),
+    dirs: units.flatMap((u) => u.dirs),
+    reuse: units.flatMap((u) => u.reuse),
+    copy: units.flatMap((u) => u.copy),
+    copyBytes: sum((u) => u.copyBytes),
+    reuseBytes: sum((u) => u.reuseBytes),
+    current: units.every((u) => u.current === 'same') ? 'same' : 'differs',
+  }
 }
 
 /**

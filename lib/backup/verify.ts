@@ -78,7 +78,7 @@ function rank(seed: number, rel: string): number {
  * rank, taken until they hold at least `rate` of the bytes and of the files, so that empty and small files
  * get their turn too.
  */
-function chooseSample(files: [string, number][], rate: number, seed: number, history: VerifyState | null): [string, number][] {
+export function chooseSample(files: [string, number][], rate: number, seed: number, history: VerifyState | null): [string, number][] {
   // The result keeps the order of `files` (the catalog's, bytewise).
   // 0, before any real time, for a file never verified (or a time that does not parse).
   const lastVerified = (rel: string) => Date.parse(history?.[rel] ?? '') || 0

@@ -52,6 +52,8 @@ Usage:
   citadel backup restore [BACKUP] [--model ALIAS ...] [--path REL ...] [--to DIR] [--drill]
                                    verified restore; the replaced directory goes to archive/
   citadel backup ACTION --remote   the same on BACKUP_REMOTE, over ssh
+  citadel model verify [ALIAS|DIR ...] [--sample RATE]
+                                   offline check of model directories: headers, shard index, JSON, hashes
   citadel health-check [--json]    every check in one report; exit 0 ok, 1 warning, 2 critical, 3 unknown
   citadel status [--json]          the morning glance: usage, links, backup, SMART, monitor, timers
   citadel monitor [--interval S] [--once]
@@ -133,6 +135,18 @@ restore builds each model directory in <models root>/staging/.restore-<time>.par
 of the active tree that already hash as the backup's manifest says, copies the rest, hashes every copied
 byte, and only then renames it into place; what it replaces goes to <models root>/archive/. --check first
 says what it would copy and whether it fits.`,
+  model: `Usage: citadel model verify [arguments] [options]
+
+Each is the task model-NAME (citadel help model-verify, say): the same lock, log and report as a playbook.
+A model is named by its alias in MODEL_REGISTRY (its directory in active/) or by a directory name in
+<models root>/active, staging, archive or downloads; without one, every alias's active directory.
+
+verify checks offline, reading only header bytes for structure: every *.safetensors and *.gguf header
+against its file's size (a download cut short is caught without hashing), every shard and tensor a
+*.safetensors.index.json names, the config and tokenizer JSON files; then the sha256 of every file (or
+--sample RATE of them, never hashed and longest ago first) against the hash recorded in
+<app root>/state/model-hashes/DIR.json the first time it verified, a Hugging Face blob's name and a
+SHA256SUMS in the directory.`,
 }
 
 const csv = (v: string | boolean | undefined) => (typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : [])
@@ -175,7 +189,8 @@ function taskHelp(task: Task): string {
   const width = Math.max(21, ...fields.map((a) => a.label.length + 2))
   const args = fields.map((a) => `  ${a.label.padEnd(width)}${a.help}`)
   const backupAction = /^backup-(.+)$/.exec(task.name)
-  const short = backupAction ? `backup ${backupAction[1]}` : SHORT_NAMES[task.name]
+  const modelAction = /^model-(.+)$/.exec(task.name)
+  const short = backupAction ? `backup ${backupAction[1]}` : modelAction ? `model ${modelAction[1]}` : SHORT_NAMES[task.name]
   const aliases = Object.entries(task.aliases ?? {}).map(([alias, preset]) => `${usageOf(task, `citadel task ${alias}`)}: the task with ${Object.keys(preset).join(', ')} set${backupAction ? ` (citadel ${short} --remote)` : ''}`)
   const also = [...(short ? [usageOf(task, `citadel ${short}`)] : []), ...aliases]
   return `Usage: ${usageOf(task)}${also.map((line) => `\nAlso: ${line}`).join('')}\n\n${task.description}\nTags: ${task.tags.join(', ')}\n${args.length ? `\nArguments:\n${args.join('\n')}\n` : ''}\n${COMMON_HELP}`
@@ -326,6 +341,12 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
     // --remote is the alias remote-backup-ACTION: the same task on BACKUP_REMOTE, under that name.
     const remote = args.includes('--remote')
     return taskCommand(stepOf(task, remote ? `remote-${task.name}` : task.name), args.filter((a) => a !== '--remote'))
+  },
+  async model([action, ...args]) {
+    if (action === undefined || action === '-h' || action === '--help') return show(HELP.model!)
+    const task = tasks.find((t) => t.name === `model-${action}`)
+    if (!task) throw new UsageError(`unknown model action "${action}"; expected ${tasks.filter((t) => t.name.startsWith('model-')).map((t) => t.name.slice('model-'.length)).join(', ')}`)
+    return taskCommand(stepOf(task), args)
   },
   async 'health-check'(args) {
     const { values } = parse(args, { json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } })

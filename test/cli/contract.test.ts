@@ -9,6 +9,7 @@ import { tasks } from '../../tasks/index.ts'
 import { backUp, setUpServer, writeFile } from '../backup-helpers.ts'
 import { citadelJson, makeRoots, snapshot, type Roots } from '../helpers.ts'
 import { sshdMissing, startSshd } from '../ssh-helpers.ts'
+import { writeModel } from '../model-helpers.ts'
 import { systemdRunning } from '../../lib/systemd/units.ts'
 
 interface Contract {
@@ -50,6 +51,20 @@ const withRemote = (backups: number, sent: number, env: Record<string, string> =
   return roots
 }
 
+/** `setup`, then the model lost from the active models, so that a restore has it to bring back. */
+const modelLost = (setup: () => Promise<Roots>) => async () => {
+  const roots = await setup()
+  rmSync(path.join(roots.active, 'mixtral-8x7b-instruct'), { recursive: true })
+  return roots
+}
+
+/** A set-up server with a correct model in the active directory of the alias mixtral. */
+const withModel = async () => {
+  const roots = await setUpServer()
+  writeModel(path.join(roots.active, 'mixtral-8x7b-instruct'))
+  return roots
+}
+
 // Cleanup removes what is older than DAYS beyond the newest BACKUP_KEEP_MIN: with DAYS 0 and one kept, two backups leave it one to remove.
 const KEEP_ONE = { BACKUP_KEEP_MIN: '1' }
 
@@ -75,10 +90,12 @@ const CONTRACT: Record<string, Contract> = {
   'backup-verify': { setup: withBackups(1), args: ['--sample', '1'], first: 'ok' },
   'backup-cleanup': { setup: withBackups(2, KEEP_ONE), args: ['0'], first: 'changed' },
   'backup-status': { setup: withBackups(1), first: 'ok' },
+  'backup-restore': { setup: modelLost(withBackups(2)), first: 'changed' },
   'remote-backup-create': { setup: withRemote(1, 0), first: 'changed' },
   'remote-backup-verify': { setup: withRemote(1, 1), args: ['--sample', '1'], first: 'ok' },
   'remote-backup-cleanup': { setup: withRemote(2, 2, KEEP_ONE), args: ['0'], first: 'changed' },
   'remote-backup-status': { setup: withRemote(1, 1), first: 'ok' },
+  'remote-backup-restore': { setup: modelLost(withRemote(1, 1)), first: 'changed' },
   'check-smart': { setup: setUpWith(), first: 'ok' },
   'check-usage': { setup: setUpWith(), first: 'ok' },
   'check-backups': { setup: withBackups(1), first: 'ok' },
@@ -90,6 +107,8 @@ const CONTRACT: Record<string, Contract> = {
   // MODEL_AUTO_BACKUP is true by default: the promote ends with a backup.
   'model-promote': { setup: withModels(['m-v2']), args: ['chat', 'm-v2'], first: 'changed' },
   'model-rollback': { setup: withModels(['m-v2'], 1), args: ['chat'], first: 'changed' },
+  // Its hash records are bookkeeping: the first run records them and reports ok.
+  'model-verify': { setup: withModel, first: 'ok' },
   'model-list': { setup: withModels(['m-v2'], 1), first: 'ok' },
   'model-archive': { setup: async () => { const roots = await withModels([])(); writeFile(path.join(roots.active, 'm-old', 'config.json'), '{}\n'); return roots }, args: ['m-old'], first: 'changed' },
   // m-v1 backed up and verified while live, then archived by the promote of m-v2.
@@ -103,7 +122,7 @@ const CONTRACT: Record<string, Contract> = {
   }, args: ['m-v1'], first: 'changed' },
 }
 
-const REMOTE = new Set(['remote-backup-create', 'remote-backup-verify', 'remote-backup-cleanup', 'remote-backup-status'])
+const REMOTE = new Set(['remote-backup-create', 'remote-backup-verify', 'remote-backup-cleanup', 'remote-backup-status', 'remote-backup-restore'])
 
 /** What a change list says, without the times in backup names, which differ from one run to the next. */
 const shape = (changes: { path: string; action: string }[]) => changes.map((c) => `${c.action} ${c.path.replace(/backup_\d{8}_\d{6}/g, 'backup_<time>')}`)

@@ -153,7 +153,12 @@ describe('npm run demo', () => {
     expect(first.stdout).toContain('$ citadel health-check --json\n{\n  "generated_at"')
     expect(first.stdout).toContain('state/health.json')
     expect(first.stdout).toContain('Where to look')
+    // The deleted model comes back through the restore, byte for byte (the demo compares every file's sha256).
+    const restored = /\$ citadel backup restore --model yi34b\n[\s\S]*restored yi-34b-chat from backup_\S+_incremental[\s\S]*yi-34b-chat is back: every file has the sha256 it had before/
+    expect(first.stdout).toMatch(restored)
     const second = await start([], env, [process.execPath, path.join(PROJECT, 'bin', 'demo.js')]).done
+    expect(second.code, second.stderr).toBe(0)
     expect(second.stdout).toMatch(/RECAP {2}ok=7 changed=0 failed=0/)
+    expect(second.stdout).toMatch(restored)
   })
 })

@@ -1,9 +1,11 @@
 // The Ansible role in ansible/, run for real with ansible-playbook against localhost (ansible_connection=local)
 // on temporary roots: install (rsync of the checkout, npm ci), the host's .env, `citadel run --json` mapped to
-// Ansible's changed/failed with citadel's recap shown, --check mapped to citadel --check, and a failing run.
+// Ansible's changed/failed with citadel's recap shown, --check mapped to citadel --check, and a failing run;
+// then status.yml over a small fleet (inventory names that all connect locally, each with its own install
+// and roots): one table of every host's health-check, failing by name on a critical, unknown or unreachable host.
 // Skipped, saying why, without ansible-playbook or the ansible.posix collection (Debian: apt-get install ansible).
 import { spawn, spawnSync } from 'node:child_process'
-import { cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { parse as parseDotenv } from 'dotenv'
@@ -43,12 +45,14 @@ interface Play {
   tasks: Record<string, Record<string, string>>
   /** citadel's recap lines per host, as the role's "citadel recap" task printed them. */
   citadel: Record<string, string[]>
+  /** Per task title, per host: the msg of its result (a debug task's message, a failure's reason). */
+  messages: Record<string, Record<string, unknown>>
 }
 
-function parsePlay(output: string): Pick<Play, 'recap' | 'tasks' | 'citadel'> {
+function parsePlay(output: string): Pick<Play, 'recap' | 'tasks' | 'citadel' | 'messages'> {
   const recap: Play['recap'] = {}
   const tasks: Play['tasks'] = {}
-  const citadel: Play['citadel'] = {}
+  const messages: Play['messages'] = {}
   const lines = output.split('\n')
   let task = ''
   let inRecap = false
@@ -59,19 +63,33 @@ function parsePlay(output: string): Pick<Play, 'recap' | 'tasks' | 'citadel'> {
     if (line.startsWith('PLAY RECAP')) inRecap = true
     const status = /^(ok|changed|fatal|failed|skipping): \[([^\]]+)\]/.exec(line)
     if (status && task) (tasks[task] ??= {})[status[2]!] = status[1]!
-    if (status && task === 'citadel : citadel recap' && line.endsWith('=> {')) {
-      const end = lines.indexOf('}', i)
-      citadel[status[2]!] = JSON.parse(lines.slice(i, end + 1).join('\n').replace(/^[^{]*/, '')).msg
+    // A result is printed on its line ("=> {...}") or, for a debug message, indented up to a lone "}".
+    if (status && task && / => \{/.test(line)) {
+      const end = line.endsWith('=> {') ? lines.indexOf('}', i) : i
+      ;(messages[task] ??= {})[status[2]!] = JSON.parse(lines.slice(i, end + 1).join('\n').replace(/^.*? => /, '')).msg
     }
     const counts = inRecap && /^(\S+)\s+:\s+(ok=.*)$/.exec(line)
     if (counts) recap[counts[1]!] = Object.fromEntries([...counts[2]!.matchAll(/(\w+)=(\d+)/g)].map((m) => [m[1]!, Number(m[2])]))
   }
-  return { recap, tasks, citadel }
+  return { recap, tasks, citadel: (messages['citadel : citadel recap'] ?? {}) as Play['citadel'], messages }
 }
 
 /** The status each host's `citadel run` task got (its title carries the playbook and --check). */
 const runStatus = (play: Play, host = 'localhost') =>
   Object.entries(play.tasks).find(([title]) => title.startsWith('citadel : citadel run '))?.[1][host]
+
+/** The table status.yml prints, by host: each cell under its header (columns are at least two spaces apart). */
+function fleetTable(lines: string[]): Record<string, Record<string, string>> {
+  const at = lines.findIndex((l) => l.startsWith('HOST '))
+  const columns = [...lines[at]!.matchAll(/\S+(?: \S+)*/g)].map((m) => ({ name: m[0], start: m.index }))
+  const rows: Record<string, Record<string, string>> = {}
+  for (const line of lines.slice(at + 1)) {
+    if (!line) break
+    const cells = Object.fromEntries(columns.map((c, i) => [c.name, line.slice(c.start, columns[i + 1]?.start).trim()]))
+    rows[cells.HOST!] = cells
+  }
+  return rows
+}
 
 describe(`the Ansible role (ansible/)${skip ? ` (skipped: ${skip})` : ''}`, () => {
   let base = ''
@@ -114,17 +132,14 @@ describe(`the Ansible role (ansible/)${skip ? ` (skipped: ${skip})` : ''}`, () =
   })
 
   /** Runs ansible/site.yml of the copy against localhost with these host variables. */
-  async function play(label: string, hostVars: Record<string, unknown>, args: string[] = []): Promise<Play> {
+  const play = (label: string, hostVars: Record<string, unknown>, args: string[] = []) =>
+    runPlaybook(label, 'site.yml', { localhost: { citadel_install_dir: install, citadel_bin_link: path.join(base, 'bin', 'citadel'), ...hostVars } }, args)
+
+  /** Runs a playbook of the copy's ansible/ on these inventory hosts of the group citadel, each connecting locally unless its variables say otherwise. */
+  async function runPlaybook(label: string, playbook: string, hosts: Record<string, Record<string, unknown>>, args: string[] = []): Promise<Play> {
     const inventory = path.join(base, 'inventory.json')
-    const localhost = {
-      ansible_connection: 'local',
-      ansible_python_interpreter: '{{ ansible_playbook_python }}',
-      ansible_become: false,
-      citadel_install_dir: install,
-      citadel_bin_link: path.join(base, 'bin', 'citadel'),
-      ...hostVars,
-    }
-    writeFileSync(inventory, JSON.stringify({ citadel: { hosts: { localhost } } }, null, 2))
+    const local = { ansible_connection: 'local', ansible_python_interpreter: '{{ ansible_playbook_python }}', ansible_become: false }
+    writeFileSync(inventory, JSON.stringify({ citadel: { hosts: Object.fromEntries(Object.entries(hosts).map(([name, vars]) => [name, { ...local, ...vars }])) } }, null, 2))
     const tmp = path.join(base, 'ansible')
     const env = {
       PATH: process.env.PATH ?? '/usr/bin:/bin',
@@ -142,7 +157,7 @@ describe(`the Ansible role (ansible/)${skip ? ` (skipped: ${skip})` : ''}`, () =
       npm_config_update_notifier: 'false',
     }
     const started = Date.now()
-    const child = spawn('ansible-playbook', ['-i', inventory, path.join(source, 'ansible', 'site.yml'), ...args], { cwd: base, env, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn('ansible-playbook', ['-i', inventory, path.join(source, 'ansible', playbook), ...args], { cwd: base, env, stdio: ['ignore', 'pipe', 'pipe'] })
     let output = ''
     child.stdout.on('data', (d) => (output += d))
     child.stderr.on('data', (d) => (output += d))
@@ -214,7 +229,7 @@ print(json.dumps(out))`
     expect(second.recap.localhost).toMatchObject({ changed: 0, failed: 0, unreachable: 0 })
     expect(runStatus(second)).toBe('ok')
     expect(second.citadel.localhost!.at(-1)).toMatch(/^RECAP  ok=\d+ changed=0 failed=0 skipped=0$/)
-  }, 180_000)
+  }, 300_000)
 
   it('--check runs citadel --check with the settings the run would write: reports changed, changes nothing', async (ctx) => {
     if (skip) return ctx.skip(skip)
@@ -259,4 +274,130 @@ print(json.dumps(out))`
     expect(recap.at(-1)).toMatch(/^citadel exited 2: a task failed/)
     expect(lstatSync(missing, { throwIfNoEntry: false })).toBeUndefined()
   }, 120_000)
+
+  // status.yml over a fleet of two hosts, each with its own install (so its own .env) and its own roots.
+  const fleetDir = (host: string, ...parts: string[]) => path.join(base, 'fleet', host, ...parts)
+  const fleetHost = (host: string) => ({ citadel_install_dir: fleetDir(host, 'install') })
+  /** citadel as installed on a host of the fleet, reading that host's .env. */
+  const citadelOn = (host: string, ...args: string[]) =>
+    spawnSync(process.execPath, [fleetDir(host, 'install', 'bin', 'citadel.js'), ...args], { encoding: 'utf8', env: { PATH: process.env.PATH ?? '/usr/bin:/bin', CITADEL_ENV_FILE: fleetDir(host, 'install', '.env') } })
+  const fleetRoots = (hosts: string[]) => Object.fromEntries(hosts.flatMap((h) => ['app', 'models', 'backup'].map((r) => [`${h}/${r}`, snapshot(fleetDir(h, r))])))
+
+  it('status.yml: one table of the fleet; the play fails naming the critical, unknown and unreachable hosts; it changes nothing', async (ctx) => {
+    if (skip) return ctx.skip(skip)
+    const hosts = ['gpu-a', 'gpu-b']
+    // Each host installed as site.yml leaves it (the tests above show that), without its slow Ansible run:
+    // the still copy of the checkout with this checkout's node_modules, a .env, initial-setup, a verified backup.
+    for (const host of hosts) {
+      cpSync(source, fleetDir(host, 'install'), { recursive: true, filter: (src) => !['.git', 'node_modules', '.env'].includes(path.relative(source, src)) })
+      symlinkSync(path.join(PROJECT, 'node_modules'), fleetDir(host, 'install', 'node_modules'))
+      const roots = { CITADEL_APP_ROOT: fleetDir(host, 'app'), CITADEL_MODELS_ROOT: fleetDir(host, 'models'), CITADEL_BACKUP_ROOT: fleetDir(host, 'backup') }
+      writeFileSync(fleetDir(host, 'install', '.env'), Object.entries({ ...roots, MODEL_REGISTRY: 'tiny=tiny-model', MODEL_AUTO_BACKUP: 'false' }).map(([k, v]) => `${k}=${v}\n`).join(''))
+      mkdirSync(fleetDir(host, 'models', 'active', 'tiny-model'), { recursive: true })
+      writeFileSync(fleetDir(host, 'models', 'active', 'tiny-model', 'config.json'), `{"host": "${host}"}\n`)
+      mkdirSync(fleetDir(host, 'backup'))
+      for (const args of [['run', 'initial-setup'], ['backup', 'create'], ['backup', 'verify', '--sample', '1']]) {
+        const run = citadelOn(host, ...args)
+        expect(run.status, `${host}: citadel ${args.join(' ')}\n${run.stdout}${run.stderr}`).toBe(0)
+      }
+    }
+    // gpu-c has citadel but an invalid setting: health-check cannot judge it (exit 3, no report).
+    cpSync(fleetDir('gpu-a', 'install'), fleetDir('gpu-c', 'install'), { recursive: true, verbatimSymlinks: true })
+    writeFileSync(fleetDir('gpu-c', 'install', '.env'), `CITADEL_APP_ROOT=${fleetDir('gpu-c', 'app')}\nSTORAGE_MONITOR_DISK_USAGE_WARNING=0.95\n`)
+    const newest = (host: string) => path.basename(readlinkSync(fleetDir(host, 'backup', 'models', 'latest')))
+    // gpu-b's models link now points nowhere: vLLM there would find no models, a critical problem.
+    const modelsLink = fleetDir('gpu-b', 'app', 'models')
+    const target = readlinkSync(modelsLink)
+    rmSync(modelsLink)
+    symlinkSync(fleetDir('gpu-b', 'models', 'gone'), modelsLink)
+    const before = fleetRoots(hosts)
+
+    const failing = await runPlaybook('status.yml (gpu-b critical, gpu-c invalid settings, gpu-new without citadel, gpu-gone unreachable)', 'status.yml', {
+      'gpu-a': fleetHost('gpu-a'),
+      'gpu-b': fleetHost('gpu-b'),
+      'gpu-c': fleetHost('gpu-c'),
+      'gpu-new': { citadel_install_dir: fleetDir('gpu-new', 'install') },
+      // Nothing listens on port 1: ssh is refused at once.
+      'gpu-gone': { ansible_connection: 'ssh', ansible_host: '127.0.0.1', ansible_port: 1 },
+    })
+    expect(failing.code).not.toBe(0)
+    const lines = Object.values(failing.messages['citadel : citadel fleet status'] ?? {})[0] as string[]
+    expect(lines[0]).toBe('citadel on 5 hosts: 1 ok, 1 critical, 2 unknown, 1 unreachable')
+    const table = fleetTable(lines)
+    expect(Object.keys(table)).toEqual(['gpu-a', 'gpu-b', 'gpu-c', 'gpu-new', 'gpu-gone'])
+    expect(table['gpu-a']).toEqual({
+      HOST: 'gpu-a', OVERALL: 'OK', PROBLEMS: '-',
+      'NEWEST LOCAL BACKUP': `${newest('gpu-a')}, 0m ago`, 'NEWEST REMOTE BACKUP': '-', 'LAST VERIFICATION': 'ok, 0m ago',
+    })
+    expect(table['gpu-b']).toMatchObject({ OVERALL: 'CRITICAL', PROBLEMS: expect.stringMatching(/^symlinks: /), 'NEWEST LOCAL BACKUP': `${newest('gpu-b')}, 0m ago`, 'LAST VERIFICATION': 'ok, 0m ago' })
+    expect(table['gpu-c']).toMatchObject({ OVERALL: 'UNKNOWN', PROBLEMS: expect.stringMatching(/^citadel: invalid setting /), 'NEWEST LOCAL BACKUP': '-' })
+    expect(table['gpu-new']).toMatchObject({ OVERALL: 'UNKNOWN', 'NEWEST LOCAL BACKUP': '-' })
+    expect(table['gpu-gone']).toMatchObject({ OVERALL: 'UNREACHABLE', 'NEWEST LOCAL BACKUP': '-' })
+    // Each problem in full under the table, then the hosts that fail the play.
+    expect(lines).toContainEqual(expect.stringMatching(new RegExp(`^gpu-b\\s+critical\\s+symlinks: ${modelsLink}: `)))
+    expect(lines).toContainEqual(expect.stringMatching(/^gpu-c\s+unknown\s+citadel: invalid setting STORAGE_MONITOR_DISK_USAGE_WARNING="0.95"/))
+    expect(lines).toContainEqual(expect.stringMatching(new RegExp(`^gpu-new\\s+unknown\\s+.*${fleetDir('gpu-new', 'install')}`)))
+    expect(lines).toContainEqual(expect.stringMatching(/^gpu-gone\s+unreachable\s+.*Connection refused/))
+    expect(lines.at(-1)).toBe('FAILED: gpu-b (critical), gpu-c (unknown), gpu-new (unknown), gpu-gone (unreachable)')
+    expect(failing.tasks['citadel : citadel verdict']).toEqual({ 'gpu-a': 'ok', 'gpu-b': 'fatal', 'gpu-c': 'fatal', 'gpu-new': 'fatal' })
+    expect(failing.messages['citadel : citadel verdict']?.['gpu-b']).toMatch(new RegExp(`^gpu-b is CRITICAL: symlinks: ${modelsLink}: `))
+    expect(failing.recap).toMatchObject({
+      'gpu-a': { changed: 0, failed: 0, unreachable: 0 },
+      'gpu-b': { changed: 0, failed: 1 },
+      'gpu-c': { changed: 0, failed: 1 },
+      'gpu-new': { changed: 0, failed: 1 },
+      'gpu-gone': { unreachable: 1 },
+    })
+    expect(fleetRoots(hosts)).toEqual(before)
+
+    // Repaired, both hosts pass; under --check too, as the play only reads.
+    rmSync(modelsLink)
+    symlinkSync(target, modelsLink)
+    const repaired = fleetRoots(hosts)
+    const passing = await runPlaybook('status.yml --check (both hosts ok)', 'status.yml', Object.fromEntries(hosts.map((h) => [h, fleetHost(h)])), ['--check'])
+    expect(passing.code, passing.output).toBe(0)
+    const passed = Object.values(passing.messages['citadel : citadel fleet status'] ?? {})[0] as string[]
+    expect(passed[0]).toBe('citadel on 2 hosts: 2 ok')
+    expect(Object.values(fleetTable(passed)).map((row) => row.OVERALL)).toEqual(['OK', 'OK'])
+    expect(passed.some((l) => l.startsWith('FAILED'))).toBe(false)
+    expect(passing.recap).toEqual({ 'gpu-a': expect.objectContaining({ changed: 0, failed: 0 }), 'gpu-b': expect.objectContaining({ changed: 0, failed: 0 }) })
+    expect(fleetRoots(hosts)).toEqual(repaired)
+  }, 300_000)
+
+  it("status.yml reads a report's verdict, and shows backups_remote.newest, '-' where it is absent or null", (ctx) => {
+    if (skip) return ctx.skip(skip)
+    if (!existsSync(fleetDir('gpu-a', 'install', '.env'))) return ctx.skip('needs the fleet of the previous test')
+    const check = citadelOn('gpu-a', 'health-check', '--json')
+    expect(check.status, check.stderr).toBe(0)
+    const report = JSON.parse(check.stdout)
+    const remote = { name: 'backup_20261201_020000_full', created: '2026-12-01T02:00:00.000Z', age: '1d 3h', age_seconds: 97_200 }
+    const problem = (severity: string) => ({ check: 'backups', severity, key: 'backups:overdue', message: `a ${severity} problem` })
+    // [health-check's exit status, what it printed]
+    const answers: [number, string][] = [
+      [0, JSON.stringify(report)],
+      [0, JSON.stringify({ ...report, backups_remote: null })],
+      [0, JSON.stringify({ ...report, backups_remote: { newest: null } })],
+      [0, JSON.stringify({ ...report, backups_remote: { newest: remote } })],
+      [1, JSON.stringify({ ...report, overall: 'warning', problems: [problem('warning')] })],
+      [2, JSON.stringify({ ...report, overall: 'critical', problems: [problem('critical')] })],
+      [3, 'CITADEL UNKNOWN - the checks could not run: no such thing\n'],
+    ]
+    const script = `
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from citadel import citadel_health
+print(json.dumps([citadel_health({'rc': rc, 'stdout': out, 'stderr': ''}, 'gpu-a') for rc, out in json.load(sys.stdin)]))`
+    const run = spawnSync(python, ['-c', script, path.join(PROJECT, 'ansible', 'roles', 'citadel', 'filter_plugins')], {
+      input: JSON.stringify(answers),
+      encoding: 'utf8',
+      env: { PATH: process.env.PATH ?? '/usr/bin:/bin', PYTHONDONTWRITEBYTECODE: '1', ANSIBLE_HOME: path.join(base, 'ansible', 'home'), ANSIBLE_LOCAL_TEMP: path.join(base, 'ansible', 'local') },
+    })
+    expect(run.status, run.stderr).toBe(0)
+    const rows: { overall: string; failing: boolean; problems: { severity: string; text: string }[]; local: string; remote: string }[] = JSON.parse(run.stdout)
+    expect(rows.map((r) => r.remote)).toEqual(['-', '-', '-', 'backup_20261201_020000_full, 1d 3h ago', '-', '-', '-'])
+    expect(rows.map((r) => [r.overall, r.failing])).toEqual([['ok', false], ['ok', false], ['ok', false], ['ok', false], ['warning', false], ['critical', true], ['unknown', true]])
+    expect(rows[0]!.local).toBe(`${report.backups.newest.name}, ${report.backups.newest.age} ago`)
+    expect(rows[5]!.problems).toEqual([{ severity: 'critical', text: 'backups: a critical problem' }])
+    expect(rows[6]!.problems).toEqual([{ severity: 'unknown', text: 'CITADEL UNKNOWN - the checks could not run: no such thing' }])
+  })
 })

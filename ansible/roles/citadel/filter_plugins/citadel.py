@@ -1,5 +1,6 @@
-# Filters of the citadel role: quoting a setting for citadel's .env (read with dotenv), and reading the
-# JSON document `citadel run PLAYBOOK --json` prints into Ansible's changed/failed and a recap.
+# Filters of the citadel role: quoting a setting for citadel's .env (read with dotenv), reading the JSON
+# document `citadel run PLAYBOOK --json` prints into Ansible's changed/failed and a recap, and reading each
+# host's `citadel health-check --json` into one status table for the fleet (status.yml).
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
@@ -169,6 +170,125 @@ def citadel_recap(result, changes_max=10):
     return lines
 
 
+# health-check answers as a monitoring plugin does (README, "Exit codes").
+HEALTH_BY_EXIT = {0: 'ok', 1: 'warning', 2: 'critical', 3: 'unknown'}
+# Verdicts that fail the status play: a host that is critical, or that could not be judged.
+FAILING = ('critical', 'unknown', 'unreachable')
+PROBLEM_CELL_MAX = 48
+
+
+def duration(seconds):
+    """3d 4h, 5h 12m, 7m: as citadel writes an age (lib/infra/format.ts)."""
+    seconds = max(0, int(seconds))
+    days, hours, minutes = seconds // 86400, seconds // 3600 % 24, seconds // 60 % 60
+    if days:
+        return '%dd %dh' % (days, hours)
+    if hours:
+        return '%dh %dm' % (hours, minutes)
+    return '%dm' % minutes
+
+
+def health_report(stdout):
+    """The document `citadel health-check --json` printed, or None when stdout is not one."""
+    try:
+        doc = json.loads(to_text(stdout or ''))
+    except ValueError:
+        return None
+    if isinstance(doc, dict) and doc.get('overall') in ('ok', 'warning', 'critical') and isinstance(doc.get('problems'), list):
+        return doc
+    return None
+
+
+def _backup_cell(backups):
+    newest = backups.get('newest') if isinstance(backups, dict) else None
+    if not isinstance(newest, dict):
+        return '-'
+    age = newest.get('age') or (duration(newest['age_seconds']) if isinstance(newest.get('age_seconds'), int) else '?')
+    return '%s, %s ago' % (newest.get('name'), age)
+
+
+def _verification_cell(backups):
+    last = backups.get('last_verification') if isinstance(backups, dict) else None
+    if not isinstance(last, dict):
+        return 'never'
+    if last.get('ok'):
+        return 'ok, %s ago' % duration(last.get('age_seconds') or 0)
+    return 'FAILED, %s ago (%s problems)' % (duration(last.get('age_seconds') or 0), last.get('problems', '?'))
+
+
+def _why_unknown(result):
+    """The first line that says why health-check gave no report: its output, or Ansible's message."""
+    for text in (result.get('stderr'), result.get('stdout'), result.get('msg')):
+        for line in to_text(text or '').splitlines():
+            line = line.strip()
+            if line:
+                return line
+    return 'health-check gave no report (exit %s)' % result.get('rc')
+
+
+def citadel_health(result, host):
+    """
+    One host's line of the fleet status from its registered health-check result (None: the host gave no
+    answer, unreachable or failed before). overall is ok, warning, critical, unknown or unreachable; failing
+    says whether it fails the status play.
+    """
+    row = {'host': to_text(host), 'overall': 'unreachable', 'failing': True, 'problems': [], 'local': '-', 'remote': '-', 'verified': '-'}
+    if not isinstance(result, dict) or result.get('unreachable'):
+        row['problems'] = [{'severity': 'unreachable', 'text': to_text(result.get('msg')) if isinstance(result, dict) and result.get('msg') else 'no answer from the host'}]
+        return row
+    doc = health_report(result.get('stdout'))
+    if doc is None or HEALTH_BY_EXIT.get(result.get('rc')) in (None, 'unknown'):
+        row['overall'] = 'unknown'
+        row['problems'] = [{'severity': 'unknown', 'text': _why_unknown(result)}]
+        return row
+    backups = doc.get('backups') or {}
+    # backups_remote appears once BACKUP_REMOTE is read by health-check; older citadel has no such key.
+    remote = doc.get('backups_remote')
+    row.update({
+        'overall': doc['overall'],
+        'failing': doc['overall'] in FAILING,
+        'problems': [{'severity': to_text(p.get('severity')), 'text': '%s: %s' % (p.get('check'), p.get('message'))} for p in doc['problems'] if isinstance(p, dict)],
+        'local': _backup_cell(backups),
+        'remote': _backup_cell(remote) if isinstance(remote, dict) else '-',
+        'verified': _verification_cell(backups),
+    })
+    return row
+
+
+def _short(problems):
+    if not problems:
+        return '-'
+    text = problems[0]['text']
+    first = text if len(text) <= PROBLEM_CELL_MAX else text[:PROBLEM_CELL_MAX - 3] + '...'
+    return first if len(problems) == 1 else '%s (+%d more)' % (first, len(problems) - 1)
+
+
+def citadel_fleet_status(hosts, hostvars, result_name):
+    """
+    The fleet's status as lines: a headline, one table row per host, every problem of the hosts not ok in
+    full, and the hosts that fail the play. result_name is the variable each host registered health-check in.
+    """
+    rows = [citadel_health(hostvars[host].get(result_name), host) for host in hosts]
+    header = ('HOST', 'OVERALL', 'PROBLEMS', 'NEWEST LOCAL BACKUP', 'NEWEST REMOTE BACKUP', 'LAST VERIFICATION')
+    cells = [header] + [(r['host'], r['overall'].upper(), _short(r['problems']), r['local'], r['remote'], r['verified']) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    counts = {}
+    for r in rows:
+        counts[r['overall']] = counts.get(r['overall'], 0) + 1
+    order = ('ok', 'warning', 'critical', 'unknown', 'unreachable')
+    lines = ['citadel on %d hosts: %s' % (len(rows), ', '.join('%d %s' % (counts[v], v) for v in order if v in counts))]
+    lines += ['  '.join(c[i].ljust(widths[i]) for i in range(len(header))).rstrip() for c in cells]
+    details = [(r['host'], p) for r in rows if r['overall'] != 'ok' for p in r['problems']]
+    if details:
+        lines.append('')
+        lines += ['%s  %-11s %s' % (host.ljust(widths[0]), problem['severity'], problem['text']) for host, problem in details]
+    failing = [r for r in rows if r['failing']]
+    if failing:
+        lines.append('')
+        lines.append('FAILED: %s' % ', '.join('%s (%s)' % (r['host'], r['overall']) for r in failing))
+    return lines
+
+
 class FilterModule(object):
     def filters(self):
         return {
@@ -179,4 +299,6 @@ class FilterModule(object):
             'citadel_changed': citadel_changed,
             'citadel_failed': citadel_failed,
             'citadel_recap': citadel_recap,
+            'citadel_health': citadel_health,
+            'citadel_fleet_status': citadel_fleet_status,
         }
