@@ -11,18 +11,14 @@ import { CATALOG, chainOf, isEmptyBackup, type Backup, type BackupLists, type Ca
 import { processRuns } from '../core/lock.ts'
 import type { Settings } from '../infra/config.ts'
 import { bytes, count } from '../infra/format.ts'
-import { fsyncDir, isTempSiblingName, lstatOrNull, readFileOrNull, tempSibling } from '../infra/fsx.ts'
-import { healthDir } from '../infra/layout.ts'
+import { fsyncDir, isTempSiblingName, lstatOrNull, tempSibling } from '../infra/fsx.ts'
 import { catalogSchema, parseFile } from '../infra/schemas.ts'
 import { walkTree, type TreeFile } from '../infra/tree.ts'
 import type { Shell } from 'zx/core'
+import { hashRecordFile, readHashRecord } from './hashes.ts'
+import { PLACES, placeDir, type Place } from './places.ts'
 import { archiveDir, readModelsState, stagingDir, type ArchivedVersion, type ModelsState } from './promote.ts'
 import type { Holder } from './usage.ts'
-
-export const PLACES = ['active', 'staging', 'archive', 'downloads'] as const
-export type Place = (typeof PLACES)[number]
-
-export const placeDir = (s: Settings, place: Place) => (place === 'active' ? s.modelsActive : path.join(s.modelsRoot, place))
 
 /** What model fetch names a download it has not finished: downloads/<name>.partial. */
 const PARTIAL = '.partial'
@@ -75,10 +71,6 @@ export function freedBytes(files: readonly TreeFile[]): number {
   return freed
 }
 
-/** The hashes model verify records for a directory: only what list reads of them. */
-const hashRecordSchema = z.object({ files: z.record(z.string(), z.object({ size: z.number(), verified: z.string() })) })
-export const hashRecordFile = (s: Settings, name: string) => path.join(healthDir(s), 'model-hashes', `${name}.json`)
-
 export interface LastVerification {
   /** When a file of it last hashed as recorded. */
   at: string
@@ -89,14 +81,11 @@ export interface LastVerification {
 
 /** The last verification as the record tells it, or null when the directory was never verified. */
 async function lastVerification(file: string, files: readonly TreeFile[]): Promise<LastVerification | null> {
-  const text = await readFileOrNull(file)
-  if (text === null) return null
-  let recorded: z.output<typeof hashRecordSchema>['files']
-  try {
-    recorded = parseFile(hashRecordSchema, file, text).files
-  } catch (err) {
-    return { at: '', ok: false, detail: (err as Error).message }
-  }
+  let unreadable: string | null = null
+  const recorded = (await readHashRecord(file, (message) => (unreadable = message))).files
+  if (unreadable !== null) return { at: '', ok: false, detail: unreadable }
+  // model verify writes no record for a directory of which nothing hashed well.
+  if (!Object.keys(recorded).length) return null
   const at = Object.values(recorded).reduce((newest, r) => (r.verified > newest ? r.verified : newest), '')
   const now = new Map(files.map((f) => [f.rel, f.size]))
   const unrecorded = files.filter((f) => recorded[f.rel]?.size !== f.size).length

@@ -14,7 +14,7 @@ const SHARD = 'x'.repeat(64 * 1024)
 
 const staging = (roots: Roots, ...rest: string[]) => path.join(roots.models, 'staging', ...rest)
 const archive = (roots: Roots, ...rest: string[]) => path.join(roots.models, 'archive', ...rest)
-const model = (version: string) => ({ 'config.json': `{"version": "${version}"}\n`, 'model.safetensors': SHARD + version })
+const model = (version: string) => ({ 'config.json': `{"version": "${version}"}\n`, 'weights.bin': SHARD + version })
 const put = (dir: string, files: Record<string, string>) => Object.entries(files).forEach(([rel, content]) => writeFile(path.join(dir, rel), content))
 
 /**
@@ -72,19 +72,18 @@ const row = (doc: any, place: string, name: string) => doc.tasks[0].data.models.
 describe('model list', () => {
   it('shows every place with its alias, backup, verification and the processes holding files', async () => {
     const roots = await server()
-    // What model verify records for m-v2: every file with its size, verified a minute ago.
-    const at = new Date(Date.now() - 60_000).toISOString()
-    writeFile(path.join(roots.app, 'state', 'model-hashes', 'm-v2.json'), JSON.stringify({ files: Object.fromEntries(Object.entries(model('m-v2')).map(([rel, c]) => [rel, { size: c.length, sha256: '0'.repeat(64), recorded: at, verified: at }])) }))
-    writeFile(path.join(roots.app, 'state', 'model-hashes', 'unused.json'), JSON.stringify({ files: { 'config.json': { size: 1, sha256: '0'.repeat(64), recorded: at, verified: at } } }))
-    const child = await hold(staging(roots, 'm-v3', 'config.json'), archive(roots, 'm-v1', 'model.safetensors'))
+    // Verified as it is; unused verified, then grown: its record no longer covers it.
+    for (const dir of ['m-v2', 'unused']) expect((await citadel(['model', 'verify', dir], roots.env)).code).toBe(0)
+    writeFileSync(path.join(roots.active, 'unused', 'config.json'), '{"version": "unused", "grown": true}\n')
+    const child = await hold(staging(roots, 'm-v3', 'config.json'), archive(roots, 'm-v1', 'weights.bin'))
 
-    const list = await citadelJson(['task', 'model-list'], roots.env)
+    const list = await citadelJson(['model', 'list'], roots.env)
     expect(list.code, list.stderr).toBe(0)
     expect(list.doc.tasks[0].data.models.map((m: any) => `${m.place}/${m.name}`)).toEqual(['active/m-v2', 'active/unused', 'staging/m-v3', 'archive/m-v1', 'downloads/m-v4.partial'])
-    expect(row(list.doc, 'active', 'm-v2')).toMatchObject({ aliases: ['chat'], files: 2, bytes: SHARD.length + 4 + 20, backup: null, holders: [], last_verification: { at, ok: true } })
-    expect(row(list.doc, 'active', 'unused')).toMatchObject({ aliases: [], last_verification: { ok: false } })
+    expect(row(list.doc, 'active', 'm-v2')).toMatchObject({ aliases: ['chat'], files: 2, bytes: SHARD.length + 4 + 20, backup: null, holders: [], last_verification: { ok: true, detail: 'all 2 files as recorded' } })
+    expect(row(list.doc, 'active', 'unused')).toMatchObject({ aliases: [], last_verification: { ok: false, detail: '1 file unrecorded or resized since: run citadel model verify' } })
     expect(row(list.doc, 'archive', 'm-v1')).toMatchObject({ aliases: [], archived: { alias: 'chat', dir: 'm-v1', bad: false }, backup: { verified: true }, last_verification: null })
-    expect(row(list.doc, 'archive', 'm-v1').holders).toEqual([{ pid: child.pid, how: 'mapped', file: 'model.safetensors', command: expect.stringContaining('python3') }])
+    expect(row(list.doc, 'archive', 'm-v1').holders).toEqual([{ pid: child.pid, how: 'mapped', file: 'weights.bin', command: expect.stringContaining('python3') }])
     expect(row(list.doc, 'staging', 'm-v3').holders).toEqual([{ pid: child.pid, how: 'open', file: 'config.json', command: expect.stringContaining('python3') }])
     expect(row(list.doc, 'staging', 'm-v3').backup).toBeNull()
     expect(row(list.doc, 'downloads', 'm-v4.partial')).toMatchObject({ partial: true, files: 1 })
@@ -95,7 +94,7 @@ describe('model list', () => {
     expect(human.stdout).toMatch(/m-v2\s+active\s+chat\s+64\.0 KiB\s+2\s+ok \d{4}-\d\d-\d\d \d\d:\d\d\s+-\s+-/)
     expect(human.stdout).toMatch(new RegExp(`m-v1\\s+archive\\s+\\(chat\\)\\s+.*backup_\\d{8}_\\d{6}_full\\s+pid ${child.pid}`))
     expect(human.stdout).toMatch(/m-v4\.partial\s+downloads \(partial\)/)
-    expect(human.stdout).toMatch(new RegExp(`archive/m-v1: pid ${child.pid} \\(\\S*python3 -c import ctypes, os, sys, time libc = .*\\.\\.\\.\\) has model\\.safetensors mapped\n`))
+    expect(human.stdout).toMatch(new RegExp(`archive/m-v1: pid ${child.pid} \\(\\S*python3 -c import ctypes, os, sys, time libc = .*\\.\\.\\.\\) has weights\\.bin mapped\n`))
   }, 120_000)
 
   it('offers the removal of archived versions beyond MODEL_ARCHIVE_KEEP, and deletes what a killed remove left', async () => {
@@ -156,8 +155,8 @@ describe('model remove', () => {
       expect(result.stdout, dir).toMatch(message)
     }
 
-    const child = await hold(staging(roots, 'm-v3', 'config.json'), archive(roots, 'm-v1', 'model.safetensors'))
-    await refuses('m-v1', new RegExp(`refusing to delete .*archive/m-v1: pid ${child.pid} \\(\\S*python3 .*\\) has model\\.safetensors mapped; stop it first`))
+    const child = await hold(staging(roots, 'm-v3', 'config.json'), archive(roots, 'm-v1', 'weights.bin'))
+    await refuses('m-v1', new RegExp(`refusing to delete .*archive/m-v1: pid ${child.pid} \\(\\S*python3 .*\\) has weights\\.bin mapped; stop it first`))
     await refuses('m-v3', new RegExp(`refusing to delete .*staging/m-v3: pid ${child.pid} \\(\\S*python3 .*\\) has config\\.json open`))
     child.kill('SIGKILL')
     await new Promise((resolve) => child.once('exit', resolve))
@@ -166,7 +165,7 @@ describe('model remove', () => {
     // A link in archive/ to the live directory: never followed, whatever it points at.
     symlinkSync(path.join(roots.active, 'm-v2'), archive(roots, 'linked'))
     await refuses('linked', /refusing to delete .*archive\/linked: it is a symlink, not a directory; a link is never followed/)
-    expect(readdirSync(path.join(roots.active, 'm-v2')).sort()).toEqual(['config.json', 'model.safetensors'])
+    expect(readdirSync(path.join(roots.active, 'm-v2')).sort()).toEqual(['config.json', 'weights.bin'])
     // The alias's link pointed by hand at an archived directory: that directory is in use.
     const chat = path.join(roots.app, 'model-links', 'chat')
     const served = readlinkSync(chat)
@@ -175,14 +174,14 @@ describe('model remove', () => {
     await refuses('m-v1', /refusing to delete .*archive\/m-v1: chat uses it/)
     spawnSync('ln', ['-sfnT', served, chat])
     // Same size, other bytes: the backup's manifest does not vouch for it.
-    const shard = archive(roots, 'm-v1', 'model.safetensors')
+    const shard = archive(roots, 'm-v1', 'weights.bin')
     const good = readFileSync(shard)
     writeFileSync(shard, Buffer.from(good.toString().replace('m-v1', 'm-v9')))
-    await refuses('m-v1', /refusing to delete .*archive\/m-v1: model\.safetensors differs from the manifest of backup_\d{8}_\d{6}_full; --force/)
+    await refuses('m-v1', /refusing to delete .*archive\/m-v1: weights\.bin differs from the manifest of backup_\d{8}_\d{6}_full; --force/)
     writeFileSync(shard, good)
     // In the active models: archive first.
     await refuses('unused', /active\/unused is in active\/: model remove deletes only from archive\/ or staging\/ \(model archive moves an unused one there\)/)
-    const kept = (snap: Record<string, string>) => Object.entries(snap).filter(([rel]) => !/^(\.$|app$|app\/logs|app\/\.citadel|models\/archive(\/linked)?$|models\/archive\/m-v1\/model.safetensors|app\/model-links)/.test(rel))
+    const kept = (snap: Record<string, string>) => Object.entries(snap).filter(([rel]) => !/^(\.$|app$|app\/logs|app\/\.citadel|models\/archive(\/linked)?$|models\/archive\/m-v1\/weights.bin|app\/model-links)/.test(rel))
     expect(kept(snapshot(roots.base))).toEqual(kept(before))
   }, 120_000)
 
@@ -207,7 +206,7 @@ describe('model remove', () => {
 
     // A file hard-linked from elsewhere frees nothing.
     mkdirSync(path.join(roots.base, 'elsewhere'))
-    spawnSync('ln', [staging(roots, 'm-v3', 'model.safetensors'), path.join(roots.base, 'elsewhere', 'shard')])
+    spawnSync('ln', [staging(roots, 'm-v3', 'weights.bin'), path.join(roots.base, 'elsewhere', 'shard')])
     const forced = await citadelJson(['task', 'model-remove', 'm-v3', '--force'], roots.env)
     expect(forced.code, forced.stdout).toBe(0)
     expect(forced.doc.tasks[0].msg).toBe('deleted staging/m-v3, freed 20 B')
