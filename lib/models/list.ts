@@ -95,9 +95,9 @@ async function lastVerification(file: string, files: readonly TreeFile[]): Promi
   return { at, ok: false, detail: `${parts.join(', ')} since: run citadel model verify` }
 }
 
-/** The backups of the active models, newest first, and each one's catalog, read once when first asked. */
+/** The backups of the active models, newest first, and the files of each, by model directory, read once when first asked. */
 export class BackupCatalogs {
-  private readonly catalogs = new Map<string, Catalog | null>()
+  private readonly byDir = new Map<string, Map<string, [string, number][]> | null>()
   private constructor(readonly backups: Backup[]) {}
 
   static async load(s: Settings): Promise<BackupCatalogs> {
@@ -105,12 +105,22 @@ export class BackupCatalogs {
     return new BackupCatalogs(chainOf(contents, s.modelsActive).filter((b) => !isEmptyBackup(b)).reverse())
   }
 
-  private async catalog(b: Backup): Promise<Catalog | null> {
-    if (!this.catalogs.has(b.name)) {
+  /** data/'s files of `b` grouped by their top directory, as [path inside it, size]; null when its catalog cannot be read. */
+  private async filesByDir(b: Backup): Promise<Map<string, [string, number][]> | null> {
+    if (!this.byDir.has(b.name)) {
       const file = path.join(b.dir, CATALOG)
-      this.catalogs.set(b.name, await fs.readFile(file, 'utf8').then((text) => parseFile(catalogSchema, file, text)).catch(() => null))
+      const catalog: Catalog | null = await fs.readFile(file, 'utf8').then((text) => parseFile(catalogSchema, file, text)).catch(() => null)
+      const grouped = catalog && new Map<string, [string, number][]>()
+      for (const [rel, size] of catalog?.files ?? []) {
+        const slash = rel.indexOf('/')
+        if (slash < 0) continue
+        const top = rel.slice(0, slash)
+        if (!grouped!.has(top)) grouped!.set(top, [])
+        grouped!.get(top)!.push([rel.slice(slash + 1), size])
+      }
+      this.byDir.set(b.name, grouped)
     }
-    return this.catalogs.get(b.name)!
+    return this.byDir.get(b.name)!
   }
 
   /**
@@ -118,14 +128,13 @@ export class BackupCatalogs {
    * `accept`: a backup of the directory as it is now.
    */
   async holding(name: string, files: readonly TreeFile[], accept: (b: Backup) => boolean = () => true): Promise<Backup | null> {
-    const prefix = `${name}/`
+    // An empty directory is in every backup and in none: nothing vouches for it.
+    if (!files.length) return null
     const wanted = new Map(files.map((f) => [f.rel, f.size]))
     for (const b of this.backups) {
       if (!accept(b)) continue
-      const catalog = await this.catalog(b)
-      if (!catalog) continue
-      const held = catalog.files.filter(([rel]) => rel.startsWith(prefix))
-      if (held.length === wanted.size && held.every(([rel, size]) => wanted.get(rel.slice(prefix.length)) === size)) return b
+      const held = (await this.filesByDir(b))?.get(name) ?? []
+      if (held.length === wanted.size && held.every(([rel, size]) => wanted.get(rel) === size)) return b
     }
     return null
   }
