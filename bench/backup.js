@@ -10,34 +10,17 @@
 // BENCH_ROUNDS (5).
 import { execFileSync, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { benchDir, citadelBin, cores, fmt, gb, installed, median, opensslRate, project, rounds as roundsOf, seconds, timed } from './lib.js'
 
-const project = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
-const citadelBin = path.join(project, 'bin', 'citadel.js')
-const base = process.env.BENCH_DIR ? path.resolve(process.env.BENCH_DIR) : mkdtempSync(path.join(os.tmpdir(), 'citadel-bench-'))
+const base = benchDir('backup')
 const largeGiB = Number(process.env.BENCH_LARGE_GIB ?? 4)
 const smallFiles = Number(process.env.BENCH_SMALL_FILES ?? 20000)
-const cores = os.availableParallelism()
-const rounds = Number(process.env.BENCH_ROUNDS ?? 5)
+const rounds = roundsOf(5)
 
-const seconds = (start) => Number(process.hrtime.bigint() - start) / 1e9
-function timed(command, args, options = {}) {
-  // Every measurement starts with nothing waiting to be written back, so none pays for the one before.
-  spawnSync('sync')
-  const start = process.hrtime.bigint()
-  const run = spawnSync(command, args, { encoding: 'utf8', maxBuffer: 1 << 28, ...options })
-  const s = seconds(start)
-  if (run.status !== 0) throw new Error(`${command} ${args.join(' ')} exited ${run.status}:\n${run.stdout.slice(-2000)}\n${run.stderr.slice(-2000)}`)
-  return { s, stdout: run.stdout }
-}
 const usedBytes = (dir) => { const st = statfsSync(dir); return (st.blocks - st.bfree) * st.bsize }
-const fmt = (s) => `${s.toFixed(2)} s`
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
-const installed = (command) => (process.env.PATH ?? '').split(':').some((dir) => dir && spawnSync('test', ['-x', path.join(dir, command)]).status === 0)
-const gb = (bytes) => `${(bytes / 1e9).toFixed(2)} GB`
 
 function makeLarge(dir) {
   const chunk = randomBytes(64 << 20)
@@ -63,11 +46,6 @@ function makeSmall(dir) {
 }
 
 /** Openssl's own multi-core SHA-256 rate on 16 KiB blocks, in bytes per second. */
-function opensslRate() {
-  const out = execFileSync('openssl', ['speed', '-multi', String(cores), '-seconds', '3', '-evp', 'sha256'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
-  const row = out.split('\n').filter((l) => /^sha256\s/.test(l)).at(-1)
-  return Number(row.trim().split(/\s+/).at(-1).replace(/k$/, '')) * 1000
-}
 
 function bench(label, slug, make) {
   const dir = path.join(base, slug)

@@ -8,19 +8,15 @@
 // kept small because the machine is shared), BENCH_ROUNDS (3).
 import { execFileSync, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync, ftruncateSync } from 'node:fs'
+import { closeSync, mkdirSync, openSync, rmSync, writeFileSync, writeSync, ftruncateSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { benchDir, citadelBin, cores, gb, opensslRate, project, rounds as roundsOf } from './lib.js'
 
-const project = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
-const citadelBin = path.join(project, 'bin', 'citadel.js')
-const base = process.env.BENCH_DIR ? path.resolve(process.env.BENCH_DIR) : mkdtempSync(path.join(os.tmpdir(), 'citadel-bench-'))
+const base = benchDir('model-verify')
 const hashMiB = Number(process.env.BENCH_HASH_MIB ?? 1024)
-const rounds = Number(process.env.BENCH_ROUNDS ?? 3)
-const cores = os.availableParallelism()
+const rounds = roundsOf(3)
 const GiB = 1 << 30
-const gb = (bytes) => `${(bytes / 1e9).toFixed(2)} GB`
 
 /** A safetensors file of `tensors` BF16 tensors of `elements` each, the data written by `fill` (sparse when it writes nothing). */
 function writeShard(file, tensors, elements, fill) {
@@ -71,11 +67,6 @@ function structure() {
 }
 
 /** Openssl's own multi-core SHA-256 rate on 16 KiB blocks, in bytes per second. */
-function opensslRate() {
-  const out = execFileSync('openssl', ['speed', '-multi', String(cores), '-seconds', '1', '-evp', 'sha256'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
-  const row = out.split('\n').filter((l) => /^sha256\s/.test(l)).at(-1)
-  return Number(row.trim().split(/\s+/).at(-1).replace(/k$/, '')) * 1000
-}
 
 function fullHash() {
   const dir = path.join(base, 'hash')

@@ -8,33 +8,16 @@
 // BENCH_DIR (default: a directory in the system temp dir), BENCH_ROUNDS (3). restic is skipped when not installed.
 import { execFileSync, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { closeSync, mkdirSync, mkdtempSync, openSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
+import { closeSync, mkdirSync, openSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { benchDir, citadelBin, cores, fmt, gb, installed, median, project, rounds as roundsOf, seconds, timed } from './lib.js'
 
-const project = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
-const citadelBin = path.join(project, 'bin', 'citadel.js')
-const base = process.env.BENCH_DIR ? path.resolve(process.env.BENCH_DIR) : mkdtempSync(path.join(os.tmpdir(), 'citadel-bench-restore-'))
+const base = benchDir('restore')
 const shards = Number(process.env.BENCH_SHARDS ?? 4)
 const shardMiB = Number(process.env.BENCH_SHARD_MIB ?? 1024)
-const rounds = Number(process.env.BENCH_ROUNDS ?? 3)
-const cores = os.availableParallelism()
+const rounds = roundsOf(3)
 
-const seconds = (start) => Number(process.hrtime.bigint() - start) / 1e9
-function timed(command, args, options = {}) {
-  // Every measurement starts with nothing waiting to be written back, so none pays for the one before.
-  spawnSync('sync')
-  const start = process.hrtime.bigint()
-  const run = spawnSync(command, args, { encoding: 'utf8', maxBuffer: 1 << 28, ...options })
-  const s = seconds(start)
-  if (run.status !== 0) throw new Error(`${command} ${args.join(' ')} exited ${run.status}:\n${run.stdout.slice(-2000)}\n${run.stderr.slice(-2000)}`)
-  return { s, stdout: run.stdout }
-}
-const fmt = (s) => `${s.toFixed(2)} s`
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
-const installed = (command) => (process.env.PATH ?? '').split(':').some((dir) => dir && spawnSync('test', ['-x', path.join(dir, command)]).status === 0)
-const gb = (bytes) => `${(bytes / 1e9).toFixed(2)} GB`
 const mb = (bytes) => `${(bytes / 1e6).toFixed(1)} MB`
 
 function makeModel(dir) {

@@ -1,12 +1,14 @@
-// Shared by the tests: real temporary roots, the real citadel command in a child process, and a
-// snapshot of a tree precise enough to prove that nothing changed.
+// Shared by the tests: real temporary roots, the real citadel command in a child process, the same
+// playbooks and tasks run in this process for set-up, and a snapshot of a tree precise enough to prove
+// that nothing changed.
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { afterEach } from 'vitest'
+import { afterEach, expect } from 'vitest'
+import type { RunReport } from '../lib/core/report.ts'
 
 export const PROJECT = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
 export const CITADEL = path.join(PROJECT, 'bin', 'citadel.js')
@@ -82,6 +84,56 @@ export async function citadelJson(args: string[], env: Record<string, string>) {
     throw new Error(`not JSON (exit ${result.code}):\n${result.stdout}\n${result.stderr}`)
   }
   return { ...result, doc }
+}
+
+export interface InProcessResult { code: number; report: RunReport | null }
+
+/**
+ * Runs a playbook (`['run', NAME]`) or a task (`['task', NAME]`, with `args` as its command line would give
+ * them) here, in the test's process: the real tasks through the real runner (lock, journal, run log), with
+ * the settings of `env`, printing nothing. For set-up that is not what a test is about: it saves a citadel
+ * process start (half a second of CPU) per run, after loading the modules once per test file (about as much).
+ * A test about a command's own behaviour uses citadel().
+ */
+export async function citadelHere([command, name]: ['run' | 'task', string], env: Record<string, string>, args: Record<string, string | boolean | string[]> = {}): Promise<InProcessResult> {
+  const [{ run }, { loadSettings, SETTINGS }, { playbooks }, { tasks }, { playbookEntries, stepOf }, { parseTaskArgs }] = await Promise.all([
+    import('../lib/core/runner.ts'), import('../lib/infra/config.ts'), import('../playbooks/index.ts'), import('../tasks/index.ts'),
+    import('../lib/core/task.ts'), import('../lib/core/args.ts'),
+  ])
+  // Settings come from `env`; anything else in it would reach only a child process's commands (rsync, ssh,
+  // smartctl), which here inherit this process's environment instead: such a test needs the real command.
+  const foreign = Object.keys(env).filter((key) => !(key in SETTINGS) && key !== 'CITADEL_ENV_FILE' && env[key] !== process.env[key])
+  if (foreign.length) throw new Error(`citadelHere: ${foreign.join(', ')} would not reach the commands a task runs in this process; use citadel() for this test`)
+  const playbook = command === 'run' ? playbooks.find((p) => p.name === name) : null
+  const task = command === 'task' ? tasks.find((t) => t.name === name || t.aliases?.[name]) : null
+  if (!playbook && !task) throw new Error(`citadelHere: no ${command === 'run' ? 'playbook' : 'task'} named ${name}`)
+  const steps = playbook ? playbookEntries(playbook) : [{ ...stepOf(task!, name), args: { ...stepOf(task!, name).args, ...args } }]
+  const ready = steps.map((step) => {
+    const parsed = parseTaskArgs(step.task.args, step.args)
+    if ('problem' in parsed) throw new Error(`citadelHere: ${step.name}: ${parsed.problem}`)
+    return { task: step.task, name: step.name, args: parsed.args, when: 'when' in step ? step.when : undefined, needs: 'needs' in step ? step.needs : [] }
+  })
+  let report: RunReport | null = null
+  const code = await run({
+    playbook: playbook?.name ?? null,
+    onFailure: playbook?.onFailure ?? 'continue',
+    tasks: ready,
+    settings: loadSettings(env),
+    check: false,
+    diff: false,
+    force: false,
+    json: false,
+    quiet: true,
+    report: (doc) => (report = doc),
+    command: ['citadel', command, name].join(' '),
+  })
+  return { code, report }
+}
+
+/** Runs initial-setup on `roots` in this process (see citadelHere); fails the test, saying why, unless it succeeds. */
+export async function setUp(roots: Roots): Promise<void> {
+  const { code, report } = await citadelHere(['run', 'initial-setup'], roots.env)
+  expect(code, JSON.stringify(report?.tasks.filter((t) => t.status === 'failed'))).toBe(0)
 }
 
 /** Every entry below `dir`: kind, mode, owner, link text, content hash and, for directories, mtime. */

@@ -200,7 +200,7 @@ export function localStore(settings: Settings, $: Shell): BackupStore {
       }
     },
     hashCheck: (backup, files, opts) => hashHere(path.join(backup.dir, DATA), files, opts),
-    fetch: (backup, rels, dest, { signal, onBytes }) => rsyncCopy($, { src: path.join(backup.dir, DATA), dest, linkDest: null, excludes: [], only: rels, signal, onBytes }),
+    fetch: (backup, rels, dest, { signal, onBytes, onFileDone }) => rsyncCopy($, { src: path.join(backup.dir, DATA), dest, linkDest: null, excludes: [], only: rels, signal, onBytes, onFileDone }),
     replaceFile: (backup, file, content) => atomicWriteFile(path.join(backup.dir, file), content),
     remove: (name) => removeBackupDir(settings, path.join(root, name)),
     pointLatest: (name) => pointLatest(settings, name),

@@ -7,7 +7,7 @@ import path from 'node:path'
 import type { TaskContext } from '../core/task.ts'
 import { describeEntry, fileStamp, fsyncDir, lstatOrNull, moveNoReplace } from '../infra/fsx.ts'
 import { bytes, count, progressLine } from '../infra/format.ts'
-import { buildUnits, checkUnit, planRestore, unitsTogether, type BadFile, type RestorePlan, type Selection, type UnitPlan } from './restore.ts'
+import { buildUnits, checkUnit, earlyHasher, planRestore, unitsTogether, type BadFile, type RestorePlan, type Selection, type UnitPlan } from './restore.ts'
 import { parseVerifyState } from './verify.ts'
 import { compareBytewise } from './manifest.ts'
 import { META, metaText, VERIFY_STATE, type Backup, type BackupLists, type BackupStore, type DataListing, type RestoreRecord, type StoreContents } from './store.ts'
@@ -53,7 +53,10 @@ export async function removeLeftoverRestores(ctx: TaskContext, dir: string): Pro
 /** Why the copy does not fit on the target's disk (one line with both figures), or null. */
 async function spaceShortfall(plan: RestorePlan, dest: Destination, label: string): Promise<string | null> {
   const copy = plan.units.filter((u) => u.current !== 'same')
-  const blocks = copy.reduce((sum, u) => sum + u.files.filter((f) => u.copy.includes(f.rel)).reduce((s, f) => s + Math.ceil(f.size / BLOCK) * BLOCK, 0), 0)
+  const blocks = copy.reduce((sum, u) => {
+    const copying = new Set(u.copy)
+    return sum + u.files.filter((f) => copying.has(f.rel)).reduce((s, f) => s + Math.ceil(f.size / BLOCK) * BLOCK, 0)
+  }, 0)
   const entries = copy.reduce((sum, u) => sum + u.files.length + u.symlinks.length + u.dirs.length, 0)
   const needed = blocks + entries * BLOCK
   const withMargin = needed + Math.max(16 << 20, Math.ceil(needed * 0.01))
@@ -134,12 +137,16 @@ export async function runRestore(ctx: TaskContext, req: RestoreRequest, label: s
     await fs.mkdir(partial, { mode: 0o700 })
     const all = unitsTogether(todo)
     const copyStart = Date.now()
+    const copying = new Set(all.copy)
+    const early = earlyHasher(partial, all.files.filter((f) => copying.has(f.rel)), ctx.signal)
     await buildUnits(store, backup, todo, dest.target, partial, ctx.$, {
       signal: ctx.signal,
-      copied: (b) => ctx.progress(progressLine('copying:', b, all.copyBytes, copyStart)),
+      copied: (b) => ctx.progress(progressLine('copying and verifying:', b, all.copyBytes, copyStart)),
+      fileDone: early.onFileDone,
     })
     const checkStart = Date.now()
-    const checked = await checkUnit(lists, all, partial, { signal: ctx.signal, onHash: (done) => ctx.progress(progressLine('verifying:', done, all.copyBytes, checkStart)) })
+    const checked = await checkUnit(lists, all, partial, { signal: ctx.signal, early: early.hashes, onHash: (done) => ctx.progress(progressLine('verifying:', done, all.copyBytes, checkStart)) })
+    ctx.log('restore-verified', { bytes: checked.hashedBytes, hashed_during_copy: checked.hashedEarlyBytes, copy_ms: checkStart - copyStart, check_ms: Date.now() - checkStart })
     const healed = checked.bad.length ? await fromElsewhere(ctx, req, all, partial, checked.bad) : { bad: [], found: {} }
     for (const [rel, where] of Object.entries(healed.found)) ctx.warn(`${rel}: the copy in ${backup.name} is bad; restored from ${where}, which holds the same bytes`)
     Object.assign(record.from_elsewhere, healed.found)

@@ -119,7 +119,36 @@ export async function planRestore(lists: BackupLists, listing: DataListing, sel:
   return { units: planned, hashedBytes: total }
 }
 
-export interface BuildProgress { signal: AbortSignal; copied: (bytes: number) => void }
+export interface BuildProgress { signal: AbortSignal; copied: (bytes: number) => void; fileDone?: (rel: string) => void }
+
+/** A file hashed as soon as the copy put it in place, with the state it was hashed in. */
+export interface EarlyHash { sha256: string | null; size: number; mtimeMs: number; ino: number }
+
+/**
+ * Hashes, one at a time on one thread, the big files the copy reports done, so the verification overlaps
+ * the copy instead of following it: rsync keeps the other core. Small files are left to the check after,
+ * where a batch costs less than a worker each.
+ */
+export function earlyHasher(partial: string, files: { rel: string; size: number }[], signal: AbortSignal): { onFileDone: (rel: string) => void; hashes: Map<string, Promise<EarlyHash | null>> } {
+  const EARLY_MIN_BYTES = 8 << 20
+  const big = new Map(files.filter((f) => f.size >= EARLY_MIN_BYTES).map((f) => [f.rel, f.size]))
+  const hashes = new Map<string, Promise<EarlyHash | null>>()
+  let queue: Promise<unknown> = Promise.resolve()
+  const onFileDone = (rel: string) => {
+    const size = big.get(rel)
+    if (size === undefined || hashes.has(rel) || signal.aborted) return
+    const file = path.join(partial, rel)
+    const job = queue.then(async () => {
+      const st = lstatSync(fsPath(file), { throwIfNoEntry: false })
+      if (!st?.isFile() || st.size !== size) return null
+      const [o] = await hashFiles([{ file, size }], { threads: 1, signal })
+      return { sha256: o!.sha256, size: st.size, mtimeMs: st.mtimeMs, ino: st.ino }
+    }).catch(() => null)
+    queue = job
+    hashes.set(rel, job)
+  }
+  return { onFileDone, hashes }
+}
 
 /** A file that could not be restored as the manifest says, and why. */
 export interface BadFile { rel: string; detail: string }
@@ -145,7 +174,7 @@ export async function buildUnits(store: BackupStore, backup: Backup, units: Unit
   // Directories are listed too so that rsync gives them the backup's modes and times once their files are in.
   const fetchList = units.flatMap((unit) => [...unit.dirs, ...unit.symlinks.map(([rel]) => rel), ...unit.copy])
   if (!fetchList.length) return
-  const result = await store.fetch(backup, fetchList, partial, { signal: opts.signal, onBytes: opts.copied })
+  const result = await store.fetch(backup, fetchList, partial, { signal: opts.signal, onBytes: opts.copied, onFileDone: opts.fileDone })
   if (result.error) throw new Error(`copying ${units.map((u) => u.name).join(', ')} from ${backup.name} failed: ${result.error}`)
 }
 
@@ -172,7 +201,7 @@ export function unitsTogether(units: UnitPlan[]): UnitPlan {
  * mode and mtime, the copied ones hashing as the manifest says; every link with its target; nothing else.
  * Returns what is wrong; `hashed` gets the bytes hashed.
  */
-export async function checkUnit(lists: BackupLists, unit: UnitPlan, partial: string, opts: { signal: AbortSignal; onHash: (done: number) => void }): Promise<{ bad: BadFile[]; hashedBytes: number }> {
+export async function checkUnit(lists: BackupLists, unit: UnitPlan, partial: string, opts: { signal: AbortSignal; onHash: (done: number) => void; early?: Map<string, Promise<EarlyHash | null>> }): Promise<{ bad: BadFile[]; hashedBytes: number; hashedEarlyBytes: number }> {
   const bad: BadFile[] = []
   const attrs = new Map((lists.catalog.attrs ?? []).map(([rel, mode, mtimeMs]) => [rel, { mode, mtimeMs }]))
   const built = entriesAt(partial, unit.roots)
@@ -198,14 +227,23 @@ export async function checkUnit(lists: BackupLists, unit: UnitPlan, partial: str
   for (const rel of built.others) bad.push({ rel, detail: 'a special file the backup does not hold' })
 
   const toHash = unit.files.filter((f) => copied.has(f.rel) && present.get(f.rel)?.size === f.size)
-  const outcomes = await hashFiles(toHash.map((f) => ({ file: path.join(partial, f.rel), size: f.size })), { signal: opts.signal, onProgress: opts.onHash })
-  outcomes.forEach((o, i) => {
-    const f = toHash[i]!
-    if (o.sha256 === null) bad.push({ rel: f.rel, detail: `unreadable: ${o.error}` })
-    else if (o.sha256 !== f.sha256) bad.push({ rel: f.rel, detail: `hashes to ${o.sha256}, SHA256SUMS says ${f.sha256}` })
-  })
+  // An early hash counts only for the very file still there: same inode, size and mtime as when it was read.
+  const hashedEarly = new Map<string, string>()
+  for (const f of toHash) {
+    const e = await opts.early?.get(f.rel)
+    const now = present.get(f.rel)!
+    if (e?.sha256 && e.ino === now.ino && e.size === now.size && e.mtimeMs === now.mtimeMs) hashedEarly.set(f.rel, e.sha256)
+  }
+  const late = toHash.filter((f) => !hashedEarly.has(f.rel))
+  const outcomes = await hashFiles(late.map((f) => ({ file: path.join(partial, f.rel), size: f.size })), { signal: opts.signal, onProgress: opts.onHash })
+  const verdict = (f: { rel: string; sha256: string }, sha256: string | null, error: string | null) => {
+    if (sha256 === null) bad.push({ rel: f.rel, detail: `unreadable: ${error}` })
+    else if (sha256 !== f.sha256) bad.push({ rel: f.rel, detail: `hashes to ${sha256}, SHA256SUMS says ${f.sha256}` })
+  }
+  outcomes.forEach((o, i) => verdict(late[i]!, o.sha256, o.error))
+  for (const f of toHash) if (hashedEarly.has(f.rel)) verdict(f, hashedEarly.get(f.rel)!, null)
   // One line per file, the strongest first: its bytes.
   const byFile = new Map<string, BadFile>()
   for (const b of bad) if (!byFile.has(b.rel) || b.detail.startsWith('hashes to')) byFile.set(b.rel, b)
-  return { bad: [...byFile.values()].sort((a, b) => compareBytewise(a.rel, b.rel)), hashedBytes: toHash.reduce((s, f) => s + f.size, 0) }
+  return { bad: [...byFile.values()].sort((a, b) => compareBytewise(a.rel, b.rel)), hashedBytes: toHash.reduce((s, f) => s + f.size, 0), hashedEarlyBytes: toHash.reduce((s, f) => s + (hashedEarly.has(f.rel) ? f.size : 0), 0) }
 }

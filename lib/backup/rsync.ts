@@ -48,7 +48,15 @@ export interface CopyRequest {
   only?: string[]
   signal: AbortSignal
   onBytes: (bytes: number) => void
+  /**
+   * Called with each regular file (its path as rsync names it, relative to dest) once it is in place under
+   * its final name, while the copy goes on: for work that can overlap the copy, such as hashing it.
+   */
+  onFileDone?: (rel: string) => void
 }
+
+/** The line --out-format writes per file: with %b in it rsync writes it once the file's data is received. */
+const DONE = 'citadel-done '
 
 /** Runs rsync SRC/ DEST/; resolves with its exit status, the vanished-file warnings, or the error. */
 export async function rsyncCopy($: Shell, req: CopyRequest): Promise<CopyResult> {
@@ -58,21 +66,30 @@ export async function rsyncCopy($: Shell, req: CopyRequest): Promise<CopyResult>
   const remote = req.rsh === undefined ? [] : ['--protect-args', '--rsh', req.rsh]
   const limit = req.bandwidthLimit ? [`--bwlimit=${req.bandwidthLimit}`] : []
   const only = req.only ? ['--ignore-times', '--whole-file', '--ignore-missing-args', '--from0', '--files-from=-'] : []
+  const announce = req.onFileDone ? [`--out-format=${DONE}%b %n`] : []
   // --no-h prints plain digits; LC_ALL=C (set for every command) keeps the number format fixed. Device
   // nodes, FIFOs and sockets are never model files: the backup holds files, directories and links only,
   // all of which its catalog records and verify checks.
   // Its own process group, so an abort stops rsync and the processes it forks; and it dies with citadel.
-  const copy = $({ signal: req.signal, nothrow: true, detached: true, input: req.only && encodeName(req.only.join('\0')) })`${DIES_WITH_CITADEL} rsync --archive --no-devices --no-specials --hard-links --numeric-ids --info=progress2 --no-h --no-inc-recursive ${remote} ${limit} ${linkDest} ${excludes} ${only} -- ${req.src + '/'} ${req.dest + '/'}`
+  const copy = $({ signal: req.signal, nothrow: true, detached: true, input: req.only && encodeName(req.only.join('\0')) })`${DIES_WITH_CITADEL} rsync --archive --no-devices --no-specials --hard-links --numeric-ids --info=progress2 --no-h --no-inc-recursive ${remote} ${limit} ${linkDest} ${excludes} ${only} ${announce} -- ${req.src + '/'} ${req.dest + '/'}`
   let pending = ''
+  // rsync's receiver logs a file before it renames it into place, and takes the files one at a time: a file
+  // is final once the next one is logged, or once rsync is done.
+  let received: string | null = null
   copy.stdout.on('data', (chunk: Buffer) => {
     const lines = (pending + chunk.toString()).split(/[\r\n]/)
     pending = lines.pop() ?? ''
     for (const line of lines) {
       const m = /^\s*(\d+)\s+\d+%/.exec(line)
       if (m) req.onBytes(Number(m[1]))
+      const done = line.startsWith(DONE) ? /^(\d+) (.*[^/])$/.exec(line.slice(DONE.length)) : null
+      if (!done || done[1] === '0') continue
+      if (received !== null) req.onFileDone?.(received)
+      received = done[2]!
     }
   })
   const out = await copy
+  if (received !== null && out.exitCode === 0 && !req.signal.aborted) req.onFileDone?.(received)
   if (req.signal.aborted) {
     // The caller deletes what rsync wrote next: only once nothing of rsync is left to write into it.
     if (copy.child?.pid) await processGroupGone(copy.child.pid)

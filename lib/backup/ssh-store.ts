@@ -357,8 +357,8 @@ export function sshStore(ctx: TaskContext, r: RemoteSettings): BackupStore {
         return { verdict: 'unreadable', detail: `sha256sum -c on ${host}: ${errors.get(f.rel) ?? answer ?? 'no answer'}`, bytesRead: null }
       })
     },
-    fetch: (backup, rels, dest, { signal: stop, onBytes }) =>
-      rsyncCopy($, { src: `${host}:${path.posix.join(backup.dir, DATA)}`, dest, linkDest: null, rsh: rsyncRsh(r), bandwidthLimit: r.bandwidthLimit, excludes: [], only: rels, signal: stop, onBytes }),
+    fetch: (backup, rels, dest, { signal: stop, onBytes, onFileDone }) =>
+      rsyncCopy($, { src: `${host}:${path.posix.join(backup.dir, DATA)}`, dest, linkDest: null, rsh: rsyncRsh(r), bandwidthLimit: r.bandwidthLimit, excludes: [], only: rels, signal: stop, onBytes, onFileDone }),
     replaceFile: (backup, file, content) => replaceRemoteFile($, r, backup, file, content),
     remove: (name) => removeRemote($, r, [name]),
     pointLatest: (name) => pointRemoteLatest($, r, name),

@@ -177,7 +177,7 @@ export interface BackupStore {
    * from the backup's data/ into `dest` on this host, with rsync, attributes and hard links kept; never
    * writes into the store.
    */
-  fetch(backup: Backup, rels: string[], dest: string, opts: { signal: AbortSignal; onBytes: (bytes: number) => void }): Promise<CopyResult>
+  fetch(backup: Backup, rels: string[], dest: string, opts: { signal: AbortSignal; onBytes: (bytes: number) => void; onFileDone?: (rel: string) => void }): Promise<CopyResult>
   /** Replaces one file of a published backup (its metadata, its verify state) in one rename. */
   replaceFile(backup: Backup, file: string, content: string): Promise<void>
   /** Deletes a backup or a partial one: renamed to .partial first, links inside removed as links. */

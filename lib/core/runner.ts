@@ -13,7 +13,7 @@ import { healthDir, logsDir, stateDir } from '../infra/layout.ts'
 import { Lock, processRuns } from './lock.ts'
 import { refusal as rootsRefusal } from './marks.ts'
 import { RunLog } from './log.ts'
-import { formatReport, toReport, type TaskRecord } from './report.ts'
+import { formatReport, toReport, type RunReport, type TaskRecord } from './report.ts'
 import { makeShell } from '../infra/shell.ts'
 import type { Shell } from 'zx/core'
 import { isInternalError, type Change, type FailurePolicy, type Task, type TaskArgs, type TaskContext, type TaskResult, type When } from './task.ts'
@@ -35,6 +35,8 @@ export interface RunRequest {
   json: boolean
   /** Print nothing, neither progress nor report: the monitor runs a repair inside its own loop. */
   quiet?: boolean
+  /** Receives the report (what --json prints) instead of stdout: for a caller in the same process. */
+  report?: (report: RunReport) => void
   command: string
 }
 
@@ -297,7 +299,8 @@ export async function run(req: RunRequest): Promise<number> {
     } else if (guarded) await journal.clear()
 
     const report = toReport(req.playbook, policy, check, records, rollback, interrupted)
-    if (!req.quiet) process.stdout.write(req.json ? JSON.stringify(report, null, 2) + '\n' : formatReport(report, records, req.diff, Date.now() - started))
+    if (req.report) req.report(report)
+    else if (!req.quiet) process.stdout.write(req.json ? JSON.stringify(report, null, 2) + '\n' : formatReport(report, records, req.diff, Date.now() - started))
     const code = interrupted ? EXIT.interrupted : records.some((r) => r.internal) ? EXIT.internal : failed ? EXIT.failed : EXIT.ok
     log.event('run-end', { exit: code, stats: report.stats, ms: Date.now() - started })
     return code

@@ -14,6 +14,8 @@ import { describeEntry, fileStamp, lstatOrNull, moveNoReplace, readFileOrNull } 
 import { healthDir } from '../infra/layout.ts'
 import { ensureEnvScript } from '../links/env-script.ts'
 import { ensureRegistry, withAlias } from './registry.ts'
+import { checkModelStructure } from './check.ts'
+import { summarize } from '../infra/format.ts'
 
 export const stagingDir = (s: Settings) => path.join(s.modelsRoot, 'staging')
 export const archiveDir = (s: Settings) => path.join(s.modelsRoot, 'archive')
@@ -132,12 +134,15 @@ export async function switchVersion(ctx: TaskContext, alias: string, incoming: I
 }
 
 /**
- * Whether `dir` may go live: until `model verify` is there to call, a directory that holds something. With
+ * Whether `dir` may go live: it holds something, and model verify's structure checks pass. With
  * MODEL_VERIFICATION_ENABLED=false a failure is only warned about. Returns the refusal, or null.
  */
 export async function verificationRefusal(ctx: TaskContext, dir: string): Promise<string | null> {
+  // The gate of model verify, from the headers alone: a download cut short, a shard missing from its index,
+  // a tensor outside its file, config JSON that does not parse. (Hashes are model verify's own, run before.)
   const entries = await fs.readdir(dir).catch(() => [])
-  const problem = entries.length === 0 ? `${dir} is empty` : null
+  const found = entries.length === 0 ? [`${dir} is empty`] : checkModelStructure(dir).problems.map((p) => `${p.path}: ${p.detail}`)
+  const problem = found.length ? `${dir} fails model verify: ${summarize(found)}` : null
   if (!problem) return null
   if (ctx.settings.modelVerificationEnabled) return `${problem}: refusing to make it live (MODEL_VERIFICATION_ENABLED=true)`
   ctx.warn(`${problem}; made live anyway, as MODEL_VERIFICATION_ENABLED=false`)

@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest'
 import { DAY_MS } from '../../lib/backup/status.ts'
 import { backupName, type BackupMeta } from '../../lib/backup/store.ts'
 import { backUp, pointLatest, setUpServer, storeOf } from '../backup-helpers.ts'
-import { citadel, citadelJson, makeRoots, snapshot, type Roots } from '../helpers.ts'
+import { citadel, citadelJson, makeRoots, setUp, snapshot, type Roots } from '../helpers.ts'
 
 async function status(roots: Roots) {
   const result = await citadelJson(['backup', 'status'], roots.env)
@@ -51,7 +51,7 @@ describe('backup status', () => {
     // A backup root initial-setup has not marked is refused before the store is read.
     expect(missing.doc.tasks[0].msg).toBe(`refused, nothing done: CITADEL_BACKUP_ROOT ${roots.backup} has no citadel mark (.citadel-root.json): is the disk mounted? check with findmnt ${roots.backup}; on a new server run citadel run initial-setup`)
 
-    expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
+    await setUp(roots)
     const empty = await status(roots)
     expect(empty.msg).toMatch(/^no complete backup; backup disk: .+ free of .+; 1 warning$/)
     expect(empty.warnings).toEqual([`no complete backup in ${storeOf(roots)}`])

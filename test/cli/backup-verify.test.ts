@@ -1,9 +1,10 @@
 import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { chmodSync, mkdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdirSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { CITADEL, citadel, citadelJson, makeRoots, snapshot, type Roots } from '../helpers.ts'
+import { CITADEL, citadel, citadelJson, makeRoots, setUp, snapshot, type Roots } from '../helpers.ts'
+import { backUp as backUpHere } from '../backup-helpers.ts'
 
 const sha256 = (content: string | Buffer) => createHash('sha256').update(content).digest('hex')
 
@@ -19,17 +20,13 @@ function writeSource(roots: Roots, files: Record<string, string | Buffer>, links
   }
 }
 
-/** Backs up the active models with the real CLI; returns the new backup's directory. */
-async function backUp(roots: Roots): Promise<string> {
-  const created = await citadel(['backup', 'create'], roots.env)
-  expect(created.code, created.stdout + created.stderr).toBe(0)
-  return path.join(roots.backup, 'models', readlinkSync(path.join(roots.backup, 'models', 'latest')))
-}
+/** Backs up the active models with the real task (in this process); returns the new backup's directory. */
+const backUp = async (roots: Roots): Promise<string> => path.join(roots.backup, 'models', await backUpHere(roots))
 
 /** Set-up roots holding one full backup of `files` and `links`. */
 async function backupOf(files: Record<string, string | Buffer>, links: Record<string, string> = {}) {
   const roots = makeRoots()
-  expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
+  await setUp(roots)
   writeSource(roots, files, links)
   return { roots, dir: await backUp(roots) }
 }
@@ -199,7 +196,7 @@ describe('backup verify', () => {
 
   it('fails clearly when there is no backup', async () => {
     const roots = makeRoots()
-    await citadel(['run', 'initial-setup'], roots.env)
+    await setUp(roots)
     const { code, task } = await verify(roots)
     expect(code).toBe(2)
     expect(task.msg).toBe(`no complete backup in ${path.join(roots.backup, 'models')}: make one with citadel backup create`)

@@ -14,7 +14,7 @@ describe('command line', () => {
     expect(doc.playbooks.find((p: any) => p.name === 'initial-setup').tasks).toEqual(['verify-prereq', 'mark-roots', 'create-dirs', 'create-symlinks', 'verify-symlinks', 'write-env-script', 'health-report'])
     expect(doc.tasks.map((t: any) => t.name)).toEqual(tasks.map((t) => t.name))
     expect(doc.playbooks.map((p: any) => [p.name, p.on_failure])).toEqual([
-      ['initial-setup', 'rollback'], ['daily', 'continue'], ['weekly', 'continue'], ['emergency', 'continue'], ['install-services', 'rollback'],
+      ['initial-setup', 'rollback'], ['daily', 'continue'], ['weekly', 'continue'], ['emergency', 'continue'], ['recover', 'continue'], ['install-services', 'rollback'],
     ])
     const text = await citadel(['list'], makeRoots().env)
     for (const t of tasks) expect(text.stdout).toContain(`${t.name}  `)

@@ -3,14 +3,14 @@ import path from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { describe, expect, it } from 'vitest'
 import { atomicSymlink } from '../../lib/infra/fsx.ts'
-import { citadelJson, makeRoots, PROJECT, start } from '../helpers.ts'
+import { citadelJson, makeRoots, PROJECT, setUp, start } from '../helpers.ts'
 
 /** A set-up tree where each expected link has a different verdict. */
 async function treeWithEveryVerdict() {
   const roots = makeRoots({ MODEL_REGISTRY: 'mixtral=mixtral-8x7b-instruct,yi34b=yi-34b-chat,later=not-downloaded' })
   mkdirSync(path.join(roots.active, 'mixtral-8x7b-instruct'), { recursive: true })
   mkdirSync(path.join(roots.active, 'yi-34b-chat'), { recursive: true })
-  expect((await citadelJson(['run', 'initial-setup'], roots.env)).code).toBe(0)
+  await setUp(roots)
   const link = (name: string) => path.join(roots.app, name)
   unlinkSync(link('downloads'))
   symlinkSync('/somewhere/else', link('downloads')) // wrong-target

@@ -1,11 +1,11 @@
 // citadel task check-usage on the filesystem of the temporary roots.
 import { describe, expect, it } from 'vitest'
-import { citadelJson, makeRoots } from '../helpers.ts'
+import { citadelJson, makeRoots, setUp } from '../helpers.ts'
 
 describe('citadel task check-usage', () => {
   it('--json reports every filesystem and exits 0', async () => {
     const roots = makeRoots()
-    expect((await citadelJson(['run', 'initial-setup'], roots.env)).code).toBe(0)
+    await setUp(roots)
     const result = await citadelJson(['task', 'check-usage'], roots.env)
     expect(result.code, result.stderr).toBe(0)
     expect(result.doc.tasks[0]).toMatchObject({ name: 'check-usage', status: 'ok' })

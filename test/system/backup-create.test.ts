@@ -6,7 +6,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterEach, describe, expect, it } from 'vitest'
 import { setUpServer, storeOf, writeFile } from '../backup-helpers.ts'
-import { citadel, citadelJson, makeRoots, snapshot, start, type Roots } from '../helpers.ts'
+import { citadel, citadelJson, makeRoots, setUp, snapshot, start, type Roots } from '../helpers.ts'
 
 const backups = (roots: Roots) => readdirSync(storeOf(roots)).filter((n) => n.startsWith('backup_')).sort()
 const latest = (roots: Roots) => readlinkSync(path.join(storeOf(roots), 'latest'))
@@ -241,7 +241,7 @@ describe.skipIf(!asRoot)('backup create on a small backup disk (root: mounts an 
     const roots = makeRoots()
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m,mode=0755', 'tmpfs', roots.backup])
     mounted.push(roots.backup)
-    expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
+    await setUp(roots)
     writeFile(path.join(roots.active, 'm', 'small.bin'), randomBytes(512 << 10))
     await create(roots, '--type', 'full')
     return roots

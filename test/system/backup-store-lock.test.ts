@@ -7,7 +7,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterEach, describe, expect, it } from 'vitest'
 import { setUpServer, storeOf, writeFile } from '../backup-helpers.ts'
-import { citadel, citadelJson, makeRoots, start, type Result } from '../helpers.ts'
+import { citadel, citadelJson, makeRoots, setUp, start, type Result } from '../helpers.ts'
 
 /** Children a failed assertion would leave frozen or waiting for the store. */
 const running: ChildProcess[] = []
@@ -39,7 +39,7 @@ describe('a backup store shared by two app roots', () => {
     const one = await setUpServer()
     const two = makeRoots({ CITADEL_BACKUP_ROOT: one.backup })
     const three = makeRoots({ CITADEL_BACKUP_ROOT: one.backup })
-    for (const roots of [two, three]) expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
+    for (const roots of [two, three]) await setUp(roots)
     // Big enough that the copy and hash take a while, so the partial is seen before it is published.
     for (let i = 0; i < 48; i++) writeFile(path.join(one.active, `m/shard-${i}.bin`), Buffer.alloc(2 << 20, i))
     writeFile(path.join(three.active, 'n/a.bin'), 'model of app three')
@@ -86,7 +86,7 @@ describe.skipIf(process.getuid?.() !== 0)('a full backup disk (root: mounts a 4 
     const roots = makeRoots({ BACKUP_KEEP_MIN: '1' })
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=4m,mode=0755', 'tmpfs', roots.backup])
     mounted.push(roots.backup)
-    expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
+    await setUp(roots)
     writeFile(path.join(roots.active, 'm/a.bin'), 'alpha')
     const first = await citadel(['backup', 'create'], roots.env)
     expect(first.code, first.stdout + first.stderr).toBe(0)

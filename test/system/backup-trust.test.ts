@@ -7,7 +7,7 @@ import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { backupName } from '../../lib/backup/store.ts'
 import { backUp, pointLatest, setUpServer, storeOf, writeFile } from '../backup-helpers.ts'
-import { citadel, citadelJson, makeRoots, snapshot, type Roots } from '../helpers.ts'
+import { citadelJson, makeRoots, setUp, snapshot, type Roots } from '../helpers.ts'
 
 const CALM = { STORAGE_MONITOR_DISK_USAGE_WARNING: '0.98', STORAGE_MONITOR_DISK_USAGE_CRITICAL: '0.99', STORAGE_MONITOR_INODE_USAGE_WARNING: '0.98', STORAGE_MONITOR_INODE_USAGE_CRITICAL: '0.99' }
 const sha256 = (content: string | Buffer) => createHash('sha256').update(content).digest('hex')
@@ -172,7 +172,7 @@ async function smallBackupDisk(options: string) {
   const roots = makeRoots()
   execFileSync('mount', ['-t', 'tmpfs', '-o', `${options},mode=0755`, 'tmpfs', roots.backup])
   mounted.push(roots.backup)
-  expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
+  await setUp(roots)
   return roots
 }
 

@@ -3,7 +3,7 @@ import { execFileSync } from 'node:child_process'
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { citadelJson, makeRoots } from '../helpers.ts'
+import { citadelJson, makeRoots, setUp } from '../helpers.ts'
 
 const mounted: string[] = []
 afterEach(() => {
@@ -28,7 +28,7 @@ const asRoot = process.getuid?.() === 0
 describe.skipIf(!asRoot)('on a full disk (root: mounts a 64 KiB tmpfs)', () => {
   it('storage-env.sh keeps its old content, no temporary file is left, and the run rolls back', async () => {
     const roots = makeRoots()
-    expect((await citadelJson(['run', 'initial-setup'], roots.env)).code).toBe(0)
+    await setUp(roots)
     const configs = path.join(roots.app, 'configs')
     mountFullTmpfs(configs)
     expect((await citadelJson(['task', 'write-env-script'], roots.env)).code).toBe(0)
@@ -50,7 +50,7 @@ describe.skipIf(!asRoot)('on a full disk (root: mounts a 64 KiB tmpfs)', () => {
 
   it('a log disk that is full warns once and the run still does its work', async () => {
     const roots = makeRoots()
-    expect((await citadelJson(['run', 'initial-setup'], roots.env)).code).toBe(0)
+    await setUp(roots)
     mountFullTmpfs(path.join(roots.app, 'logs'))
     fill(path.join(roots.app, 'logs'))
     execFileSync('rm', [path.join(roots.app, 'staging')])

@@ -5,7 +5,7 @@ import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, unlinkSync, wr
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { backUp, setUpServer, storeOf } from '../backup-helpers.ts'
-import { citadel, citadelJson, makeRoots, snapshot } from '../helpers.ts'
+import { citadel, citadelJson, makeRoots, setUp, snapshot } from '../helpers.ts'
 
 const CALM = { STORAGE_MONITOR_DISK_USAGE_WARNING: '0.98', STORAGE_MONITOR_DISK_USAGE_CRITICAL: '0.99', STORAGE_MONITOR_INODE_USAGE_WARNING: '0.98', STORAGE_MONITOR_INODE_USAGE_CRITICAL: '0.99', MODEL_REGISTRY: '' }
 const MARK = '.citadel-root.json'
@@ -121,7 +121,7 @@ describe.skipIf(!asRoot)('a swapped model disk (needs root: mounts two loop ext4
   it('another filesystem with a copy of the mark is refused and critical; --new-disk re-marks it', async () => {
     const roots = makeRoots(CALM)
     const first = mountExt4(path.join(roots.base, 'first.img'), roots.models)
-    expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
+    await setUp(roots)
     const mark = readFileSync(path.join(roots.models, MARK), 'utf8')
     expect(JSON.parse(mark).fs_uuid).toBe(first)
     execFileSync('umount', [mounted.pop()!])
@@ -151,7 +151,7 @@ describe('a registered model vLLM cannot load', () => {
   it('a model directory that is gone or replaced by a file is a warning in health-check, status and the metrics', async () => {
     const roots = makeRoots({ ...CALM, MODEL_REGISTRY: 'kept=kept-dir,gone=gone-dir,filed=filed-dir' })
     for (const dir of ['kept-dir', 'gone-dir', 'filed-dir']) mkdirSync(path.join(roots.models, 'active', dir), { recursive: true })
-    expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
+    await setUp(roots)
     await backUp(roots, { 'kept-dir/w.bin': 'w' })
     expect((await citadel(['health-check'], roots.env)).code).toBe(0)
 

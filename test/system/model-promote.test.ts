@@ -2,12 +2,13 @@
 // link, the registry line of the env file, storage-env.sh and archive/ in step; a reader in a tight loop
 // never finds the model missing; a SIGKILL at any moment heals to the old or the new version fully live.
 import { spawn } from 'node:child_process'
-import { existsSync, readFileSync, readlinkSync, readdirSync, writeFileSync, mkdirSync } from 'node:fs'
+import { existsSync, readFileSync, readlinkSync, readdirSync, statSync, truncateSync, writeFileSync, mkdirSync } from 'node:fs'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { describe, expect, it } from 'vitest'
 import { setUpServer, writeFile } from '../backup-helpers.ts'
 import { citadel, citadelJson, snapshot, start, type Roots } from '../helpers.ts'
+import { writeModel } from '../model-helpers.ts'
 
 const ENV_FILE = (registry: string) => `# settings of this host\nMODEL_REGISTRY=${registry} # what vLLM serves\n\nMODEL_AUTO_BACKUP=false\n`
 
@@ -69,6 +70,25 @@ describe('model promote and rollback', () => {
     expectLive(roots, 'm-v1')
     // Nothing was ever deleted.
     expect(readdirSync(path.join(roots.models, 'archive')).sort()).toEqual(['m-v2', 'm-v3'])
+  }, 120_000)
+
+  it('refuses a version that fails model verify, and with MODEL_VERIFICATION_ENABLED=false only warns', async () => {
+    const roots = await server([])
+    const staged = path.join(roots.models, 'staging', 'm-v2')
+    writeModel(staged)
+    // A shard cut short, as a download that stopped would leave it.
+    const shard = path.join(staged, readdirSync(staged).find((n) => n.endsWith('.safetensors'))!)
+    truncateSync(shard, statSync(shard).size - 3)
+    const before = { models: snapshot(roots.models), env: readFileSync(roots.env.CITADEL_ENV_FILE!, 'utf8'), links: snapshot(path.join(roots.app, 'model-links')) }
+    const refused = await citadelJson(['model', 'promote', 'chat', 'm-v2'], roots.env)
+    expect(refused.code).toBe(2)
+    expect(refused.doc.tasks[0].msg).toMatch(/fails model verify: .*safetensors.*cut short/)
+    expect(refused.doc.tasks[0].msg).toContain('MODEL_VERIFICATION_ENABLED=true')
+    expect({ models: snapshot(roots.models), env: readFileSync(roots.env.CITADEL_ENV_FILE!, 'utf8'), links: snapshot(path.join(roots.app, 'model-links')) }).toEqual(before)
+    const anyway = await citadelJson(['model', 'promote', 'chat', 'm-v2'], { ...roots.env, MODEL_VERIFICATION_ENABLED: 'false' })
+    expect(anyway.code, anyway.stdout).toBe(0)
+    expect(anyway.doc.tasks[0].warnings.join('\n')).toContain('made live anyway, as MODEL_VERIFICATION_ENABLED=false')
+    expect(readlinkSync(link(roots))).toBe(path.join(roots.active, 'm-v2'))
   }, 120_000)
 
   it('--check changes nothing', async () => {

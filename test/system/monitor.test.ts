@@ -9,7 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import type { Problem } from '../../lib/core/problems.ts'
 import { Tracker } from '../../lib/monitor/monitor.ts'
 import { backUp, setUpServer } from '../backup-helpers.ts'
-import { citadel, makeRoots, start, type Roots } from '../helpers.ts'
+import { citadel, makeRoots, setUp, start, type Roots } from '../helpers.ts'
 
 const asRoot = process.getuid?.() === 0
 const promtool = spawnSync('promtool', ['--version']).status === 0
@@ -185,7 +185,7 @@ describe.skipIf(!asRoot)('citadel monitor on a real filling disk (root: mounts a
     const roots = makeRoots({ ...CALM, STORAGE_MONITOR_DISK_USAGE_WARNING: '0.5', STORAGE_MONITOR_DISK_USAGE_CRITICAL: '0.95', STORAGE_MONITOR_ALERT_COMMAND: `cat >> ${received}` })
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs', roots.models])
     cleanups.push(() => execFileSync('umount', [roots.models]))
-    expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
+    await setUp(roots)
     await backUp(roots, { 'm/a.bin': 'a' })
     // Complete lines only: the alert command may be halfway through writing one.
     const alerts = () => (existsSync(received) ? readFileSync(received, 'utf8').split('\n').slice(0, -1).map((l) => JSON.parse(l)) : [])

@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest'
 import type { Severity } from '../../lib/core/problems.ts'
 import { loadSettings } from '../../lib/infra/config.ts'
 import { filesystemUsage } from '../../lib/health/usage.ts'
-import { citadelJson, makeRoots } from '../helpers.ts'
+import { citadelJson, makeRoots, setUp } from '../helpers.ts'
 
 /** df's percentage of `column` (pcent or ipcent), rounded up as df rounds it. */
 const dfPercent = (dir: string, column = 'pcent') => Number(execFileSync('df', [`--output=${column}`, dir], { encoding: 'utf8' }).split('\n')[1]!.trim().replace('%', ''))
@@ -114,7 +114,7 @@ describe.skipIf(!asRoot)('on a real 8 MiB tmpfs at the models root (skipped unle
   it('through the CLI, a models disk past critical is a warning of an ok task', async () => {
     const roots = makeRoots()
     await withMount(roots.models, ['-t', 'tmpfs', '-o', 'size=8m', 'tmpfs'], async () => {
-      expect((await citadelJson(['run', 'initial-setup'], roots.env)).code).toBe(0)
+      await setUp(roots)
       fillTo(roots.models, 0.95)
       const result = await citadelJson(['task', 'check-usage'], roots.env)
       expect(result.code, result.stderr).toBe(0)
