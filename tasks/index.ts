@@ -16,6 +16,9 @@ import markRoots from './mark-roots.ts'
 import modelPromote from './model-promote.ts'
 import modelRollback from './model-rollback.ts'
 import modelVerify from './model-verify.ts'
+import modelList from './model-list.ts'
+import modelArchive from './model-archive.ts'
+import modelRemove from './model-remove.ts'
 import enableServices from './enable-services.ts'
 import writeUnits from './write-units.ts'
 import repairSymlinks from './repair-symlinks.ts'
@@ -23,4 +26,4 @@ import verifyPrereq from './verify-prereq.ts'
 import verifySymlinks from './verify-symlinks.ts'
 import writeEnvScript from './write-env-script.ts'
 
-export const tasks: Task[] = [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, backupRestore, modelVerify, modelPromote, modelRollback, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, writeUnits, enableServices]
+export const tasks: Task[] = [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, backupRestore, modelVerify, modelPromote, modelRollback, modelList, modelArchive, modelRemove, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, writeUnits, enableServices]

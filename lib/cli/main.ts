@@ -54,6 +54,10 @@ Usage:
   citadel backup ACTION --remote   the same on BACKUP_REMOTE, over ssh
   citadel model verify [ALIAS|DIR ...] [--sample RATE]
                                    offline check of model directories: headers, shard index, JSON, hashes
+  citadel model list               every model directory: alias, size, verification, backup, users
+  citadel model archive DIR        move a directory no alias uses from active/ into archive/
+  citadel model remove DIR [--force]
+                                   delete from archive/ or staging/ what a verified backup holds
   citadel health-check [--json]    every check in one report; exit 0 ok, 1 warning, 2 critical, 3 unknown
   citadel status [--json]          the morning glance: usage, links, backup, SMART, monitor, timers
   citadel monitor [--interval S] [--once]
@@ -146,7 +150,15 @@ against its file's size (a download cut short is caught without hashing), every 
 *.safetensors.index.json names, the config and tokenizer JSON files; then the sha256 of every file (or
 --sample RATE of them, never hashed and longest ago first) against the hash recorded in
 <app root>/state/model-hashes/DIR.json the first time it verified, a Hugging Face blob's name and a
-SHA256SUMS in the directory.`,
+SHA256SUMS in the directory.
+
+list shows every directory of active/, staging/, archive/ and downloads/ (unfinished downloads marked):
+its alias, size, last verification, the newest backup that holds the same files, and the processes that
+have files of it open or mapped. archive DIR renames a directory no alias uses into archive/. remove DIR
+deletes one of archive/ or staging/ that no alias uses and no process holds, once its files hash as a
+backup with a passing verification lists them (--force: without that backup); it reports the bytes
+freed. archive/ keeps MODEL_ARCHIVE_KEEP versions of each alias: list and archive name the removals that
+would free the rest, and nothing removes them unasked.`,
 }
 
 const csv = (v: string | boolean | undefined) => (typeof v === 'string' ? v.split(',').map((s) => s.trim()).filter(Boolean) : [])

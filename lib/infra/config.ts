@@ -110,6 +110,7 @@ export const SETTINGS = {
   MODEL_DOWNLOAD_TIMEOUT: setting('1800', 'Seconds a model download may take', wholeNumber(1, '1800')),
   MODEL_VERIFICATION_ENABLED: setting('true', 'Verify model files after download', boolean),
   MODEL_AUTO_BACKUP: setting('true', 'Back up a model once it is in place', boolean),
+  MODEL_ARCHIVE_KEEP: setting('2', 'Archived versions of each alias to keep for rollback; model list and model archive offer the removal of older ones (never done by themselves)', wholeNumber(1, '2')),
   SYMLINK_FORCE_RECREATE: setting('false', 'Replace a real directory or file in the way of a link (moved aside, never deleted); same as --force', boolean),
   STORAGE_MONITOR_DISK_USAGE_WARNING: setting('0.8', 'Disk usage ratio that raises a warning; above 0, at most 1, below the critical one', ratio('0.8')),
   STORAGE_MONITOR_DISK_USAGE_CRITICAL: setting('0.9', 'Disk usage ratio that is critical', ratio('0.9')),
@@ -154,6 +155,7 @@ export interface Settings {
   modelDownloadTimeout: number
   modelVerificationEnabled: boolean
   modelAutoBackup: boolean
+  modelArchiveKeep: number
   symlinkForceRecreate: boolean
   monitor: {
     diskWarning: number
@@ -314,6 +316,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     modelDownloadTimeout: r.MODEL_DOWNLOAD_TIMEOUT,
     modelVerificationEnabled: r.MODEL_VERIFICATION_ENABLED,
     modelAutoBackup: r.MODEL_AUTO_BACKUP,
+    modelArchiveKeep: r.MODEL_ARCHIVE_KEEP,
     symlinkForceRecreate: r.SYMLINK_FORCE_RECREATE,
     monitor: {
       diskWarning: r.STORAGE_MONITOR_DISK_USAGE_WARNING,

@@ -63,7 +63,7 @@ export async function rollbackCandidates(s: Settings, state: ModelsState, alias:
 }
 
 /** A free name in archive/ for `dir`: the name itself, else <dir>.<UTC>, then -2, -3, ... */
-async function archiveName(archive: string, dir: string, date: Date): Promise<string> {
+export async function archiveName(archive: string, dir: string, date: Date): Promise<string> {
   if (!(await lstatOrNull(path.join(archive, dir)))) return dir
   for (let n = 1; ; n++) {
     const name = `${dir}.${fileStamp(date)}${n === 1 ? '' : `-${n}`}`

@@ -109,6 +109,17 @@ const CONTRACT: Record<string, Contract> = {
   'model-rollback': { setup: withModels(['m-v2'], 1), args: ['chat'], first: 'changed' },
   // Its hash records are bookkeeping: the first run records them and reports ok.
   'model-verify': { setup: withModel, first: 'ok' },
+  'model-list': { setup: withModels(['m-v2'], 1), first: 'ok' },
+  'model-archive': { setup: async () => { const roots = await withModels([])(); writeFile(path.join(roots.active, 'm-old', 'config.json'), '{}\n'); return roots }, args: ['m-old'], first: 'changed' },
+  // m-v1 backed up and verified while live, then archived by the promote of m-v2.
+  'model-remove': { setup: async () => {
+    const roots = await withModels([])()
+    await backUp(roots)
+    expect((await citadelJson(['backup', 'verify', '--sample', '1'], roots.env)).code).toBe(0)
+    writeFile(path.join(roots.models, 'staging', 'm-v2', 'config.json'), '{"version": "m-v2"}\n')
+    expect((await citadelJson(['task', 'model-promote', 'chat', 'm-v2'], roots.env)).code).toBe(0)
+    return roots
+  }, args: ['m-v1'], first: 'changed' },
 }
 
 const REMOTE = new Set(['remote-backup-create', 'remote-backup-verify', 'remote-backup-cleanup', 'remote-backup-status', 'remote-backup-restore'])
