@@ -28,6 +28,8 @@ export const CHANGE_ACTIONS = {
   'promote model': 'a model directory was renamed from staging/ into the active models to be served (model promote); after is where it came from',
   'reactivate model': 'an archived model directory was renamed back into the active models to be served again (model rollback); after is where it came from',
   'archive model': 'the model directory an alias served before a promote or rollback was renamed into <models root>/archive/, never deleted; after is where it went',
+  'fetch model': 'a model was copied (or hard-linked from the Hugging Face cache) into <models root>/downloads/<name>.partial (model fetch); before says what an interrupted fetch had left there, after is the source',
+  'stage model': 'a fetched and verified model directory was renamed from downloads/<name>.partial to staging/<name>, ready for model promote; after is where it came from',
   'systemctl daemon-reload': 'systemd was told to read the changed units',
   'systemctl try-restart': 'a running unit whose file changed was restarted to take the change',
   'systemctl enable --now': 'the monitor service and the daily and weekly timers were enabled and started',
