@@ -108,8 +108,11 @@ async function listRemote($: Shell, r: RemoteSettings, label: string, signal: Ab
   const from = `${remoteHost(r)}:${r.dir}`
   const out = await $({ signal, nothrow: true })`${DIES_WITH_CITADEL} rsync --list-only --recursive --copy-links --no-h --protect-args --rsh ${rsh} ${excludeOptions()} -- ${from + '/'}`
   if (out.exitCode !== 0) {
-    const why = out.stderr.split('\n').filter((l) => l && !/^rsync error:/.test(l)).at(-1) ?? `rsync exit ${out.exitCode}`
-    throw new Error(/No such file or directory/.test(why) ? `${label} does not exist (${why.trim()}): expected a model directory on that host` : `cannot list ${label} on port ${r.port}: ${why.trim()}`)
+    const lines = out.stderr.split('\n').map((l) => l.trim()).filter((l) => l && !/^rsync error:/.test(l))
+    // The sender's complaint about the path comes first; what follows is the pipe it then broke.
+    const missing = lines.find((l) => /No such file or directory/.test(l))
+    if (missing) throw new Error(`${label} does not exist (${missing}): expected a model directory on that host`)
+    throw new Error(`cannot list ${label} on port ${r.port}: ${lines.at(-1) ?? `rsync exit ${out.exitCode}`}`)
   }
   const files: SourceFile[] = []
   for (const line of out.stdout.split('\n')) {

@@ -2,7 +2,8 @@
 // does not fail, --check before it reports the same changes and changes nothing on disk, and a second run
 // reports ok. Each task's state comes from the table below; a registered task without an entry fails here,
 // so a new task is held to the contract before it ships.
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { tasks } from '../../tasks/index.ts'
@@ -63,6 +64,21 @@ const withModels = (staged: string[], promoted = 0) => async () => {
   return roots
 }
 
+/** A set-up server whose Hugging Face cache holds org/tiny as `hf download` leaves it: refs/main, a snapshot of relative links to blobs. */
+async function withHfModel(): Promise<Roots> {
+  const roots = await setUpServer()
+  const repo = path.join(roots.models, 'cache', 'huggingface', 'hub', 'models--org--tiny')
+  const commit = 'c'.repeat(40)
+  writeFile(path.join(repo, 'refs', 'main'), commit)
+  mkdirSync(path.join(repo, 'snapshots', commit), { recursive: true })
+  for (const [name, content] of [['config.json', '{"model_type": "llama"}\n'], ['model.safetensors', 'weights']]) {
+    const blob = path.join(repo, 'blobs', createHash('sha256').update(content!).digest('hex'))
+    writeFile(blob, content!)
+    symlinkSync(path.join('..', '..', 'blobs', path.basename(blob)), path.join(repo, 'snapshots', commit, name!))
+  }
+  return roots
+}
+
 const CONTRACT: Record<string, Contract> = {
   'verify-prereq': { first: 'ok' },
   'mark-roots': { first: 'changed' },
@@ -90,6 +106,7 @@ const CONTRACT: Record<string, Contract> = {
   // MODEL_AUTO_BACKUP is true by default: the promote ends with a backup.
   'model-promote': { setup: withModels(['m-v2']), args: ['chat', 'm-v2'], first: 'changed' },
   'model-rollback': { setup: withModels(['m-v2'], 1), args: ['chat'], first: 'changed' },
+  'model-fetch': { setup: withHfModel, args: ['hf:org/tiny'], first: 'changed' },
 }
 
 const REMOTE = new Set(['remote-backup-create', 'remote-backup-verify', 'remote-backup-cleanup', 'remote-backup-status'])
