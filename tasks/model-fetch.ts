@@ -9,7 +9,7 @@ import { z } from 'zod'
 import { defineTask, isInternalError, runWhenMain, type TaskContext } from '../lib/core/task.ts'
 import { wholeNumber } from '../lib/infra/config.ts'
 import { bytes, count, progressLine, summarize } from '../lib/infra/format.ts'
-import { describeEntry, lstatOrNull, moveNoReplace } from '../lib/infra/fsx.ts'
+import { describeEntry, isInside, lstatOrNull, moveNoReplace } from '../lib/infra/fsx.ts'
 import { rsyncCopy } from '../lib/backup/rsync.ts'
 import { defaultName, linkable, linkBlobs, listSource, progressOf, sizesUnder, sourceArg, spaceShortfall, verifyFetched, type Listing, type Source } from '../lib/models/fetch.ts'
 import { dirName, stagingDir } from '../lib/models/promote.ts'
@@ -75,6 +75,11 @@ const task = defineTask({
     const partial = path.join(downloads, `${name}.partial`)
     const staged = path.join(stagingDir(s), name)
     const live = path.join(s.modelsActive, name)
+    if (source.kind === 'local') {
+      // A copy into itself would never end, or would copy what it is writing.
+      const clash = [partial, staged].find((p) => p === source.dir || isInside(source.dir, p) || isInside(p, source.dir))
+      if (clash) return ctx.fail(`${source.label} overlaps ${clash}, where this fetch writes: fetch from a directory outside it, or give another --name`)
+    }
     const liveSt = await lstatOrNull(live)
     if (liveSt) return ctx.fail(`${live} is ${describeEntry(liveSt)} already: a model of that name is active; give another --name`)
     try {

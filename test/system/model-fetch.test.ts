@@ -48,9 +48,13 @@ function contents(dir: string): Record<string, string> {
 
 const sha256 = (content: Buffer | string) => createHash('sha256').update(content).digest('hex')
 
+/** The name git gives a file's blob: what the Hugging Face cache names a file not stored with LFS. */
+const gitBlobName = (content: Buffer | string) => createHash('sha1').update(`blob ${Buffer.byteLength(content)}\0`).update(content).digest('hex')
+
 /**
- * An `hf download` of ORG/NAME into the hub cache `hub`: blobs named by their sha256, refs/main naming the
- * commit, and the snapshot a tree of relative links into ../../blobs.
+ * An `hf download` of ORG/NAME into the hub cache `hub`: the weights' blobs named by their sha256 (LFS), the
+ * JSON files' by their git sha1, refs/main naming the commit, and the snapshot a tree of relative links
+ * into ../../blobs.
  */
 function hfCache(hub: string, org: string, name: string, files: Record<string, Buffer | string>, commit = 'a'.repeat(40)): string {
   const repo = path.join(hub, `models--${org}--${name}`)
@@ -58,7 +62,7 @@ function hfCache(hub: string, org: string, name: string, files: Record<string, B
   mkdirSync(path.join(repo, 'refs'), { recursive: true })
   writeFileSync(path.join(repo, 'refs', 'main'), commit)
   for (const [rel, content] of Object.entries(files)) {
-    const blob = path.join(repo, 'blobs', sha256(content))
+    const blob = path.join(repo, 'blobs', rel.endsWith('.json') ? gitBlobName(content) : sha256(content))
     writeFileSync(blob, content)
     const link = path.join(repo, 'snapshots', commit, rel)
     mkdirSync(path.dirname(link), { recursive: true })
@@ -136,7 +140,7 @@ describe('model fetch', () => {
     for (const [rel, content] of Object.entries(files)) {
       const st = lstatSync(path.join(dir, rel))
       expect(st.isFile(), rel).toBe(true)
-      expect(st.ino, rel).toBe(statSync(path.join(repo, 'blobs', sha256(content))).ino)
+      expect(st.ino, rel).toBe(statSync(path.join(repo, 'blobs', rel.endsWith('.json') ? gitBlobName(content) : sha256(content))).ino)
     }
     expect((await citadelJson(['task', 'model-fetch', 'hf:meta/Llama-3-8B@main'], roots.env)).doc.tasks[0].status).toBe('ok')
 
@@ -166,7 +170,7 @@ describe('model fetch', () => {
     const dir = staging(roots, 'Qwen2-7B')
     expect(tree(dir).filter((l) => l.includes('->'))).toEqual([])
     expect(contents(dir)).toEqual(Object.fromEntries(Object.entries(files).map(([rel, c]) => [rel, sha256(c)])))
-    expect(lstatSync(path.join(dir, 'config.json')).ino).not.toBe(statSync(path.join(repo, 'blobs', sha256(files['config.json']))).ino)
+    expect(lstatSync(path.join(dir, 'config.json')).ino).not.toBe(statSync(path.join(repo, 'blobs', gitBlobName(files['config.json']))).ino)
   }, 120_000)
 
   it('a fetch killed with SIGKILL mid-copy is continued by the next one, which copies only the rest', async () => {
@@ -243,6 +247,7 @@ describe('model fetch', () => {
       [['hf:just-a-name'], 4, /SOURCE "hf:just-a-name" is not valid: expected hf:ORG\/NAME\[@REVISION\]/],
       [['hf:org/../x'], 4, /SOURCE .* is not valid: expected hf:ORG\/NAME/],
       [[source, '--name', 'live-one'], 2, /active\/live-one is a directory already: a model of that name is active; give another --name/],
+      [[path.join(roots.models, 'staging', 'x', 'inner'), '--name', 'x'], 2, /staging\/x\/inner overlaps .*staging\/x, where this fetch writes/],
       [[source, '--bwlimit', '0'], 4, /--bwlimit "0" is not valid: expected a whole number of KiB per second of at least 1/],
     ]
     const before = snapshot(roots.models)
