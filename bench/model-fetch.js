@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 // model fetch speed against its targets, measured in one run on one machine:
 //   hf: fetch from the Hugging Face cache on the model disk's filesystem: hard links, target ≤ 0.2 s for
-//       4 x 1 GiB (the link phase; the blob hashes of the check after it are shown apart)
-//   hf: fetch from a cache on another filesystem (HF_HUB_CACHE in /dev/shm)  vs  rsync -a --copy-links of the
-//       same snapshot, target ≤ 1.2 x rsync
+//       4 x 1 GiB (the link phase; the blob hashes, which start with it and outlast it, are shown apart)
+//   hf: fetch from a cache on another filesystem (HF_HUB_CACHE in /dev/shm), copy and check with the blob
+//       hashes overlapped  vs  rsync -a --copy-links of the same snapshot, target ≤ 1.2 x rsync
 // Usage: node bench/model-fetch.js [MIB_PER_SHARD]   (default 1024: 4 x 1 GiB; the machine may be shared)
 // BENCH_DIR (default: a directory in the system temp dir), BENCH_OTHER_FS (default /dev/shm), BENCH_ROUNDS (3):
 // each figure is the median of that many rounds.
@@ -88,7 +88,7 @@ try {
   const linked = Array.from({ length: rounds }, (_, i) => fetch(same, `bench-${i}`))
   if (!linked.every((f) => f.data.hard_linked)) throw new Error('the same-filesystem fetch did not hard-link')
   const link = median(linked.map((f) => f.data.copy_seconds))
-  console.log(`same filesystem (hard links): link phase ${fmt(link)} (target ≤ 0.200 s) ${link <= 0.2 ? 'MET' : 'MISSED'}; blob hashes after it ${fmt(median(linked.map((f) => f.data.verify_seconds)))}; whole command with Node start ${fmt(median(linked.map((f) => f.wall)))}`)
+  console.log(`same filesystem (hard links): link phase ${fmt(link)} (target ≤ 0.200 s) ${link <= 0.2 ? 'MET' : 'MISSED'}; blob hashes done after it in ${fmt(median(linked.map((f) => f.data.verify_seconds)))}; whole command with Node start ${fmt(median(linked.map((f) => f.wall)))}`)
 
   const hub = path.join(otherFs, 'hub')
   const snapshot = hfCache(hub)
@@ -103,9 +103,9 @@ try {
     rmSync(path.join(base, `rsync-copy-${i}`), { recursive: true })
     rmSync(path.join(cross.models, 'staging', `bench-${i}`), { recursive: true })
   }
-  const copy = median(copies.map((f) => f.data.copy_seconds))
-  const ratio = copy / median(rsyncs)
-  console.log(`other filesystem (copy): copy ${fmt(copy)} vs rsync -a --copy-links ${fmt(median(rsyncs))} = ${ratio.toFixed(2)}x (target ≤ 1.2x) ${ratio <= 1.2 ? 'MET' : 'MISSED'}; check after the copy ${fmt(median(copies.map((f) => f.data.verify_seconds)))} (not overlapped); whole command ${fmt(median(copies.map((f) => f.wall)))}`)
+  const done = median(copies.map((f) => f.data.copy_seconds + f.data.verify_seconds))
+  const ratio = done / median(rsyncs)
+  console.log(`other filesystem (copy): copy and check ${fmt(done)} (of which after the copy ${fmt(median(copies.map((f) => f.data.verify_seconds)))}) vs rsync -a --copy-links ${fmt(median(rsyncs))} = ${ratio.toFixed(2)}x (target ≤ 1.2x) ${ratio <= 1.2 ? 'MET' : 'MISSED'}; whole command ${fmt(median(copies.map((f) => f.wall)))}`)
 } finally {
   rmSync(otherFs, { recursive: true, force: true })
   if (!process.env.BENCH_DIR) rmSync(base, { recursive: true, force: true })

@@ -11,7 +11,7 @@ import { wholeNumber } from '../lib/infra/config.ts'
 import { bytes, count, progressLine, summarize } from '../lib/infra/format.ts'
 import { describeEntry, isInside, lstatOrNull, moveNoReplace } from '../lib/infra/fsx.ts'
 import { rsyncCopy } from '../lib/backup/rsync.ts'
-import { defaultName, linkable, linkBlobs, listSource, progressOf, sizesUnder, sourceArg, spaceShortfall, verifyFetched, type Listing, type Source } from '../lib/models/fetch.ts'
+import { defaultName, linkable, linkBlobs, listSource, progressOf, sizesUnder, sourceArg, spaceShortfall, checkBlobs, verifyFetched, type Listing, type Source } from '../lib/models/fetch.ts'
 import { dirName, stagingDir } from '../lib/models/promote.ts'
 
 /** The copy ran out of MODEL_DOWNLOAD_TIMEOUT. */
@@ -90,7 +90,7 @@ const task = defineTask({
 
       const stagedSt = await lstatOrNull(staged)
       if (stagedSt) {
-        const same = stagedSt.isDirectory() && (await verifyFetched(staged, { ...listing, files: listing.files.map(({ blob: _, ...f }) => f) }, { signal: ctx.signal, onHash: () => {} })).length === 0
+        const same = stagedSt.isDirectory() && (await verifyFetched(staged, listing)).length === 0
         if (same) return ctx.finish(`${name} is in staging/ already as ${source.label} holds it (${summary})`, { name, path: staged, files: listing.files.length, bytes: listing.bytes })
         return ctx.fail(`${staged} is ${describeEntry(stagedSt)} already and differs from ${source.label}: promote or remove it, or give another --name`)
       }
@@ -106,23 +106,35 @@ const task = defineTask({
       }
       const copied = link ? 0 : listing.bytes - held
       const t0 = Date.now()
+      // The blobs are hashed while the copy runs; stopped when the copy stops.
+      const hashing = new AbortController()
+      let copying = true
+      const blobCheck = source.kind === 'hf' && !ctx.check
+        ? checkBlobs(listing, { signal: AbortSignal.any([ctx.signal, hashing.signal]), onHash: (done, total) => {
+          if (!copying) ctx.progress(progressLine('hashing the blobs', done, total, t0))
+        } })
+        : Promise.resolve([])
+      // Awaited once the copy is done; a copy that fails first must not leave it rejected unheard.
+      blobCheck.catch(() => {})
       try {
         await ctx.apply({ path: partial, action: 'fetch model', before: partialSt ? `partial copy: ${bytes(held)} of ${bytes(listing.bytes)}` : null, after: source.label }, null, async () => {
           if (!partialSt) await fs.mkdir(partial, { mode: 0o755 })
           await copyInto(ctx, source, listing, partial, link)
         })
       } catch (err) {
+        hashing.abort()
         if (!(err instanceof DownloadTimeout)) throw err
         const { held: now } = progressOf(listing, await sizesUnder(partial))
         return ctx.failKeepingChanges(`the copy from ${source.label} ran longer than MODEL_DOWNLOAD_TIMEOUT=${s.modelDownloadTimeout} seconds and was stopped; ${bytes(now)} of ${bytes(listing.bytes)} are kept in ${partial}: the next fetch continues from there (or raise MODEL_DOWNLOAD_TIMEOUT)`, { name, partial, held_bytes: now, bytes: listing.bytes })
       }
+      copying = false
       const copySeconds = (Date.now() - t0) / 1000
       const data = { name, source: source.label, path: staged, files: listing.files.length, bytes: listing.bytes, copied_bytes: copied, resumed_bytes: link ? 0 : held, hard_linked: link, copy_seconds: copySeconds, verify_seconds: 0 }
 
       if (!ctx.check) {
-        const t1 = Date.now()
-        const problems = await verifyFetched(partial, listing, { signal: ctx.signal, onHash: (done, total) => ctx.progress(progressLine('verifying', done, total, t1)) })
-        data.verify_seconds = (Date.now() - t1) / 1000
+        const problems = [...(await blobCheck), ...(await verifyFetched(partial, listing))]
+        // What the check added after the copy: the hashing it overlapped cost nothing beyond it.
+        data.verify_seconds = (Date.now() - t0) / 1000 - copySeconds
         if (problems.length) {
           const what = `${partial} does not match ${source.label}: ${summarize(problems, 2)}`
           if (s.modelVerificationEnabled) return ctx.failKeepingChanges(`${what}; left in downloads/, not staged (MODEL_VERIFICATION_ENABLED=true)`, data)

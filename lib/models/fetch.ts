@@ -226,12 +226,13 @@ export async function linkBlobs(listing: Listing, partial: string, signal: Abort
 }
 
 /**
- * What is wrong with `dir` as a copy of `listing`: a file missing or of another size, a file the source
- * does not hold, and for a Hugging Face blob named by its sha256, content that hashes otherwise.
+ * What is wrong with `dir` as a copy of `listing`: a file missing or of another size, or a file the source
+ * does not hold. The bytes themselves rsync checked as it copied them (its whole-file checksum, also of a
+ * file it appended to); a Hugging Face blob's are checked against its name by checkBlobs.
  *
  * replaced by lib/models/check.ts verifyModel on merge: the model's own structure checks come with it.
  */
-export async function verifyFetched(dir: string, listing: Listing, opts: { signal: AbortSignal; onHash: (done: number, total: number) => void }): Promise<string[]> {
+export async function verifyFetched(dir: string, listing: Listing): Promise<string[]> {
   const problems: string[] = []
   const present = await sizesUnder(dir)
   const wanted = new Set(listing.files.map((f) => f.rel))
@@ -242,12 +243,21 @@ export async function verifyFetched(dir: string, listing: Listing, opts: { signa
   }
   const extra = [...present.keys()].filter((rel) => !wanted.has(rel)).sort()
   if (extra.length) problems.push(`${count(extra.length, 'file')} the source does not hold (${summarize(extra)})`)
-  const toHash = listing.files.filter((f) => f.blob?.sha256 && present.get(f.rel) === f.size)
-  const total = sum(toHash)
-  const outcomes = await hashFiles(toHash.map((f) => ({ file: path.join(dir, f.rel), size: f.size })), { signal: opts.signal, onProgress: (done) => opts.onHash(done, total) })
+  return problems
+}
+
+/**
+ * The Hugging Face blobs named by a sha256 whose bytes hash otherwise. Run while the copy runs: a blob is
+ * the very inode a hard-linked model file is, and what rsync copies from, so the copy is not read again.
+ */
+export async function checkBlobs(listing: Listing, opts: { signal: AbortSignal; onHash: (done: number, total: number) => void }): Promise<string[]> {
+  const named = listing.files.filter((f) => f.blob?.sha256)
+  const total = sum(named)
+  const outcomes = await hashFiles(named.map((f) => ({ file: f.blob!.path, size: f.size })), { signal: opts.signal, onProgress: (done) => opts.onHash(done, total) })
+  const problems: string[] = []
   outcomes.forEach((o, i) => {
-    const f = toHash[i]!
-    if (o.sha256 === null) problems.push(`${f.rel} is unreadable: ${o.error}`)
+    const f = named[i]!
+    if (o.sha256 === null) problems.push(`${f.rel} is unreadable in the Hugging Face cache: ${o.error}`)
     else if (o.sha256 !== f.blob!.sha256) problems.push(`${f.rel} hashes to ${o.sha256}, but its blob is named ${f.blob!.sha256}: the Hugging Face cache copy is damaged, download it again`)
   })
   return problems

@@ -171,6 +171,15 @@ describe('model fetch', () => {
     expect(tree(dir).filter((l) => l.includes('->'))).toEqual([])
     expect(contents(dir)).toEqual(Object.fromEntries(Object.entries(files).map(([rel, c]) => [rel, sha256(c)])))
     expect(lstatSync(path.join(dir, 'config.json')).ino).not.toBe(statSync(path.join(repo, 'blobs', gitBlobName(files['config.json']))).ino)
+
+    // The blobs are hashed while they are copied: a damaged one is caught all the same.
+    const weights = randomBytes(50_000)
+    const bad = hfCache(hub, 'qwen', 'Broken', { 'config.json': '{}\n', 'model.safetensors': weights })
+    writeFileSync(path.join(bad, 'blobs', sha256(weights)), randomBytes(50_000))
+    const broken = await citadel(['task', 'model-fetch', 'hf:qwen/Broken'], { ...roots.env, HF_HUB_CACHE: hub })
+    expect(broken.code).toBe(2)
+    expect(broken.stdout).toMatch(/model.safetensors hashes to [0-9a-f]{64}, but its blob is named [0-9a-f]{64}: the Hugging Face cache copy is damaged/)
+    expect(existsSync(staging(roots, 'Broken'))).toBe(false)
   }, 120_000)
 
   it('a fetch killed with SIGKILL mid-copy is continued by the next one, which copies only the rest', async () => {
