@@ -41,7 +41,7 @@ async function copyInto(ctx: TaskContext<{ bwlimit?: number }>, source: Source, 
       signal,
       onBytes: (done) => ctx.progress(progressLine(`copying ${source.label}:`, done, listing.bytes, started)),
     })
-    if (result.error) throw new Error(`copying ${source.label} failed: ${result.error}`)
+    if (result.error) throw new Error(`copying ${source.label} failed: ${result.error}; what arrived is kept in ${partial} for the next fetch`)
     if (result.warnings.length) ctx.warn(`${source.label} changed during the copy: ${summarize(result.warnings)}`)
   } catch (err) {
     if (timer.signal.aborted && !ctx.signal.aborted) throw timer.signal.reason

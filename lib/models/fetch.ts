@@ -225,12 +225,12 @@ export async function linkBlobs(listing: Listing, partial: string, signal: Abort
   return linked
 }
 
+// replaced by lib/models/check.ts verifyModel on merge
 /**
  * What is wrong with `dir` as a copy of `listing`: a file missing or of another size, or a file the source
  * does not hold. The bytes themselves rsync checked as it copied them (its whole-file checksum, also of a
- * file it appended to); a Hugging Face blob's are checked against its name by checkBlobs.
- *
- * replaced by lib/models/check.ts verifyModel on merge: the model's own structure checks come with it.
+ * file it appended to); a Hugging Face blob's are checked against its name by checkBlobs. The model's own
+ * structure (safetensors headers, the index, the JSON files) is model verify's to check.
  */
 export async function verifyFetched(dir: string, listing: Listing): Promise<string[]> {
   const problems: string[] = []
