@@ -4,6 +4,7 @@
 // staging/<name>. A copy cut short (a kill, MODEL_DOWNLOAD_TIMEOUT) leaves the partial for the next fetch
 // to continue; nothing is ever deleted, and nothing reaches staging/ unchecked (lib/models/fetch.ts).
 import { promises as fs } from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { z } from 'zod'
 import { defineTask, isInternalError, runWhenMain, type TaskContext } from '../lib/core/task.ts'
@@ -13,6 +14,9 @@ import { describeEntry, isInside, lstatOrNull, moveNoReplace } from '../lib/infr
 import { rsyncCopy } from '../lib/backup/rsync.ts'
 import { defaultName, linkable, linkBlobs, listSource, progressOf, sizesUnder, sourceArg, spaceShortfall, checkBlobs, verifyFetched, type Listing, type Source } from '../lib/models/fetch.ts'
 import { dirName, stagingDir } from '../lib/models/promote.ts'
+
+/** Hashing threads beside a copy: rsync's sender and receiver keep a core each. */
+const COPY_LEAVES_HASHING = Math.max(1, os.availableParallelism() - 2)
 
 /** The copy ran out of MODEL_DOWNLOAD_TIMEOUT. */
 class DownloadTimeout extends Error {}
@@ -110,7 +114,7 @@ const task = defineTask({
       const hashing = new AbortController()
       let copying = true
       const blobCheck = source.kind === 'hf' && !ctx.check
-        ? checkBlobs(listing, { signal: AbortSignal.any([ctx.signal, hashing.signal]), onHash: (done, total) => {
+        ? checkBlobs(listing, { signal: AbortSignal.any([ctx.signal, hashing.signal]), threads: link ? undefined : COPY_LEAVES_HASHING, onHash: (done, total) => {
           if (!copying) ctx.progress(progressLine('hashing the blobs', done, total, t0))
         } })
         : Promise.resolve([])

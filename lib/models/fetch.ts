@@ -250,10 +250,10 @@ export async function verifyFetched(dir: string, listing: Listing): Promise<stri
  * The Hugging Face blobs named by a sha256 whose bytes hash otherwise. Run while the copy runs: a blob is
  * the very inode a hard-linked model file is, and what rsync copies from, so the copy is not read again.
  */
-export async function checkBlobs(listing: Listing, opts: { signal: AbortSignal; onHash: (done: number, total: number) => void }): Promise<string[]> {
+export async function checkBlobs(listing: Listing, opts: { signal: AbortSignal; threads?: number; onHash: (done: number, total: number) => void }): Promise<string[]> {
   const named = listing.files.filter((f) => f.blob?.sha256)
   const total = sum(named)
-  const outcomes = await hashFiles(named.map((f) => ({ file: f.blob!.path, size: f.size })), { signal: opts.signal, onProgress: (done) => opts.onHash(done, total) })
+  const outcomes = await hashFiles(named.map((f) => ({ file: f.blob!.path, size: f.size })), { signal: opts.signal, threads: opts.threads, onProgress: (done) => opts.onHash(done, total) })
   const problems: string[] = []
   outcomes.forEach((o, i) => {
     const f = named[i]!
