@@ -13,6 +13,7 @@ import createDirs from './create-dirs.ts'
 import createSymlinks from './create-symlinks.ts'
 import healthReport from './health-report.ts'
 import markRoots from './mark-roots.ts'
+import modelFetch from './model-fetch.ts'
 import modelPromote from './model-promote.ts'
 import modelRollback from './model-rollback.ts'
 import modelVerify from './model-verify.ts'
@@ -26,4 +27,4 @@ import verifyPrereq from './verify-prereq.ts'
 import verifySymlinks from './verify-symlinks.ts'
 import writeEnvScript from './write-env-script.ts'
 
-export const tasks: Task[] = [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, backupRestore, modelVerify, modelPromote, modelRollback, modelList, modelArchive, modelRemove, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, writeUnits, enableServices]
+export const tasks: Task[] = [verifyPrereq, markRoots, createDirs, createSymlinks, verifySymlinks, repairSymlinks, writeEnvScript, backupCreate, backupVerify, backupCleanup, backupStatus, backupRestore, modelVerify, modelPromote, modelRollback, modelList, modelArchive, modelRemove, modelFetch, checkSmart, checkUsage, checkBackups, healthReport, checkPerf, writeUnits, enableServices]

@@ -17,6 +17,9 @@ const EXCLUDES: { pattern: string; matches: (name: string, isDir: boolean) => bo
 
 export const excluded = (name: string, isDir: boolean) => EXCLUDES.some((e) => e.matches(name, isDir))
 
+/** rsync's --exclude options for what is never a model, for an rsync run outside rsyncCopy (a listing). */
+export const excludeOptions = () => EXCLUDES.map((e) => `--exclude=${e.pattern}`)
+
 /** Exit 24: some source files vanished during the copy. The rest is a complete copy. */
 export const RSYNC_VANISHED = 24
 
@@ -46,6 +49,13 @@ export interface CopyRequest {
    * from a walk of the tree begun now.
    */
   only?: string[]
+  /**
+   * Continues what an interrupted copy left: a file cut short is appended to in place, then checked whole
+   * against the source's checksum (--append-verify), so a kill, even SIGKILL, loses nothing already written.
+   */
+  resume?: true
+  /** Copies what symlinks point at instead of the links: a tree of plain files (a Hugging Face snapshot). */
+  copyLinks?: true
   signal: AbortSignal
   onBytes: (bytes: number) => void
   /**
@@ -61,17 +71,19 @@ const DONE = 'citadel-done '
 /** Runs rsync SRC/ DEST/; resolves with its exit status, the vanished-file warnings, or the error. */
 export async function rsyncCopy($: Shell, req: CopyRequest): Promise<CopyResult> {
   const linkDest = req.linkDest === null ? [] : [`--link-dest=${req.linkDest}`]
-  const excludes = (req.excludes ?? EXCLUDES.map((e) => e.pattern)).map((pattern) => `--exclude=${pattern}`)
+  const excludes = req.excludes ? req.excludes.map((pattern) => `--exclude=${pattern}`) : excludeOptions()
   // --protect-args keeps the remote shell from splitting or expanding the paths and options sent over.
   const remote = req.rsh === undefined ? [] : ['--protect-args', '--rsh', req.rsh]
   const limit = req.bandwidthLimit ? [`--bwlimit=${req.bandwidthLimit}`] : []
   const only = req.only ? ['--ignore-times', '--whole-file', '--ignore-missing-args', '--from0', '--files-from=-'] : []
   const announce = req.onFileDone ? [`--out-format=${DONE}%b %n`] : []
+  const resume = req.resume ? ['--partial', '--append-verify'] : []
+  const copyLinks = req.copyLinks ? ['--copy-links'] : []
   // --no-h prints plain digits; LC_ALL=C (set for every command) keeps the number format fixed. Device
   // nodes, FIFOs and sockets are never model files: the backup holds files, directories and links only,
   // all of which its catalog records and verify checks.
   // Its own process group, so an abort stops rsync and the processes it forks; and it dies with citadel.
-  const copy = $({ signal: req.signal, nothrow: true, detached: true, input: req.only && encodeName(req.only.join('\0')) })`${DIES_WITH_CITADEL} rsync --archive --no-devices --no-specials --hard-links --numeric-ids --info=progress2 --no-h --no-inc-recursive ${remote} ${limit} ${linkDest} ${excludes} ${only} ${announce} -- ${req.src + '/'} ${req.dest + '/'}`
+  const copy = $({ signal: req.signal, nothrow: true, detached: true, input: req.only && encodeName(req.only.join('\0')) })`${DIES_WITH_CITADEL} rsync --archive --no-devices --no-specials --hard-links --numeric-ids --info=progress2 --no-h --no-inc-recursive ${remote} ${limit} ${linkDest} ${excludes} ${only} ${announce} ${resume} ${copyLinks} -- ${req.src + '/'} ${req.dest + '/'}`
   let pending = ''
   // rsync's receiver logs a file before it renames it into place, and takes the files one at a time: a file
   // is final once the next one is logged, or once rsync is done.

@@ -30,6 +30,8 @@ export const CHANGE_ACTIONS = {
   'archive model': 'the model directory an alias served before a promote or rollback, or one no alias uses (model archive), was renamed into <models root>/archive/, never deleted; after is where it went',
   'remove model': 'a model directory of archive/ or staging/ that no alias uses and no process holds open was deleted (model remove), after its files hashed as a verified backup lists them unless --force; renamed to a hidden .citadel-removing sibling first; before summarises what it held',
   'remove interrupted model removal': 'what an interrupted model remove left (a hidden .citadel-removing sibling in archive/ or staging/) was deleted',
+  'fetch model': 'a model was copied (or hard-linked from the Hugging Face cache) into <models root>/downloads/<name>.partial (model fetch); before says what an interrupted fetch had left there, after is the source',
+  'stage model': 'a fetched and verified model directory was renamed from downloads/<name>.partial to staging/<name>, ready for model promote; after is where it came from',
   'systemctl daemon-reload': 'systemd was told to read the changed units',
   'systemctl try-restart': 'a running unit whose file changed was restarted to take the change',
   'systemctl enable --now': 'the monitor service and the daily and weekly timers were enabled and started',

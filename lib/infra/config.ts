@@ -178,6 +178,8 @@ export interface Settings {
     /** Days without a successful drill before health-check warns; 0 = never. */
     drillMaxAgeDays: number
     storeLockWait: number
+    /** How ssh reaches a host: the off-host store's, and model fetch's from [user@]host:/path. */
+    ssh: SshSettings
     remote?: RemoteSettings
     /** Days the newest backup in the remote store may reach before health-check warns. */
     remoteMaxAgeDays: number
@@ -189,15 +191,18 @@ export interface Settings {
   warnings: string[]
 }
 
-export interface RemoteSettings {
-  user?: string
-  host: string
-  /** Directory on the remote host that holds the backups (the remote's backups/ lives inside it). */
-  dir: string
+export interface SshSettings {
   port: number
   identity?: string
   strictHostKeyChecking: 'yes' | 'accept-new' | 'no'
   knownHosts?: string
+}
+
+export interface RemoteSettings extends SshSettings {
+  user?: string
+  host: string
+  /** Directory on the remote host that holds the backups (the remote's backups/ lives inside it). */
+  dir: string
   /** KiB/s for rsync's --bwlimit; 0 = none. */
   bandwidthLimit: number
 }
@@ -305,6 +310,12 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
         problems.push(`invalid setting ${culprit}=${JSON.stringify(raw[culprit])}: expected a directory apart from ${other} (${raw[other] as string}), not ${same ? 'the same' : 'inside it'}`)
     }))
   if (problems.length) throw new ConfigError(problems)
+  const ssh: SshSettings = {
+    port: r.BACKUP_SSH_PORT,
+    identity: r.BACKUP_SSH_IDENTITY,
+    strictHostKeyChecking: r.BACKUP_SSH_STRICT_HOST_KEY_CHECKING,
+    knownHosts: r.BACKUP_SSH_KNOWN_HOSTS,
+  }
   return {
     appRoot: r.CITADEL_APP_ROOT,
     modelsRoot: r.CITADEL_MODELS_ROOT,
@@ -338,12 +349,10 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
       drillMaxAgeDays: r.BACKUP_DRILL_MAX_AGE_DAYS,
       storeLockWait: r.BACKUP_STORE_LOCK_WAIT,
       remoteMaxAgeDays: r.BACKUP_REMOTE_MAX_AGE_DAYS,
+      ssh,
       remote: r.BACKUP_REMOTE && {
         ...r.BACKUP_REMOTE,
-        port: r.BACKUP_SSH_PORT,
-        identity: r.BACKUP_SSH_IDENTITY,
-        strictHostKeyChecking: r.BACKUP_SSH_STRICT_HOST_KEY_CHECKING,
-        knownHosts: r.BACKUP_SSH_KNOWN_HOSTS,
+        ...ssh,
         bandwidthLimit: r.BACKUP_REMOTE_BANDWIDTH_LIMIT,
       },
     },

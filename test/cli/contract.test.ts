@@ -2,14 +2,15 @@
 // does not fail, --check before it reports the same changes and changes nothing on disk, and a second run
 // reports ok. Each task's state comes from the table below; a registered task without an entry fails here,
 // so a new task is held to the contract before it ships.
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { tasks } from '../../tasks/index.ts'
 import { backUp, setUpServer, writeFile } from '../backup-helpers.ts'
 import { citadelJson, makeRoots, snapshot, type Roots } from '../helpers.ts'
 import { sshdMissing, startSshd } from '../ssh-helpers.ts'
-import { writeModel } from '../model-helpers.ts'
+import { safetensors, writeModel } from '../model-helpers.ts'
 import { systemdRunning } from '../../lib/systemd/units.ts'
 
 interface Contract {
@@ -78,6 +79,21 @@ const withModels = (staged: string[], promoted = 0) => async () => {
   return roots
 }
 
+/** A set-up server whose Hugging Face cache holds org/tiny as `hf download` leaves it: refs/main, a snapshot of relative links to blobs. */
+async function withHfModel(): Promise<Roots> {
+  const roots = await setUpServer()
+  const repo = path.join(roots.models, 'cache', 'huggingface', 'hub', 'models--org--tiny')
+  const commit = 'c'.repeat(40)
+  writeFile(path.join(repo, 'refs', 'main'), commit)
+  mkdirSync(path.join(repo, 'snapshots', commit), { recursive: true })
+  for (const [name, content] of [['config.json', '{"model_type": "llama"}\n'], ['model.safetensors', safetensors([{ name: 'w', dtype: 'F16', shape: [4] }])] as const]) {
+    const blob = path.join(repo, 'blobs', createHash('sha256').update(content!).digest('hex'))
+    writeFile(blob, content!)
+    symlinkSync(path.join('..', '..', 'blobs', path.basename(blob)), path.join(repo, 'snapshots', commit, name!))
+  }
+  return roots
+}
+
 const CONTRACT: Record<string, Contract> = {
   'verify-prereq': { first: 'ok' },
   'mark-roots': { first: 'changed' },
@@ -120,6 +136,7 @@ const CONTRACT: Record<string, Contract> = {
     expect((await citadelJson(['task', 'model-promote', 'chat', 'm-v2'], roots.env)).code).toBe(0)
     return roots
   }, args: ['m-v1'], first: 'changed' },
+  'model-fetch': { setup: withHfModel, args: ['hf:org/tiny'], first: 'changed' },
 }
 
 const REMOTE = new Set(['remote-backup-create', 'remote-backup-verify', 'remote-backup-cleanup', 'remote-backup-status', 'remote-backup-restore'])

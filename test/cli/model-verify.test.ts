@@ -153,6 +153,6 @@ describe('citadel model verify', () => {
     }
     const action = await citadel(['model', 'frobnicate'], roots.env)
     expect(action.code).toBe(4)
-    expect(action.stderr).toBe('citadel: unknown model action "frobnicate"; expected verify, promote, rollback, list, archive, remove\n')
+    expect(action.stderr).toBe('citadel: unknown model action "frobnicate"; expected verify, promote, rollback, list, archive, remove, fetch\n')
   }, 60_000)
 })

@@ -13,7 +13,7 @@ describe('settings', () => {
     expect(s.models).toEqual([{ alias: 'mixtral', dir: 'mixtral-8x7b-instruct' }, { alias: 'yi34b', dir: 'yi-34b-chat' }])
     expect(s.dirMode).toBe(0o755)
     expect(s.monitor).toMatchObject({ diskWarning: 0.8, diskCritical: 0.9, checkInterval: 60, remoteInterval: 3600 })
-    expect(s.backup).toEqual({ retentionDays: 30, verifySampleRate: 0.1, keepMin: 3, maxShrink: 0.5, drillMaxAgeDays: 35, storeLockWait: 1800, remoteMaxAgeDays: 8 })
+    expect(s.backup).toEqual({ retentionDays: 30, verifySampleRate: 0.1, keepMin: 3, maxShrink: 0.5, drillMaxAgeDays: 35, storeLockWait: 1800, remoteMaxAgeDays: 8, ssh: { port: 22, strictHostKeyChecking: 'accept-new' } })
     expect(s.owner).toBeUndefined()
   })
 
