@@ -264,7 +264,8 @@ exec sha256sum -c --strict -`
 export function sshStore(ctx: TaskContext, r: RemoteSettings): BackupStore {
   const { $, signal } = ctx
   try {
-    shareConnectionsUnder(stateDir(ctx.settings))
+    // Check mode writes nothing, not even the socket's directory: each command then connects on its own.
+    if (!ctx.check) shareConnectionsUnder(stateDir(ctx.settings))
   } catch {
     // Without a place for the socket each command connects on its own, as it would without sharing.
   }
