@@ -3,14 +3,14 @@ import { defineConfig } from 'vitest/config'
 // Three tiers, each runnable alone (npm run test:unit, test:cli, test:system); npm test runs all of them.
 // Every test works in its own temporary directories, mounts and ports, so files run side by side. Most of
 // the time is spent waiting on child processes (the CLI, rsync, fio, sshd, ansible), which is why there
-// are more workers than the two cores of a small CI machine.
+// are twice as many workers as the two cores of a small CI machine.
 const tier = (name: string, include: string[]) => ({ extends: true as const, test: { name, include } })
 
 export default defineConfig({
   test: {
     reporters: ['default', './test/summary-reporter.ts'],
     pool: 'forks',
-    maxWorkers: 3,
+    maxWorkers: 4,
     // A timeout is there to end a hung test, not to judge speed (bench/ does that): with files side by side on a
     // small machine a test waits its turn for a core, and a minute was too short for the CLI-heavy ones.
     testTimeout: 180_000,
