@@ -7,39 +7,33 @@
 // Usage: node bench/model-fetch.js [MIB_PER_SHARD]   (default 1024: 4 x 1 GiB; the machine may be shared)
 // BENCH_DIR (default: a directory in the system temp dir), BENCH_OTHER_FS (default /dev/shm), BENCH_ROUNDS (3):
 // each figure is the median of that many rounds.
-import { spawnSync } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdirSync, mkdtempSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
-import os from 'node:os'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { benchDir, citadelBin, cores, median, project, rounds as roundsOf, timed } from './lib.js'
 
-const project = path.dirname(path.dirname(fileURLToPath(import.meta.url)))
-const citadelBin = path.join(project, 'bin', 'citadel.js')
 const mibPerShard = Number(process.argv[2] ?? 1024)
 if (!Number.isInteger(mibPerShard) || mibPerShard < 1) {
   console.error(`MIB_PER_SHARD ${JSON.stringify(process.argv[2])} is not valid: expected a whole number of MiB of at least 1, e.g. 256`)
   process.exit(4)
 }
 const SHARDS = 4
-const base = process.env.BENCH_DIR ? path.resolve(process.env.BENCH_DIR) : mkdtempSync(path.join(os.tmpdir(), 'citadel-bench-fetch-'))
+const base = benchDir('fetch')
 const otherFs = mkdtempSync(path.join(process.env.BENCH_OTHER_FS ?? '/dev/shm', 'citadel-bench-fetch-'))
 
-const seconds = (start) => Number(process.hrtime.bigint() - start) / 1e9
-function timed(command, args, options = {}) {
-  // Every measurement starts with nothing waiting to be written back, so none pays for the one before.
-  spawnSync('sync')
-  const start = process.hrtime.bigint()
-  const run = spawnSync(command, args, { encoding: 'utf8', maxBuffer: 1 << 28, ...options })
-  const s = seconds(start)
-  if (run.status !== 0) throw new Error(`${command} ${args.join(' ')} exited ${run.status}:\n${run.stdout.slice(-2000)}\n${run.stderr.slice(-2000)}`)
-  return { s, stdout: run.stdout }
-}
 const fmt = (s) => `${s.toFixed(3)} s`
-const rounds = Number(process.env.BENCH_ROUNDS ?? 3)
-const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+const rounds = roundsOf(3)
 
 /** An `hf download` of org/bench into `hub`: blobs named by their sha256, a snapshot of relative links. */
+/** `data` as one U8 tensor of a real safetensors file: the fetch checks the headers as model verify does. */
+function safetensors(data) {
+  let json = JSON.stringify({ weights: { dtype: 'U8', shape: [data.length], data_offsets: [0, data.length] } })
+  json += ' '.repeat((8 - (json.length % 8)) % 8)
+  const length = Buffer.alloc(8)
+  length.writeBigUInt64LE(BigInt(json.length))
+  return Buffer.concat([length, Buffer.from(json), data])
+}
+
 function hfCache(hub) {
   const repo = path.join(hub, 'models--org--bench')
   const commit = 'b'.repeat(40)
@@ -58,7 +52,7 @@ function hfCache(hub) {
     // Different bytes in every MiB so nothing dedups or compresses.
     const parts = []
     for (let j = 0; j < mibPerShard; j++) parts.push(Buffer.concat([randomBytes(16), chunk.subarray((j % 64) << 20, ((j % 64) << 20) + (1 << 20) - 16)]))
-    put(`model-0000${i + 1}-of-0000${SHARDS}.safetensors`, Buffer.concat(parts))
+    put(`model-0000${i + 1}-of-0000${SHARDS}.safetensors`, safetensors(Buffer.concat(parts)))
   }
   put('config.json', JSON.stringify({ model_type: 'llama', pad: randomBytes(512).toString('hex') }) + '\n')
   return snapshot
@@ -81,7 +75,7 @@ function fetch(r, name) {
 }
 
 try {
-  console.log(`model fetch: ${SHARDS} x ${mibPerShard} MiB shards, ${os.availableParallelism()} cores`)
+  console.log(`model fetch: ${SHARDS} x ${mibPerShard} MiB shards, ${cores} cores`)
 
   const same = roots('same-fs')
   hfCache(path.join(same.models, 'cache', 'huggingface', 'hub'))
