@@ -5,9 +5,9 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { TaskContext } from '../core/task.ts'
-import { describeEntry, fileStamp, fsyncDir, lstatOrNull, moveNoReplace } from '../infra/fsx.ts'
+import { describeEntry, fileStamp, fsPath, fsyncDir, lstatOrNull, moveNoReplace } from '../infra/fsx.ts'
 import { bytes, count, progressLine } from '../infra/format.ts'
-import { buildUnits, checkUnit, earlyHasher, planRestore, unitsTogether, type BadFile, type RestorePlan, type Selection, type UnitPlan } from './restore.ts'
+import { buildUnits, checkUnit, earlyHasher, eagerFetcher, planRestore, under, unitsTogether, type BadFile, type RestorePlan, type Selection, type UnitPlan } from './restore.ts'
 import { parseVerifyState } from './verify.ts'
 import { compareBytewise } from './manifest.ts'
 import { META, metaText, VERIFY_STATE, type Backup, type BackupLists, type BackupStore, type DataListing, type RestoreRecord, type StoreContents } from './store.ts'
@@ -50,15 +50,32 @@ export async function removeLeftoverRestores(ctx: TaskContext, dir: string): Pro
   }
 }
 
+/** What a restore writes into its partial: the files it copies, and an entry for everything it builds. */
+interface CopySize { fileSizes: number[]; entries: number }
+
+const copyOf = (plan: RestorePlan): CopySize => {
+  const todo = plan.units.filter((u) => u.current !== 'same')
+  return {
+    fileSizes: todo.flatMap((u) => {
+      const copying = new Set(u.copy)
+      return u.files.filter((f) => copying.has(f.rel)).map((f) => f.size)
+    }),
+    entries: todo.reduce((sum, u) => sum + u.files.length + u.symlinks.length + u.dirs.length, 0),
+  }
+}
+
+/** The most a restore of whole units can write: every file of them copied. */
+const worstCase = (lists: BackupLists, listing: DataListing, sel: Selection): CopySize => {
+  const files = lists.catalog.files.filter(([rel]) => inUnits(sel, rel))
+  return { fileSizes: files.map(([, size]) => size), entries: files.length + lists.catalog.symlinks.filter(([rel]) => inUnits(sel, rel)).length + listing.dirs.filter((d) => inUnits(sel, d)).length }
+}
+
+const inUnits = (sel: Selection, rel: string) => sel.units.some((u) => under(u)(rel))
+
 /** Why the copy does not fit on the target's disk (one line with both figures), or null. */
-async function spaceShortfall(plan: RestorePlan, dest: Destination, label: string): Promise<string | null> {
-  const copy = plan.units.filter((u) => u.current !== 'same')
-  const blocks = copy.reduce((sum, u) => {
-    const copying = new Set(u.copy)
-    return sum + u.files.filter((f) => copying.has(f.rel)).reduce((s, f) => s + Math.ceil(f.size / BLOCK) * BLOCK, 0)
-  }, 0)
-  const entries = copy.reduce((sum, u) => sum + u.files.length + u.symlinks.length + u.dirs.length, 0)
-  const needed = blocks + entries * BLOCK
+async function spaceShortfall(copy: CopySize, dest: Destination, label: string): Promise<string | null> {
+  const blocks = copy.fileSizes.reduce((s, size) => s + Math.ceil(size / BLOCK) * BLOCK, 0)
+  const needed = blocks + copy.entries * BLOCK
   const withMargin = needed + Math.max(16 << 20, Math.ceil(needed * 0.01))
   const { bavail, bsize } = await fs.statfs(dest.partials)
   const free = bavail * bsize
@@ -114,39 +131,55 @@ export async function runRestore(ctx: TaskContext, req: RestoreRequest, label: s
   const { store, backup, lists, dest } = req
   const started = Date.now()
   const at = new Date(started).toISOString()
-  const hashStart = Date.now()
-  const plan = await planRestore(lists, req.listing, req.sel, dest.target, ctx.signal, (done, total) => ctx.progress(progressLine(`hashing ${dest.target}:`, done, total, hashStart)))
-  const todo = plan.units.filter((u) => u.current !== 'same')
-  const short = todo.length ? await spaceShortfall(plan, dest, label) : null
-  if (short) throw new Error(short)
-  for (const u of plan.units) {
-    const what = u.current === 'same' ? 'already as the backup holds it' : `${count(u.copy.length, 'file')} to copy (${bytes(u.copyBytes)}), ${count(u.reuse.length, 'file')} already good (${bytes(u.reuseBytes)})${u.current === 'differs' && dest.archive ? `; the present ${u.name} moves to ${dest.archive}` : ''}`
-    ctx.detail(`${u.roots.join(', ')}: ${what}`)
-  }
-  if (!todo.length || ctx.check) {
-    if (!dest.scratch) for (const u of todo) await ctx.apply({ path: path.join(dest.target, u.name), action: 'restore model', before: u.current === 'absent' ? null : 'differs from the backup', after: `${backup.name}: ${bytes(u.copyBytes)} to copy` }, null, async () => {})
-    return { plan, record: null, restored: todo }
-  }
-
   const stamp = fileStamp(new Date(started))
   let partial = path.join(dest.partials, `.restore-${stamp}.partial`)
   for (let n = 2; await lstatOrNull(partial); n++) partial = path.join(dest.partials, `.restore-${stamp}-${n}.partial`)
-  const record: RestoreRecord = { at, what: req.sel.paths ?? todo.map((u) => u.name), to: dest.target, drill: req.drill, bytes_copied: 0, bytes_reused: 0, files_verified: 0, duration_ms: 0, ok: false, error: null, from_elsewhere: {} }
+  const record: RestoreRecord = { at, what: req.sel.paths ?? req.sel.units, to: dest.target, drill: req.drill, bytes_copied: 0, bytes_reused: 0, files_verified: 0, duration_ms: 0, ok: false, error: null, from_elsewhere: {} }
   const verifiedHere: string[] = []
+  let copyStart = 0
+  let copyTotal = 0
+  const copied = (b: number) => ctx.progress(copyTotal ? progressLine('copying and verifying:', b, copyTotal, copyStart) : `copying while hashing ${dest.target}: ${bytes(b)}`)
+  // Files to copy start copying while the rest of the target is still hashed, when even a copy of every
+  // file would fit: the plan's exact figure can only be smaller.
+  const eagerly = !ctx.check && req.sel.paths === null && !(await spaceShortfall(worstCase(lists, req.listing, req.sel), dest, label))
+  const unitFiles = lists.catalog.files.filter(([rel]) => inUnits(req.sel, rel))
+  const early = earlyHasher(partial, unitFiles.map(([rel, size]) => ({ rel, size })), ctx.signal)
+  const eager = eagerly ? eagerFetcher(store, backup, partial, () => makePartial(partial, req.listing.dirs.filter((d) => inUnits(req.sel, d))), {
+    signal: ctx.signal,
+    copied: (b) => {
+      copyStart ||= Date.now()
+      copied(b)
+    },
+    fileDone: early.onFileDone,
+    sizes: new Map(unitFiles.map(([rel, size]) => [rel, size])),
+  }) : null
+  let built = false
   try {
-    await fs.mkdir(partial, { mode: 0o700 })
+    const hashStart = Date.now()
+    const plan = await planRestore(lists, req.listing, req.sel, dest.target, ctx.signal, (done, total) => ctx.progress(progressLine(`hashing ${dest.target}:`, done, total, hashStart)), eager ? (rel) => eager.add(rel) : undefined)
+    const todo = plan.units.filter((u) => u.current !== 'same')
+    const short = todo.length && !eager ? await spaceShortfall(copyOf(plan), dest, label) : null
+    if (short) throw new Error(short)
+    for (const u of plan.units) {
+      const what = u.current === 'same' ? 'already as the backup holds it' : `${count(u.copy.length, 'file')} to copy (${bytes(u.copyBytes)}), ${count(u.reuse.length, 'file')} already good (${bytes(u.reuseBytes)})${u.current === 'differs' && dest.archive ? `; the present ${u.name} moves to ${dest.archive}` : ''}`
+      ctx.detail(`${u.roots.join(', ')}: ${what}`)
+    }
+    if (!todo.length || ctx.check) {
+      if (!dest.scratch) for (const u of todo) await ctx.apply({ path: path.join(dest.target, u.name), action: 'restore model', before: u.current === 'absent' ? null : 'differs from the backup', after: `${backup.name}: ${bytes(u.copyBytes)} to copy` }, null, async () => {})
+      return { plan, record: null, restored: todo }
+    }
+
+    built = true
+    record.what = req.sel.paths ?? todo.map((u) => u.name)
+    if (!eager?.started()) await fs.mkdir(partial, { mode: 0o700 })
     const all = unitsTogether(todo)
-    const copyStart = Date.now()
-    const copying = new Set(all.copy)
-    const early = earlyHasher(partial, all.files.filter((f) => copying.has(f.rel)), ctx.signal)
-    await buildUnits(store, backup, todo, dest.target, partial, ctx.$, {
-      signal: ctx.signal,
-      copied: (b) => ctx.progress(progressLine('copying and verifying:', b, all.copyBytes, copyStart)),
-      fileDone: early.onFileDone,
-    })
+    copyTotal = all.copyBytes
+    copyStart ||= Date.now()
+    await eager?.drain()
+    await buildUnits(store, backup, todo, dest.target, partial, ctx.$, { signal: ctx.signal, copied, fileDone: early.onFileDone, fetched: eager?.fetched })
     const checkStart = Date.now()
     const checked = await checkUnit(lists, all, partial, { signal: ctx.signal, early: early.hashes, onHash: (done) => ctx.progress(progressLine('verifying:', done, all.copyBytes, checkStart)) })
-    ctx.log('restore-verified', { bytes: checked.hashedBytes, hashed_during_copy: checked.hashedEarlyBytes, copy_ms: checkStart - copyStart, check_ms: Date.now() - checkStart })
+    ctx.log('restore-verified', { bytes: checked.hashedBytes, hashed_during_copy: checked.hashedEarlyBytes, copy_ms: checkStart - copyStart, check_ms: Date.now() - checkStart, copied_while_hashing: eager?.fetched.size ?? 0 })
     const healed = checked.bad.length ? await fromElsewhere(ctx, req, all, partial, checked.bad) : { bad: [], found: {} }
     for (const [rel, where] of Object.entries(healed.found)) ctx.warn(`${rel}: the copy in ${backup.name} is bad; restored from ${where}, which holds the same bytes`)
     Object.assign(record.from_elsewhere, healed.found)
@@ -160,16 +193,24 @@ export async function runRestore(ctx: TaskContext, req: RestoreRequest, label: s
     for (const unit of todo) await activate(ctx, unit, partial, dest, stamp, backup)
     await fsyncDir(dest.target)
     record.ok = true
+    return { plan, record, restored: todo }
   } catch (err) {
     record.error = (err as Error).message
     throw err
   } finally {
+    // A copy started while hashing may still run when the plan failed: it stops on the same signal or ends, and only then is its partial removed.
+    await eager?.drain().catch(() => {})
     record.duration_ms = Date.now() - started
     // Only what is left: a unit already moved into place is the target's now, and the journal knows it.
-    await fs.rm(partial, { recursive: true, force: true }).catch((err) => ctx.warn(`could not remove ${partial}: ${(err as Error).message}`))
-    if (!ctx.signal.aborted) await ctx.bookkeep(`the restore record of ${backup.name}`, () => recordRestore(store, backup, lists, record, verifiedHere)).catch((err) => ctx.warn(`the restore was not recorded in ${backup.name}: ${(err as Error).message}`))
+    if (await lstatOrNull(partial)) await fs.rm(partial, { recursive: true, force: true }).catch((err) => ctx.warn(`could not remove ${partial}: ${(err as Error).message}`))
+    if (built && !ctx.signal.aborted) await ctx.bookkeep(`the restore record of ${backup.name}`, () => recordRestore(store, backup, lists, record, verifiedHere)).catch((err) => ctx.warn(`the restore was not recorded in ${backup.name}: ${(err as Error).message}`))
   }
-  return { plan, record, restored: todo }
+}
+
+/** The partial with every directory of the units, private until the copy gives them the backup's modes. */
+async function makePartial(partial: string, dirs: string[]): Promise<void> {
+  await fs.mkdir(partial, { mode: 0o700 })
+  for (const dir of dirs) await fs.mkdir(fsPath(path.join(partial, dir)), { recursive: true, mode: 0o700 })
 }
 
 /** Moves what stands at the unit's place into archive/ (when it is the active tree), then the verified unit in. */

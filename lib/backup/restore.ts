@@ -51,7 +51,7 @@ export function unknownSelection(listing: DataListing, sel: Selection, shown: st
 /** The top-level entries of the backup's data/: what a restore without --model or --path brings back. */
 export const topLevel = (listing: DataListing) => [...new Set([...listing.files, ...listing.dirs, ...listing.symlinks.keys()].map((e) => e.split('/')[0]!))].sort(compareBytewise)
 
-const under = (root: string) => (rel: string) => rel === root || rel.startsWith(root + '/')
+export const under = (root: string) => (rel: string) => rel === root || rel.startsWith(root + '/')
 
 /** What stands at `rel` under `base` and below it, with paths relative to `base`. */
 export interface Entries { files: string[]; symlinks: Map<string, string>; dirs: string[]; others: string[] }
@@ -79,9 +79,11 @@ const sameSet = (a: string[], b: string[]) => a.length === b.length && new Set([
 
 /**
  * Plans the restore of `sel` from the backup into `target`: hashes, on the worker pool, every file of the
- * target whose size matches the backup's, so a file already right is linked, not copied again.
+ * target whose size matches the backup's, so a file already right is linked, not copied again. `onCopy`
+ * hears of each file to copy as soon as that is known, so the copy can start while the hashing goes on:
+ * first those the target lacks or holds at another size, then each that hashes wrong.
  */
-export async function planRestore(lists: BackupLists, listing: DataListing, sel: Selection, target: string, signal: AbortSignal, onHash: (done: number, total: number) => void): Promise<RestorePlan> {
+export async function planRestore(lists: BackupLists, listing: DataListing, sel: Selection, target: string, signal: AbortSignal, onHash: (done: number, total: number) => void, onCopy?: (rel: string) => void): Promise<RestorePlan> {
   const units = sel.units.map((name) => {
     const roots = sel.paths ? sel.paths.filter(under(name)) : [name]
     const inScope = (rel: string) => roots.some((r) => under(r)(rel))
@@ -97,10 +99,18 @@ export async function planRestore(lists: BackupLists, listing: DataListing, sel:
   })
   const candidates = units.flatMap((u) => {
     const there = new Set(u.now.files)
-    return u.files.filter((f) => there.has(f.rel) && f.sha256 !== '' && statFiles(target, [f.rel])[0]!.size === f.size)
+    return u.files.filter((f) => {
+      const candidate = there.has(f.rel) && f.sha256 !== '' && statFiles(target, [f.rel])[0]!.size === f.size
+      if (!candidate) onCopy?.(f.rel)
+      return candidate
+    })
   })
   const total = candidates.reduce((sum, f) => sum + f.size, 0)
-  const outcomes = await hashFiles(candidates.map((f) => ({ file: path.join(target, f.rel), size: f.size })), { signal, onProgress: (done) => onHash(done, total) })
+  const outcomes = await hashFiles(candidates.map((f) => ({ file: path.join(target, f.rel), size: f.size })), {
+    signal,
+    onProgress: (done) => onHash(done, total),
+    onOutcome: (i, o) => o.sha256 !== candidates[i]!.sha256 && onCopy?.(candidates[i]!.rel),
+  })
   const good = new Set(candidates.filter((f, i) => outcomes[i]!.sha256 === f.sha256).map((f) => f.rel))
   const planned = units.map(({ now, ...u }): UnitPlan => {
     const reuse = u.files.filter((f) => good.has(f.rel))
@@ -159,7 +169,7 @@ export interface BadFile { rel: string; detail: string }
  * each unit, reused files linked from the target and the rest fetched from the store, in one copy for all
  * of them (a copy per unit costs an rsync start per model directory, which dominates with many small ones).
  */
-export async function buildUnits(store: BackupStore, backup: Backup, units: UnitPlan[], target: string, partial: string, $: Shell, opts: BuildProgress): Promise<void> {
+export async function buildUnits(store: BackupStore, backup: Backup, units: UnitPlan[], target: string, partial: string, $: Shell, opts: BuildProgress & { fetched?: ReadonlySet<string> }): Promise<void> {
   for (const unit of units) {
     const here = path.join(target, unit.name)
     if (!unit.whole && (await fs.lstat(fsPath(here)).catch(() => null))) {
@@ -172,10 +182,55 @@ export async function buildUnits(store: BackupStore, backup: Backup, units: Unit
     for (const rel of unit.reuse) await fs.link(fsPath(path.join(target, rel)), fsPath(path.join(partial, rel)))
   }
   // Directories are listed too so that rsync gives them the backup's modes and times once their files are in.
-  const fetchList = units.flatMap((unit) => [...unit.dirs, ...unit.symlinks.map(([rel]) => rel), ...unit.copy])
+  const fetchList = units.flatMap((unit) => [...unit.dirs, ...unit.symlinks.map(([rel]) => rel), ...unit.copy.filter((rel) => !opts.fetched?.has(rel))])
   if (!fetchList.length) return
   const result = await store.fetch(backup, fetchList, partial, { signal: opts.signal, onBytes: opts.copied, onFileDone: opts.fileDone })
   if (result.error) throw new Error(`copying ${units.map((u) => u.name).join(', ')} from ${backup.name} failed: ${result.error}`)
+}
+
+/**
+ * Fetches files into `partial` while the plan is still hashing: each file named by `add` is copied from the
+ * store, in as few rsync runs as the pace of the hashing allows, one at a time so that none writes beside
+ * another. Only for whole units (under --path the partial first takes a linked copy of the target's entry).
+ * `prepare` makes the partial and its directories before the first copy.
+ */
+export function eagerFetcher(store: BackupStore, backup: Backup, partial: string, prepare: () => Promise<void>, opts: BuildProgress & { sizes: Map<string, number> }) {
+  const fetched = new Set<string>()
+  let queue: string[] = []
+  let running: Promise<void> | null = null
+  let prepared: Promise<void> | null = null
+  let error: Error | null = null
+  let copiedBefore = 0
+  const pump = () => {
+    if (running || error || !queue.length || opts.signal.aborted) return
+    const rels = queue
+    queue = []
+    for (const rel of rels) fetched.add(rel)
+    running = (async () => {
+      prepared ??= prepare()
+      await prepared
+      const result = await store.fetch(backup, rels, partial, { signal: opts.signal, onBytes: (b) => opts.copied(copiedBefore + b), onFileDone: opts.fileDone })
+      copiedBefore += rels.reduce((sum, rel) => sum + (opts.sizes.get(rel) ?? 0), 0)
+      if (result.error) throw new Error(`copying from ${backup.name} failed: ${result.error}`)
+    })().catch((err: Error) => void (error ??= err)).finally(() => {
+      running = null
+      pump()
+    })
+  }
+  return {
+    fetched,
+    /** Whether anything was asked for, so the partial exists (or is being made). */
+    started: () => prepared !== null || running !== null,
+    add(rel: string) {
+      queue.push(rel)
+      pump()
+    },
+    /** Waits for the copies asked for so far; throws the first copy's failure. */
+    async drain() {
+      while (running) await running
+      if (error) throw error
+    },
+  }
 }
 
 /** Several units as one, for building and checking them together. */

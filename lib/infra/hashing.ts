@@ -13,6 +13,8 @@ export interface HashOptions {
   /** Default: os.availableParallelism(); never more than there are batches. */
   threads?: number
   onProgress?: (bytesDone: number, filesDone: number) => void
+  /** Each file's outcome as soon as it is known, with its index in `jobs`. */
+  onOutcome?: (index: number, outcome: HashOutcome) => void
   /** Aborting terminates the workers and rejects with the signal's reason. */
   signal?: AbortSignal
 }
@@ -45,7 +47,7 @@ function planBatches(jobs: HashJob[]): number[][] {
 
 /** Outcomes in the order of `jobs`; a file that cannot be read gets an error, it does not reject. */
 export function hashFiles(jobs: HashJob[], options: HashOptions = {}): Promise<HashOutcome[]> {
-  const { onProgress, signal } = options
+  const { onProgress, onOutcome, signal } = options
   if (signal?.aborted) return Promise.reject(signal.reason)
   const batches = planBatches(jobs)
   if (batches.length === 0) return Promise.resolve([])
@@ -86,8 +88,9 @@ export function hashFiles(jobs: HashJob[], options: HashOptions = {}): Promise<H
           message.results.forEach((result, k) => (outcomes[batch![k]] = { file: jobs[batch![k]].file, ...result }))
           filesDone += batch!.length
         }
-        // A throwing progress callback rejects the promise rather than leaving the workers running.
+        // A throwing callback rejects the promise rather than leaving the workers running.
         try {
+          if (message.type === 'done') for (const i of batch!) onOutcome?.(i, outcomes[i]!)
           onProgress?.(bytesDone, filesDone)
         } catch (err) {
           settle({ error: err })
