@@ -5,7 +5,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import type { TaskContext } from '../core/task.ts'
-import { describeEntry, fileStamp, fsPath, fsyncDir, lstatOrNull, moveNoReplace } from '../infra/fsx.ts'
+import { canExchange, describeEntry, exchange, fileStamp, fsPath, fsyncDir, lstatOrNull, moveNoReplace } from '../infra/fsx.ts'
 import { bytes, count, progressLine } from '../infra/format.ts'
 import { buildUnits, checkUnit, earlyHasher, eagerFetcher, planRestore, under, unitsTogether, type BadFile, type RestorePlan, type Selection, type UnitPlan } from './restore.ts'
 import { parseVerifyState } from './verify.ts'
@@ -190,7 +190,8 @@ export async function runRestore(ctx: TaskContext, req: RestoreRequest, label: s
     if (healed.bad.length) throw new Error(`${count(healed.bad.length, 'file')} of ${backup.name} cannot be restored as its manifest says, and no other backup holds good copies: ${healed.bad.map((b) => `${b.rel} (${b.detail})`).join('; ')}; nothing was changed in ${dest.target}`)
     ctx.progress('syncing the restored files')
     await ctx.$`sync --file-system ${partial}`
-    for (const unit of todo) await activate(ctx, unit, partial, dest, stamp, backup)
+    const exchangeable = !dest.scratch && dest.archive !== null && (await canExchange(partial))
+    for (const unit of todo) await activate(ctx, unit, partial, dest, stamp, backup, exchangeable)
     await fsyncDir(dest.target)
     record.ok = true
     return { plan, record, restored: todo }
@@ -213,18 +214,33 @@ async function makePartial(partial: string, dirs: string[]): Promise<void> {
   for (const dir of dirs) await fs.mkdir(fsPath(path.join(partial, dir)), { recursive: true, mode: 0o700 })
 }
 
-/** Moves what stands at the unit's place into archive/ (when it is the active tree), then the verified unit in. */
-async function activate(ctx: TaskContext, unit: UnitPlan, partial: string, dest: Destination, stamp: string, backup: Backup): Promise<void> {
+/**
+ * Puts the verified unit in place. What stands there goes to archive/ (when it is the active tree): where the
+ * filesystem can, the two are exchanged in one step and the old one then moves from the partial to archive/,
+ * so the name never stands empty; elsewhere the old one moves aside first, and a kill between the two renames
+ * leaves the name empty until the next run's rollback.
+ */
+async function activate(ctx: TaskContext, unit: UnitPlan, partial: string, dest: Destination, stamp: string, backup: Backup, exchangeable: boolean): Promise<void> {
   const at = path.join(dest.target, unit.name)
+  const built = path.join(partial, unit.name)
   const st = await lstatOrNull(at)
-  if (st) {
-    if (!dest.archive) throw new Error(`${at} appeared during the restore; nothing of it was changed`)
+  if (st && !dest.archive) throw new Error(`${at} appeared during the restore; nothing of it was changed`)
+  if (dest.scratch) return moveNoReplace(built, at)
+  const summary = `${backup.name}: ${bytes(unit.copyBytes)} copied, ${bytes(unit.reuseBytes)} already good`
+  if (st && dest.archive && exchangeable) {
+    const aside = await archiveName(dest.archive, unit.name, stamp)
+    const ino = (await fs.lstat(fsPath(built))).ino
+    await ctx.apply({ path: at, action: 'restore model', before: 'archived', after: summary }, { op: 'exchange-back', path: at, other: built, ino }, async () => {
+      if (!(await exchange(at, built))) throw new Error(`${at} and ${built} could not be exchanged, though the filesystem did it a moment before`)
+    })
+    await ctx.apply({ path: at, action: 'archive replaced model', before: describeEntry(st), after: aside }, { op: 'move-back', from: aside, to: built }, () => moveNoReplace(built, aside))
+    return
+  }
+  if (st && dest.archive) {
     const aside = await archiveName(dest.archive, unit.name, stamp)
     await ctx.apply({ path: at, action: 'archive replaced model', before: describeEntry(st), after: aside }, { op: 'move-back', from: aside, to: at }, () => moveNoReplace(at, aside))
   }
-  if (dest.scratch) return moveNoReplace(path.join(partial, unit.name), at)
-  const summary = `${backup.name}: ${bytes(unit.copyBytes)} copied, ${bytes(unit.reuseBytes)} already good`
-  await ctx.apply({ path: at, action: 'restore model', before: st ? 'archived' : null, after: summary }, { op: 'move-back', from: at, to: path.join(partial, unit.name) }, () => moveNoReplace(path.join(partial, unit.name), at))
+  await ctx.apply({ path: at, action: 'restore model', before: st ? 'archived' : null, after: summary }, { op: 'move-back', from: at, to: built }, () => moveNoReplace(built, at))
 }
 
 /** Appends the record to the backup's metadata; the files hashed right count as verified now. */

@@ -3,7 +3,7 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { z } from 'zod'
-import { atomicSymlink, atomicWriteFile, lstatOrNull, octal, removeTempSiblings } from '../infra/fsx.ts'
+import { atomicSymlink, atomicWriteFile, exchange, lstatOrNull, octal, removeTempSiblings } from '../infra/fsx.ts'
 
 export type Undo =
   | { op: 'remove-link'; path: string }
@@ -11,6 +11,8 @@ export type Undo =
   | { op: 'rmdir'; path: string }
   | { op: 'mkdir'; path: string; mode: number }
   | { op: 'move-back'; from: string; to: string }
+  /** Exchanged `path` and `other` when `path` holds the inode `ino` (that of `other` before the exchange). */
+  | { op: 'exchange-back'; path: string; other: string; ino: number }
   | { op: 'chmod'; path: string; mode: number }
   | { op: 'chown'; path: string; uid: number; gid: number }
   | { op: 'restore-file'; path: string; content: string | null; mode: number }
@@ -22,6 +24,7 @@ const undoSchema = z.discriminatedUnion('op', [
   z.object({ op: z.literal('rmdir'), path: z.string() }),
   z.object({ op: z.literal('mkdir'), path: z.string(), mode }),
   z.object({ op: z.literal('move-back'), from: z.string(), to: z.string() }),
+  z.object({ op: z.literal('exchange-back'), path: z.string(), other: z.string(), ino: z.number().int().min(0) }),
   z.object({ op: z.literal('chmod'), path: z.string(), mode }),
   z.object({ op: z.literal('chown'), path: z.string(), uid: z.number().int().min(0), gid: z.number().int().min(0) }),
   z.object({ op: z.literal('restore-file'), path: z.string(), content: z.string().nullable(), mode }),
@@ -49,6 +52,7 @@ export function describeUndo(u: Undo): string {
     case 'rmdir': return `remove directory ${u.path}`
     case 'mkdir': return `recreate empty directory ${u.path}`
     case 'move-back': return `move ${u.from} back to ${u.to}`
+    case 'exchange-back': return `exchange ${u.path} and ${u.other} back`
     case 'chmod': return `restore mode ${octal(u.mode)} on ${u.path}`
     case 'chown': return `restore owner ${u.uid}:${u.gid} on ${u.path}`
     case 'restore-file': return u.content === null ? `remove ${u.path}` : `restore previous ${u.path}`
@@ -93,6 +97,12 @@ async function applyUndo(u: Undo): Promise<void> {
       else if (at) throw new Error(`${u.to} is occupied; ${u.from} left where it is`)
       return fs.rename(u.from, u.to)
     }
+    case 'exchange-back':
+      // Killed before the exchange: `path` still holds what it held, nothing to undo.
+      if (st?.ino !== u.ino) return
+      if (!(await lstatOrNull(u.other))) throw new Error(`${u.other} is gone; ${u.path} left as it is`)
+      if (!(await exchange(u.path, u.other))) throw new Error(`${u.path} and ${u.other} cannot be exchanged back here; left as they are`)
+      return
     case 'chmod':
       if (st && !st.isSymbolicLink()) await fs.chmod(u.path, u.mode)
       return

@@ -1,8 +1,9 @@
-import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { describe, expect, it } from 'vitest'
-import { tempSibling } from '../../lib/infra/fsx.ts'
+import { canExchange, decodeName, exchange, fsPath, tempSibling } from '../../lib/infra/fsx.ts'
 import { Journal } from '../../lib/core/journal.ts'
 import { citadel, citadelJson, makeRoots, start } from '../helpers.ts'
 
@@ -13,6 +14,10 @@ function rootsWithModels(count: number) {
   for (const n of names) mkdirSync(path.join(roots.active, n), { recursive: true })
   return roots
 }
+
+// renameat2's exchange needs x86-64 or arm64 Linux and a filesystem that has it (ext4, xfs, btrfs, tmpfs).
+const exchangeHere = await canExchange(os.tmpdir())
+if (!exchangeHere) console.warn(`skipping the exchange test: ${os.tmpdir()} cannot exchange two directories in one step (renameat2 RENAME_EXCHANGE)`)
 
 const journalOf = (app: string) => path.join(app, '.citadel', 'journal.jsonl')
 const journalLines = (app: string) => (existsSync(journalOf(app)) ? readFileSync(journalOf(app), 'utf8').split('\n').filter(Boolean).length : 0)
@@ -85,6 +90,31 @@ describe('the journal', () => {
     expect(steps.map((s) => [s.done, s.msg])).toEqual([[true, `remove link ${link}`], [true, `remove directory ${dir}`]])
     expect(existsSync(dir)).toBe(false)
     expect(existsSync(path.join(roots.base, 'not-ours'))).toBe(true)
+  })
+
+  it.skipIf(!exchangeHere)('exchanges two directories in one step, and undoes the exchange only when it happened', async () => {
+    const roots = makeRoots()
+    const live = path.join(roots.active, 'model')
+    // A name that is not UTF-8 travels to the system call as the bytes it is.
+    const built = path.join(roots.base, `new-${decodeName(Buffer.from([0xff, 0xfe]))}`)
+    mkdirSync(live, { recursive: true })
+    writeFileSync(path.join(live, 'version'), 'old')
+    mkdirSync(fsPath(built))
+    writeFileSync(Buffer.concat([fsPath(built) as Buffer, Buffer.from('/version')]), 'new')
+    const ino = lstatSync(fsPath(built)).ino
+    const journal = new Journal(path.join(roots.base, 'journal.jsonl'), 'run')
+    // Killed before the exchange: nothing to undo.
+    await journal.record('backup-restore', { op: 'exchange-back', path: live, other: built, ino })
+    expect((await journal.rollback()).map((s) => [s.done, s.msg])).toEqual([[true, `exchange ${live} and ${built} back`]])
+    expect(readFileSync(path.join(live, 'version'), 'utf8')).toBe('old')
+    // Killed after it: both back where they were.
+    await journal.record('backup-restore', { op: 'exchange-back', path: live, other: built, ino })
+    expect(await exchange(live, built)).toBe(true)
+    expect(readFileSync(path.join(live, 'version'), 'utf8')).toBe('new')
+    expect(readFileSync(Buffer.concat([fsPath(built) as Buffer, Buffer.from('/version')]), 'utf8')).toBe('old')
+    expect((await journal.rollback()).every((s) => s.done)).toBe(true)
+    expect(readFileSync(path.join(live, 'version'), 'utf8')).toBe('old')
+    expect(lstatSync(fsPath(built)).ino).toBe(ino)
   })
 
   it('never removes a directory that is not empty, and says so', async () => {
