@@ -318,7 +318,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
   order('STORAGE_MONITOR_INODE_USAGE_WARNING', 'STORAGE_MONITOR_INODE_USAGE_CRITICAL')
   // Without a restart vLLM keeps the weights it loaded, and /v1/models names the path it was started with,
   // which is the same link before and after a flip: a check alone would pass while the old version serves.
-  if (typeof raw.VLLM_URL === 'string' && typeof raw.VLLM_RESTART_COMMAND !== 'string')
+  if (typeof raw.VLLM_URL === 'string' && typeof raw.VLLM_RESTART_COMMAND !== 'string' && !problems.some((p) => p.startsWith('invalid setting VLLM_RESTART_COMMAND=')))
     problems.push(`invalid setting VLLM_URL=${JSON.stringify(raw.VLLM_URL)}: expected VLLM_RESTART_COMMAND as well (the check after a restart); without a restart vLLM keeps serving the version it loaded`)
   // The three roots hold different things on different disks; one inside another would, say, back the
   // backups up or link the app into itself. The message names the root that was set, not defaulted.

@@ -22,10 +22,12 @@ const seconds = (since: number) => Math.round((Date.now() - since) / 1000)
 /** Both limits on one request: its own timeout, and the run's interruption when given. */
 const requestSignal = (signal: AbortSignal | null, ms: number) => (signal ? AbortSignal.any([signal, AbortSignal.timeout(ms)]) : AbortSignal.timeout(ms))
 
-/** Why a request got no answer, in a few words (fetch hides the system error in `cause`). */
-function unanswered(err: unknown): string {
+const timedOut = (err: unknown) => (err as Error).name === 'TimeoutError'
+
+/** Why a request given `limitMs` got no answer, in a few words (fetch hides the system error in `cause`). */
+function unanswered(err: unknown, limitMs: number): string {
   const e = err as Error & { cause?: { code?: string; message?: string } }
-  if (e.name === 'TimeoutError') return `no answer within ${REQUEST_TIMEOUT_MS / 1000} s`
+  if (timedOut(e)) return `no answer within ${limitMs / 1000} s`
   return e.cause?.code ?? e.cause?.message ?? e.message
 }
 
@@ -49,14 +51,16 @@ async function waitReady(ctx: TaskContext, url: string, signal: AbortSignal | nu
   const deadline = started + readyTimeout * 1000
   let last = 'no answer'
   for (;;) {
+    const limit = Math.max(1, Math.min(REQUEST_TIMEOUT_MS, deadline - Date.now()))
     try {
-      const res = await fetch(`${url}/health`, { signal: requestSignal(signal, Math.max(1, Math.min(REQUEST_TIMEOUT_MS, deadline - Date.now()))) })
+      const res = await fetch(`${url}/health`, { signal: requestSignal(signal, limit) })
       await res.body?.cancel()
       if (res.status === 200) return seconds(started)
       last = `HTTP ${res.status}`
     } catch (err) {
       if (signal?.aborted) throw signal.reason
-      last = unanswered(err)
+      // A request the deadline cut short says less than the answer before it.
+      if (!(timedOut(err) && limit < REQUEST_TIMEOUT_MS && last !== 'no answer')) last = unanswered(err, limit)
     }
     if (Date.now() >= deadline) throw new Error(`vLLM was not ready: GET ${url}/health did not answer 200 within VLLM_READY_TIMEOUT=${readyTimeout} s (last: ${last})`)
     ctx.progress(`waiting for vLLM: ${seconds(started)} s of ${readyTimeout} (GET ${url}/health: ${last})`)
@@ -81,7 +85,7 @@ async function servedRoots(url: string, signal: AbortSignal): Promise<string[]> 
     })
   } catch (err) {
     if (signal.aborted) throw signal.reason
-    if (err instanceof TypeError || (err as Error).name === 'TimeoutError') throw new Error(`vLLM answered /health but not GET ${endpoint}: ${unanswered(err)}`)
+    if (err instanceof TypeError || timedOut(err)) throw new Error(`vLLM answered /health but not GET ${endpoint}: ${unanswered(err, REQUEST_TIMEOUT_MS)}`)
     throw err
   }
   const parsed = modelsSchema.safeParse(body)
