@@ -2,13 +2,14 @@
 // in this process answers GET /health and GET /v1/models, and a small restart script plays
 // `systemctl restart vllm` by recording what the "server" was started with. A promote the server does not
 // take up is rolled back to the previous version everywhere, and the server is restarted on it again.
-import { existsSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { setUpServer, writeFile } from '../backup-helpers.ts'
-import { citadel, citadelJson, snapshot, type Roots } from '../helpers.ts'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { citadel, citadelJson, snapshot, start, type Roots } from '../helpers.ts'
 
 const ENV_FILE = (registry: string) => `# settings of this host\nMODEL_REGISTRY=${registry} # what vLLM serves\n\nMODEL_AUTO_BACKUP=false\n`
 
@@ -126,6 +127,26 @@ describe('the vLLM server step of model promote and rollback', () => {
       else expect(again).toMatchObject({ done: true, msg: expect.stringMatching(/^ran VLLM_RESTART_COMMAND again: vLLM answered GET http:\/\/127\.0\.0\.1:\d+\/health after \d+ s$/) })
     }, 120_000)
   }
+
+  it('SIGINT while waiting for vLLM stops the wait, rolls back and restarts on the previous version', async () => {
+    const { roots, env } = await host()
+    writeFileSync(control(roots, 'health'), '503')
+    const before = served(roots)
+    const promote = start(['model', 'promote', 'chat', 'm-v2', '--json'], { ...env, VLLM_READY_TIMEOUT: '600' })
+    while (restarts(roots).length === 0) await sleep(50)
+    await sleep(300)
+    promote.child.kill('SIGINT')
+    // The previous version comes up soon after its restart.
+    await sleep(200)
+    rmSync(control(roots, 'health'))
+    const result = await promote.done
+    expect(result.code, result.stdout + result.stderr).toBe(99)
+    const doc = JSON.parse(result.stdout)
+    expect(doc.tasks[0].msg).toBe('interrupted by signal')
+    expect(doc.rolled_back.at(-1)).toMatchObject({ done: true, msg: expect.stringMatching(/^ran VLLM_RESTART_COMMAND again: vLLM answered/) })
+    expect(served(roots)).toEqual(before)
+    expect(restarts(roots)).toEqual([path.join(roots.active, 'm-v2'), path.join(roots.active, 'm-v1')])
+  }, 120_000)
 
   it('a failed server step of a rollback puts the version it replaced back', async () => {
     const { roots, env } = await host()
