@@ -2,8 +2,9 @@
 // MODEL_REGISTRY rewritten in the env file, storage-env.sh rewritten, and the directory ALIAS served before
 // renamed into archive/ (never deleted), where `model rollback` finds it (lib/models/promote.ts). Every step
 // is journaled: a failure or a kill leaves the old version live or the new one fully live. With
-// MODEL_AUTO_BACKUP=true it ends with a backup of the active models; a failed backup is a warning, as the
-// promote itself stands.
+// VLLM_RESTART_COMMAND set, vLLM is restarted and (with VLLM_URL) must come up serving the new version, or
+// the promote fails and is undone (lib/models/server.ts). With MODEL_AUTO_BACKUP=true it ends with a backup
+// of the active models; a failed backup is a warning, as the promote itself stands.
 import path from 'node:path'
 import { z } from 'zod'
 import { defineTask, isInternalError, runWhenMain, type TaskContext, type TaskResult } from '../lib/core/task.ts'
@@ -11,6 +12,7 @@ import { envFilePath } from '../lib/infra/config.ts'
 import { describeEntry, lstatOrNull } from '../lib/infra/fsx.ts'
 import { aliasName, dirName, stagingDir, switchVersion, verificationRefusal } from '../lib/models/promote.ts'
 import { registryRefusal } from '../lib/models/registry.ts'
+import { serveVersion } from '../lib/models/server.ts'
 import { installedEnvironment } from '../lib/systemd/units.ts'
 import backupCreate from './backup-create.ts'
 
@@ -19,6 +21,10 @@ export function registryFile(ctx: TaskContext): { file: string; refusal: string 
   const file = envFilePath()
   return { file, refusal: registryRefusal(ctx.settings, file, installedEnvironment(ctx.settings.systemd.dir)) }
 }
+
+/** The line a failed server step ends the task with: the runner then puts `previous` back and restarts vLLM on it. */
+export const unservedLine = (failure: string, alias: string, previous: string | null) =>
+  `${failure}; ${alias} ${previous ? `goes back to ${previous}` : 'is taken out again'} and vLLM is restarted (see the rollback)`
 
 /** The backup MODEL_AUTO_BACKUP asks for after a version went live; its failure is only warned about. */
 export async function autoBackup(ctx: TaskContext): Promise<void> {
@@ -68,6 +74,8 @@ const task = defineTask({
       if (refused) return ctx.fail(refused)
       const outcome = await switchVersion(ctx, alias, { from: staged, dir, action: 'promote model' }, file, false)
       if (outcome.kept) ctx.warn(outcome.kept)
+      const unserved = await serveVersion(ctx, alias, live)
+      if (unserved) return ctx.fail(unservedLine(unserved, alias, outcome.previous))
       await autoBackup(ctx)
       const would = ctx.check ? 'would serve' : 'serves'
       return ctx.finish(`${alias} ${would} ${dir}${outcome.archived ? `; ${outcome.previous} ${ctx.check ? 'would move' : 'moved'} to archive/${outcome.archived}` : ''}`, { alias, dir, path: live, previous: outcome.previous, archived: outcome.archived })

@@ -1,14 +1,15 @@
 // Puts back the newest archived version of ALIAS that is not marked bad: renamed from archive/ into the
 // active models, the link flipped back, MODEL_REGISTRY and storage-env.sh rewritten, and the version it
 // replaces renamed into archive/ with the bad mark, so that no later rollback picks it. The same journaled
-// order as promote (lib/models/promote.ts). Each run goes one good version further back, so it is not
-// idempotent: a second run is a second rollback.
+// order as promote (lib/models/promote.ts), and the same server step (lib/models/server.ts). Each run
+// goes one good version further back, so it is not idempotent: a second run is a second rollback.
 import path from 'node:path'
 import { z } from 'zod'
 import { defineTask, isInternalError, runWhenMain } from '../lib/core/task.ts'
 import { lstatOrNull } from '../lib/infra/fsx.ts'
 import { aliasName, archiveDir, readModelsState, rollbackCandidates, switchVersion } from '../lib/models/promote.ts'
-import { autoBackup, registryFile } from './model-promote.ts'
+import { serveVersion } from '../lib/models/server.ts'
+import { autoBackup, registryFile, unservedLine } from './model-promote.ts'
 
 const task = defineTask({
   name: 'model-rollback',
@@ -38,6 +39,8 @@ const task = defineTask({
       const from = path.join(archiveDir(s), candidate.archive)
       const outcome = await switchVersion(ctx, alias, { from, dir, action: 'reactivate model', archived: candidate }, file, true)
       if (outcome.kept) ctx.warn(outcome.kept)
+      const unserved = await serveVersion(ctx, alias, path.join(s.modelsActive, dir))
+      if (unserved) return ctx.fail(unservedLine(unserved, alias, current.dir))
       await autoBackup(ctx)
       const would = ctx.check ? 'would serve' : 'serves'
       return ctx.finish(`${alias} ${would} ${dir} again (archived ${candidate.archived_at}); ${current.dir} ${ctx.check ? 'would be' : 'is'} marked bad${outcome.archived ? ` in archive/${outcome.archived}` : ''}`, {

@@ -43,7 +43,8 @@ export class JournalError extends Error {
     super(`cannot roll back ${file}: line ${line} ${why}; nothing was undone and nothing else runs. Undo what it describes by hand where needed, then move the file away`)
   }
 }
-export interface RollbackStep { undo: Undo; task: string; done: boolean; msg: string }
+/** `undo` is absent for a step a task asked to follow the undo (TaskContext.afterUndo). */
+export interface RollbackStep { undo?: Undo; task: string; done: boolean; msg: string }
 
 export function describeUndo(u: Undo): string {
   switch (u.op) {

@@ -57,6 +57,24 @@ interface RunState {
   records: TaskRecord[]
   /** Aborted by the first SIGINT or SIGTERM. */
   signal: AbortSignal
+  /** What tasks asked to run after their changes are undone, in the order they asked. */
+  afterUndo: { task: string; what: string; step: () => Promise<string | void> }[]
+}
+
+/** Runs, newest first, the steps `task` (every task when null) asked to follow its undo, and forgets them. */
+async function runAfterUndo(run: RunState, task: string | null): Promise<RollbackStep[]> {
+  const mine = (h: RunState['afterUndo'][number]) => task === null || h.task === task
+  const due = run.afterUndo.filter(mine).reverse()
+  run.afterUndo = run.afterUndo.filter((h) => !mine(h))
+  const steps: RollbackStep[] = []
+  for (const h of due) {
+    try {
+      steps.push({ task: h.task, done: true, msg: (await h.step()) || h.what })
+    } catch (err) {
+      steps.push({ task: h.task, done: false, msg: `${h.what} failed: ${(err as Error).message}` })
+    }
+  }
+  return steps
 }
 
 /** Runs one task, as the step `name`, with its context; whatever happens, returns its record. */
@@ -108,6 +126,9 @@ async function execute(run: RunState, task: Task, name: string, args: TaskArgs, 
     fail: (msg, data) => result('failed', msg, data),
     failKeepingChanges: (msg, data) => ({ ...result('failed', msg, data), keepChanges: true }),
     skip: (msg, data) => result('skipped', msg, data),
+    afterUndo(what, step) {
+      if (!check) run.afterUndo.push({ task: name, what, step })
+    },
   }
   let outcome: TaskResult
   let internal = false
@@ -160,12 +181,14 @@ async function removeDeadTemps(dir: string): Promise<void> {
  * running task's): a failed task's changes are undone, unless it keeps them; a finished task's are
  * dropped, so neither a later failure nor a kill ever undoes them.
  */
-async function settle(journal: Journal, log: RunLog, record: TaskRecord): Promise<TaskRecord> {
+async function settle(run: RunState, record: TaskRecord): Promise<TaskRecord> {
+  const { journal, log } = run
   if (record.status !== 'failed' || record.keepChanges) {
     await journal.clear()
+    run.afterUndo = run.afterUndo.filter((h) => h.task !== record.name)
     return record
   }
-  const steps = await journal.rollback()
+  const steps = [...(await journal.rollback()), ...(await runAfterUndo(run, record.name))]
   if (steps.length) log.event('rollback', { task: record.name, steps })
   return { ...record, rolled_back: steps }
 }
@@ -239,7 +262,7 @@ export async function run(req: RunRequest): Promise<number> {
 
     const shell = makeShell((fields) => log.event('command', fields))
     const records: TaskRecord[] = []
-    const run: RunState = { req, log, journal, shell, records, signal: abort.signal }
+    const run: RunState = { req, log, journal, shell, records, signal: abort.signal, afterUndo: [] }
     const policy = req.onFailure ?? 'continue'
     const continuing = policy === 'continue'
     /** Tasks that did not complete, each with the failed task at the root of it. */
@@ -265,7 +288,7 @@ export async function run(req: RunRequest): Promise<number> {
               shownAt = Date.now()
               item.output = text
             })
-            if (guarded && continuing) record = await settle(journal, log, record)
+            if (guarded && continuing) record = await settle(run, record)
           }
           if (!record.ran) log.event('task', { task: name, status: record.status, msg: record.msg, ...(record.blocked_by ? { blocked_by: record.blocked_by } : {}) })
           records.push(record)
@@ -294,7 +317,7 @@ export async function run(req: RunRequest): Promise<number> {
     const failed = records.some((r) => r.status === 'failed') || interrupted
     let rollback: RollbackStep[] = records.flatMap((r) => r.rolled_back ?? [])
     if (guarded && failed && !continuing) {
-      rollback = await journal.rollback()
+      rollback = [...(await journal.rollback()), ...(await runAfterUndo(run, null))]
       log.event('rollback', { steps: rollback })
     } else if (guarded) await journal.clear()
 

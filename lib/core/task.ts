@@ -90,6 +90,13 @@ export interface TaskContext<A = TaskArgs> {
    * state the task ensures: not a change, never undone, not made in check mode (resolves to null there).
    */
   bookkeep<T>(what: string, write: () => Promise<T>): Promise<T | null>
+  /**
+   * Runs `step` once this task's changes are undone (the task failed, or its playbook rolled the run back),
+   * after every undo: what must follow the old state back, such as a server restarted on the previous model.
+   * Ignored in check mode. Its outcome is a line of the rollback report: what the step returns (`what`
+   * when nothing), or `what` and why it failed.
+   */
+  afterUndo(what: string, step: () => Promise<string | void>): void
   /** ok, or changed when apply() recorded changes. */
   finish(msg: string, data?: Record<string, unknown>): TaskResult
   fail(msg: string, data?: Record<string, unknown>): TaskResult

@@ -96,6 +96,17 @@ const modelRegistry = z.string().transform((value, ctx) => {
   return models
 })
 
+// A base URL the health and model endpoints are appended to: a path prefix (a reverse proxy) is kept, a
+// query, fragment or password would not survive the appending or would end up in the log.
+const HTTP_URL = 'expected an http:// or https:// base URL without query, fragment or credentials, e.g. http://127.0.0.1:8000'
+const httpUrl = text(HTTP_URL)
+  .refine((v) => {
+    if (!URL.canParse(v)) return false
+    const u = new URL(v)
+    return (u.protocol === 'http:' || u.protocol === 'https:') && u.search === '' && u.hash === '' && u.username === '' && u.password === ''
+  }, HTTP_URL)
+  .transform((v) => new URL(v).href.replace(/\/+$/, ''))
+
 const setting = <T>(def: string | undefined, doc: string, schema: z.ZodType<T, string>): SettingSpec<T> => ({ default: def, doc, schema })
 
 /** Every setting, in the order .env.example and docs/settings.md (generated from this table) list them. */
@@ -111,6 +122,9 @@ export const SETTINGS = {
   MODEL_VERIFICATION_ENABLED: setting('true', 'Verify model files after download', boolean),
   MODEL_AUTO_BACKUP: setting('true', 'Back up a model once it is in place', boolean),
   MODEL_ARCHIVE_KEEP: setting('2', 'Archived versions of each alias to keep for rollback; model list and model archive offer the removal of older ones (never done by themselves)', wholeNumber(1, '2')),
+  VLLM_RESTART_COMMAND: setting(undefined, 'Shell command (run with bash) that restarts vLLM after model promote and model rollback, e.g. systemctl restart vllm; a failure rolls the alias back; empty = no server step', text('expected a shell command').refine((v) => v.trim() !== '' && !v.includes('\0'), 'expected a shell command (not blank, without NUL bytes), e.g. systemctl restart vllm')),
+  VLLM_URL: setting(undefined, 'Base URL of the vLLM server, e.g. http://127.0.0.1:8000: after the restart GET /health must answer 200 and GET /v1/models list the new version; needs VLLM_RESTART_COMMAND; empty = no check', httpUrl),
+  VLLM_READY_TIMEOUT: setting('300', 'Seconds vLLM may take after its restart to answer GET /health with 200 (also the limit on the restart command itself)', wholeNumber(1, '300')),
   SYMLINK_FORCE_RECREATE: setting('false', 'Replace a real directory or file in the way of a link (moved aside, never deleted); same as --force', boolean),
   STORAGE_MONITOR_DISK_USAGE_WARNING: setting('0.8', 'Disk usage ratio that raises a warning; above 0, at most 1, below the critical one', ratio('0.8')),
   STORAGE_MONITOR_DISK_USAGE_CRITICAL: setting('0.9', 'Disk usage ratio that is critical', ratio('0.9')),
@@ -156,6 +170,8 @@ export interface Settings {
   modelVerificationEnabled: boolean
   modelAutoBackup: boolean
   modelArchiveKeep: number
+  /** The server step of model promote and rollback; off without restartCommand. */
+  vllm: { restartCommand?: string; url?: string; readyTimeout: number }
   symlinkForceRecreate: boolean
   monitor: {
     diskWarning: number
@@ -246,6 +262,8 @@ function readEnvFile(env: NodeJS.ProcessEnv): EnvFile {
 const INTERNAL_NAMES = new Set(['CITADEL_ENV_FILE', 'CITADEL_DEMO_DIR'])
 /** The beginnings of the settings' names: a name with one of them that is no setting is likely misspelled. */
 const PREFIXES = [...new Set(Object.keys(SETTINGS).map((n) => n.slice(0, n.indexOf('_') + 1)))]
+  // vLLM reads dozens of VLLM_* variables of its own, which are often set where citadel runs.
+  .filter((p) => p !== 'VLLM_')
 
 function editDistance(a: string, b: string): number {
   let row = Array.from({ length: b.length + 1 }, (_, j) => j)
@@ -298,6 +316,10 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
   }
   order('STORAGE_MONITOR_DISK_USAGE_WARNING', 'STORAGE_MONITOR_DISK_USAGE_CRITICAL')
   order('STORAGE_MONITOR_INODE_USAGE_WARNING', 'STORAGE_MONITOR_INODE_USAGE_CRITICAL')
+  // Without a restart vLLM keeps the weights it loaded, and /v1/models names the path it was started with,
+  // which is the same link before and after a flip: a check alone would pass while the old version serves.
+  if (typeof raw.VLLM_URL === 'string' && typeof raw.VLLM_RESTART_COMMAND !== 'string' && !problems.some((p) => p.startsWith('invalid setting VLLM_RESTART_COMMAND=')))
+    problems.push(`invalid setting VLLM_URL=${JSON.stringify(raw.VLLM_URL)}: expected VLLM_RESTART_COMMAND as well (the check after a restart); without a restart vLLM keeps serving the version it loaded`)
   // The three roots hold different things on different disks; one inside another would, say, back the
   // backups up or link the app into itself. The message names the root that was set, not defaulted.
   const roots = (['CITADEL_APP_ROOT', 'CITADEL_MODELS_ROOT', 'CITADEL_BACKUP_ROOT'] as const).filter((n) => typeof raw[n] === 'string')
@@ -328,6 +350,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     modelVerificationEnabled: r.MODEL_VERIFICATION_ENABLED,
     modelAutoBackup: r.MODEL_AUTO_BACKUP,
     modelArchiveKeep: r.MODEL_ARCHIVE_KEEP,
+    vllm: { restartCommand: r.VLLM_RESTART_COMMAND, url: r.VLLM_URL, readyTimeout: r.VLLM_READY_TIMEOUT },
     symlinkForceRecreate: r.SYMLINK_FORCE_RECREATE,
     monitor: {
       diskWarning: r.STORAGE_MONITOR_DISK_USAGE_WARNING,
