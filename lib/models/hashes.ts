@@ -22,7 +22,20 @@ const fileRecordSchema = z.strictObject({
   recorded: z.iso.datetime().describe('when this hash was first taken'),
   verified: z.iso.datetime().describe('when the file last hashed to it'),
 })
-const hashRecordSchema = z.strictObject({ files: z.record(z.string(), fileRecordSchema).describe('path in the model directory → its hash') })
+const lastRunSchema = z.strictObject({
+  at: z.iso.datetime().describe('when the run ended'),
+  sample: z.boolean().describe('true when --sample hashed a share of the files, false when it hashed all'),
+  rate: z.number().positive().max(1).describe('the share of files and bytes hashed'),
+  ok: z.boolean(),
+  problems: z.array(z.strictObject({ path: z.string(), detail: z.string() })).describe('each failing file and why, as model verify said it; empty when ok'),
+})
+export type LastRun = z.output<typeof lastRunSchema>
+
+/** A model directory's hashes, and the last model verify of it: what health-check, status and the metrics read. */
+export const hashRecordSchema = z.strictObject({
+  files: z.record(z.string(), fileRecordSchema).describe('path in the model directory → its hash'),
+  last_run: lastRunSchema.optional().describe('the last model verify of the directory; absent in records written before runs were kept'),
+})
 export type HashRecord = z.output<typeof hashRecordSchema>
 
 export const hashRecordFile = (s: Settings, dirName: string) => path.join(healthDir(s), 'model-hashes', `${dirName}.json`)
@@ -94,7 +107,7 @@ export async function checkHashes(root: string, structure: ModelStructure, old: 
   const at = new Date().toISOString()
   const problems: ModelProblem[] = []
   const changed: string[] = []
-  const record: HashRecord = { files: { ...old.files } }
+  const record: HashRecord = { ...old, files: { ...old.files } }
   const bySize = new Map(structure.files.map((f) => [f.rel, f.size]))
   for (const [rel, r] of Object.entries(old.files)) {
     const size = bySize.get(rel)
