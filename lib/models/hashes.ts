@@ -2,7 +2,9 @@
 // directory, which vLLM reads) the first time the file verifies, and compared on every later verify: bit rot
 // in the live copy is found without a backup. Records are kept by directory name, so they follow a model
 // from staging/ into active/ and on to archive/, which move it by rename. Like backup verify, a run may hash
-// a rotating sample: the files never hashed and those hashed longest ago first.
+// a rotating sample: the files never hashed and those hashed longest ago first. The record also keeps the
+// last run's outcome, so health-check, status and the metrics can tell a live file that stopped matching
+// without hashing anything themselves.
 import { randomInt } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
@@ -107,7 +109,7 @@ export async function checkHashes(root: string, structure: ModelStructure, old: 
   const at = new Date().toISOString()
   const problems: ModelProblem[] = []
   const changed: string[] = []
-  const record: HashRecord = { ...old, files: { ...old.files } }
+  const record: HashRecord = { files: { ...old.files } }
   const bySize = new Map(structure.files.map((f) => [f.rel, f.size]))
   for (const [rel, r] of Object.entries(old.files)) {
     const size = bySize.get(rel)
