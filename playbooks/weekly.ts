@@ -28,7 +28,7 @@ export default definePlaybook({
     { task: backupRestore, args: { drill: true }, needs: [backupVerify] },
     { task: backupCreate, name: 'remote-backup-create', when: remoteSet, tags: ['remote'], needs: [backupVerify] },
     { task: backupVerify, name: 'remote-backup-verify', when: remoteSet, tags: ['remote'], needs: ['remote-backup-create'] },
-    // After the backup verify, so a live file found rotten has a verified copy to restore from.
+    // At BACKUP_VERIFY_SAMPLE_RATE (rotating preset): the live files come round at the pace of their backups'.
     { task: modelVerify, args: { rotating: true } },
     backupCleanup,
     { task: backupCleanup, name: 'remote-backup-cleanup', when: remoteSet, tags: ['remote'] },

@@ -104,6 +104,22 @@ describe('model health', () => {
     expect(below.code).toBeGreaterThanOrEqual(1)
   }, 60_000)
 
+  it('weekly hashes the live models after the backups; a rotten shard fails that step only, and the report it writes is critical', async () => {
+    const roots = await liveModel({ ...ONLY_MIXTRAL, BACKUP_VERIFY_SAMPLE_RATE: '1' })
+    const shard = path.join(roots.active, MIXTRAL, SHARD2)
+    const bytes = readFileSync(shard)
+    bytes[100] ^= 0x01
+    writeFileSync(shard, bytes)
+    const weekly = await citadel(['run', 'weekly', '--skip-tags', 'perf', '--json'], roots.env)
+    const doc = JSON.parse(weekly.stdout)
+    expect(weekly.code).not.toBe(0)
+    const statuses = Object.fromEntries(doc.tasks.map((t: { name: string; status: string }) => [t.name, t.status]))
+    expect(statuses).toMatchObject({ 'backup-verify': 'ok', 'model-verify': 'failed', 'backup-cleanup': 'ok', 'health-report': 'ok' })
+    const health = JSON.parse(readFileSync(path.join(roots.app, 'state', 'health.json'), 'utf8'))
+    expect(health.problems).toContainEqual(expect.objectContaining({ severity: 'critical', key: 'models:verify:mixtral', message: expect.stringContaining(`backup restore --path ${MIXTRAL}/${SHARD2}`) }))
+    expect(health.models.aliases[0].last_verification).toMatchObject({ sample: false, ok: false })
+  }, 120_000)
+
   it('status lists each alias with its directory, version age and last verification; the metrics carry them', async () => {
     const roots = await liveModel({ MODEL_REGISTRY: `mixtral=${MIXTRAL},yi34b=yi-34b-chat` })
     const status = await citadel(['status'], roots.env)
