@@ -9,6 +9,9 @@ import type { Settings } from '../infra/config.ts'
 import { bytes, count, DAY_MS, duration, percent } from '../infra/format.ts'
 import { lstatOrNull } from '../infra/fsx.ts'
 import { walkTree } from '../infra/tree.ts'
+import { scanStore, storeMissing } from '../backup/local-store.ts'
+import { parseManifestBytes } from '../backup/manifest.ts'
+import { chainOf, MANIFEST } from '../backup/store.ts'
 import { hashRecordFile, readHashRecord } from '../models/hashes.ts'
 import { placeDir } from '../models/places.ts'
 import { aliasLink, readModelsState, type ModelsState } from '../models/promote.ts'
@@ -22,6 +25,8 @@ export interface AliasHealth {
   /** When this version went live, and what says so. */
   live_since: { at: string; age_seconds: number; source: 'models.json' | 'link' } | null
   last_verification: { at: string; age_seconds: number; sample: boolean; ok: boolean; problems: { path: string; detail: string }[] } | null
+  /** For a failed verification: the newest backup whose copy of the first failing file has the hash recorded for it. */
+  restore_from: string | null
 }
 
 export interface PartialDownload { name: string; path: string; bytes: number; last_write: string; age_seconds: number }
@@ -57,6 +62,7 @@ export const modelsHealthSchema = z.strictObject({
       ok: z.boolean(),
       problems: z.array(fileProblem),
     }).nullable().describe('the last model verify of the directory; null when none was kept'),
+    restore_from: z.string().nullable().describe("after a failed verification: the newest backup whose manifest holds the first failing file with the hash recorded for it (a full backup made after the damage holds the damage)"),
   })).describe('every MODEL_REGISTRY alias with its live version'),
   partials: z.array(z.strictObject({
     name: z.string(), path: z.string(), bytes: z.number().int().nonnegative(),
@@ -103,14 +109,32 @@ async function liveSince(s: Settings, state: ModelsState | null, alias: string, 
   return { at, age_seconds: ageOf(at, now), source: 'link' }
 }
 
+/**
+ * The newest backup of the active models whose manifest lists `dir/rel` with `sha256`. Not simply the latest:
+ * a full backup copies what it finds, so one made after the file went bad holds it bad.
+ */
+async function goodCopy(s: Settings, dir: string, rel: string, sha256: string): Promise<string | null> {
+  if (await storeMissing(s)) return null
+  const wanted = `${dir}/${rel}`
+  for (const b of chainOf(await scanStore(s), s.modelsActive).reverse()) {
+    const manifest = await fs.readFile(path.join(b.dir, MANIFEST)).then(parseManifestBytes).catch(() => [])
+    if (manifest.some((e) => e.path === wanted && e.sha256 === sha256)) return b.name
+  }
+  return null
+}
+
 async function aliasHealth(s: Settings, state: ModelsState | null, alias: string, dir: string, now: Date, warn: (m: string) => void): Promise<AliasHealth> {
   const where = path.join(s.modelsActive, dir)
   const present = (await lstatOrNull(where))?.isDirectory() ?? false
-  const run = present ? (await readHashRecord(hashRecordFile(s, dir), warn)).last_run : undefined
+  const record = present ? await readHashRecord(hashRecordFile(s, dir), warn) : null
+  const run = record?.last_run
+  const failing = run && !run.ok ? run.problems[0] : undefined
+  const recorded = failing && record!.files[failing.path]
   return {
     alias, dir, path: where, present,
     live_since: present ? await liveSince(s, state, alias, now) : null,
     last_verification: run ? { at: run.at, age_seconds: ageOf(run.at, now), sample: run.sample, ok: run.ok, problems: run.problems } : null,
+    restore_from: recorded ? await goodCopy(s, dir, failing.path, recorded.sha256) : null,
   }
 }
 
@@ -136,7 +160,10 @@ function verificationProblem(a: AliasHealth): Problem | null {
   const first = v.problems[0]
   const more = v.problems.length > 1 ? ` (and ${count(v.problems.length - 1, 'more file problem')})` : ''
   const what = first ? `${first.path} ${first.detail}${more}` : 'no detail kept'
-  const fix = first ? `restore it with citadel backup restore --path ${a.dir}/${first.path}, then citadel model verify ${a.alias}` : `run citadel model verify ${a.alias}`
+  const verifyAgain = `citadel model verify ${a.alias}`
+  const fix = !first ? `run ${verifyAgain}`
+    : a.restore_from ? `restore it with citadel backup restore ${a.restore_from} --path ${a.dir}/${first.path} (the newest backup holding it as recorded), then ${verifyAgain}`
+    : `restore it with citadel backup restore --path ${a.dir}/${first.path} (no backup on the backup disk is known to hold it as recorded: check the off-host store, or fetch the model again), then ${verifyAgain}`
   return problem('critical', `verify:${a.alias}`, `last verification of ${a.alias} (${a.dir}): ${ago(v.age_seconds)}, failed: ${what}: ${fix}`)
 }
 

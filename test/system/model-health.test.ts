@@ -2,7 +2,7 @@
 // and made critical by health-check, naming the file and the restore that heals it (which is then run); an
 // unfinished download left for two days and an archive past its share of the model disk are warnings;
 // status shows each alias's version and last verification; the metrics declare every model family.
-import { readFileSync, statfsSync, utimesSync, writeFileSync } from 'node:fs'
+import { readdirSync, readFileSync, statfsSync, utimesSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { setUpServer, writeFile } from '../backup-helpers.ts'
@@ -19,12 +19,13 @@ async function healthCheck(env: Record<string, string>): Promise<{ code: number 
   const run = await citadel(['health-check', '--json'], env)
   return { code: run.code, report: JSON.parse(run.stdout) }
 }
+const backups = (roots: Roots) => readdirSync(path.join(roots.backup, 'models')).filter((n) => n.startsWith('backup_')).sort()
 const modelProblems = (report: { problems: Problem[] }) => report.problems.filter((p) => p.check === 'models')
 
 const ONLY_MIXTRAL = { MODEL_REGISTRY: `mixtral=${MIXTRAL}` }
 const NO_MODELS = { MODEL_REGISTRY: '' }
 
-/** mixtral live (its link made), backed up and verified in full. */
+/** mixtral live (its link made), backed up and verified in full; its backup is the store's only one. */
 async function liveModel(extraEnv: Record<string, string> = ONLY_MIXTRAL): Promise<Roots> {
   const roots = await setUpServer(extraEnv)
   writeModel(path.join(roots.active, MIXTRAL))
@@ -56,13 +57,15 @@ describe('model health', () => {
     const [critical] = modelProblems(after.report)
     expect(critical).toMatchObject({ check: 'models', severity: 'critical', key: 'models:verify:mixtral' })
     expect(critical!.message).toMatch(new RegExp(`^last verification of mixtral \\(${MIXTRAL}\\): .* ago, failed: ${SHARD2} sha256 [0-9a-f]{64} differs from the one recorded on `))
-    expect(critical!.message).toContain(`citadel backup restore --path ${MIXTRAL}/${SHARD2}, then citadel model verify mixtral`)
+    const [backup] = backups(roots)
+    expect(after.report.models.aliases[0].restore_from).toBe(backup)
+    expect(critical!.message).toContain(`: restore it with citadel backup restore ${backup} --path ${MIXTRAL}/${SHARD2} (the newest backup holding it as recorded), then citadel model verify mixtral`)
     const plugin = await citadel(['health-check'], roots.env)
     expect(plugin.code).toBe(2)
     expect(plugin.stdout).toMatch(new RegExp(`critical +models +last verification of mixtral .*${SHARD2}`))
 
     // The fix it names works: the restore brings the shard back, the next verify passes, the problem is gone.
-    const restore = await citadel(['backup', 'restore', '--path', `${MIXTRAL}/${SHARD2}`], roots.env)
+    const restore = await citadel(['backup', 'restore', backup!, '--path', `${MIXTRAL}/${SHARD2}`], roots.env)
     expect(restore.code, restore.stdout + restore.stderr).toBe(0)
     expect((await citadel(['model', 'verify', 'mixtral'], roots.env)).code).toBe(0)
     const healed = await healthCheck(roots.env)
@@ -104,8 +107,9 @@ describe('model health', () => {
     expect(below.code).toBeGreaterThanOrEqual(1)
   }, 60_000)
 
-  it('weekly hashes the live models after the backups; a rotten shard fails that step only, and the report it writes is critical', async () => {
+  it('weekly hashes the live models after the backups; a rotten shard fails that step only, the report is critical and names the backup made before the damage', async () => {
     const roots = await liveModel({ ...ONLY_MIXTRAL, BACKUP_VERIFY_SAMPLE_RATE: '1' })
+    const [good] = backups(roots)
     const shard = path.join(roots.active, MIXTRAL, SHARD2)
     const bytes = readFileSync(shard)
     bytes[100] ^= 0x01
@@ -116,8 +120,13 @@ describe('model health', () => {
     const statuses = Object.fromEntries(doc.tasks.map((t: { name: string; status: string }) => [t.name, t.status]))
     expect(statuses).toMatchObject({ 'backup-verify': 'ok', 'model-verify': 'failed', 'backup-cleanup': 'ok', 'health-report': 'ok' })
     const health = JSON.parse(readFileSync(path.join(roots.app, 'state', 'health.json'), 'utf8'))
-    expect(health.problems).toContainEqual(expect.objectContaining({ severity: 'critical', key: 'models:verify:mixtral', message: expect.stringContaining(`backup restore --path ${MIXTRAL}/${SHARD2}`) }))
+    // The weekly full backup copied the shard as it found it: the latest holds the damage, the one before does not.
+    expect(backups(roots)).toHaveLength(2)
+    expect(health.problems).toContainEqual(expect.objectContaining({ severity: 'critical', key: 'models:verify:mixtral', message: expect.stringContaining(`backup restore ${good} --path ${MIXTRAL}/${SHARD2}`) }))
     expect(health.models.aliases[0].last_verification).toMatchObject({ sample: false, ok: false })
+    const restore = await citadel(['backup', 'restore', good!, '--path', `${MIXTRAL}/${SHARD2}`], roots.env)
+    expect(restore.code, restore.stdout + restore.stderr).toBe(0)
+    expect((await citadel(['model', 'verify', 'mixtral'], roots.env)).code).toBe(0)
   }, 120_000)
 
   it('status lists each alias with its directory, version age and last verification; the metrics carry them', async () => {
