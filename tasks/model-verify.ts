@@ -16,6 +16,8 @@ const args = z.object({
     .meta({ positional: true, value: 'ALIAS|DIR', description: 'an alias from MODEL_REGISTRY, or a directory name in active/, staging/, archive/ or downloads/ (default: every alias)' }),
   sample: ratio('0.1').optional()
     .meta({ value: 'RATE', description: 'share of the files and bytes to hash, never hashed and longest ago first (default: all)' }),
+  rotating: z.boolean().optional()
+    .meta({ preset: true, description: 'set by the weekly playbook: without --sample, hash the share BACKUP_VERIFY_SAMPLE_RATE says, so the live models are covered at the pace of their backups' }),
 })
 
 type Ctx = TaskContext<z.output<typeof args>>
@@ -68,8 +70,9 @@ async function verify(ctx: Ctx, model: ModelDir): Promise<Verified> {
   const recordFile = hashRecordFile(ctx.settings, model.name)
   const old = await readHashRecord(recordFile, (message) => ctx.warn(message))
   const started = Date.now()
+  const rate = ctx.args.sample ?? (ctx.args.rotating ? ctx.settings.backup.verifySampleRate : 1)
   const hashes = await checkHashes(model.path, structure, old, {
-    rate: ctx.args.sample ?? 1,
+    rate,
     signal: ctx.signal,
     onProgress: (done, total) => ctx.progress(progressLine(`hashing ${model.name}`, done, total, started)),
   })
@@ -77,8 +80,13 @@ async function verify(ctx: Ctx, model: ModelDir): Promise<Verified> {
     const fix = model.place === 'active' ? `restore ${hashes.changed.length === 1 ? 'it' : 'them'} from a backup (citadel backup restore --path ${model.name}/${hashes.changed[0]}), or, ` : ''
     ctx.detail(`${model.name}: ${count(hashes.changed.length, 'file')} no longer as recorded in ${recordFile}: ${fix}if the change was meant, remove that record and verify again to record the files anew`)
   }
-  // A run that hashed nothing well has nothing to record: no file appears for a directory that holds only damage.
-  if (JSON.stringify(hashes.record) !== JSON.stringify(old)) await ctx.bookkeep(`hashes of ${model.name}`, () => writeHashRecord(recordFile, hashes.record))
+  const problems = [...structure.problems, ...hashes.problems].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0))
+  // The run is kept beside the hashes so health-check can name a live file that stopped matching. A run that
+  // hashed nothing well has nothing to record: no file appears for a directory that holds only damage.
+  if (Object.keys(hashes.record.files).length || Object.keys(old.files).length) {
+    const record = { ...hashes.record, last_run: { at: new Date().toISOString(), sample: rate < 1, rate, ok: problems.length === 0, problems } }
+    await ctx.bookkeep(`hashes of ${model.name}`, () => writeHashRecord(recordFile, record))
+  }
   return {
     model,
     files: structure.files.length,
@@ -87,7 +95,7 @@ async function verify(ctx: Ctx, model: ModelDir): Promise<Verified> {
     hashed_bytes: hashes.hashedBytes,
     recorded: hashes.recorded,
     changed: hashes.changed,
-    problems: [...structure.problems, ...hashes.problems].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)),
+    problems,
   }
 }
 

@@ -76,6 +76,8 @@ export async function status(settings: Settings, json: boolean): Promise<number>
   out.push(`backup   ${backupLine(report.backups)}`)
   out.push(`restore  ${restoreLine(report.backups)}`)
   if (report.backups_remote) out.push(`remote   ${remoteLine(report.backups_remote)}${remote ? ` (monitor, ${ago(remote.checked_at)})` : ''}`)
+  const models = report.models.aliases.map(modelLine)
+  out.push(`models   ${models[0] ?? 'no alias in MODEL_REGISTRY'}`, ...models.slice(1).map((line) => `         ${line}`))
   const disks = report.smart.map((d) => `${d.device} ${d.verdict}${d.temperature_celsius !== null ? ` ${d.temperature_celsius}°C` : ''}${d.verdict === 'healthy' ? '' : ` (${d.reasons[0] ?? ''})`}`)
   out.push(`smart    ${disks.length ? disks.join(', ') : 'no disk to read'}${smart ? ` (monitor, ${ago(smart.read_at)})` : ''}`)
   for (const note of report.notes) out.push(`         ${note}`)
@@ -84,6 +86,17 @@ export async function status(settings: Settings, json: boolean): Promise<number>
   if (report.problems.length) out.push('', 'problems:', ...report.problems.map((p) => `  ${p.severity.padEnd(8)} ${p.message}`))
   process.stdout.write(out.join('\n') + '\n')
   return 0
+}
+
+const LIVE_SOURCE = { 'models.json': 'since its promote', link: 'by its link' } as const
+
+/** One alias in status: its directory, how long it has been live, and its last model verify. */
+function modelLine(a: HealthReport['models']['aliases'][number]): string {
+  if (!a.present) return `${a.alias}: ${a.dir} not in active/ yet`
+  const live = a.live_since ? `live ${duration(a.live_since.age_seconds * 1000)} (${LIVE_SOURCE[a.live_since.source]})` : 'live since unknown'
+  const v = a.last_verification
+  const verified = v ? `verified ${ago(v.at)} (${v.sample ? 'sample' : 'full'}): ${v.ok ? 'ok' : `FAILED, ${v.problems[0] ? `${v.problems[0].path} ${v.problems[0].detail}` : 'no detail kept'}`}` : 'never verified (citadel model verify)'
+  return `${a.alias}: ${a.dir}, ${live}, ${verified}`
 }
 
 /** The systemd part of status in one line: the monitor service and when the timers fire next, or why not. */

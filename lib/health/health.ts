@@ -13,6 +13,7 @@ import { atomicWriteFile } from '../infra/fsx.ts'
 import { healthFile, perfHistoryFile } from '../infra/layout.ts'
 import { inspectLinks, linkHealth, type LinkHealth } from '../links/links.ts'
 import { inspectRoots, type RootRole, type RootVerdict } from '../core/marks.ts'
+import { modelsHealth, modelsHealthSchema } from './models.ts'
 import { lastPerfResults, perfResultSchema, type PerfResult } from './perf.ts'
 import { smartHealth, smartProblems, type SmartReport } from './smart.ts'
 import { filesystemUsage, type FilesystemUsage } from './usage.ts'
@@ -89,6 +90,7 @@ export const healthReportSchema = z.strictObject({
   backups: backupHealthSchema,
   backups_remote: remoteHealthSchema.nullable().describe('the remote store BACKUP_REMOTE names, read over ssh (by the monitor every STORAGE_MONITOR_REMOTE_INTERVAL); null when BACKUP_REMOTE is unset'),
   perf: z.strictObject({ results: z.array(perfResultSchema).describe('the last citadel perf result per path') }),
+  models: modelsHealthSchema.describe('each alias with its live version and last model verify, unfinished downloads, and what archive/ and staging/ take of the model disk'),
   notes: z.array(z.string()).describe('facts that are not problems, e.g. a root on tmpfs has no SMART data'),
   problems: z.array(problemSchema),
 })
@@ -154,7 +156,7 @@ export interface CollectOptions {
 /** Runs every check (perf only from its stored history) and puts the results in one report. */
 export async function collectHealth(opts: CollectOptions): Promise<HealthReport> {
   const { settings } = opts
-  const [roots, usage, links, smart, backups, remote, perf] = await Promise.all([
+  const [roots, usage, links, smart, backups, remote, perf, models] = await Promise.all([
     rootHealth(opts.$, settings),
     filesystemUsage(settings, opts.held),
     inspectLinks(settings).then(linkHealth),
@@ -162,10 +164,11 @@ export async function collectHealth(opts: CollectOptions): Promise<HealthReport>
     backupHealth(settings),
     opts.remote ?? readRemoteSnapshot(opts.$, settings),
     perfHealth(settings),
+    modelsHealth(settings),
   ])
   const now = new Date()
   const remoteNow = remote && remoteHealthAt(remote, now)
-  const problems = [...roots.problems, ...usage.problems, ...linkProblems(links), ...modelProblems(links), ...smartProblems(smart.disks), ...backups.problems, ...(remoteNow ? remoteProblems(remoteNow, settings) : []), ...perf.problems]
+  const problems = [...roots.problems, ...usage.problems, ...linkProblems(links), ...modelProblems(links), ...smartProblems(smart.disks), ...backups.problems, ...(remoteNow ? remoteProblems(remoteNow, settings) : []), ...perf.problems, ...models.problems]
   return {
     generated_at: now.toISOString(),
     host: os.hostname(),
@@ -178,6 +181,7 @@ export async function collectHealth(opts: CollectOptions): Promise<HealthReport>
     backups,
     backups_remote: remoteNow,
     perf: { results: perf.results },
+    models,
     notes: smart.notes,
     problems,
   }

@@ -134,6 +134,7 @@ export const SETTINGS = {
   STORAGE_MONITOR_CONSECUTIVE: setting('2', 'Samples in a row a new state must hold before the monitor alerts on it', wholeNumber(1, '2')),
   STORAGE_MONITOR_SMART_INTERVAL: setting('1800', 'Seconds between two SMART reads in the monitor (smartctl never wakes a sleeping disk)', wholeNumber(1, '1800')),
   STORAGE_MONITOR_REMOTE_INTERVAL: setting('3600', 'Seconds between two readings of the remote backup store (BACKUP_REMOTE) in the monitor: each is an ssh round trip', wholeNumber(1, '3600')),
+  STORAGE_MONITOR_ARCHIVE_WARNING: setting('0.3', 'Share of the model disk that archive/ and staging/ may use together before health-check warns (model remove frees the oldest archived versions)', ratio('0.3')),
   STORAGE_MONITOR_ALERT_COMMAND: setting(undefined, 'Shell command run for each alert, with the alert as JSON on its stdin; empty = log and stderr only', text('expected a shell command').refine((v) => !v.includes('\0'), 'expected a shell command without NUL bytes')),
   STORAGE_MONITOR_PROMETHEUS_FILE: setting(undefined, 'Prometheus textfile the monitor rewrites every cycle; default <app root>/metrics/citadel.prom', absolutePath),
   BACKUP_RETENTION_DAYS: setting('30', 'Backups older than this many days may be removed by cleanup (backup cleanup DAYS overrides it)', wholeNumber(0, '30', 'days')),
@@ -183,6 +184,8 @@ export interface Settings {
     smartInterval: number
     /** Seconds between two ssh readings of the remote store. */
     remoteInterval: number
+    /** Share of the model disk archive/ and staging/ may use before health-check warns. */
+    archiveWarning: number
     alertCommand?: string
     prometheusFile: string
   }
@@ -361,6 +364,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
       consecutive: r.STORAGE_MONITOR_CONSECUTIVE,
       smartInterval: r.STORAGE_MONITOR_SMART_INTERVAL,
       remoteInterval: r.STORAGE_MONITOR_REMOTE_INTERVAL,
+      archiveWarning: r.STORAGE_MONITOR_ARCHIVE_WARNING,
       alertCommand: r.STORAGE_MONITOR_ALERT_COMMAND,
       prometheusFile: r.STORAGE_MONITOR_PROMETHEUS_FILE ?? path.join(r.CITADEL_APP_ROOT, 'metrics', 'citadel.prom'),
     },

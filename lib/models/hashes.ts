@@ -2,7 +2,9 @@
 // directory, which vLLM reads) the first time the file verifies, and compared on every later verify: bit rot
 // in the live copy is found without a backup. Records are kept by directory name, so they follow a model
 // from staging/ into active/ and on to archive/, which move it by rename. Like backup verify, a run may hash
-// a rotating sample: the files never hashed and those hashed longest ago first.
+// a rotating sample: the files never hashed and those hashed longest ago first. The record also keeps the
+// last run's outcome, so health-check, status and the metrics can tell a live file that stopped matching
+// without hashing anything themselves.
 import { randomInt } from 'node:crypto'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
@@ -22,7 +24,20 @@ const fileRecordSchema = z.strictObject({
   recorded: z.iso.datetime().describe('when this hash was first taken'),
   verified: z.iso.datetime().describe('when the file last hashed to it'),
 })
-const hashRecordSchema = z.strictObject({ files: z.record(z.string(), fileRecordSchema).describe('path in the model directory → its hash') })
+const lastRunSchema = z.strictObject({
+  at: z.iso.datetime().describe('when the run ended'),
+  sample: z.boolean().describe('true when --sample hashed a share of the files, false when it hashed all'),
+  rate: z.number().positive().max(1).describe('the share of files and bytes hashed'),
+  ok: z.boolean(),
+  problems: z.array(z.strictObject({ path: z.string(), detail: z.string() })).describe('each failing file and why, as model verify said it; empty when ok'),
+})
+export type LastRun = z.output<typeof lastRunSchema>
+
+/** A model directory's hashes, and the last model verify of it: what health-check, status and the metrics read. */
+export const hashRecordSchema = z.strictObject({
+  files: z.record(z.string(), fileRecordSchema).describe('path in the model directory → its hash'),
+  last_run: lastRunSchema.optional().describe('the last model verify of the directory; absent in records written before runs were kept'),
+})
 export type HashRecord = z.output<typeof hashRecordSchema>
 
 export const hashRecordFile = (s: Settings, dirName: string) => path.join(healthDir(s), 'model-hashes', `${dirName}.json`)

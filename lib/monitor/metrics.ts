@@ -42,6 +42,11 @@ export function metricsText(report: HealthReport, monitor?: MonitorFigures): str
     report.smart.filter((d) => d[key] !== null).map((d) => ({ labels: { device: d.device }, value: d[key]! * scale }))
   // None yet: no sample, so an alert on the drill's age fires on absent() rather than on a made-up zero.
   const restored = (r: RestoreSummary | null, value: (r: RestoreSummary) => number) => (r ? [{ labels: {}, value: value(r) }] : [])
+  const { aliases, partials } = report.models
+  // Per alias, only where there is a figure: an alias never verified has no sample, not a made-up zero.
+  const perAlias = (value: (a: (typeof aliases)[number]) => number | null | undefined) =>
+    aliases.flatMap((a) => { const v = value(a); return v === null || v === undefined ? [] : [{ labels: { alias: a.alias, dir: a.dir }, value: v }] })
+  const oldestPartial = partials.reduce<number | null>((oldest, p) => Math.max(oldest ?? 0, p.age_seconds), null)
   const perf = report.perf.results.flatMap((r) => Object.entries(r.jobs).map(([job, j]) => ({ r, job, j })))
   const families: Family[] = [
     gauge('citadel_health_severity', 'Verdict of each check and overall: 0 ok, 1 warning, 2 critical', [
@@ -52,6 +57,16 @@ export function metricsText(report: HealthReport, monitor?: MonitorFigures): str
     gauge('citadel_health_generated_timestamp_seconds', 'When the health report was made (Unix time)', [{ labels: {}, value: seconds(report.generated_at) }]),
     gauge('citadel_root_marked', 'Whether the disk root carries the mark citadel laid out on it: 0 means not mounted or another disk (critical)', report.roots.map((r) => ({ labels: { root: r.role, path: r.path }, value: r.verdict === 'ok' ? 1 : 0 }))),
     gauge('citadel_model_loadable', 'Whether a registered model\'s directory is there for vLLM to load (0 is a warning)', report.symlinks.filter((l) => l.model !== null).map((l) => ({ labels: { model: l.model!, path: l.expected }, value: l.target_kind === 'directory' ? 1 : 0 }))),
+    gauge('citadel_model_last_verification_timestamp_seconds', 'When model verify last ran over the live directory of each alias (Unix time)', perAlias((a) => a.last_verification && seconds(a.last_verification.at))),
+    gauge('citadel_model_last_verification_success', 'Whether the last model verify of the live directory of each alias passed (0 is critical: restore the file named by citadel health-check)', perAlias((a) => a.last_verification && (a.last_verification.ok ? 1 : 0))),
+    gauge('citadel_model_files_failing', 'Files the last model verify of the live directory of each alias found wrong', perAlias((a) => a.last_verification && new Set(a.last_verification.problems.map((p) => p.path)).size)),
+    gauge('citadel_model_version_age_seconds', 'How long the live version of each alias has served', perAlias((a) => a.live_since?.age_seconds)),
+    gauge('citadel_model_downloads_partial', 'Unfinished downloads in downloads/ (model fetch resumes them)', [{ labels: {}, value: partials.length }]),
+    gauge('citadel_model_downloads_partial_oldest_age_seconds', 'Time since the oldest unfinished download was last written to', oldestPartial === null ? [] : [{ labels: {}, value: oldestPartial }]),
+    gauge('citadel_model_inactive_bytes', 'Bytes of the model directories in archive/ and in staging/ (STORAGE_MONITOR_ARCHIVE_WARNING bounds their share of the model disk)', [
+      { labels: { place: 'archive' }, value: report.models.archive_bytes },
+      { labels: { place: 'staging' }, value: report.models.staging_bytes },
+    ]),
     gauge('citadel_filesystem_severity', 'Usage verdict per filesystem holding a citadel root: 0 ok, 1 warning, 2 critical', report.filesystems.map((f) => ({ labels: { mountpoint: f.mount, roots: f.roots.map((r) => r.name).join(',') }, value: rank(f.severity) }))),
     gauge('citadel_symlink_verdict', 'Verdict of each expected link: 1 for its current verdict', report.symlinks.flatMap((l) => LINK_VERDICTS.map((verdict) => ({ labels: { path: l.path, verdict }, value: l.verdict === verdict ? 1 : 0 })))),
     gauge('citadel_symlink_failing', 'Whether the link is a problem (a model not downloaded yet is not)', report.symlinks.map((l) => ({ labels: { path: l.path }, value: l.failing ? 1 : 0 }))),

@@ -15,7 +15,7 @@ describe('citadel health-check', () => {
     const before = snapshot(roots.base)
     const critical = await citadelJson(['health-check'], roots.env)
     expect(critical.code).toBe(2)
-    expect(Object.keys(critical.doc)).toEqual(['generated_at', 'host', 'overall', 'roots', 'filesystems', 'symlinks', 'smart', 'smart_read_at', 'backups', 'backups_remote', 'perf', 'notes', 'problems'])
+    expect(Object.keys(critical.doc)).toEqual(['generated_at', 'host', 'overall', 'roots', 'filesystems', 'symlinks', 'smart', 'smart_read_at', 'backups', 'backups_remote', 'perf', 'models', 'notes', 'problems'])
     expect(critical.doc.backups_remote).toBeNull()
     expect(critical.doc.overall).toBe('critical')
     expect(critical.doc.problems).toEqual([{ check: 'backups', severity: 'critical', key: 'backups:none', message: `no complete backup in ${storeOf(roots)}: run citadel backup create` }])

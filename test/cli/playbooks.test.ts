@@ -29,15 +29,19 @@ describe('playbooks', () => {
     const roots = await setUp()
     // The perf step measures 1 GiB per job: test/perf.test.ts runs it for real, here it is only listed.
     const listed = await citadel(['run', 'weekly', '--list-tasks'], roots.env)
-    expect(listed.stdout.split('\n').filter(Boolean).map((l) => l.split(' ')[0])).toEqual(['backup-create', 'backup-verify', 'backup-restore', 'remote-backup-create', 'remote-backup-verify', 'backup-cleanup', 'remote-backup-cleanup', 'check-perf', 'health-report'])
+    expect(listed.stdout.split('\n').filter(Boolean).map((l) => l.split(' ')[0])).toEqual(['backup-create', 'backup-verify', 'backup-restore', 'remote-backup-create', 'remote-backup-verify', 'model-verify', 'backup-cleanup', 'remote-backup-cleanup', 'check-perf', 'health-report'])
     const first = await citadelJson(['run', 'weekly', '--skip-tags', 'perf'], roots.env)
     expect(first.code, first.stderr).toBe(0)
     expect(steps(first.doc)).toEqual([
-      ['backup-create', 'changed'], ['backup-verify', 'ok'], ['backup-restore', 'ok'], ['remote-backup-create', 'skipped'], ['remote-backup-verify', 'skipped'], ['backup-cleanup', 'ok'], ['remote-backup-cleanup', 'skipped'], ['health-report', 'ok'],
+      ['backup-create', 'changed'], ['backup-verify', 'ok'], ['backup-restore', 'ok'], ['remote-backup-create', 'skipped'], ['remote-backup-verify', 'skipped'], ['model-verify', 'ok'], ['backup-cleanup', 'ok'], ['remote-backup-cleanup', 'skipped'], ['health-report', 'ok'],
     ])
     expect(first.doc.tasks[2].data.record).toMatchObject({ drill: true, ok: true, what: ['mixtral-8x7b-instruct'] })
     expect(first.doc.tasks[3].msg).toBe('BACKUP_REMOTE is not set')
     expect(first.doc.tasks[1].data.verification).toMatchObject({ ok: true, rate: 0.1 })
+    // The live models hashed at BACKUP_VERIFY_SAMPLE_RATE, the run kept for health-check: a sample, never hashed files first.
+    expect(first.doc.tasks[5].data.models).toEqual([expect.objectContaining({ name: 'mixtral-8x7b-instruct', files: 1, hashed: 1, problems: [] })])
+    const record = JSON.parse(readFileSync(path.join(roots.app, 'state', 'model-hashes', 'mixtral-8x7b-instruct.json'), 'utf8'))
+    expect(record.last_run).toMatchObject({ sample: true, rate: 0.1, ok: true, problems: [] })
     const second = await citadelJson(['run', 'weekly', '--skip-tags', 'perf'], roots.env)
     expect(second.code, second.stderr).toBe(0)
     expect(backups(roots.backup).map((n) => n.replace(/^backup_\d{8}_\d{6}_/, ''))).toEqual(['full', 'full'])
