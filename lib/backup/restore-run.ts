@@ -7,7 +7,7 @@ import path from 'node:path'
 import type { TaskContext } from '../core/task.ts'
 import { canExchange, describeEntry, exchange, fileStamp, fsPath, fsyncDir, lstatOrNull, moveNoReplace } from '../infra/fsx.ts'
 import { bytes, count, progressLine } from '../infra/format.ts'
-import { buildUnits, checkUnit, earlyHasher, eagerFetcher, planRestore, under, unitsTogether, type BadFile, type RestorePlan, type Selection, type UnitPlan } from './restore.ts'
+import { BIG_FILE_BYTES, buildUnits, checkUnit, earlyHasher, eagerFetcher, planRestore, under, unitsTogether, type BadFile, type RestorePlan, type Selection, type UnitPlan } from './restore.ts'
 import { parseVerifyState } from './verify.ts'
 import { compareBytewise } from './manifest.ts'
 import { META, metaText, VERIFY_STATE, type Backup, type BackupLists, type BackupStore, type DataListing, type RestoreRecord, type StoreContents } from './store.ts'
@@ -144,6 +144,7 @@ export async function runRestore(ctx: TaskContext, req: RestoreRequest, label: s
   const eagerly = !ctx.check && req.sel.paths === null && !(await spaceShortfall(worstCase(lists, req.listing, req.sel), dest, label))
   const unitFiles = lists.catalog.files.filter(([rel]) => inUnits(req.sel, rel))
   const early = earlyHasher(partial, unitFiles.map(([rel, size]) => ({ rel, size })), ctx.signal)
+  const sizes = new Map(unitFiles.map(([rel, size]) => [rel, size]))
   const eager = eagerly ? eagerFetcher(store, backup, partial, () => makePartial(partial, req.listing.dirs.filter((d) => inUnits(req.sel, d))), {
     signal: ctx.signal,
     copied: (b) => {
@@ -151,12 +152,12 @@ export async function runRestore(ctx: TaskContext, req: RestoreRequest, label: s
       copied(b)
     },
     fileDone: early.onFileDone,
-    sizes: new Map(unitFiles.map(([rel, size]) => [rel, size])),
+    sizes,
   }) : null
   let built = false
   try {
     const hashStart = Date.now()
-    const plan = await planRestore(lists, req.listing, req.sel, dest.target, ctx.signal, (done, total) => ctx.progress(progressLine(`hashing ${dest.target}:`, done, total, hashStart)), eager ? (rel) => eager.add(rel) : undefined)
+    const plan = await planRestore(lists, req.listing, req.sel, dest.target, ctx.signal, (done, total) => ctx.progress(progressLine(`hashing ${dest.target}:`, done, total, hashStart)), eager ? (rel) => (sizes.get(rel) ?? 0) >= BIG_FILE_BYTES && eager.add(rel) : undefined)
     const todo = plan.units.filter((u) => u.current !== 'same')
     const short = todo.length && !eager ? await spaceShortfall(copyOf(plan), dest, label) : null
     if (short) throw new Error(short)

@@ -129,6 +129,9 @@ export async function planRestore(lists: BackupLists, listing: DataListing, sel:
   return { units: planned, hashedBytes: total }
 }
 
+/** A file big enough that copying or hashing it alone is worth an rsync start or a worker's message of its own. */
+export const BIG_FILE_BYTES = 8 << 20
+
 export interface BuildProgress { signal: AbortSignal; copied: (bytes: number) => void; fileDone?: (rel: string) => void }
 
 /** A file hashed as soon as the copy put it in place, with the state it was hashed in. */
@@ -140,8 +143,7 @@ export interface EarlyHash { sha256: string | null; size: number; mtimeMs: numbe
  * where a batch costs less than a worker each.
  */
 export function earlyHasher(partial: string, files: { rel: string; size: number }[], signal: AbortSignal): { onFileDone: (rel: string) => void; hashes: Map<string, Promise<EarlyHash | null>> } {
-  const EARLY_MIN_BYTES = 8 << 20
-  const big = new Map(files.filter((f) => f.size >= EARLY_MIN_BYTES).map((f) => [f.rel, f.size]))
+  const big = new Map(files.filter((f) => f.size >= BIG_FILE_BYTES).map((f) => [f.rel, f.size]))
   const hashes = new Map<string, Promise<EarlyHash | null>>()
   let queue: Promise<unknown> = Promise.resolve()
   const onFileDone = (rel: string) => {
@@ -191,7 +193,7 @@ export async function buildUnits(store: BackupStore, backup: Backup, units: Unit
 /**
  * Fetches files into `partial` while the plan is still hashing: each file named by `add` is copied from the
  * store, in as few rsync runs as the pace of the hashing allows, one at a time so that none writes beside
- * another. Only for whole units (under --path the partial first takes a linked copy of the target's entry).
+ * another. Meant for big files: a small one costs less in the one copy after the plan than an rsync start. Only for whole units (under --path the partial first takes a linked copy of the target's entry).
  * `prepare` makes the partial and its directories before the first copy.
  */
 export function eagerFetcher(store: BackupStore, backup: Backup, partial: string, prepare: () => Promise<void>, opts: BuildProgress & { sizes: Map<string, number> }) {

@@ -96,8 +96,7 @@ export function formatReport(report: RunReport, records: TaskRecord[], withDiff:
   if (report.rolled_back.length) {
     const whose = report.on_failure === 'continue' ? ", the failed steps' own changes" : ''
     out.push('', `ROLLBACK (${report.rolled_back.filter((s) => s.done).length}/${report.rolled_back.length} undone${whose}, newest first)`)
-    // A step a task asked to follow the undo (a server restart) was done, not undone.
-    for (const s of report.rolled_back) out.push(`    ${s.done ? (s.undo ? 'undone' : 'done') : 'FAILED'} ${s.msg}`)
+    for (const s of report.rolled_back) out.push(`    ${s.done ? 'undone' : 'FAILED'} ${s.msg}`)
   }
   const failed = records.filter((r) => r.status === 'failed')
   const blocked = records.filter((r) => r.blocked_by)
