@@ -4,10 +4,10 @@
 // destination, hashed against the source file by file, published by rename, and only then is the source
 // taken away. Each moment of a kill leaves the source whole, or a verified copy in place: a stale copy or
 // half-removed source of an earlier try carries a name of its own, and the next move of the same directory
-// removes it first.
+// removes it first. The copy is fs-extra's (Node 20's fs.cp is still experimental); removal is fs.rm's.
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
-import { copy, remove } from 'fs-extra/esm'
+import { copy } from 'fs-extra/esm'
 import { summarize } from '../infra/format.ts'
 import { lstatOrNull, moveNoReplace } from '../infra/fsx.ts'
 import { hashFiles } from '../infra/hashing.ts'
@@ -21,6 +21,9 @@ export async function crossesFilesystems(from: string, intoDir: string): Promise
 /** The name a copy in progress has beside `to`, and the name a source being removed has beside itself. */
 export const copyingName = (to: string) => path.join(path.dirname(to), `.${path.basename(to)}.citadel-copying`)
 export const removingName = (from: string) => path.join(path.dirname(from), `.${path.basename(from)}.citadel-removing`)
+
+// fs.rm does not follow a symlink inside what it removes.
+const remove = (dir: string) => fs.rm(dir, { recursive: true, force: true })
 
 interface Entry { rel: string; kind: 'dir' | 'file' | 'link'; size: number; mode: number; uid: number; gid: number; target: string | null }
 
