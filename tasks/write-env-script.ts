@@ -1,5 +1,5 @@
 // Ensures <app root>/configs/storage-env.sh exports the storage paths vLLM needs (lib/links/env-script.ts):
-// every value single-quoted, checked by `bash -n`, published by rename, rewritten only when it changes.
+// every value single-quoted, checked to be inert (comments and quoted exports only), published by rename, rewritten only when it changes.
 import { ensureEnvScript } from '../lib/links/env-script.ts'
 import { defineTask, isInternalError, runWhenMain } from '../lib/core/task.ts'
 

@@ -6,18 +6,20 @@
 //      { type: 'done', bytes, results }            bytes not yet reported; one result per file, in order:
 //                                                  { sha256, bytesRead, error } with sha256 or error null
 import { createHash } from 'node:crypto'
-import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs'
+import { closeSync, constants, fstatSync, openSync, read } from 'node:fs'
 import { parentPort } from 'node:worker_threads'
 
-// On a cached 1 GiB file with two threads, 1 and 4 MiB reads tied (~2.3 GB/s) and beat 8 and 16 MiB,
-// which spill out of the CPU cache; 4 MiB needs a quarter of the read calls.
-const CHUNK_BYTES = 4 * 1024 * 1024
+// Two buffers: while one is hashed on this thread, the kernel copies the next chunk into the other on a
+// libuv pool thread, so a read waiting on the disk, or the page-cache copy (a fifth of the CPU time of a
+// cached file), no longer stalls the hash. 1 MiB fits a core's L2 cache beside the other buffer: on a cached
+// file it took ~5% less CPU per byte than 4 MiB, whose buffers spill to L3.
+const CHUNK_BYTES = 1024 * 1024
 const PROGRESS_EVERY_BYTES = 64 * 1024 * 1024
 // O_NOFOLLOW: a symlink swapped in for a file is refused, not hashed in its place.
 // O_NONBLOCK: a FIFO swapped in fails the regular-file check instead of blocking the open forever.
 const OPEN_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK
 
-const buffer = Buffer.allocUnsafe(CHUNK_BYTES)
+const buffers = [Buffer.allocUnsafe(CHUNK_BYTES), Buffer.allocUnsafe(CHUNK_BYTES)]
 let unreportedBytes = 0
 
 function countRead(bytes) {
@@ -33,17 +35,23 @@ function describeError(err) {
   return err.code ?? String(err.message ?? err)
 }
 
-function hashFile(file) {
+const readChunk = (fd, buffer, position) =>
+  new Promise((resolve, reject) => read(fd, buffer, 0, CHUNK_BYTES, position, (err, n) => (err ? reject(err) : resolve(n))))
+
+async function hashFile(file) {
   let bytesRead = 0
   let fd
+  let pending
   try {
     fd = openSync(file, OPEN_FLAGS)
     if (!fstatSync(fd).isFile()) return { sha256: null, bytesRead, error: 'not a regular file' }
     const hash = createHash('sha256')
+    pending = readChunk(fd, buffers[0], 0)
     // A short read of a regular file is its end: small files cost one read, not two.
-    for (let n = CHUNK_BYTES; n === CHUNK_BYTES; ) {
-      n = readSync(fd, buffer, 0, CHUNK_BYTES, null)
-      hash.update(buffer.subarray(0, n))
+    for (let i = 0, n = CHUNK_BYTES; n === CHUNK_BYTES; i++) {
+      n = await pending
+      pending = n === CHUNK_BYTES ? readChunk(fd, buffers[(i + 1) % 2], bytesRead + n) : undefined
+      hash.update(buffers[i % 2].subarray(0, n))
       bytesRead += n
       countRead(n)
     }
@@ -51,12 +59,15 @@ function hashFile(file) {
   } catch (err) {
     return { sha256: null, bytesRead, error: describeError(err) }
   } finally {
+    // The read in flight writes into a buffer the next file uses, and into this descriptor: it ends first.
+    await pending?.catch(() => {})
     if (fd !== undefined) closeSync(fd)
   }
 }
 
-parentPort.on('message', ({ files }) => {
-  const results = files.map(hashFile)
+parentPort.on('message', async ({ files }) => {
+  const results = []
+  for (const file of files) results.push(await hashFile(file))
   parentPort.postMessage({ type: 'done', bytes: unreportedBytes, results })
   unreportedBytes = 0
 })

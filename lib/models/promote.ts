@@ -15,6 +15,7 @@ import { healthDir } from '../infra/layout.ts'
 import { ensureEnvScript } from '../links/env-script.ts'
 import { ensureRegistry, withAlias } from './registry.ts'
 import { checkModelStructure } from './check.ts'
+import { crossesFilesystems } from './move.ts'
 import { summarize } from '../infra/format.ts'
 
 export const stagingDir = (s: Settings) => path.join(s.modelsRoot, 'staging')
@@ -118,6 +119,10 @@ export async function switchVersion(ctx: TaskContext, alias: string, incoming: I
   const oldSt = old ? await lstatOrNull(old) : null
   const sharedWith = next.models.find((m) => m.dir === previous)?.alias
   if (old && previous && sharedWith) outcome.kept = `${previous} stays in ${s.modelsActive}: ${sharedWith} serves it too`
+  // A move to archive/ on another filesystem is a copy of the whole model: not a step for the moment between
+  // the flip and the journal's end, where an undo must be one rename. model archive does it, verified.
+  else if (old && previous && oldSt?.isDirectory() && (await crossesFilesystems(old, archiveDir(s)).catch(() => false)))
+    outcome.kept = `${previous} stays in ${s.modelsActive}: ${archiveDir(s)} is on another filesystem, where promote and rollback do not copy; \`citadel model archive ${previous}\` copies it there, checked against the source`
   else if (old && previous && oldSt?.isDirectory()) {
     const name = await archiveName(archiveDir(s), previous, now)
     const to = path.join(archiveDir(s), name)

@@ -83,7 +83,6 @@ describe('command line', () => {
     expect(events.at(-1)).toMatchObject({ event: 'run-end', exit: 0 })
     expect(events.filter((e) => e.event === 'task').map((e) => e.task)).toHaveLength(7)
     expect(events.find((e) => e.event === 'command' && e.cmd.startsWith('findmnt'))).toMatchObject({ exitCode: 0 })
-    expect(events.find((e) => e.event === 'command' && e.cmd === 'bash -n')).toMatchObject({ exitCode: 0 })
   })
 
   it('applies CITADEL_OWNER to the directories it creates and fixes (root only)', async (ctx) => {

@@ -9,7 +9,7 @@ import { compareBytewise, formatManifest, parseManifest, type ManifestEntry } fr
 
 const MiB = 1024 * 1024
 // hash-worker.js reads this much at a time; sizes around it catch off-by-one errors at the buffer's end.
-const READ_BUFFER = 4 * MiB
+const READ_BUFFER = 1 * MiB
 
 const tempDirs: string[] = []
 function tempDir(): string {
