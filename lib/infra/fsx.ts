@@ -5,7 +5,7 @@ import { isUtf8 } from 'node:buffer'
 import { existsSync, promises as fs, constants, readFileSync, type Stats } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { $ } from 'zx/core'
+import { makeShell } from './shell.ts'
 
 // Names are bytes on Linux, and citadel holds them as strings: a name that is not UTF-8 keeps each byte that
 // is not part of a valid UTF-8 sequence as a lone surrogate U+DC80..U+DCFF (Python's "surrogateescape"), so
@@ -239,7 +239,8 @@ export async function exchange(a: string, b: string): Promise<boolean> {
   const nr = RENAMEAT2[process.arch]
   if (nr === undefined) return false
   const hex = (p: string) => Buffer.from(fsPath(p)).toString('hex')
-  const swap = await $({ quiet: true, nothrow: true })`perl -e ${EXCHANGE} ${nr} ${hex(a)} ${hex(b)}`
+  // Also run by a journal's rollback, which has no run log to write the command to.
+  const swap = await makeShell(() => {})({ nothrow: true })`perl -e ${EXCHANGE} ${nr} ${hex(a)} ${hex(b)}`
   if (swap.exitCode === 3 || swap.exitCode === 127) return false
   if (swap.exitCode !== 0) throw new Error(`cannot exchange ${a} and ${b}: ${swap.stderr.trim() || `perl exited ${swap.exitCode}`}`)
   await fsyncDir(path.dirname(a))
