@@ -49,16 +49,67 @@ export async function readRemembered(s: Settings): Promise<Remembered> {
   return text === null ? { format: 1, roots: {} } : parseFile(rememberedSchema, file, text, "citadel's record of the root marks it laid out")
 }
 
-/** The UUID of the filesystem holding `dir`, where findmnt or blkid know it (a tmpfs has none). */
+/** A device number as /proc/self/mountinfo prints it (major:minor, split as the kernel splits it). */
+function deviceId(dev: bigint): string {
+  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn)
+  const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn)
+  return `${major}:${minor}`
+}
+
+/** What is mounted where `dir` lives, from the kernel's own table; undefined when the table does not say. */
+async function mountSource(dir: string): Promise<string | undefined> {
+  const [{ dev }, table] = await Promise.all([fs.stat(dir, { bigint: true }), readFileOrNull('/proc/self/mountinfo')])
+  const id = deviceId(dev)
+  for (const line of table?.split('\n') ?? []) {
+    const fields = line.split(' ')
+    if (fields[2] !== id) continue
+    // After the optional fields, " - " then the filesystem type and the source, with spaces as \040.
+    const source = fields[fields.indexOf('-', 6) + 2]
+    if (source !== undefined) return source.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)))
+  }
+  return undefined
+}
+
+/** udev's name for the device `source`, the same UUID findmnt and blkid report; null where udev keeps none. */
+async function udevUuid(source: string): Promise<string | null> {
+  const dir = '/dev/disk/by-uuid'
+  const names = await fs.readdir(dir).catch(() => [] as string[])
+  if (!names.length) return null
+  const device = await fs.realpath(source).catch(() => source)
+  for (const name of names) if ((await fs.realpath(path.join(dir, name)).catch(() => null)) === device) return name
+  return null
+}
+
+const uuidOfSource = new Map<string, Promise<string | null>>()
+
+/**
+ * The UUID of the filesystem holding `dir`, where udev, findmnt or blkid know it (a tmpfs has none). Read in
+ * the process where it can be (every task that declares a root asks, before it runs); blkid only where udev
+ * keeps no names, and once per device.
+ */
 export async function filesystemUuid($: Shell, dir: string): Promise<string | null> {
-  const out = await $({ nothrow: true })`findmnt -P -n -o UUID,SOURCE --target ${dir}`
-  const field = (name: string) => new RegExp(`${name}="([^"]*)"`).exec(out.stdout)?.[1] ?? ''
-  if (out.exitCode !== 0) return null
-  if (field('UUID')) return field('UUID')
-  const source = field('SOURCE')
-  if (!source.startsWith('/dev/')) return null
-  const blkid = await $({ nothrow: true })`blkid -s UUID -o value ${source}`
-  return blkid.exitCode === 0 && blkid.stdout.trim() ? blkid.stdout.trim() : null
+  const source = await mountSource(dir)
+  if (source === undefined) {
+    const out = await $({ nothrow: true })`findmnt -P -n -o UUID,SOURCE --target ${dir}`
+    if (out.exitCode !== 0) return null
+    const field = (name: string) => new RegExp(`${name}="([^"]*)"`).exec(out.stdout)?.[1] ?? ''
+    return field('UUID') || (field('SOURCE').startsWith('/dev/') ? blkidUuid($, field('SOURCE')) : null)
+  }
+  return source.startsWith('/dev/') ? blkidUuid($, source) : null
+}
+
+function blkidUuid($: Shell, source: string): Promise<string | null> {
+  let known = uuidOfSource.get(source)
+  if (!known) {
+    known = (async () => {
+      const udev = await udevUuid(source)
+      if (udev) return udev
+      const blkid = await $({ nothrow: true })`blkid -s UUID -o value ${source}`
+      return blkid.exitCode === 0 && blkid.stdout.trim() ? blkid.stdout.trim() : null
+    })()
+    uuidOfSource.set(source, known)
+  }
+  return known
 }
 
 export type RootVerdict = 'ok' | 'unmarked' | 'foreign'

@@ -1,4 +1,4 @@
-import { chownSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { chownSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { globby } from 'globby'
@@ -75,14 +75,19 @@ describe('command line', () => {
   it('logs the run, each task and each command with its exit code as JSON lines', async () => {
     const roots = makeRoots()
     await citadel(['run', 'initial-setup'], roots.env)
+    mkdirSync(path.join(roots.active, 'm'))
+    writeFileSync(path.join(roots.active, 'm', 'weights.bin'), 'w')
+    const backup = await citadel(['backup', 'create'], roots.env)
+    expect(backup.code, backup.stdout).toBe(0)
     const logDir = path.join(roots.app, 'logs')
     const [file] = readdirSync(logDir)
     expect(file).toBe(`storage_${new Date().toISOString().slice(0, 10)}.log`)
     const events = readFileSync(path.join(logDir, file!), 'utf8').trim().split('\n').map((l) => JSON.parse(l))
-    expect(events[0]).toMatchObject({ event: 'run-start', playbook: 'initial-setup' })
-    expect(events.at(-1)).toMatchObject({ event: 'run-end', exit: 0 })
-    expect(events.filter((e) => e.event === 'task').map((e) => e.task)).toHaveLength(7)
-    expect(events.find((e) => e.event === 'command' && e.cmd.startsWith('findmnt'))).toMatchObject({ exitCode: 0 })
+    const setup = events.slice(0, events.findIndex((e) => e.event === 'run-end') + 1)
+    expect(setup[0]).toMatchObject({ event: 'run-start', playbook: 'initial-setup' })
+    expect(setup.at(-1)).toMatchObject({ event: 'run-end', exit: 0 })
+    expect(setup.filter((e) => e.event === 'task').map((e) => e.task)).toHaveLength(7)
+    expect(events.find((e) => e.event === 'command' && / rsync /.test(e.cmd))).toMatchObject({ exitCode: 0, ms: expect.any(Number) })
   })
 
   it('applies CITADEL_OWNER to the directories it creates and fixes (root only)', async (ctx) => {
