@@ -10,7 +10,7 @@ import { localStore, scanStore } from '../backup/local-store.ts'
 import { CATALOG, chainOf, isEmptyBackup, type Backup, type BackupLists, type Catalog } from '../backup/store.ts'
 import { processRuns } from '../core/lock.ts'
 import type { Settings } from '../infra/config.ts'
-import { bytes, count } from '../infra/format.ts'
+import { bytes, count, summarize } from '../infra/format.ts'
 import { fsyncDir, isTempSiblingName, lstatOrNull, tempSibling } from '../infra/fsx.ts'
 import { catalogSchema, parseFile } from '../infra/schemas.ts'
 import { walkTree, type TreeFile } from '../infra/tree.ts'
@@ -82,11 +82,14 @@ export interface LastVerification {
 /** The last verification as the record tells it, or null when the directory was never verified. */
 async function lastVerification(file: string, files: readonly TreeFile[]): Promise<LastVerification | null> {
   let unreadable: string | null = null
-  const recorded = (await readHashRecord(file, (message) => (unreadable = message))).files
+  const record = await readHashRecord(file, (message) => (unreadable = message))
+  const recorded = record.files
   if (unreadable !== null) return { at: '', ok: false, detail: unreadable }
+  const run = record.last_run
+  if (run && !run.ok) return { at: run.at, ok: false, detail: `failed: ${summarize(run.problems.map((p) => `${p.path}: ${p.detail}`))}` }
   // model verify writes no record for a directory of which nothing hashed well.
   if (!Object.keys(recorded).length) return null
-  const at = Object.values(recorded).reduce((newest, r) => (r.verified > newest ? r.verified : newest), '')
+  const at = run?.at ?? Object.values(recorded).reduce((newest, r) => (r.verified > newest ? r.verified : newest), '')
   const now = new Map(files.map((f) => [f.rel, f.size]))
   const unrecorded = files.filter((f) => recorded[f.rel]?.size !== f.size).length
   const gone = Object.keys(recorded).filter((rel) => !now.has(rel)).length

@@ -75,6 +75,11 @@ describe('model list', () => {
     // Verified as it is; unused verified, then grown: its record no longer covers it.
     for (const dir of ['m-v2', 'unused']) expect((await citadel(['model', 'verify', dir], roots.env)).code).toBe(0)
     writeFileSync(path.join(roots.active, 'unused', 'config.json'), '{"version": "unused", "grown": true}\n')
+    // m-v3 verified, then one file's bytes changed at the same size: its last verification failed.
+    writeFileSync(staging(roots, 'm-v3', 'extra.bin'), 'aaaa')
+    expect((await citadel(['model', 'verify', 'm-v3'], roots.env)).code).toBe(0)
+    writeFileSync(staging(roots, 'm-v3', 'extra.bin'), 'aaab')
+    expect((await citadel(['model', 'verify', 'm-v3'], roots.env)).code).toBe(2)
     const child = await hold(staging(roots, 'm-v3', 'config.json'), archive(roots, 'm-v1', 'weights.bin'))
 
     const list = await citadelJson(['model', 'list'], roots.env)
@@ -86,6 +91,7 @@ describe('model list', () => {
     expect(row(list.doc, 'archive', 'm-v1').holders).toEqual([{ pid: child.pid, how: 'mapped', file: 'weights.bin', command: expect.stringContaining('python3') }])
     expect(row(list.doc, 'staging', 'm-v3').holders).toEqual([{ pid: child.pid, how: 'open', file: 'config.json', command: expect.stringContaining('python3') }])
     expect(row(list.doc, 'staging', 'm-v3').backup).toBeNull()
+    expect(row(list.doc, 'staging', 'm-v3').last_verification).toMatchObject({ ok: false, detail: expect.stringMatching(/^failed: extra\.bin: /) })
     expect(row(list.doc, 'downloads', 'm-v4.partial')).toMatchObject({ partial: true, files: 1 })
 
     const human = await citadel(['task', 'model-list'], roots.env)
