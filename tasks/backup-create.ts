@@ -4,6 +4,9 @@
 // at it when it is of the active models. Until that rename nothing counts as a backup; whatever an
 // interrupted run leaves is removed by the next create or cleanup, under the store lock so that another app
 // root sharing the store never removes a partial still being built.
+// A live file the disk changed without a write (bit rot: lib/backup/rot.ts), found against the newest complete
+// backup of the source whatever the type, is backed up from that backup's copy, and the task fails keeping
+// the published backup: its content is good, but the model disk needs the operator.
 // With --remote it ensures BACKUP_REMOTE holds a local backup, the latest or BACKUP: sent over ssh with rsync
 // as <name>.partial, hard-linked to the newest remote backup where files are unchanged, renamed once
 // complete, and remote latest swapped to the newest. A backup already there is left alone, so a second
