@@ -63,10 +63,11 @@ function suspectFiles(dir: string, meta: BackupMeta): Set<string> {
 }
 
 /** What the rot check needs of the previous complete backup in `dir` (see rot.ts). */
-export function rotReference(dir: string): RotReference {
+async function rotReference(dir: string): Promise<RotReference> {
   const metaFile = path.join(dir, META)
-  const meta = parseFile(backupMetaSchema, metaFile, readFileSync(metaFile, 'utf8'))
-  return { dir, settled: settledState(dir, meta.source_listed_at), suspect: suspectFiles(dir, meta) }
+  const meta = parseFile(backupMetaSchema, metaFile, await fs.readFile(metaFile, 'utf8'))
+  const expected = new Map(parseManifestBytes(await fs.readFile(path.join(dir, MANIFEST))).map((e) => [e.path, e.sha256]))
+  return { dir, settled: settledState(dir, meta.source_listed_at), suspect: suspectFiles(dir, meta), expected }
 }
 
 /**
@@ -262,9 +263,14 @@ export async function buildBackup(ctx: TaskContext, req: BuildRequest): Promise<
     for (const w of copy.warnings) ctx.warn(w)
     if (plan.fresh.length) ctx.warn(`${count(plan.fresh.length, 'file')} the last verification of ${path.basename(parentDir!)} found bad copied afresh from the source: ${summarize(plan.fresh)}`)
     const hashes = await early
-    const rotten = req.referenceDir === null ? [] : await keepLastGoodCopies(src, dest, linked?.copy ?? plan.toCopy, hashes, rotReference(req.referenceDir), ctx.signal)
+    // A full backup is also what an operator makes when the newest backup is damaged: that must not stop it.
+    const reference = req.referenceDir && (await rotReference(req.referenceDir).catch((err: Error) => (ctx.warn(`cannot check the source for bit rot against ${path.basename(req.referenceDir!)}: ${err.message}`), null)))
+    const rotten = reference ? await keepLastGoodCopies(src, dest, linked?.copy ?? plan.toCopy, hashes, reference, ctx.signal) : []
     // What the source hashed to is no longer what the copy holds.
     for (const r of rotten) if (r.from !== null) hashes.delete(r.path)
+    // Each reference copy was hashed to check it; a replaced file's early hash left the map, not the bytes read.
+    const sizes = new Map(plan.source.files.map((f) => [f.rel, f.size]))
+    const rotBytes = rotten.reduce((sum, r) => sum + sizes.get(r.path)! * (r.from === null ? 1 : 2), 0)
     const hashStart = Date.now()
     const manifest = await buildManifest(partial, src, parentDir, plan, hashes, ctx.signal, (done, total) => ctx.progress(progressLine('hashing the copy:', done, total, hashStart)), linked?.linked)
     if (manifest.changed.length)
@@ -274,7 +280,7 @@ export async function buildBackup(ctx: TaskContext, req: BuildRequest): Promise<
       if (listed.get(r.path) !== r.sha256_kept) throw new Error(`the copy of ${r.path} taken from ${r.from ?? 'the source'} hashes to ${listed.get(r.path)}, not ${r.sha256_kept}: the backup disk wrote it wrong`)
     manifest.catalog.source = sourceState(plan.source.files)
     await writeLists(partial, parentDir, manifest)
-    const hashedBytes = manifest.hashedBytes + (linked?.hashedBytes ?? 0)
+    const hashedBytes = manifest.hashedBytes + (linked?.hashedBytes ?? 0) + rotBytes
     const totalBytes = manifest.copy.files.reduce((s, f) => s + f.size, 0)
     await writeFirstMeta(partial, {
       format: 1, name: req.name, type: req.type, source: src, started: req.started.toISOString(), finished: new Date().toISOString(),

@@ -10,8 +10,7 @@ import { pipeline } from 'node:stream/promises'
 import { fsPath } from '../infra/fsx.ts'
 import { hashFiles } from '../infra/hashing.ts'
 import type { TreeFile } from '../infra/tree.ts'
-import { parseManifestBytes } from './manifest.ts'
-import { DATA, MANIFEST } from './store.ts'
+import { DATA } from './store.ts'
 
 /** A previous complete backup of the same source, as far as the rot check needs it. */
 export interface RotReference {
@@ -20,6 +19,8 @@ export interface RotReference {
   settled: Map<string, [number, number]>
   /** Files its last verification found bad: its copy of them is no reference. */
   suspect: Set<string>
+  /** Its manifest: what each file hashed to. */
+  expected: Map<string, string>
 }
 
 /** As backup.json records it: the hash of the live file now, and the hash of the copy the backup holds. */
@@ -53,17 +54,16 @@ function lstatOrNull(p: string) {
  * for the manifest, as every copied file is.
  */
 export async function keepLastGoodCopies(src: string, data: string, copied: TreeFile[], early: SourceHashes, ref: RotReference, signal: AbortSignal): Promise<RottenFile[]> {
-  const expected = new Map(parseManifestBytes(await fs.readFile(path.join(ref.dir, MANIFEST))).map((e) => [e.path, e.sha256]))
   const refData = path.join(ref.dir, DATA)
   const rotten: { f: TreeFile; now: string; kept: string }[] = []
   for (const f of copied) {
     const then = ref.settled.get(f.rel)
-    const kept = expected.get(f.rel)
+    const kept = ref.expected.get(f.rel)
     const seen = early.get(f.rel)
     if (!then || then[0] !== f.ino || then[1] !== f.ctimeMs || kept === undefined || !seen || seen.hash === kept || ref.suspect.has(f.rel)) continue
-    // Changed since the walk: written, so not rot, and the warning about files changed during the copy covers it.
+    // Changed since the walk (which the early hash saw): written, so not rot; the warning about files changed during the copy covers it.
     const now = lstatOrNull(path.join(src, f.rel))
-    if (!now || !sameState(seen.file, now) || !sameState(f, now)) continue
+    if (!now || !sameState(seen.file, now)) continue
     if (lstatOrNull(path.join(refData, f.rel))?.size !== f.size) continue
     rotten.push({ f, now: seen.hash, kept })
   }

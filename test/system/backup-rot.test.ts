@@ -3,10 +3,10 @@
 // it is unmounted, underneath the filesystem.
 import { execFileSync, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { closeSync, openSync, readFileSync, readSync, realpathSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs'
+import { chmodSync, closeSync, openSync, readFileSync, readSync, realpathSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { storeOf, writeFile } from '../backup-helpers.ts'
+import { backUp, setUpServer, storeOf, writeFile } from '../backup-helpers.ts'
 import { citadelJson, makeRoots, setUp, type Roots } from '../helpers.ts'
 
 const asRoot = process.getuid?.() === 0
@@ -49,14 +49,20 @@ const stateOf = (file: string) => {
   return { ino: st.ino, size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs }
 }
 
+/** Set-up roots whose model disk is a fresh ext4 image; returns the image. */
+async function onImage(roots: Roots): Promise<string> {
+  const image = path.join(roots.base, 'models.img')
+  execFileSync('truncate', ['-s', '64M', image])
+  execFileSync('mkfs.ext4', ['-q', '-F', '-b', String(BLOCK), image])
+  mountImage(image, roots.models)
+  await setUp(roots)
+  return image
+}
+
 describe.skipIf(!asRoot)('bit rot of a live shard (needs root: mounts a loop ext4 image as the model disk; skipped otherwise)', () => {
   it('a full backup keeps the last good copy, fails naming the file, records it, and a restore --path heals the live file', async () => {
     const roots = makeRoots()
-    const image = path.join(roots.base, 'models.img')
-    execFileSync('truncate', ['-s', '64M', image])
-    execFileSync('mkfs.ext4', ['-q', '-F', '-b', String(BLOCK), image])
-    mountImage(image, roots.models)
-    await setUp(roots)
+    const image = await onImage(roots)
     const shard = path.join(roots.active, 'm', 'model-00001.safetensors')
     const edited = path.join(roots.active, 'm', 'config.json')
     const good = Buffer.alloc(3 * BLOCK, 'weights ')
@@ -108,5 +114,43 @@ describe.skipIf(!asRoot)('bit rot of a live shard (needs root: mounts a loop ext
     expect(readJson(path.join(last, 'backup.json')).rotten).toBeUndefined()
     expect(readFileSync(path.join(last, 'data', 'm', 'config.json'), 'utf8')).toBe('{"layers": 3}')
     expect(readFileSync(path.join(last, 'data', 'm', 'model-00001.safetensors')).equals(good)).toBe(true)
+  })
+
+  it('when the previous backup\'s copy is damaged too, the backup holds the live bytes and says to look further back', async () => {
+    const roots = makeRoots()
+    const image = await onImage(roots)
+    const shard = path.join(roots.active, 'm', 'model-00002.safetensors')
+    const good = Buffer.alloc(2 * BLOCK, 'layers ')
+    writeFile(shard, good)
+    await sleep(300)
+    const first = await citadelJson(['backup', 'create'], roots.env)
+    expect(first.code, first.stdout).toBe(0)
+    const reference = path.join(storeOf(roots), first.doc.tasks[0].data.backup)
+    const referenceCopy = path.join(reference, 'data', 'm', 'model-00002.safetensors')
+    writeFileSync(referenceCopy, Buffer.alloc(2 * BLOCK, 'damaged '))
+
+    rot(roots, image, shard, 3)
+    const rotten = readFileSync(shard)
+    const full = await citadelJson(['backup', 'create', '--type', 'full'], roots.env)
+    expect(full.code, full.stdout).toBe(2)
+    const name = full.doc.tasks[0].data.backup
+    expect(full.doc.tasks[0].msg).toBe(`1 live file changed on the model disk without being written (bit rot?): m/model-00002.safetensors; the previous backup's copy of m/model-00002.safetensors is damaged too: ${name} holds the live bytes; look for a good copy in older backups`)
+    const dir = path.join(storeOf(roots), name)
+    expect(readJson(path.join(dir, 'backup.json')).rotten).toEqual([{ path: 'm/model-00002.safetensors', sha256_now: sha256(rotten), sha256_kept: sha256(rotten), from: null }])
+    expect(readFileSync(path.join(dir, 'data', 'm', 'model-00002.safetensors')).equals(rotten)).toBe(true)
+  })
+})
+
+describe('a previous backup the check cannot read', () => {
+  it('does not stop a full backup: a warning names it, and the backup is made', async () => {
+    const roots = await setUpServer()
+    const previous = await backUp(roots, { 'm/a.bin': 'alpha' })
+    const manifest = path.join(storeOf(roots), previous, 'SHA256SUMS')
+    chmodSync(manifest, 0o644)
+    writeFileSync(manifest, 'not a manifest\n')
+    const full = await citadelJson(['backup', 'create', '--type', 'full'], roots.env)
+    expect(full.code, full.stdout).toBe(0)
+    expect(full.doc.tasks[0].warnings).toEqual([`cannot check the source for bit rot against ${previous}: SHA256SUMS line 1: expected "<64 hex digits>  <name>" or "<64 hex digits> *<name>", got "not a manifest"`])
+    expect(readFileSync(path.join(storeOf(roots), full.doc.tasks[0].data.backup, 'data', 'm', 'a.bin'), 'utf8')).toBe('alpha')
   })
 })
