@@ -4,6 +4,9 @@
 // at it when it is of the active models. Until that rename nothing counts as a backup; whatever an
 // interrupted run leaves is removed by the next create or cleanup, under the store lock so that another app
 // root sharing the store never removes a partial still being built.
+// A live file the disk changed without a write (bit rot: lib/backup/rot.ts), found against the newest complete
+// backup of the source whatever the type, is backed up from that backup's copy, and the task fails keeping
+// the published backup: its content is good, but the model disk needs the operator.
 // With --remote it ensures BACKUP_REMOTE holds a local backup, the latest or BACKUP: sent over ssh with rsync
 // as <name>.partial, hard-linked to the newest remote backup where files are unchanged, renamed once
 // complete, and remote latest swapped to the newest. A backup already there is left alone, so a second
@@ -21,8 +24,9 @@ import { onStore, remoteArg, removePartials, rootsOf } from '../lib/backup/store
 import type { TreeFile } from '../lib/infra/tree.ts'
 import { lstatOrNull } from '../lib/infra/fsx.ts'
 import { RSYNC_VANISHED } from '../lib/backup/rsync.ts'
+import type { RottenFile } from '../lib/backup/rot.ts'
 import { defineTask, runWhenMain, type TaskContext, type TaskResult } from '../lib/core/task.ts'
-import { bytes, count, progressLine } from '../lib/infra/format.ts'
+import { bytes, count, progressLine, summarize } from '../lib/infra/format.ts'
 
 /**
  * Why this source looks emptied rather than changed (an unmounted disk, a wrong mount), or null: no files
@@ -75,13 +79,31 @@ async function make(ctx: TaskContext, local: BackupStore, src: string, asked: Ba
   // Neither step is journaled: a finished backup is data, not configuration, and no rollback removes it.
   let made: BuildOutcome | undefined
   await ctx.apply({ path: final, action: `create ${type} backup`, before: null, after: summary }, null, async () => {
-    made = await buildBackup(ctx, { src, final, name, type, started, parentDir, plan })
+    made = await buildBackup(ctx, { src, final, name, type, started, parentDir, referenceDir: previous?.dir ?? null, plan })
   })
   if (movesLatest) await ctx.apply({ path: local.pathOf('latest'), action: 'point latest', before: store.latest, after: name }, null, () => local.pointLatest(name))
   if (ctx.check) return ctx.finish(`would create ${name} of ${src} (${summary})`)
   const { files, bytes: size, copied_bytes, hashed_bytes, rsync_exit } = made!
   const vanished = rsync_exit === RSYNC_VANISHED ? '; some source files vanished during the copy (see warnings)' : ''
-  return ctx.finish(`${name}: ${count(files, 'file')}, ${bytes(size)}, ${bytes(copied_bytes)} copied, ${bytes(hashed_bytes)} hashed${vanished}`, { backup: name, type, source: src, parent: parentDir && path.basename(parentDir), ...made })
+  const data = { backup: name, type, source: src, parent: parentDir && path.basename(parentDir), ...made }
+  // The backup is good and stays published; the model disk is what failed, and the operator must hear of it.
+  if (made!.rotten.length) return ctx.failKeepingChanges(rotReport(name, made!.rotten, movesLatest), data)
+  return ctx.finish(`${name}: ${count(files, 'file')}, ${bytes(size)}, ${bytes(copied_bytes)} copied, ${bytes(hashed_bytes)} hashed${vanished}`, data)
+}
+
+/** The one line for live files the disk changed without a write; `viaLatest` when a plain restore takes `name`. */
+function rotReport(name: string, rotten: RottenFile[], viaLatest: boolean): string {
+  const line = `${count(rotten.length, 'live file')} changed on the model disk without being written (bit rot?): ${summarize(rotten.map((r) => r.path))}`
+  const kept = rotten.filter((r) => r.from !== null)
+  const lost = rotten.filter((r) => r.from === null)
+  const parts = [line]
+  if (kept.length) {
+    const paths = kept.slice(0, 3).map((r) => `--path ${r.path}`).join(' ') + (kept.length > 3 ? ` (and ${kept.length - 3} more)` : '')
+    const how = viaLatest ? `citadel backup restore ${paths}` : `citadel backup restore ${name} ${paths}`
+    parts.push(`the backup ${name} holds their last good copy from ${kept[0]!.from}: ${how}`)
+  }
+  if (lost.length) parts.push(`the previous backup's copy of ${summarize(lost.map((r) => r.path))} is damaged too: ${name} holds the live bytes; look for a good copy in older backups`)
+  return parts.join('; ')
 }
 
 /** Sends the local backup `wanted` (latest when undefined) to `remote`, unless it is there already. */

@@ -14,7 +14,8 @@ import { excluded, rsyncCopy } from './rsync.ts'
 import { backupMetaSchema, parseFile } from '../infra/schemas.ts'
 import type { TaskContext } from '../core/task.ts'
 import { parseVerifyState } from './verify.ts'
-import { copyRootAttributes, linkUnchanged, matchParent, sourceState, type ParentMatch } from './link-unchanged.ts'
+import { copyRootAttributes, linkUnchanged, matchParent, settledState, sourceState, type ParentMatch } from './link-unchanged.ts'
+import { keepLastGoodCopies, type RotReference, type RottenFile } from './rot.ts'
 import { bytes, count, progressLine, summarize } from '../infra/format.ts'
 
 const BLOCK = 4096
@@ -59,6 +60,14 @@ function suspectFiles(dir: string, meta: BackupMeta): Set<string> {
   }
   const good = parseVerifyState(text, () => {}, stateFile)
   return new Set([...lastBad].filter(([rel, at]) => !((good[rel] ?? '') > at)).map(([rel]) => rel))
+}
+
+/** What the rot check needs of the previous complete backup in `dir` (see rot.ts). */
+async function rotReference(dir: string): Promise<RotReference> {
+  const metaFile = path.join(dir, META)
+  const meta = parseFile(backupMetaSchema, metaFile, await fs.readFile(metaFile, 'utf8'))
+  const expected = new Map(parseManifestBytes(await fs.readFile(path.join(dir, MANIFEST))).map((e) => [e.path, e.sha256]))
+  return { dir, settled: settledState(dir, meta.source_listed_at), suspect: suspectFiles(dir, meta), expected }
 }
 
 /**
@@ -212,6 +221,8 @@ export interface BuildRequest {
   type: BackupType
   started: Date
   parentDir: string | null
+  /** The newest complete backup of the source, full or incremental: what the live files are checked against for bit rot. */
+  referenceDir: string | null
   plan: CopyPlan
 }
 
@@ -220,6 +231,8 @@ export interface BuildOutcome {
   /** Files copied afresh because the parent's copy was found bad. */
   fresh: string[]
   changed_during_copy: string[]
+  /** Live files the disk changed without a write; the backup holds the reference's copy of each. */
+  rotten: RottenFile[]
 }
 
 /**
@@ -249,26 +262,38 @@ export async function buildBackup(ctx: TaskContext, req: BuildRequest): Promise<
     if (linked) await copyRootAttributes(src, dest)
     for (const w of copy.warnings) ctx.warn(w)
     if (plan.fresh.length) ctx.warn(`${count(plan.fresh.length, 'file')} the last verification of ${path.basename(parentDir!)} found bad copied afresh from the source: ${summarize(plan.fresh)}`)
+    const hashes = await early
+    // A full backup is also what an operator makes when the newest backup is damaged: that must not stop it.
+    const reference = req.referenceDir && (await rotReference(req.referenceDir).catch((err: Error) => (ctx.warn(`cannot check the source for bit rot against ${path.basename(req.referenceDir!)}: ${err.message}`), null)))
+    const rotten = reference ? await keepLastGoodCopies(src, dest, linked?.copy ?? plan.toCopy, hashes, reference, ctx.signal) : []
+    // What the source hashed to is no longer what the copy holds.
+    for (const r of rotten) if (r.from !== null) hashes.delete(r.path)
+    // Each reference copy was hashed to check it; a replaced file's early hash left the map, not the bytes read.
+    const sizes = new Map(plan.source.files.map((f) => [f.rel, f.size]))
+    const rotBytes = rotten.reduce((sum, r) => sum + sizes.get(r.path)! * (r.from === null ? 1 : 2), 0)
     const hashStart = Date.now()
-    const manifest = await buildManifest(partial, src, parentDir, plan, await early, ctx.signal, (done, total) => ctx.progress(progressLine('hashing the copy:', done, total, hashStart)), linked?.linked)
+    const manifest = await buildManifest(partial, src, parentDir, plan, hashes, ctx.signal, (done, total) => ctx.progress(progressLine('hashing the copy:', done, total, hashStart)), linked?.linked)
     if (manifest.changed.length)
       ctx.warn(`${count(manifest.changed.length, 'file')} changed while being copied, so the backup may hold a mix of old and new content: ${summarize(manifest.changed)}; back up again once nothing writes to them`)
+    const listed = new Map(manifest.entries.map((e) => [e.path, e.sha256]))
+    for (const r of rotten)
+      if (listed.get(r.path) !== r.sha256_kept) throw new Error(`the copy of ${r.path} taken from ${r.from ?? 'the source'} hashes to ${listed.get(r.path)}, not ${r.sha256_kept}: the backup disk wrote it wrong`)
     manifest.catalog.source = sourceState(plan.source.files)
     await writeLists(partial, parentDir, manifest)
-    const hashedBytes = manifest.hashedBytes + (linked?.hashedBytes ?? 0)
+    const hashedBytes = manifest.hashedBytes + (linked?.hashedBytes ?? 0) + rotBytes
     const totalBytes = manifest.copy.files.reduce((s, f) => s + f.size, 0)
     await writeFirstMeta(partial, {
       format: 1, name: req.name, type: req.type, source: src, started: req.started.toISOString(), finished: new Date().toISOString(),
       files: manifest.copy.files.length, bytes: totalBytes, symlinks: manifest.copy.symlinks.length, parent: parentDir && path.basename(parentDir),
       rsync: { exit_code: copy.exitCode, warnings: copy.warnings }, hashed_bytes: hashedBytes, reused_hashes: manifest.reused, verifications: [],
-      changed_during_copy: manifest.changed, source_listed_at: plan.listedAt.toISOString(),
+      changed_during_copy: manifest.changed, source_listed_at: plan.listedAt.toISOString(), ...(rotten.length ? { rotten } : {}),
     })
     ctx.progress('syncing the backup disk')
     await ctx.$`sync --file-system ${partial}`
     await fs.rename(partial, final)
     published = true
     await fsyncDir(path.dirname(final))
-    return { files: manifest.copy.files.length, bytes: totalBytes, copied_bytes: copied, hashed_bytes: hashedBytes, reused_hashes: manifest.reused, rsync_exit: copy.exitCode, fresh: plan.fresh, changed_during_copy: manifest.changed }
+    return { files: manifest.copy.files.length, bytes: totalBytes, copied_bytes: copied, hashed_bytes: hashedBytes, reused_hashes: manifest.reused, rsync_exit: copy.exitCode, fresh: plan.fresh, changed_during_copy: manifest.changed, rotten }
   } finally {
     stopHashing.abort()
     if (!published) await removeBackupDir(ctx.settings, partial).catch((err) => ctx.warn(`could not remove ${partial}: ${(err as Error).message}`))

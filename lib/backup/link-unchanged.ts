@@ -46,7 +46,7 @@ export interface ParentMatch {
 }
 
 /** The inode and ctime of each source file the parent's walk saw long enough after its last change. */
-function settledState(parentDir: string, listedAt: string | undefined): Map<string, [number, number]> {
+export function settledState(parentDir: string, listedAt: string | undefined): Map<string, [number, number]> {
   if (listedAt === undefined) return new Map()
   try {
     const catalogFile = path.join(parentDir, CATALOG)

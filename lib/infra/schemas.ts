@@ -4,6 +4,7 @@
 import { z } from 'zod'
 
 const count = z.number().int().nonnegative()
+const sha256 = z.string().regex(/^[0-9a-f]{64}$/, 'expected 64 lowercase hex digits')
 
 const problem = z.object({
   kind: z.enum(['mismatch', 'missing', 'size', 'extra', 'link', 'blob-name', 'unreadable', 'list']),
@@ -61,6 +62,12 @@ export const backupMetaSchema = z.looseObject({
   /** When the walk of the source began; absent in backups made before it was recorded. */
   restores: z.array(restoreRecord).optional().describe('every restore and restore drill from this backup, oldest first'),
   source_listed_at: z.iso.datetime().optional().describe('when the walk of the source began: a file whose ctime is older than this and unchanged since is linked to this backup by the next incremental without being read'),
+  rotten: z.array(z.object({
+    path: z.string(),
+    sha256_now: sha256.describe('what the live file hashed to when this backup was made'),
+    sha256_kept: sha256.describe('what the copy in this backup hashes to'),
+    from: z.string().nullable().describe('the backup the kept copy came from; null when its copy was damaged too, and this backup holds the live bytes'),
+  })).optional().describe('live files the model disk changed without a write (same inode, ctime and size as the previous backup saw, other bytes): bit rot; this backup holds their last good copy, which citadel backup restore --path puts back'),
 })
 
 /** files.json: sizes of the files and targets of the links under data/ (its `source` is read by link-unchanged.ts). */
