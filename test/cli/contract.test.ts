@@ -8,7 +8,7 @@ import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { tasks } from '../../tasks/index.ts'
 import { backUp, setUpServer, writeFile } from '../backup-helpers.ts'
-import { citadelJson, makeRoots, snapshot, type Roots } from '../helpers.ts'
+import { citadelHere, citadelJson, makeRoots, snapshot, type Roots } from '../helpers.ts'
 import { sshdMissing, startSshd } from '../ssh-helpers.ts'
 import { safetensors, writeModel } from '../model-helpers.ts'
 import { systemdRunning } from '../../lib/systemd/units.ts'
@@ -24,6 +24,13 @@ interface Contract {
   first: 'changed' | 'ok' | 'skipped'
   /** Why its --check is skipped rather than judged, when it is. */
   checkSkipped?: string
+}
+
+/** Set-up in this process (citadelHere): what is checked below runs the command; fails saying why unless it succeeds. */
+async function here(command: Parameters<typeof citadelHere>[0], roots: Roots, args: Parameters<typeof citadelHere>[2] = {}) {
+  const { code, report } = await citadelHere(command, roots.env, args)
+  expect(code, `${command.join(' ')}: ${JSON.stringify(report?.tasks.filter((t) => t.status === 'failed'))}`).toBe(0)
+  return report!
 }
 
 /** initial-setup done, then `drift` undone so that the first run has something to put right. */
@@ -47,7 +54,8 @@ const withRemote = (backups: number, sent: number, env: Record<string, string> =
   const remoteDir = path.join(roots.base, 'remote')
   mkdirSync(remoteDir)
   Object.assign(roots.env, (await startSshd(remoteDir)).env)
-  const names = (await citadelJson(['task', 'backup-status'], roots.env)).doc.tasks[0].data.backups.map((b: { name: string }) => b.name)
+  const names = ((await here(['task', 'backup-status'], roots)).tasks[0]!.data.backups as { name: string }[]).map((b) => b.name)
+  // By the command: a send's ssh connection state is kept per process, which runs here would share.
   for (const name of names.slice(0, sent)) expect((await citadelJson(['backup', 'create', '--remote', name], roots.env)).code).toBe(0)
   return roots
 }
@@ -74,7 +82,8 @@ const withModels = (staged: string[], promoted = 0) => async () => {
   const roots = await setUpServer()
   writeFileSync(roots.env.CITADEL_ENV_FILE!, '# the chat model\nMODEL_REGISTRY=chat=m-v1\n')
   for (const dir of ['m-v1', ...staged]) writeFile(path.join(dir === 'm-v1' ? roots.active : path.join(roots.models, 'staging'), dir, 'config.json'), `{"version": "${dir}"}\n`)
-  expect((await citadelJson(['run', 'initial-setup'], roots.env)).code).toBe(0)
+  await here(['run', 'initial-setup'], roots)
+  // By the command: the promote writes the registry into the env file that its process was given.
   for (const dir of staged.slice(0, promoted)) expect((await citadelJson(['task', 'model-promote', 'chat', dir], roots.env)).code).toBe(0)
   return roots
 }
@@ -131,7 +140,7 @@ const CONTRACT: Record<string, Contract> = {
   'model-remove': { setup: async () => {
     const roots = await withModels([])()
     await backUp(roots)
-    expect((await citadelJson(['backup', 'verify', '--sample', '1'], roots.env)).code).toBe(0)
+    await here(['task', 'backup-verify'], roots, { sample: '1' })
     writeFile(path.join(roots.models, 'staging', 'm-v2', 'config.json'), '{"version": "m-v2"}\n')
     expect((await citadelJson(['task', 'model-promote', 'chat', 'm-v2'], roots.env)).code).toBe(0)
     return roots

@@ -5,11 +5,11 @@ import { describe, expect, it } from 'vitest'
 import { playbooks } from '../../playbooks/index.ts'
 import { parseTaskArgs } from '../../lib/core/args.ts'
 import { playbookEntries } from '../../lib/core/task.ts'
-import { citadel, citadelJson, makeRoots } from '../helpers.ts'
+import { citadel, citadelJson, makeRoots, setUp as setUpHere } from '../helpers.ts'
 
 async function setUp(extraEnv: Record<string, string> = {}) {
   const roots = makeRoots(extraEnv)
-  expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
+  await setUpHere(roots)
   mkdirSync(path.join(roots.active, 'mixtral-8x7b-instruct'), { recursive: true })
   writeFileSync(path.join(roots.active, 'mixtral-8x7b-instruct', 'config.json'), '{"model_type": "mixtral"}\n')
   return roots

@@ -6,8 +6,8 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, readdirSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { setUpServer, writeFile } from '../backup-helpers.ts'
-import { citadel, citadelJson, snapshot, type Roots } from '../helpers.ts'
+import { backUp, setUpServer, writeFile } from '../backup-helpers.ts'
+import { citadel, citadelHere, citadelJson, setUp, snapshot, type Roots } from '../helpers.ts'
 
 const ENV_FILE = (registry: string) => `MODEL_REGISTRY=${registry}\nMODEL_AUTO_BACKUP=false\n`
 const SHARD = 'x'.repeat(64 * 1024)
@@ -25,10 +25,11 @@ async function server(env: Record<string, string> = {}): Promise<Roots> {
   const roots = await setUpServer(env)
   writeFileSync(roots.env.CITADEL_ENV_FILE!, ENV_FILE('chat=m-v1'))
   put(path.join(roots.active, 'm-v1'), model('m-v1'))
-  expect((await citadel(['run', 'initial-setup'], roots.env)).code).toBe(0)
-  const backup = await citadelJson(['backup', 'create'], roots.env)
-  expect(backup.code, backup.stdout).toBe(0)
-  expect((await citadel(['backup', 'verify', '--sample', '1'], roots.env)).code).toBe(0)
+  // Set-up in this process; the promote by the command, as it writes the registry into its env file.
+  await setUp(roots)
+  await backUp(roots)
+  const verified = await citadelHere(['task', 'backup-verify'], roots.env, { sample: '1' })
+  expect(verified.code, JSON.stringify(verified.report?.tasks)).toBe(0)
   put(staging(roots, 'm-v2'), model('m-v2'))
   const promote = await citadel(['task', 'model-promote', 'chat', 'm-v2'], roots.env)
   expect(promote.code, promote.stdout).toBe(0)

@@ -7,7 +7,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { describe, expect, it } from 'vitest'
 import { setUpServer, writeFile } from '../backup-helpers.ts'
-import { citadel, citadelJson, snapshot, start, type Roots } from '../helpers.ts'
+import { citadel, citadelJson, setUp, snapshot, start, type Roots } from '../helpers.ts'
 import { writeModel } from '../model-helpers.ts'
 
 const ENV_FILE = (registry: string) => `# settings of this host\nMODEL_REGISTRY=${registry} # what vLLM serves\n\nMODEL_AUTO_BACKUP=false\n`
@@ -18,8 +18,7 @@ async function server(staged: string[]): Promise<Roots> {
   writeFileSync(roots.env.CITADEL_ENV_FILE!, ENV_FILE('chat=m-v1'))
   writeFile(path.join(roots.active, 'm-v1', 'config.json'), '{"version": "m-v1"}\n')
   for (const dir of staged) stage(roots, dir)
-  const setup = await citadel(['run', 'initial-setup'], roots.env)
-  expect(setup.code, setup.stderr).toBe(0)
+  await setUp(roots)
   return roots
 }
 
