@@ -80,12 +80,11 @@ async function udevUuid(source: string): Promise<string | null> {
   return null
 }
 
-const uuidOfSource = new Map<string, Promise<string | null>>()
-
 /**
  * The UUID of the filesystem holding `dir`, where udev, findmnt or blkid know it (a tmpfs has none). Read in
- * the process where it can be (every task that declares a root asks, before it runs); blkid only where udev
- * keeps no names, and once per device.
+ * the process where it can be (every task that declares a root asks, before it runs): blkid runs only where
+ * udev keeps no names. Nothing is remembered between calls, as a long-running monitor must see a swapped disk
+ * behind the same device name; calls at the same moment for one device share one lookup.
  */
 export async function filesystemUuid($: Shell, dir: string): Promise<string | null> {
   const source = await mountSource(dir)
@@ -93,23 +92,25 @@ export async function filesystemUuid($: Shell, dir: string): Promise<string | nu
     const out = await $({ nothrow: true })`findmnt -P -n -o UUID,SOURCE --target ${dir}`
     if (out.exitCode !== 0) return null
     const field = (name: string) => new RegExp(`${name}="([^"]*)"`).exec(out.stdout)?.[1] ?? ''
-    return field('UUID') || (field('SOURCE').startsWith('/dev/') ? blkidUuid($, field('SOURCE')) : null)
+    return field('UUID') || (field('SOURCE').startsWith('/dev/') ? sourceUuid($, field('SOURCE')) : null)
   }
-  return source.startsWith('/dev/') ? blkidUuid($, source) : null
+  return source.startsWith('/dev/') ? sourceUuid($, source) : null
 }
 
-function blkidUuid($: Shell, source: string): Promise<string | null> {
-  let known = uuidOfSource.get(source)
-  if (!known) {
-    known = (async () => {
+const lookingUp = new Map<string, Promise<string | null>>()
+
+function sourceUuid($: Shell, source: string): Promise<string | null> {
+  let lookup = lookingUp.get(source)
+  if (!lookup) {
+    lookup = (async () => {
       const udev = await udevUuid(source)
       if (udev) return udev
       const blkid = await $({ nothrow: true })`blkid -s UUID -o value ${source}`
       return blkid.exitCode === 0 && blkid.stdout.trim() ? blkid.stdout.trim() : null
-    })()
-    uuidOfSource.set(source, known)
+    })().finally(() => lookingUp.delete(source))
+    lookingUp.set(source, lookup)
   }
-  return known
+  return lookup
 }
 
 export type RootVerdict = 'ok' | 'unmarked' | 'foreign'

@@ -249,7 +249,7 @@ describe.skipIf(sshdMissing)('the weekly playbook with BACKUP_REMOTE', () => {
     const weekly = await citadelJson(['run', 'weekly', '--skip-tags', 'perf'], roots.env)
     expect(weekly.code, weekly.stderr + JSON.stringify(weekly.doc?.tasks)).toBe(0)
     expect(weekly.doc.tasks.map((t: { name: string; status: string }) => [t.name, t.status])).toEqual([
-      ['backup-create', 'changed'], ['backup-verify', 'ok'], ['backup-restore', 'ok'], ['remote-backup-create', 'changed'], ['remote-backup-verify', 'ok'], ['backup-cleanup', 'ok'], ['remote-backup-cleanup', 'ok'], ['health-report', 'ok'],
+      ['backup-create', 'changed'], ['backup-verify', 'ok'], ['backup-restore', 'ok'], ['remote-backup-create', 'changed'], ['remote-backup-verify', 'ok'], ['model-verify', 'skipped'], ['backup-cleanup', 'ok'], ['remote-backup-cleanup', 'ok'], ['health-report', 'ok'],
     ])
     const name = weekly.doc.tasks[0].data.backup
     expect(remoteBackups(remoteStore)).toEqual([name])
