@@ -190,6 +190,7 @@ export async function runRestore(ctx: TaskContext, req: RestoreRequest, label: s
     record.files_verified = all.copy.length + all.reuse.length
     if (healed.bad.length) throw new Error(`${count(healed.bad.length, 'file')} of ${backup.name} cannot be restored as its manifest says, and no other backup holds good copies: ${healed.bad.map((b) => `${b.rel} (${b.detail})`).join('; ')}; nothing was changed in ${dest.target}`)
     ctx.progress('syncing the restored files')
+    await early.writebacks()
     await ctx.$`sync --file-system ${partial}`
     const exchangeable = !dest.scratch && dest.archive !== null && (await canExchange(partial))
     for (const unit of todo) await activate(ctx, unit, partial, dest, stamp, backup, exchangeable)

@@ -140,11 +140,13 @@ export interface EarlyHash { sha256: string | null; size: number; mtimeMs: numbe
 /**
  * Hashes, one at a time on one thread, the big files the copy reports done, so the verification overlaps
  * the copy instead of following it: rsync keeps the other core. Small files are left to the check after,
- * where a batch costs less than a worker each.
+ * where a batch costs less than a worker each. Each hashed file is then written to the disk while the copy
+ * goes on, so the sync before activation has only the last files left to write (`writebacks` waits for them).
  */
-export function earlyHasher(partial: string, files: { rel: string; size: number }[], signal: AbortSignal): { onFileDone: (rel: string) => void; hashes: Map<string, Promise<EarlyHash | null>> } {
+export function earlyHasher(partial: string, files: { rel: string; size: number }[], signal: AbortSignal): { onFileDone: (rel: string) => void; hashes: Map<string, Promise<EarlyHash | null>>; writebacks: () => Promise<void> } {
   const big = new Map(files.filter((f) => f.size >= BIG_FILE_BYTES).map((f) => [f.rel, f.size]))
   const hashes = new Map<string, Promise<EarlyHash | null>>()
+  const flushing: Promise<void>[] = []
   let queue: Promise<unknown> = Promise.resolve()
   const onFileDone = (rel: string) => {
     const size = big.get(rel)
@@ -154,12 +156,20 @@ export function earlyHasher(partial: string, files: { rel: string; size: number 
       const st = lstatSync(fsPath(file), { throwIfNoEntry: false })
       if (!st?.isFile() || st.size !== size) return null
       const [o] = await hashFiles([{ file, size }], { threads: 1, signal })
+      flushing.push(writeBack(file))
       return { sha256: o!.sha256, size: st.size, mtimeMs: st.mtimeMs, ino: st.ino }
     }).catch(() => null)
     queue = job
     hashes.set(rel, job)
   }
-  return { onFileDone, hashes }
+  return { onFileDone, hashes, writebacks: async () => void (await Promise.all(flushing)) }
+}
+
+/** Starts writing a file's bytes to the disk; a failure is left to the sync after, which reports it. */
+async function writeBack(file: string): Promise<void> {
+  const handle = await fs.open(fsPath(file), 'r').catch(() => null)
+  await handle?.datasync().catch(() => {})
+  await handle?.close().catch(() => {})
 }
 
 /** A file that could not be restored as the manifest says, and why. */
