@@ -3,7 +3,8 @@
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { z } from 'zod'
-import { atomicSymlink, atomicWriteFile, exchange, lstatOrNull, octal, removeTempSiblings } from '../infra/fsx.ts'
+import { atomicSymlink, atomicWriteFile, lstatOrNull, octal, removeTempSiblings } from '../infra/fsx.ts'
+import { exchange } from '../infra/exchange.ts'
 
 export type Undo =
   | { op: 'remove-link'; path: string }

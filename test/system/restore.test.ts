@@ -7,7 +7,7 @@ import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { afterEach, describe, expect, it } from 'vitest'
 import { backUp, setUpServer, storeOf, writeFile } from '../backup-helpers.ts'
-import { canExchange } from '../../lib/infra/fsx.ts'
+import { canExchange } from '../../lib/infra/exchange.ts'
 import { citadel, citadelJson, makeRoots, snapshot, start, type Roots } from '../helpers.ts'
 import { sshdMissing, startSshd } from '../ssh-helpers.ts'
 
