@@ -105,7 +105,9 @@ function sourceUuid($: Shell, source: string): Promise<string | null> {
     lookup = (async () => {
       const udev = await udevUuid(source)
       if (udev) return udev
-      const blkid = await $({ nothrow: true })`blkid -s UUID -o value ${source}`
+      // Not from blkid's cache file, which trusts an entry checked a moment ago: a disk swapped behind the same
+      // device name in that moment would keep the old one's UUID.
+      const blkid = await $({ nothrow: true })`blkid -c /dev/null -s UUID -o value ${source}`
       return blkid.exitCode === 0 && blkid.stdout.trim() ? blkid.stdout.trim() : null
     })().finally(() => lookingUp.delete(source))
     lookingUp.set(source, lookup)
