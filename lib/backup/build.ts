@@ -1,13 +1,13 @@
 // Making a backup: what the copy will cost, the copy, the manifest, and publishing the result by rename.
 // Hashing reads the source while rsync writes the slow backup disk, so the manifest costs no extra pass
 // over that disk; a file is taken from that early hash only when its source provably did not change.
-import { promises as fs, lstatSync, readFileSync } from 'node:fs'
+import { promises as fs, readFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { CATALOG, DATA, META, MANIFEST, partialName, VERIFY_STATE, type BackupMeta, type BackupType, type Catalog } from './store.ts'
 import { removeBackupDir, writeFirstMeta } from './local-store.ts'
 import { listTree, statFiles, walkTree, type Tree, type TreeFile } from '../infra/tree.ts'
-import { fsPath, fsyncDir } from '../infra/fsx.ts'
+import { fsyncDir, lstatSyncOrNull } from '../infra/fsx.ts'
 import { hashFiles, type HashOutcome } from '../infra/hashing.ts'
 import { compareBytewise, manifestBytes, parseManifestBytes, type ManifestEntry } from './manifest.ts'
 import { excluded, rsyncCopy } from './rsync.ts'
@@ -167,7 +167,7 @@ export async function buildManifest(
       reused++
       continue
     }
-    const now = statOrNull(path.join(src, f.rel))
+    const now = lstatSyncOrNull(path.join(src, f.rel))
     const before = walked.get(f.rel)
     // rsync may have read it half old, half new: the copy is hashed as it is, and the operator told.
     if (before && now && !unchanged(before, now)) changed.push(f.rel)
@@ -191,13 +191,6 @@ export async function buildManifest(
   return { copy, changed: changed.sort(compareBytewise), entries, catalog, hashedBytes: hashedEarly + total, reused }
 }
 
-function statOrNull(p: string) {
-  try {
-    return lstatSync(fsPath(p))
-  } catch {
-    return null
-  }
-}
 
 /**
  * Writes the manifest and catalog into the backup. A file equal to the parent's is a hard link to it:

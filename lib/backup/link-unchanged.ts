@@ -10,9 +10,9 @@
 // parent's copy without that proof (restored, moved, touched, changed in place with its size and mtime kept,
 // or a parent made before the record existed) is hashed, and linked only when it hashes to the parent's
 // manifest entry. rsync's quick check (size and mtime) would link all of them unread.
-import { linkSync, lstatSync, mkdirSync, promises as fs, readFileSync } from 'node:fs'
+import { linkSync, mkdirSync, promises as fs, readFileSync } from 'node:fs'
 import path from 'node:path'
-import { fsPath } from '../infra/fsx.ts'
+import { fsPath, lstatSyncOrNull } from '../infra/fsx.ts'
 import { hashFiles } from '../infra/hashing.ts'
 import { compareBytewise, parseManifestBytes } from './manifest.ts'
 import { CATALOG, DATA, MANIFEST } from './store.ts'
@@ -78,7 +78,7 @@ export function matchParent(files: TreeFile[], parentDir: string, suspect: Set<s
       match.copy.push(f)
       continue
     }
-    const old = lstatOrNull(path.join(parentDir, DATA, f.rel))
+    const old = lstatSyncOrNull(path.join(parentDir, DATA, f.rel))
     // A link shares the parent's inode, so what -a preserves must already be right on it.
     if (!old?.isFile() || old.size !== f.size || Math.trunc(old.mtimeMs / 1000) !== Math.trunc(f.mtimeMs / 1000) || old.mode !== f.mode || (asRoot && (old.uid !== f.uid || old.gid !== f.gid))) {
       match.copy.push(f)
@@ -179,10 +179,3 @@ export async function linkUnchanged(src: string, dest: string, source: Tree, mat
 export const sourceState = (files: TreeFile[]): [string, number, number][] =>
   files.map((f): [string, number, number] => [f.rel, f.ino, f.ctimeMs]).sort((a, b) => compareBytewise(a[0], b[0]))
 
-function lstatOrNull(p: string) {
-  try {
-    return lstatSync(fsPath(p))
-  } catch {
-    return null
-  }
-}

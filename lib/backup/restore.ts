@@ -203,7 +203,8 @@ export async function buildUnits(store: BackupStore, backup: Backup, units: Unit
 /**
  * Fetches files into `partial` while the plan is still hashing: each file named by `add` is copied from the
  * store, in as few rsync runs as the pace of the hashing allows, one at a time so that none writes beside
- * another. Meant for big files: a small one costs less in the one copy after the plan than an rsync start. Only for whole units (under --path the partial first takes a linked copy of the target's entry).
+ * another. Meant for big files: a small one costs less in the one copy after the plan than an rsync start.
+ * Only for whole units (under --path the partial first takes a linked copy of the target's entry).
  * `prepare` makes the partial and its directories before the first copy.
  */
 export function eagerFetcher(store: BackupStore, backup: Backup, partial: string, prepare: () => Promise<void>, opts: BuildProgress & { sizes: Map<string, number> }) {
@@ -231,6 +232,8 @@ export function eagerFetcher(store: BackupStore, backup: Backup, partial: string
   }
   return {
     fetched,
+    /** Bytes of the copies that ended, for progress across them and the copy after the plan. */
+    copiedBytes: () => copiedBefore,
     /** Whether anything was asked for, so the partial exists (or is being made). */
     started: () => prepared !== null || running !== null,
     add(rel: string) {

@@ -4,10 +4,10 @@
 // changed by the disk. Copied as it is now, the damage would become the newest backup's truth, and a
 // restore from it would find the live file "already as the backup holds it"; once retention removes the
 // older backups, the good bytes would be gone.
-import { createReadStream, createWriteStream, lstatSync, promises as fs } from 'node:fs'
+import { createReadStream, createWriteStream, promises as fs } from 'node:fs'
 import path from 'node:path'
 import { pipeline } from 'node:stream/promises'
-import { fsPath } from '../infra/fsx.ts'
+import { fsPath, lstatSyncOrNull } from '../infra/fsx.ts'
 import { hashFiles } from '../infra/hashing.ts'
 import type { TreeFile } from '../infra/tree.ts'
 import { DATA } from './store.ts'
@@ -38,13 +38,6 @@ type SourceHashes = Map<string, { hash: string; file: TreeFile }>
 const sameState = (a: TreeFile, b: { size: number; mtimeMs: number; ctimeMs: number; ino: number }) =>
   a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs && a.ino === b.ino
 
-function lstatOrNull(p: string) {
-  try {
-    return lstatSync(fsPath(p))
-  } catch {
-    return null
-  }
-}
 
 /**
  * Finds the rotten files among `copied` (the source files rsync copied into `data`) and puts the reference's
@@ -62,9 +55,9 @@ export async function keepLastGoodCopies(src: string, data: string, copied: Tree
     const seen = early.get(f.rel)
     if (!then || then[0] !== f.ino || then[1] !== f.ctimeMs || kept === undefined || !seen || seen.hash === kept || ref.suspect.has(f.rel)) continue
     // Changed since the walk (which the early hash saw): written, so not rot; the warning about files changed during the copy covers it.
-    const now = lstatOrNull(path.join(src, f.rel))
+    const now = lstatSyncOrNull(path.join(src, f.rel))
     if (!now || !sameState(seen.file, now)) continue
-    if (lstatOrNull(path.join(refData, f.rel))?.size !== f.size) continue
+    if (lstatSyncOrNull(path.join(refData, f.rel))?.size !== f.size) continue
     rotten.push({ f, now: seen.hash, kept })
   }
   if (!rotten.length) return []

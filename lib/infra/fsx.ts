@@ -2,7 +2,7 @@
 // remove), publish by rename so a reader sees the old or the new state and nothing between.
 import { randomBytes } from 'node:crypto'
 import { isUtf8 } from 'node:buffer'
-import { existsSync, promises as fs, constants, readFileSync, type Stats } from 'node:fs'
+import { existsSync, lstatSync, promises as fs, constants, readFileSync, type Stats } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -81,6 +81,15 @@ export const showName = (name: string) => name.replace(/\p{Cs}/gu, (c) => `\\x${
 
 /** What to hand to fs for a path: the string itself, or its bytes when it holds a name that is not UTF-8. */
 export const fsPath = (p: string): string | Buffer => (LONE_SURROGATE.test(p) ? encodeName(p) : p)
+
+/** lstat for the synchronous walks of a backup: whatever stands in the way of reading it counts as nothing there. */
+export function lstatSyncOrNull(p: string): Stats | null {
+  try {
+    return lstatSync(fsPath(p))
+  } catch {
+    return null
+  }
+}
 
 export async function lstatOrNull(p: string): Promise<Stats | null> {
   try {
