@@ -5,7 +5,6 @@ import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import os from 'node:os'
 import path from 'node:path'
-import { pathToFileURL } from 'node:url'
 import { projectRoot } from '../infra/fsx.ts'
 import { makeShell } from '../infra/shell.ts'
 import { argFields, parseTaskArgs } from '../core/args.ts'
@@ -24,20 +23,21 @@ async function loadSources(root: string): Promise<{ tasks: Task[]; playbooks: Pl
   const { build } = createRequire(path.join(root, 'package.json'))('esbuild') as typeof import('esbuild')
   const dir = mkdtempSync(path.join(os.tmpdir(), 'citadel-check-'))
   try {
-    const outfile = path.join(dir, 'indexes.mjs')
+    const outfile = path.join(dir, 'indexes.cjs')
     try {
       await build({
         absWorkingDir: root,
         stdin: { contents: "export { tasks } from './tasks/index.ts'\nexport { playbooks } from './playbooks/index.ts'\n", resolveDir: root, loader: 'ts', sourcefile: 'indexes.ts' },
-        outfile, bundle: true, format: 'esm', platform: 'node', target: 'node20', external: ['esbuild', 'tsx'], logLevel: 'silent',
+        outfile, bundle: true, format: 'cjs', platform: 'node', target: 'node20', external: ['esbuild', 'tsx'], logLevel: 'silent',
         define: { __CITADEL_CHECKOUT__: JSON.stringify(root) },
-        banner: { js: "import { createRequire as __citadelRequire } from 'node:module'; const require = __citadelRequire(import.meta.url);" },
       })
     } catch (err) {
       return located(err as Parameters<typeof located>[0]).map((line) => ({ step: 'build', line }))
     }
     try {
-      return (await import(pathToFileURL(outfile).href)) as { tasks: Task[]; playbooks: Playbook[] }
+      // CommonJS and require, like the launcher's own bundle: that bundle runs as a compiled script, which
+      // has no dynamic import() without an experimental flag.
+      return createRequire(outfile)(outfile) as { tasks: Task[]; playbooks: Playbook[] }
     } catch (err) {
       return [{ step: 'load', line: `loading the tasks and playbooks threw: ${(err as Error).stack?.split('\n').slice(0, 3).join(' ') ?? String(err)}` }]
     }

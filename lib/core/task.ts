@@ -174,6 +174,8 @@ const startedScript = () => {
  * process's loader, loads the file and runs it; signals are passed on and its exit code is ours.
  */
 export function runWhenMain(meta: ImportMeta): void {
+  // The launcher's CommonJS bundle has no import.meta, and no task in it is the started script.
+  if (!meta.url) return
   const file = fileURLToPath(meta.url)
   if (startedScript() !== file) return
   const entry = path.join(projectRoot(), 'lib', 'cli', 'task-file.ts')
