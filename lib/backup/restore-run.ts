@@ -153,6 +153,7 @@ export async function runRestore(ctx: TaskContext, req: RestoreRequest, label: s
       copied(b)
     },
     fileDone: early.onFileDone,
+    copying: early.copying,
     sizes,
   }) : null
   let built = false
@@ -179,7 +180,7 @@ export async function runRestore(ctx: TaskContext, req: RestoreRequest, label: s
     copyStart ||= Date.now()
     await eager?.drain()
     const copiedEarly = eager?.copiedBytes() ?? 0
-    await buildUnits(store, backup, todo, dest.target, partial, ctx.$, { signal: ctx.signal, copied: (b) => copied(copiedEarly + b), fileDone: early.onFileDone, fetched: eager?.fetched })
+    await buildUnits(store, backup, todo, dest.target, partial, ctx.$, { signal: ctx.signal, copied: (b) => copied(copiedEarly + b), fileDone: early.onFileDone, copying: early.copying, fetched: eager?.fetched })
     const checkStart = Date.now()
     const checked = await checkUnit(lists, all, partial, { signal: ctx.signal, early: early.hashes, onHash: (done) => ctx.progress(progressLine('verifying:', done, all.copyBytes, checkStart)) })
     ctx.log('restore-verified', { bytes: checked.hashedBytes, hashed_during_copy: checked.hashedEarlyBytes, copy_ms: checkStart - copyStart, check_ms: Date.now() - checkStart, copied_while_hashing: eager?.fetched.size ?? 0 })

@@ -5,11 +5,12 @@
 // mtime and link target checked against the backup's lists. Only then is it activated, by rename
 // (restore-run.ts). A file whose copy in this backup is bad is taken from another backup that lists
 // the same bytes, or the restore fails naming it.
-import { promises as fs, lstatSync, readlinkSync } from 'node:fs'
+import { promises as fs, lstatSync, readdirSync, readlinkSync } from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
 import path from 'node:path'
 import type { Shell } from 'zx/core'
 import { decodeName, fsPath, octal } from '../infra/fsx.ts'
-import { hashFiles } from '../infra/hashing.ts'
+import { hashFiles, tailHash, type Tail } from '../infra/hashing.ts'
 import { listTree, statFiles } from '../infra/tree.ts'
 import { compareBytewise } from './manifest.ts'
 import type { Backup, BackupLists, BackupStore, DataListing } from './store.ts'
@@ -132,37 +133,97 @@ export async function planRestore(lists: BackupLists, listing: DataListing, sel:
 /** A file big enough that copying or hashing it alone is worth an rsync start or a worker's message of its own. */
 export const BIG_FILE_BYTES = 8 << 20
 
-export interface BuildProgress { signal: AbortSignal; copied: (bytes: number) => void; fileDone?: (rel: string) => void }
+export interface BuildProgress {
+  signal: AbortSignal
+  copied: (bytes: number) => void
+  fileDone?: (rel: string) => void
+  /** Told which files a copy is about to write; returns the call for the copy's end (earlyHasher's copying). */
+  copying?: (rels: string[]) => () => void
+}
 
 /** A file hashed as soon as the copy put it in place, with the state it was hashed in. */
-export interface EarlyHash { sha256: string | null; size: number; mtimeMs: number; ino: number }
+export interface EarlyHash { sha256: string | null; size: number; mtimeMs: number; ino: number; whileCopied: boolean }
+
+/** Above this many directories to look into, files are hashed after their copy, not during it. */
+const MAX_TAILED_DIRS = 16
 
 /**
- * Hashes, one at a time on one thread, the big files the copy reports done, so the verification overlaps
- * the copy instead of following it: rsync keeps the other core. Small files are left to the check after,
- * where a batch costs less than a worker each. Each hashed file is then written to the disk while the copy
- * goes on, so the sync before activation has only the last files left to write (`writebacks` waits for them).
+ * Hashes the big files of a copy while rsync writes them, so the verification overlaps the copy instead of
+ * following it. `copying(rels)` is called as a copy of `rels` starts and returns the call for its end:
+ * while it runs, the directories of its big files are looked into every few milliseconds for rsync's
+ * temporary file (`.NAME.XXXXXX`, beside the final name), which is then hashed as it grows, on a thread of
+ * its own (tailHash). A file the look missed, or whose hash cannot be tied to the very file now in place
+ * (same inode, every byte read), is hashed once `onFileDone` reports it, one at a time. Small files are left
+ * to the check after, where a batch costs less than a worker each. Each hashed file is then written to the
+ * disk while the copy goes on, so the sync before activation has only the last files left to write
+ * (`writebacks` waits for them).
  */
-export function earlyHasher(partial: string, files: { rel: string; size: number }[], signal: AbortSignal): { onFileDone: (rel: string) => void; hashes: Map<string, Promise<EarlyHash | null>>; writebacks: () => Promise<void> } {
+export function earlyHasher(partial: string, files: { rel: string; size: number }[], signal: AbortSignal) {
   const big = new Map(files.filter((f) => f.size >= BIG_FILE_BYTES).map((f) => [f.rel, f.size]))
   const hashes = new Map<string, Promise<EarlyHash | null>>()
+  const tails = new Map<string, Tail>()
+  const awaited = new Set<string>()
   const flushing: Promise<void>[] = []
   let queue: Promise<unknown> = Promise.resolve()
+
+  const temporaries = (dir: string) => {
+    let names: Buffer[] = []
+    try {
+      names = readdirSync(fsPath(path.join(partial, dir)), { encoding: 'buffer' })
+    } catch {
+      // Not made yet: rsync makes it as it comes to it.
+    }
+    return names.map(decodeName).filter((name) => name.length > 8 && name.startsWith('.') && name.at(-7) === '.').map((name) => ({ name, rel: path.join(dir, name.slice(1, -7)) }))
+  }
+  const copying = (rels: string[]) => {
+    const mine = rels.filter((rel) => big.has(rel) && !hashes.has(rel) && !tails.has(rel))
+    const dirs = [...new Set(mine.map((rel) => path.dirname(rel)))]
+    if (!mine.length || dirs.length > MAX_TAILED_DIRS) return () => {}
+    for (const rel of mine) awaited.add(rel)
+    // Left by a copy killed earlier, into a partial this run goes on with: never the file being written.
+    const stale = new Set(dirs.flatMap((dir) => temporaries(dir).map((t) => path.join(dir, t.name))))
+    let ended = false
+    let current: Tail | null = null
+    void (async () => {
+      while (!ended && !signal.aborted && mine.some((rel) => awaited.has(rel))) {
+        const found = dirs.flatMap((dir) => temporaries(dir).map((t) => ({ ...t, dir }))).find((t) => awaited.has(t.rel) && !stale.has(path.join(t.dir, t.name)))
+        if (!found) {
+          await sleep(4)
+          continue
+        }
+        awaited.delete(found.rel)
+        current = tailHash(path.join(partial, found.dir, found.name), path.join(partial, found.rel), signal)
+        tails.set(found.rel, current)
+        await current.outcome.catch(() => {})
+        current = null
+      }
+    })()
+    return () => {
+      ended = true
+      current?.stop()
+      for (const rel of mine) awaited.delete(rel)
+    }
+  }
+
   const onFileDone = (rel: string) => {
     const size = big.get(rel)
+    awaited.delete(rel)
     if (size === undefined || hashes.has(rel) || signal.aborted) return
     const file = path.join(partial, rel)
+    const tail = tails.get(rel)
     const job = queue.then(async () => {
       const st = lstatSync(fsPath(file), { throwIfNoEntry: false })
       if (!st?.isFile() || st.size !== size) return null
-      const [o] = await hashFiles([{ file, size }], { threads: 1, signal })
+      const tailed = await tail?.outcome.catch(() => null)
+      const whileCopied = Boolean(tailed?.sha256 && tailed.ino === st.ino && tailed.bytesRead === size)
+      const sha256 = whileCopied ? tailed!.sha256 : (await hashFiles([{ file, size }], { threads: 1, signal }))[0]!.sha256
       flushing.push(writeBack(file))
-      return { sha256: o!.sha256, size: st.size, mtimeMs: st.mtimeMs, ino: st.ino }
+      return { sha256, size: st.size, mtimeMs: st.mtimeMs, ino: st.ino, whileCopied }
     }).catch(() => null)
     queue = job
     hashes.set(rel, job)
   }
-  return { onFileDone, hashes, writebacks: async () => void (await Promise.all(flushing)) }
+  return { copying, onFileDone, hashes, writebacks: async () => void (await Promise.all(flushing)) }
 }
 
 /** Starts writing a file's bytes to the disk; a failure is left to the sync after, which reports it. */
@@ -196,7 +257,8 @@ export async function buildUnits(store: BackupStore, backup: Backup, units: Unit
   // Directories are listed too so that rsync gives them the backup's modes and times once their files are in.
   const fetchList = units.flatMap((unit) => [...unit.dirs, ...unit.symlinks.map(([rel]) => rel), ...unit.copy.filter((rel) => !opts.fetched?.has(rel))])
   if (!fetchList.length) return
-  const result = await store.fetch(backup, fetchList, partial, { signal: opts.signal, onBytes: opts.copied, onFileDone: opts.fileDone })
+  const ended = opts.copying?.(fetchList)
+  const result = await store.fetch(backup, fetchList, partial, { signal: opts.signal, onBytes: opts.copied, onFileDone: opts.fileDone }).finally(() => ended?.())
   if (result.error) throw new Error(`copying ${units.map((u) => u.name).join(', ')} from ${backup.name} failed: ${result.error}`)
 }
 
@@ -222,7 +284,8 @@ export function eagerFetcher(store: BackupStore, backup: Backup, partial: string
     running = (async () => {
       prepared ??= prepare()
       await prepared
-      const result = await store.fetch(backup, rels, partial, { signal: opts.signal, onBytes: (b) => opts.copied(copiedBefore + b), onFileDone: opts.fileDone })
+      const ended = opts.copying?.(rels)
+      const result = await store.fetch(backup, rels, partial, { signal: opts.signal, onBytes: (b) => opts.copied(copiedBefore + b), onFileDone: opts.fileDone }).finally(() => ended?.())
       copiedBefore += rels.reduce((sum, rel) => sum + (opts.sizes.get(rel) ?? 0), 0)
       if (result.error) throw new Error(`copying from ${backup.name} failed: ${result.error}`)
     })().catch((err: Error) => void (error ??= err)).finally(() => {

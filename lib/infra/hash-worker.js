@@ -5,8 +5,13 @@
 // Out: { type: 'progress', bytes }                 bytes read since the previous report
 //      { type: 'done', bytes, results }            bytes not yet reported; one result per file, in order:
 //                                                  { sha256, bytesRead, error } with sha256 or error null
+//
+// In:  { tail: file, final: file }                 a file another process is still writing, start to end
+//      { stop: true }                              the writer is gone: a tail not yet whole ends in an error
+// Out: { type: 'done', bytes, results: [{ sha256, bytesRead, ino, error }] }
 import { createHash } from 'node:crypto'
-import { closeSync, constants, fstatSync, openSync, read } from 'node:fs'
+import { closeSync, constants, fstatSync, lstatSync, openSync, read } from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { parentPort } from 'node:worker_threads'
 
 // Two buffers: while one is hashed on this thread, the kernel copies the next chunk into the other on a
@@ -65,7 +70,50 @@ async function hashFile(file) {
   }
 }
 
-parentPort.on('message', async ({ files }) => {
+let writerGone = false
+
+/**
+ * Hashes a file while its writer (rsync, into a temporary name) appends to it, so the hash ends moments
+ * after the copy does instead of starting then. Written sequentially, every byte below the file's size is
+ * final; the file is whole once it stands under `final` (rsync renames it there after its last write), and
+ * is then read to its end once more.
+ */
+async function tailFile(file, final) {
+  let bytesRead = 0
+  let fd
+  try {
+    fd = openSync(file, OPEN_FLAGS)
+    const { ino } = fstatSync(fd)
+    const hash = createHash('sha256')
+    for (let whole = false; ;) {
+      const n = await readChunk(fd, buffers[0], bytesRead)
+      if (n > 0) {
+        hash.update(buffers[0].subarray(0, n))
+        bytesRead += n
+        countRead(n)
+        continue
+      }
+      if (whole) return { sha256: hash.digest('hex'), bytesRead, ino, error: null }
+      whole = lstatSync(final, { throwIfNoEntry: false })?.ino === ino
+      if (whole) continue
+      if (writerGone) return { sha256: null, bytesRead, ino, error: 'the copy ended before the file was in place' }
+      await sleep(2)
+    }
+  } catch (err) {
+    return { sha256: null, bytesRead, ino: null, error: describeError(err) }
+  } finally {
+    if (fd !== undefined) closeSync(fd)
+  }
+}
+
+parentPort.on('message', async ({ files, tail, final, stop }) => {
+  if (stop) return void (writerGone = true)
+  if (tail) {
+    const result = await tailFile(tail, final)
+    parentPort.postMessage({ type: 'done', bytes: unreportedBytes, results: [result] })
+    unreportedBytes = 0
+    return
+  }
   const results = []
   for (const file of files) results.push(await hashFile(file))
   parentPort.postMessage({ type: 'done', bytes: unreportedBytes, results })

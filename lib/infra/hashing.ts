@@ -111,3 +111,31 @@ export function hashFiles(jobs: HashJob[], options: HashOptions = {}): Promise<H
     }
   })
 }
+
+/** A hash of a file still being written; `stop` says its writer has ended, whether or not the file is whole. */
+export interface Tail { stop: () => void; outcome: Promise<HashOutcome & { ino: number | null }> }
+
+/**
+ * Hashes `file` on a thread of its own while another process writes it from start to end, until it stands
+ * renamed as `final` and is read to its end (see tailFile in hash-worker.js). After `stop`, a file not yet
+ * renamed gets an error instead of a hash.
+ */
+export function tailHash(file: string, final: string, signal: AbortSignal): Tail {
+  const worker = new Worker(path.join(projectRoot(), 'lib', 'infra', 'hash-worker.js'))
+  let onAbort = () => {}
+  const outcome = new Promise<HashOutcome & { ino: number | null }>((resolve, reject) => {
+    onAbort = () => reject(signal.reason)
+    if (signal.aborted) return onAbort()
+    signal.addEventListener('abort', onAbort, { once: true })
+    worker.on('message', (message: WorkerMessage) => {
+      if (message.type === 'done') resolve({ file: final, ...(message.results[0] as Omit<HashOutcome, 'file'> & { ino: number | null }) })
+    })
+    worker.on('error', (err) => reject(new Error(`hashing worker crashed: ${err.message}`, { cause: err })))
+    worker.on('exit', (code) => reject(new Error(`hashing worker exited with code ${code} before the file was hashed`)))
+    worker.postMessage({ tail: fsPath(file), final: fsPath(final) })
+  }).finally(() => {
+    signal.removeEventListener('abort', onAbort)
+    void worker.terminate()
+  })
+  return { stop: () => worker.postMessage({ stop: true }), outcome }
+}
