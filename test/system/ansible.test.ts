@@ -343,7 +343,8 @@ print(json.dumps(out))`
     expect(lines).toContainEqual(expect.stringMatching(new RegExp(`^gpu-b\\s+critical\\s+symlinks: ${modelsLink}: `)))
     expect(lines).toContainEqual(expect.stringMatching(/^gpu-c\s+unknown\s+citadel: invalid setting STORAGE_MONITOR_DISK_USAGE_WARNING="0.95"/))
     expect(lines).toContainEqual(expect.stringMatching(new RegExp(`^gpu-new\\s+unknown\\s+.*${fleetDir('gpu-new', 'install')}`)))
-    expect(lines).toContainEqual(expect.stringMatching(/^gpu-gone\s+unreachable\s+.*Connection refused/))
+    // ssh's own "Connection refused", or, when ansible's pipelining wrote to ssh before reading why it ended, a broken pipe.
+    expect(lines).toContainEqual(expect.stringMatching(/^gpu-gone\s+unreachable\s+.*(Connection refused|Broken pipe)/))
     expect(lines.at(-1)).toBe('FAILED: gpu-b (critical), gpu-c (unknown), gpu-new (unknown), gpu-gone (unreachable)')
     expect(failing.tasks['citadel : citadel verdict']).toEqual({ 'gpu-a': 'ok', 'gpu-b': 'fatal', 'gpu-c': 'fatal', 'gpu-new': 'fatal' })
     expect(failing.messages['citadel : citadel verdict']?.['gpu-b']).toMatch(new RegExp(`^gpu-b is CRITICAL: symlinks: ${modelsLink}: `))

@@ -364,11 +364,16 @@ describe('a killed restore', () => {
     const archived = () => readdirSync(archive(roots)).length
     const swaps = await canExchange(roots.active)
 
-    drift()
+    // The shorter of two runs: the first may also build the launcher's bundle or its code cache.
     const t0 = Date.now()
-    const timing = await citadel(['backup', 'restore'], roots.env)
-    expect(timing.code, timing.stdout + timing.stderr).toBe(0)
-    const duration = Date.now() - t0
+    let duration = Infinity
+    for (let i = 0; i < 2; i++) {
+      drift()
+      const started = Date.now()
+      const timing = await citadel(['backup', 'restore'], roots.env)
+      expect(timing.code, timing.stdout + timing.stderr).toBe(0)
+      duration = Math.min(duration, Date.now() - started)
+    }
 
     const TRIALS = 20
     const problems: string[] = []
@@ -382,9 +387,10 @@ describe('a killed restore', () => {
       const victim = start(['backup', 'restore'], roots.env)
       if (trial % 2 === 0) await sleep(Math.random() * duration)
       else {
-        // Into the activation phase: once the first model directory moved aside, a random moment more.
+        // Into the activation phase: once the first model directory moved aside, a random moment more, short
+        // beside the whole run (activation is its last part).
         for (const until = Date.now() + duration * 2; archived() === archivedBefore && Date.now() < until; ) await sleep(2)
-        await sleep(Math.random() * 500)
+        await sleep(Math.random() * Math.min(500, duration / 4))
       }
       victim.child.kill('SIGKILL')
       const ended = await victim.done
