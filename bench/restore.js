@@ -1,22 +1,25 @@
 #!/usr/bin/env node
 // Restore speed against the tools an operator would otherwise use, measured side by side in one run, median of
-// BENCH_ROUNDS, every measurement starting after a `sync`:
+// BENCH_ROUNDS, every measurement starting after a `sync` (and, in the cold pass, with an empty page cache):
 //   a whole-tree restore into an empty active dir, verified   vs  rsync -a from the backup + sync, restic restore --verify
 //   the restore after one shard was corrupted                 vs  the whole-tree restore: bytes copied, time
 //   the restore of a model that already matches                vs  sha256sum of the tree: bytes copied (0), hashed once
 // on a model of BENCH_SHARDS (4) shards of BENCH_SHARD_MIB (1024) MiB plus small files (config, tokenizer, 200 x 4 KiB).
-// BENCH_DIR (default: a directory in the system temp dir), BENCH_ROUNDS (3). restic is skipped when not installed.
+// BENCH_DIR (default: a directory in the system temp dir), BENCH_ROUNDS (3), BENCH_CACHE (cold,warm: each pass
+// in turn; cold, which empties the page cache before every measurement, needs root). restic is skipped when not
+// installed.
 import { execFileSync, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { closeSync, mkdirSync, openSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
-import { benchDir, citadelBin, cores, fmt, gb, installed, median, project, rounds as roundsOf, seconds, timed } from './lib.js'
+import { benchDir, citadelBin, cores, dropCaches, fmt, gb, installed, median, project, rounds as roundsOf, seconds, timed } from './lib.js'
 
 const base = benchDir('restore')
 const shards = Number(process.env.BENCH_SHARDS ?? 4)
 const shardMiB = Number(process.env.BENCH_SHARD_MIB ?? 1024)
 const rounds = roundsOf(3)
+const BENCH_CACHE = (process.env.BENCH_CACHE ?? 'cold,warm').split(',')
 
 const mb = (bytes) => `${(bytes / 1e6).toFixed(1)} MB`
 
@@ -55,7 +58,9 @@ const active = path.join(roots.models, 'active')
 const model = path.join(active, 'model')
 const archive = path.join(roots.models, 'archive')
 const env = { PATH: process.env.PATH, HOME: process.env.HOME ?? dir, CITADEL_ENV_FILE: path.join(dir, '.env'), CITADEL_APP_ROOT: roots.app, CITADEL_MODELS_ROOT: roots.models, CITADEL_BACKUP_ROOT: roots.backup, MODEL_REGISTRY: 'model=model' }
-const citadel = (...args) => timed(process.execPath, [citadelBin, ...args], { env, cwd: project })
+// Whether each measurement starts with an empty page cache (see dropCaches), set per pass of the bench.
+let cold = false
+const citadel = (...args) => timed(process.execPath, [citadelBin, ...args], { env, cwd: project, cold })
 /** A restore of the active models with its report: what it copied, and what its plan found already right. */
 function restore() {
   const run = citadel('backup', 'restore', '--json')
@@ -65,7 +70,7 @@ function restore() {
 }
 const emptyArchive = () => { for (const name of readdirSync(archive)) rmSync(path.join(archive, name), { recursive: true }) }
 
-function bench() {
+function setUp() {
   mkdirSync(roots.backup, { recursive: true })
   writeFileSync(env.CITADEL_ENV_FILE, '')
   makeModel(model)
@@ -84,7 +89,10 @@ function bench() {
     timed('restic', ['init', '--quiet', '--repo', resticRepo], { env: peerEnv })
     timed('restic', ['backup', '--quiet', '--repo', resticRepo, '.'], { env: peerEnv, cwd: model })
   }
+  return { data, files, bytes, peerEnv, resticRepo, restic }
+}
 
+function bench({ data, bytes, peerEnv, resticRepo, restic }) {
   // (a) The whole tree into an empty active dir, in turns with the peers, each into the model disk.
   const whole = { citadel: [], 'rsync -a + sync': [], 'restic restore --verify': [] }
   let last
@@ -94,11 +102,11 @@ function bench() {
     if (last.copied !== bytes) throw new Error(`the restore into an empty active dir copied ${last.copied} bytes of ${bytes}: ${last.msg}`)
     whole.citadel.push(last.s)
     const plain = path.join(roots.models, 'staging', 'bench-rsync')
-    whole['rsync -a + sync'].push(timed('sh', ['-c', 'rsync -a "$1/" "$2/" && sync -f "$2"', 'sh', data, plain]).s)
+    whole['rsync -a + sync'].push(timed('sh', ['-c', 'rsync -a "$1/" "$2/" && sync -f "$2"', 'sh', data, plain], { cold }).s)
     rmSync(plain, { recursive: true })
     if (restic) {
       const target = path.join(roots.models, 'staging', 'bench-restic')
-      whole['restic restore --verify'].push(timed('restic', ['restore', '--quiet', '--repo', resticRepo, 'latest', '--target', target, '--verify'], { env: peerEnv }).s)
+      whole['restic restore --verify'].push(timed('restic', ['restore', '--quiet', '--repo', resticRepo, 'latest', '--target', target, '--verify'], { env: peerEnv, cold }).s)
       rmSync(target, { recursive: true })
     }
   }
@@ -125,18 +133,30 @@ function bench() {
   const sums = []
   for (let i = 0; i < rounds; i++) {
     same.push(restore())
-    sums.push(timed('sh', ['-c', 'find . -type f -print0 | xargs -0 sha256sum > /dev/null'], { cwd: model }).s)
+    sums.push(timed('sh', ['-c', 'find . -type f -print0 | xargs -0 sha256sum > /dev/null'], { cwd: model, cold }).s)
   }
   const noop = same.at(-1)
   const sameS = median(same.map((r) => r.s))
   console.log(`(c) already matching, median of ${rounds}: ${fmt(sameS)}, copied ${noop.toCopy} bytes (target 0); ${noop.msg}`)
   console.log(`    sha256sum of the tree (one pass, one core): ${fmt(median(sums))}: citadel takes ${(sameS / median(sums)).toFixed(2)}x`)
-  rmSync(resticRepo, { recursive: true, force: true })
 }
 
 console.log(`citadel restore bench in ${base} (${cores} cores, ${os.cpus()[0]?.model ?? 'unknown cpu'}; load ${os.loadavg().map((l) => l.toFixed(1)).join(' ')})`)
 try {
-  bench()
+  const made = setUp()
+  // Cold first: what a restore meets at 3 a.m., the backup on its disk and not in memory. Warm after: every
+  // file in the page cache, which leaves the CPU to measure (hashing, copying) and not the disks.
+  const canDrop = dropCaches()
+  for (const pass of BENCH_CACHE) {
+    if (pass === 'cold' && !canDrop) {
+      console.log('\ncold page cache: skipped (emptying it needs root)')
+      continue
+    }
+    cold = pass === 'cold'
+    console.log(`\n${cold ? 'cold page cache: every measurement starts with none of the files in memory' : 'warm page cache: the files are in memory, as the bench just wrote or read them'}`)
+    bench(made)
+  }
+  rmSync(made.resticRepo, { recursive: true, force: true })
 } finally {
   if (!process.env.BENCH_DIR) rmSync(base, { recursive: true, force: true })
 }

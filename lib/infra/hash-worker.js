@@ -10,21 +10,21 @@
 //      { stop: true }                              the writer is gone: a tail not yet whole ends in an error
 // Out: { type: 'done', bytes, results: [{ sha256, bytesRead, ino, error }] }
 import { createHash } from 'node:crypto'
-import { closeSync, constants, fstatSync, lstatSync, openSync, read } from 'node:fs'
+import { closeSync, constants, fstatSync, lstatSync, openSync, readSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parentPort } from 'node:worker_threads'
 
-// Two buffers: while one is hashed on this thread, the kernel copies the next chunk into the other on a
-// libuv pool thread, so a read waiting on the disk, or the page-cache copy (a fifth of the CPU time of a
-// cached file), no longer stalls the hash. 1 MiB fits a core's L2 cache beside the other buffer: on a cached
-// file it took ~5% less CPU per byte than 4 MiB, whose buffers spill to L3.
+// Plain synchronous reads of 1 MiB: the kernel's readahead already fetches the next part of the file while
+// this thread hashes, and on a 2-core machine measured, a double buffer filled on libuv's threads took 25%
+// longer (4 GiB on two threads: 1.83 s against 1.43 s, the same as two `openssl sha256`), its wake-ups
+// costing more than the copies they overlap. 1 MiB fits a core's L2 cache.
 const CHUNK_BYTES = 1024 * 1024
 const PROGRESS_EVERY_BYTES = 64 * 1024 * 1024
 // O_NOFOLLOW: a symlink swapped in for a file is refused, not hashed in its place.
 // O_NONBLOCK: a FIFO swapped in fails the regular-file check instead of blocking the open forever.
 const OPEN_FLAGS = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK
 
-const buffers = [Buffer.allocUnsafe(CHUNK_BYTES), Buffer.allocUnsafe(CHUNK_BYTES)]
+const buffer = Buffer.allocUnsafe(CHUNK_BYTES)
 let unreportedBytes = 0
 
 function countRead(bytes) {
@@ -40,23 +40,17 @@ function describeError(err) {
   return err.code ?? String(err.message ?? err)
 }
 
-const readChunk = (fd, buffer, position) =>
-  new Promise((resolve, reject) => read(fd, buffer, 0, CHUNK_BYTES, position, (err, n) => (err ? reject(err) : resolve(n))))
-
-async function hashFile(file) {
+function hashFile(file) {
   let bytesRead = 0
   let fd
-  let pending
   try {
     fd = openSync(file, OPEN_FLAGS)
     if (!fstatSync(fd).isFile()) return { sha256: null, bytesRead, error: 'not a regular file' }
     const hash = createHash('sha256')
-    pending = readChunk(fd, buffers[0], 0)
     // A short read of a regular file is its end: small files cost one read, not two.
-    for (let i = 0, n = CHUNK_BYTES; n === CHUNK_BYTES; i++) {
-      n = await pending
-      pending = n === CHUNK_BYTES ? readChunk(fd, buffers[(i + 1) % 2], bytesRead + n) : undefined
-      hash.update(buffers[i % 2].subarray(0, n))
+    for (let n = CHUNK_BYTES; n === CHUNK_BYTES; ) {
+      n = readSync(fd, buffer, 0, CHUNK_BYTES, bytesRead)
+      hash.update(buffer.subarray(0, n))
       bytesRead += n
       countRead(n)
     }
@@ -64,8 +58,6 @@ async function hashFile(file) {
   } catch (err) {
     return { sha256: null, bytesRead, error: describeError(err) }
   } finally {
-    // The read in flight writes into a buffer the next file uses, and into this descriptor: it ends first.
-    await pending?.catch(() => {})
     if (fd !== undefined) closeSync(fd)
   }
 }
@@ -86,9 +78,9 @@ async function tailFile(file, final) {
     const { ino } = fstatSync(fd)
     const hash = createHash('sha256')
     for (let whole = false; ;) {
-      const n = await readChunk(fd, buffers[0], bytesRead)
+      const n = readSync(fd, buffer, 0, CHUNK_BYTES, bytesRead)
       if (n > 0) {
-        hash.update(buffers[0].subarray(0, n))
+        hash.update(buffer.subarray(0, n))
         bytesRead += n
         countRead(n)
         continue
@@ -115,7 +107,7 @@ parentPort.on('message', async ({ files, tail, final, stop }) => {
     return
   }
   const results = []
-  for (const file of files) results.push(await hashFile(file))
+  for (const file of files) results.push(hashFile(file))
   parentPort.postMessage({ type: 'done', bytes: unreportedBytes, results })
   unreportedBytes = 0
 })
