@@ -269,12 +269,12 @@ function list(json: boolean): void {
   process.stdout.write(out.join('\n') + '\n')
 }
 
-/** The settings, or null after printing one line per invalid setting. */
-async function settingsOrNull(): Promise<Settings | null> {
+/** The settings, or null after printing one line per invalid setting; `warnings` once per run. */
+async function settingsOrNull({ warnings = true } = {}): Promise<Settings | null> {
   const { loadSettings, ConfigError } = await import('../infra/config.ts')
   try {
     const settings = loadSettings()
-    for (const warning of settings.warnings) process.stderr.write(`citadel: warning: ${warning}\n`)
+    if (warnings) for (const warning of settings.warnings) process.stderr.write(`citadel: warning: ${warning}\n`)
     return settings
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err
@@ -298,6 +298,7 @@ async function runTasks(playbook: Playbook | null, chosen: ReadyStep[], values: 
       onFailure: playbook?.onFailure ?? 'continue',
       tasks: chosen.map(({ task, name, args, when, needs }) => ({ task, name, args, when, needs })),
       settings,
+      reloadSettings: () => settingsOrNull({ warnings: false }),
       check: Boolean(values.check),
       diff: Boolean(values.diff),
       force: Boolean(values.force),

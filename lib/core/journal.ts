@@ -17,6 +17,11 @@ export type Undo =
   | { op: 'chmod'; path: string; mode: number }
   | { op: 'chown'; path: string; uid: number; gid: number }
   | { op: 'restore-file'; path: string; content: string | null; mode: number }
+  /**
+   * Not a change: a step to run once the changes before it are undone (TaskContext.afterUndo with a recovery
+   * hook), kept here so that the run after a kill runs it too. The journal itself undoes nothing for it.
+   */
+  | { op: 'after-undo'; hook: string; what: string }
 
 const mode = z.number().int().min(0).max(0o7777)
 const undoSchema = z.discriminatedUnion('op', [
@@ -29,6 +34,7 @@ const undoSchema = z.discriminatedUnion('op', [
   z.object({ op: z.literal('chmod'), path: z.string(), mode }),
   z.object({ op: z.literal('chown'), path: z.string(), uid: z.number().int().min(0), gid: z.number().int().min(0) }),
   z.object({ op: z.literal('restore-file'), path: z.string(), content: z.string().nullable(), mode }),
+  z.object({ op: z.literal('after-undo'), hook: z.string(), what: z.string() }),
 ]) satisfies z.ZodType<Undo>
 
 export interface JournalEntry { run: string; task: string; undo: Undo }
@@ -58,11 +64,13 @@ export function describeUndo(u: Undo): string {
     case 'chmod': return `restore mode ${octal(u.mode)} on ${u.path}`
     case 'chown': return `restore owner ${u.uid}:${u.gid} on ${u.path}`
     case 'restore-file': return u.content === null ? `remove ${u.path}` : `restore previous ${u.path}`
+    case 'after-undo': return `then ${u.what}`
   }
 }
 
 /** Applies one undo step without ever deleting something that is not what the step created. */
 async function applyUndo(u: Undo): Promise<void> {
+  if (u.op === 'after-undo') return
   // A kill between writing a temporary sibling and renaming it leaves the sibling behind.
   if (u.op === 'remove-link' || u.op === 'relink') await removeTempSiblings(u.path, 'link')
   if (u.op === 'restore-file') await removeTempSiblings(u.path, 'write')

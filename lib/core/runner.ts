@@ -37,6 +37,12 @@ export interface RunRequest {
   quiet?: boolean
   /** Receives the report (what --json prints) instead of stdout: for a caller in the same process. */
   report?: (report: RunReport) => void
+  /**
+   * Reads the settings again, for a run that rolled back what a killed run left: the rollback may have put
+   * back the settings file that run rewrote (model promote's MODEL_REGISTRY). Null when they no longer
+   * load, their problems printed.
+   */
+  reloadSettings?: () => Promise<Settings | null>
   command: string
 }
 
@@ -59,6 +65,41 @@ interface RunState {
   signal: AbortSignal
   /** What tasks asked to run after their changes are undone, in the order they asked. */
   afterUndo: { task: string; what: string; step: () => Promise<string | void> }[]
+}
+
+/** What a recovery hook gets: the settings of the run that found the journal, its shell and its log. */
+export interface RecoveryContext { settings: Settings; $: Shell; log: (event: string, fields?: Record<string, unknown>) => void; progress: (text: string) => void }
+const recoveryHooks = new Map<string, (ctx: RecoveryContext) => Promise<string | void>>()
+
+/**
+ * Names a step that must follow the undo of a killed run's changes (see TaskContext.afterUndo): the run
+ * that finds them in the journal undoes them, then calls the hook. Registered when its module loads.
+ */
+export function registerRecovery(name: string, hook: (ctx: RecoveryContext) => Promise<string | void>): void {
+  recoveryHooks.set(name, hook)
+}
+
+/** A rollback's own lines: the after-undo entries are not changes, and this run has their steps in memory. */
+const changesOnly = (steps: RollbackStep[]) => steps.filter((s) => s.undo?.op !== 'after-undo')
+
+/** Calls, in the order of the rollback, the hooks a killed run's journal asked for after its undo. */
+async function runRecoveryHooks(steps: RollbackStep[], ctx: RecoveryContext): Promise<RollbackStep[]> {
+  const done: RollbackStep[] = []
+  for (const s of steps) {
+    if (s.undo?.op !== 'after-undo') {
+      done.push(s)
+      continue
+    }
+    const { hook: name, what } = s.undo
+    const hook = recoveryHooks.get(name)
+    try {
+      if (!hook) throw new Error(`this citadel has no step named ${name}`)
+      done.push({ ...s, done: true, msg: (await hook(ctx)) || what })
+    } catch (err) {
+      done.push({ ...s, done: false, msg: `${what} failed: ${(err as Error).message}` })
+    }
+  }
+  return done
 }
 
 /** Runs, newest first, the steps `task` (every task when null) asked to follow its undo, and forgets them. */
@@ -126,8 +167,10 @@ async function execute(run: RunState, task: Task, name: string, args: TaskArgs, 
     fail: (msg, data) => result('failed', msg, data),
     failKeepingChanges: (msg, data) => ({ ...result('failed', msg, data), keepChanges: true }),
     skip: (msg, data) => result('skipped', msg, data),
-    afterUndo(what, step) {
-      if (!check) run.afterUndo.push({ task: name, what, step })
+    async afterUndo(what, step, recovery) {
+      if (check) return
+      run.afterUndo.push({ task: name, what, step })
+      if (recovery !== undefined) await journal.record(name, { op: 'after-undo', hook: recovery, what })
     },
   }
   let outcome: TaskResult
@@ -188,7 +231,7 @@ async function settle(run: RunState, record: TaskRecord): Promise<TaskRecord> {
     run.afterUndo = run.afterUndo.filter((h) => h.task !== record.name)
     return record
   }
-  const steps = [...(await journal.rollback()), ...(await runAfterUndo(run, record.name))]
+  const steps = [...changesOnly(await journal.rollback()), ...(await runAfterUndo(run, record.name))]
   if (steps.length) log.event('rollback', { task: record.name, steps })
   return { ...record, rolled_back: steps }
 }
@@ -253,14 +296,25 @@ export async function run(req: RunRequest): Promise<number> {
       return EXIT.failed
     }
     if (leftover.length && check) say(`warning: an interrupted run left ${leftover.length} changes in ${journal.file}; the next real run rolls them back`)
+    const shell = makeShell((fields) => log.event('command', fields))
     if (leftover.length && guarded) {
-      const steps = await journal.rollback()
-      say(`rolled back ${steps.filter((s) => s.done).length} of ${steps.length} changes left by an interrupted run:`)
-      for (const s of steps) say(`  ${s.done ? 'undone' : 'FAILED'} ${s.msg}`)
-      log.event('recovered', { steps })
+      const undone = await journal.rollback()
+      const changes = changesOnly(undone)
+      say(`rolled back ${changes.filter((s) => s.done).length} of ${changes.length} changes left by an interrupted run:`)
+      for (const s of changes) say(`  ${s.done ? 'undone' : 'FAILED'} ${s.msg}`)
+      // The tasks of this run, and the steps that follow the undo, work from the settings as they are now.
+      const settingsNow = await req.reloadSettings?.()
+      if (settingsNow === null) {
+        say('the settings no longer load after that rollback; nothing else was run')
+        log.event('run-end', { exit: EXIT.invalid, error: 'the settings no longer load after the rollback of an interrupted run' })
+        return EXIT.invalid
+      }
+      if (settingsNow) req = { ...req, settings: settingsNow }
+      const hooks = (await runRecoveryHooks(undone, { settings: req.settings, $: shell, log: (event, fields = {}) => log.event(event, fields), progress: () => {} })).filter((s) => s.undo?.op === 'after-undo')
+      for (const s of hooks) say(`  ${s.done ? 'then' : 'FAILED'} ${s.msg}`)
+      log.event('recovered', { steps: [...changes, ...hooks] })
     }
 
-    const shell = makeShell((fields) => log.event('command', fields))
     const records: TaskRecord[] = []
     const run: RunState = { req, log, journal, shell, records, signal: abort.signal, afterUndo: [] }
     const policy = req.onFailure ?? 'continue'
@@ -317,7 +371,7 @@ export async function run(req: RunRequest): Promise<number> {
     const failed = records.some((r) => r.status === 'failed') || interrupted
     let rollback: RollbackStep[] = records.flatMap((r) => r.rolled_back ?? [])
     if (guarded && failed && !continuing) {
-      rollback = [...(await journal.rollback()), ...(await runAfterUndo(run, null))]
+      rollback = [...changesOnly(await journal.rollback()), ...(await runAfterUndo(run, null))]
       log.event('rollback', { steps: rollback })
     } else if (guarded) await journal.clear()
 

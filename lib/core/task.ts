@@ -94,9 +94,11 @@ export interface TaskContext<A = TaskArgs> {
    * Runs `step` once this task's changes are undone (the task failed, or its playbook rolled the run back),
    * after every undo: what must follow the old state back, such as a server restarted on the previous model.
    * Ignored in check mode. Its outcome is a line of the rollback report: what the step returns (`what`
-   * when nothing), or `what` and why it failed.
+   * when nothing), or `what` and why it failed. With `recovery`, the name of a hook given to
+   * registerRecovery, the step is journaled too: when a kill leaves the changes to the next run's rollback,
+   * that run calls the hook after it.
    */
-  afterUndo(what: string, step: () => Promise<string | void>): void
+  afterUndo(what: string, step: () => Promise<string | void>, recovery?: string): Promise<void>
   /** ok, or changed when apply() recorded changes. */
   finish(msg: string, data?: Record<string, unknown>): TaskResult
   fail(msg: string, data?: Record<string, unknown>): TaskResult

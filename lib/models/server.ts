@@ -2,11 +2,13 @@
 // notices a link flip, so once the alias points at the new version VLLM_RESTART_COMMAND restarts it; with
 // VLLM_URL it must then answer GET /health with 200 within VLLM_READY_TIMEOUT and list the new version in
 // GET /v1/models. A failure fails the task: the runner undoes the switch, and the restart registered with
-// ctx.afterUndo follows, so vLLM serves the previous version again.
+// ctx.afterUndo follows, so vLLM serves the previous version again. The restart is journaled as well: after
+// a SIGKILL, the next run undoes the switch and restarts vLLM on the previous version (registerRecovery).
 import { realpath } from 'node:fs/promises'
 import path from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { z } from 'zod'
+import { registerRecovery, type RecoveryContext } from '../core/runner.ts'
 import type { TaskContext } from '../core/task.ts'
 import { aliasLink } from './promote.ts'
 
@@ -32,7 +34,7 @@ function unanswered(err: unknown, limitMs: number): string {
 }
 
 /** Runs VLLM_RESTART_COMMAND, its output to the run log; throws one line when it fails. */
-async function restart(ctx: TaskContext, signal: AbortSignal | null): Promise<void> {
+async function restart(ctx: RecoveryContext, signal: AbortSignal | null): Promise<void> {
   const { restartCommand, readyTimeout } = ctx.settings.vllm
   ctx.progress(`restarting vLLM (VLLM_RESTART_COMMAND)`)
   const out = await ctx.$({ nothrow: true, timeout: readyTimeout * 1000, ...(signal ? { signal } : {}) })`bash -c ${restartCommand}`
@@ -45,7 +47,7 @@ async function restart(ctx: TaskContext, signal: AbortSignal | null): Promise<vo
 }
 
 /** Polls GET /health until it answers 200; returns the seconds waited, or throws one line at VLLM_READY_TIMEOUT. */
-async function waitReady(ctx: TaskContext, url: string, signal: AbortSignal | null): Promise<number> {
+async function waitReady(ctx: RecoveryContext, url: string, signal: AbortSignal | null): Promise<number> {
   const { readyTimeout } = ctx.settings.vllm
   const started = Date.now()
   const deadline = started + readyTimeout * 1000
@@ -93,6 +95,15 @@ async function servedRoots(url: string, signal: AbortSignal): Promise<string[]> 
   return parsed.data.data.map((m) => m.root ?? `(no root for ${m.id})`)
 }
 
+/** The restart after the switch was undone, for the version that is back; one line for the rollback report. */
+async function restartPrevious(ctx: RecoveryContext): Promise<string> {
+  const { url } = ctx.settings.vllm
+  await restart(ctx, null)
+  return url ? `ran VLLM_RESTART_COMMAND again: vLLM answered GET ${url}/health after ${await waitReady(ctx, url, null)} s` : 'ran VLLM_RESTART_COMMAND again'
+}
+const RESTART_PREVIOUS = 'vllm-restart-previous'
+registerRecovery(RESTART_PREVIOUS, restartPrevious)
+
 /**
  * The server step after `alias` was switched to the directory `live`. Returns null when vLLM serves it (or
  * no restart command is set), else one line saying which step failed and what was seen. In check mode it
@@ -108,10 +119,7 @@ export async function serveVersion(ctx: TaskContext, alias: string, live: string
     return null
   }
   // Registered before the first restart: a restart that failed half way has stopped the old version too.
-  ctx.afterUndo('VLLM_RESTART_COMMAND again, for the previous version', async () => {
-    await restart(ctx, null)
-    return url ? `ran VLLM_RESTART_COMMAND again: vLLM answered GET ${url}/health after ${await waitReady(ctx, url, null)} s` : 'ran VLLM_RESTART_COMMAND again'
-  })
+  await ctx.afterUndo('VLLM_RESTART_COMMAND again, for the previous version', () => restartPrevious(ctx), RESTART_PREVIOUS)
   try {
     await restart(ctx, ctx.signal)
     if (!url) {

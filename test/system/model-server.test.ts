@@ -15,13 +15,14 @@ const ENV_FILE = (registry: string) => `# settings of this host\nMODEL_REGISTRY=
 
 const link = (roots: Roots) => path.join(roots.app, 'model-links', 'chat')
 /** The files the stand-in and its restart script share, in the test's base directory. */
-const control = (roots: Roots, name: 'restarts' | 'serving' | 'health' | 'stuck' | 'fail-for' | 'started-with') => path.join(roots.base, `vllm-${name}`)
+const control = (roots: Roots, name: 'restarts' | 'serving' | 'health' | 'stuck' | 'fail-for' | 'started-with' | 'hold') => path.join(roots.base, `vllm-${name}`)
 const restarts = (roots: Roots) => (existsSync(control(roots, 'restarts')) ? readFileSync(control(roots, 'restarts'), 'utf8').split('\n').filter(Boolean) : [])
 
 /**
  * The stand-in for `systemctl restart vllm`: vLLM is started with --model set to the alias's link, or (with
  * `started-with` saying "directory") to the directory the link leads to at that moment, as CITADEL_MODEL_CHAT
- * gives it. `stuck` makes the restart leave the server as it was; `fail-for` fails the start of that directory.
+ * gives it. `stuck` makes the restart leave the server as it was; `fail-for` fails the start of that directory;
+ * `hold` keeps it from going on while the file is there.
  */
 function restartScript(roots: Roots): string {
   const script = path.join(roots.base, 'restart-vllm.sh')
@@ -29,6 +30,7 @@ function restartScript(roots: Roots): string {
 now=$(readlink -f ${link(roots)})
 echo "$now" >> ${control(roots, 'restarts')}
 echo "restarting vllm on $now"
+while [ -e ${control(roots, 'hold')} ]; do sleep 0.05; done
 if [ -e ${control(roots, 'fail-for')} ] && [ "$now" = "$(cat ${control(roots, 'fail-for')})" ]; then echo "vllm.service: start failed" >&2; exit 1; fi
 [ -e ${control(roots, 'stuck')} ] && exit 0
 if [ "$(cat ${control(roots, 'started-with')} 2>/dev/null)" = directory ]; then printf %s "$now"; else printf %s ${link(roots)}; fi > ${control(roots, 'serving')}
@@ -144,6 +146,25 @@ describe('the vLLM server step of model promote and rollback', () => {
     const doc = JSON.parse(result.stdout)
     expect(doc.tasks[0].msg).toBe('interrupted by signal')
     expect(doc.rolled_back.at(-1)).toMatchObject({ done: true, msg: expect.stringMatching(/^ran VLLM_RESTART_COMMAND again: vLLM answered/) })
+    expect(served(roots)).toEqual(before)
+    expect(restarts(roots)).toEqual([path.join(roots.active, 'm-v2'), path.join(roots.active, 'm-v1')])
+  }, 120_000)
+
+  it('SIGKILL during the restart: the next run undoes the switch, then restarts vLLM on the previous version', async () => {
+    const { roots, env } = await host()
+    const before = served(roots)
+    writeFileSync(control(roots, 'hold'), '')
+    const promote = start(['model', 'promote', 'chat', 'm-v2'], env)
+    while (restarts(roots).length === 0) await sleep(50)
+    promote.child.kill('SIGKILL')
+    expect((await promote.done).signal).toBe('SIGKILL')
+    rmSync(control(roots, 'hold'))
+    // Any run that may change something takes the lock and first rolls back what a killed run left.
+    const next = await citadel(['task', 'create-symlinks'], env)
+    expect(next.code, next.stdout + next.stderr).toBe(0)
+    expect(next.stderr, next.stdout + next.stderr).toMatch(/^citadel: {3}then ran VLLM_RESTART_COMMAND again: vLLM answered GET \S+\/health after \d+ s$/m)
+    // The run itself went on with the settings the rollback put back: the link it checked leads to m-v1.
+    expect(next.stdout).toMatch(/create-symlinks: 4 right/)
     expect(served(roots)).toEqual(before)
     expect(restarts(roots)).toEqual([path.join(roots.active, 'm-v2'), path.join(roots.active, 'm-v1')])
   }, 120_000)
