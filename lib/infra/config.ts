@@ -124,6 +124,7 @@ export const SETTINGS = {
   MODEL_ARCHIVE_KEEP: setting('2', 'Archived versions of each alias to keep for rollback; model list and model archive offer the removal of older ones (never done by themselves)', wholeNumber(1, '2')),
   VLLM_RESTART_COMMAND: setting(undefined, 'Shell command (run with bash) that restarts vLLM after model promote and model rollback, e.g. systemctl restart vllm; a failure rolls the alias back; empty = no server step', text('expected a shell command').refine((v) => v.trim() !== '' && !v.includes('\0'), 'expected a shell command (not blank, without NUL bytes), e.g. systemctl restart vllm')),
   VLLM_URL: setting(undefined, 'Base URL of the vLLM server, e.g. http://127.0.0.1:8000: after the restart GET /health must answer 200 and GET /v1/models list the new version; needs VLLM_RESTART_COMMAND; empty = no check', httpUrl),
+  VLLM_API_KEY: setting(undefined, "vLLM's --api-key (vLLM reads the same variable), sent as a bearer token to GET /v1/models after a restart; never printed; empty = none", text('expected a token').refine((v) => /^[\x21-\x7e]+$/.test(v), 'expected a token of printable characters without spaces, as given to vLLM --api-key')),
   VLLM_READY_TIMEOUT: setting('300', 'Seconds vLLM may take after its restart to answer GET /health with 200 (also the limit on the restart command itself)', wholeNumber(1, '300')),
   SYMLINK_FORCE_RECREATE: setting('false', 'Replace a real directory or file in the way of a link (moved aside, never deleted); same as --force', boolean),
   STORAGE_MONITOR_DISK_USAGE_WARNING: setting('0.8', 'Disk usage ratio that raises a warning; above 0, at most 1, below the critical one', ratio('0.8')),
@@ -159,6 +160,9 @@ export const SETTINGS = {
 type SettingName = keyof typeof SETTINGS
 type Raw = { [K in SettingName]: z.output<(typeof SETTINGS)[K]['schema']> }
 
+/** Settings whose value a message never repeats: it would land in logs and monitoring. */
+const SECRETS: ReadonlySet<string> = new Set<SettingName>(['VLLM_API_KEY'])
+
 export interface Settings {
   appRoot: string
   modelsRoot: string
@@ -172,7 +176,7 @@ export interface Settings {
   modelAutoBackup: boolean
   modelArchiveKeep: number
   /** The server step of model promote and rollback; off without restartCommand. */
-  vllm: { restartCommand?: string; url?: string; readyTimeout: number }
+  vllm: { restartCommand?: string; url?: string; apiKey?: string; readyTimeout: number }
   symlinkForceRecreate: boolean
   monitor: {
     diskWarning: number
@@ -310,7 +314,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     if (value === undefined || (value === '' && spec.default === undefined)) continue
     const parsed = spec.schema.safeParse(value)
     if (parsed.success) raw[name] = parsed.data
-    else for (const issue of parsed.error.issues) problems.push(`invalid setting ${name}=${JSON.stringify(value)}${source === 'default' ? '' : ` (from ${source})`}: ${issue.message}`)
+    else for (const issue of parsed.error.issues) problems.push(`invalid setting ${name}=${SECRETS.has(name) ? '(not shown)' : JSON.stringify(value)}${source === 'default' ? '' : ` (from ${source})`}: ${issue.message}`)
   }
   const r = raw as Raw
   const order = (warning: SettingName, critical: SettingName) => {
@@ -353,7 +357,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env): Settings {
     modelVerificationEnabled: r.MODEL_VERIFICATION_ENABLED,
     modelAutoBackup: r.MODEL_AUTO_BACKUP,
     modelArchiveKeep: r.MODEL_ARCHIVE_KEEP,
-    vllm: { restartCommand: r.VLLM_RESTART_COMMAND, url: r.VLLM_URL, readyTimeout: r.VLLM_READY_TIMEOUT },
+    vllm: { restartCommand: r.VLLM_RESTART_COMMAND, url: r.VLLM_URL, apiKey: r.VLLM_API_KEY, readyTimeout: r.VLLM_READY_TIMEOUT },
     symlinkForceRecreate: r.SYMLINK_FORCE_RECREATE,
     monitor: {
       diskWarning: r.STORAGE_MONITOR_DISK_USAGE_WARNING,

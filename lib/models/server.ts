@@ -73,14 +73,16 @@ async function waitReady(ctx: RecoveryContext, url: string, signal: AbortSignal 
 }
 
 /** The roots GET /v1/models lists; throws one line when it does not answer with the list. */
-async function servedRoots(url: string, signal: AbortSignal): Promise<string[]> {
+async function servedRoots(url: string, apiKey: string | undefined, signal: AbortSignal): Promise<string[]> {
   const endpoint = `${url}/v1/models`
   let body: unknown
   try {
-    const res = await fetch(endpoint, { signal: requestSignal(signal, REQUEST_TIMEOUT_MS) })
+    // vLLM started with --api-key answers /v1/models only with it; /health always.
+    const res = await fetch(endpoint, { signal: requestSignal(signal, REQUEST_TIMEOUT_MS), headers: apiKey ? { authorization: `Bearer ${apiKey}` } : {} })
     if (res.status !== 200) {
       await res.body?.cancel()
-      throw new Error(`vLLM is up but GET ${endpoint} answered HTTP ${res.status}`)
+      const hint = res.status === 401 ? (apiKey ? ': VLLM_API_KEY is not the key vLLM was started with' : ': vLLM wants its --api-key; set VLLM_API_KEY to it') : ''
+      throw new Error(`vLLM is up but GET ${endpoint} answered HTTP ${res.status}${hint}`)
     }
     body = await res.json().catch(() => {
       throw new Error(`GET ${endpoint} did not answer JSON`)
@@ -127,7 +129,7 @@ export async function serveVersion(ctx: TaskContext, alias: string, live: string
       return null
     }
     const waited = await waitReady(ctx, url, ctx.signal)
-    const roots = await servedRoots(url, ctx.signal)
+    const roots = await servedRoots(url, ctx.settings.vllm.apiKey, ctx.signal)
     // vLLM's root is its --model argument as given: the alias's link, or the directory it leads to (what
     // CITADEL_MODEL_<ALIAS> of storage-env.sh holds), or that directory's real path.
     const accepted = new Set([link, live, await realpath(live).catch(() => live)])

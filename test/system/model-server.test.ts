@@ -15,7 +15,7 @@ const ENV_FILE = (registry: string) => `# settings of this host\nMODEL_REGISTRY=
 
 const link = (roots: Roots) => path.join(roots.app, 'model-links', 'chat')
 /** The files the stand-in and its restart script share, in the test's base directory. */
-const control = (roots: Roots, name: 'restarts' | 'serving' | 'health' | 'stuck' | 'fail-for' | 'started-with' | 'hold') => path.join(roots.base, `vllm-${name}`)
+const control = (roots: Roots, name: 'restarts' | 'serving' | 'health' | 'stuck' | 'fail-for' | 'started-with' | 'hold' | 'api-key') => path.join(roots.base, `vllm-${name}`)
 const restarts = (roots: Roots) => (existsSync(control(roots, 'restarts')) ? readFileSync(control(roots, 'restarts'), 'utf8').split('\n').filter(Boolean) : [])
 
 /**
@@ -43,12 +43,17 @@ afterEach(() => {
   for (const s of servers.splice(0)) s.close()
 })
 
-/** The stand-in for vLLM's API: /health answers what `health` says (200 without it), /v1/models serves the recorded --model. */
+/**
+ * The stand-in for vLLM's API: /health answers what `health` says (200 without it), /v1/models serves the
+ * recorded --model, and, as vLLM started with --api-key, only to a request with the key `api-key` holds.
+ */
 async function standIn(roots: Roots): Promise<string> {
   const server = createServer((req, res) => {
     if (req.url === '/health') {
       const status = existsSync(control(roots, 'health')) ? Number(readFileSync(control(roots, 'health'), 'utf8')) : 200
       res.writeHead(status).end()
+    } else if (req.url === '/v1/models' && existsSync(control(roots, 'api-key')) && req.headers.authorization !== `Bearer ${readFileSync(control(roots, 'api-key'), 'utf8')}`) {
+      res.writeHead(401, { 'content-type': 'application/json' }).end('{"error": "Unauthorized"}')
     } else if (req.url === '/v1/models') {
       const root = readFileSync(control(roots, 'serving'), 'utf8')
       res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ object: 'list', data: [{ id: 'chat', object: 'model', root, parent: null, max_model_len: 4096 }] }))
@@ -169,6 +174,24 @@ describe('the vLLM server step of model promote and rollback', () => {
     expect(restarts(roots)).toEqual([path.join(roots.active, 'm-v2'), path.join(roots.active, 'm-v1')])
   }, 120_000)
 
+  it('a vLLM started with --api-key: without VLLM_API_KEY the promote is rolled back saying so; with it, it goes through', async () => {
+    const { roots, env } = await host()
+    writeFileSync(control(roots, 'api-key'), 'sk-citadel-test-0123')
+    const before = served(roots)
+    const refused = await citadel(['model', 'promote', 'chat', 'm-v2'], env)
+    expect(refused.code, refused.stdout + refused.stderr).toBe(2)
+    expect(refused.stdout).toMatch(/GET http:\/\/127\.0\.0\.1:\d+\/v1\/models answered HTTP 401: vLLM wants its --api-key; set VLLM_API_KEY to it/)
+    expect(served(roots)).toEqual(before)
+    const wrong = await citadel(['model', 'promote', 'chat', 'm-v2'], { ...env, VLLM_API_KEY: 'sk-not-it' })
+    expect(wrong.code).toBe(2)
+    expect(wrong.stdout).toContain('answered HTTP 401: VLLM_API_KEY is not the key vLLM was started with')
+    expect(wrong.stdout + wrong.stderr).not.toContain('sk-not-it')
+    const promote = await citadel(['model', 'promote', 'chat', 'm-v2'], { ...env, VLLM_API_KEY: 'sk-citadel-test-0123' })
+    expect(promote.code, promote.stdout + promote.stderr).toBe(0)
+    expect(readlinkSync(link(roots))).toBe(path.join(roots.active, 'm-v2'))
+    expect(promote.stdout + promote.stderr).not.toContain('sk-citadel-test-0123')
+  }, 120_000)
+
   it('a failed server step of a rollback puts the version it replaced back', async () => {
     const { roots, env } = await host()
     expect((await citadel(['model', 'promote', 'chat', 'm-v2'], env)).code).toBe(0)
@@ -208,6 +231,8 @@ describe('the vLLM server step of model promote and rollback', () => {
       [{ VLLM_RESTART_COMMAND: '   ' }, /invalid setting VLLM_RESTART_COMMAND=.*: expected a shell command \(not blank/],
       [{ VLLM_READY_TIMEOUT: '0' }, /invalid setting VLLM_READY_TIMEOUT="0".*: expected a whole number of at least 1/],
       [{ VLLM_READY_TIMEOUT: '5m' }, /invalid setting VLLM_READY_TIMEOUT="5m"/],
+      // A key is never repeated in a message: it would land in logs and monitoring.
+      [{ VLLM_API_KEY: 'two words' }, /^citadel: invalid setting VLLM_API_KEY=\(not shown\) \(from environment\): expected a token of printable characters without spaces/],
     ]
     for (const [values, message] of bad) {
       const result = await citadel(['model', 'rollback', 'chat'], { ...env, ...values })
