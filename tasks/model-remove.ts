@@ -111,8 +111,9 @@ async function removeModel(ctx: Ctx): Promise<TaskResult> {
   ctx.progress(`deleting ${dir}`)
   await ctx.apply({ path: dir, action: 'remove model', before: `${count(files.length, 'file')}, ${bytes(files.reduce((sum, f) => sum + f.size, 0))}`, after: null }, null, () => removeModelDir(dir))
 
-  // The archived version is gone: rollback's record forgets it, so a later archive of that name is not taken for it.
-  const kept = Object.fromEntries(Object.entries(state.aliases).map(([alias, v]) => [alias, { archived: v.archived.filter((a) => place !== 'archive' || a.archive !== ctx.args.dir) }]))
+  // The earlier version is gone: rollback's record forgets it, so a later directory of that name is not taken for it.
+  const gone = (a: { archive: string | null; dir: string }) => (place === 'archive' ? a.archive === ctx.args.dir : place === 'active' && a.archive === null && a.dir === ctx.args.dir)
+  const kept = Object.fromEntries(Object.entries(state.aliases).map(([alias, v]) => [alias, { archived: v.archived.filter((a) => !gone(a)) }]))
   const wanted = { aliases: kept }
   if (JSON.stringify(wanted) !== JSON.stringify(state)) {
     await ctx.ensureDir(healthDir(s), { mode: s.dirMode })

@@ -34,9 +34,11 @@ const task = defineTask({
         const bad = (state.aliases[alias]?.archived ?? []).filter((v) => v.bad).length
         return ctx.fail(`nothing to roll ${alias} back to: ${archiveDir(s)} holds no earlier version of it${bad ? ` that is not marked bad (${bad} ${bad === 1 ? 'is' : 'are'})` : ''}; it stays on ${current.dir}`)
       }
-      // A version that went live again under its old name keeps that name; another comes back under its archive name.
-      const dir = (await lstatOrNull(path.join(s.modelsActive, candidate.dir))) ? candidate.archive : candidate.dir
-      const from = path.join(archiveDir(s), candidate.archive)
+      // A version kept in active/ comes back where it is. One from archive/ comes back under its old name, or
+      // under its archive name when another directory took the old one since.
+      const kept = candidate.archive === null
+      const dir = kept || !(await lstatOrNull(path.join(s.modelsActive, candidate.dir))) ? candidate.dir : candidate.archive!
+      const from = kept ? null : path.join(archiveDir(s), candidate.archive!)
       const outcome = await switchVersion(ctx, alias, { from, dir, action: 'reactivate model', archived: candidate }, file, true)
       if (outcome.kept) ctx.warn(outcome.kept)
       const unserved = await serveVersion(ctx, alias, path.join(s.modelsActive, dir))

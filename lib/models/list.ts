@@ -174,10 +174,13 @@ export interface ModelInfo {
   holders: Holder[]
 }
 
-/** The archived version of an alias that `name` (in archive/) is, from the record promote and rollback keep. */
-export function archivedVersion(state: ModelsState, name: string): { alias: string; version: ArchivedVersion } | null {
+/**
+ * The earlier version of an alias that the directory `name` in `place` is, from the record promote and rollback
+ * keep: one in archive/, or one promote left in active/ (archive/ on another filesystem).
+ */
+export function archivedVersion(state: ModelsState, name: string, place: Place = 'archive'): { alias: string; version: ArchivedVersion } | null {
   for (const [alias, { archived }] of Object.entries(state.aliases)) {
-    const version = archived.find((v) => v.archive === name)
+    const version = archived.find((v) => (place === 'archive' ? v.archive === name : place === 'active' && v.archive === null && v.dir === name))
     if (version) return { alias, version }
   }
   return null
@@ -206,7 +209,7 @@ export async function inventory(s: Settings, holders: Map<string, Holder[]>, fou
   const infos: ModelInfo[] = []
   for (const d of found) {
     const files = walkTree(d.path).files
-    const archived = d.place === 'archive' ? archivedVersion(state, d.name) : null
+    const archived = archivedVersion(state, d.name, d.place)
     const holding = await catalogs.holding(activeName(state, d.place, d.name), files)
     infos.push({
       ...d,
@@ -235,12 +238,12 @@ export async function archiveSurplus(s: Settings, state: ModelsState): Promise<S
   const surplus: Surplus[] = []
   for (const [alias, { archived }] of Object.entries(state.aliases)) {
     const present: ArchivedVersion[] = []
-    for (const v of archived) if ((await lstatOrNull(path.join(archiveDir(s), v.archive)))?.isDirectory()) present.push(v)
+    for (const v of archived) if (v.archive !== null && (await lstatOrNull(path.join(archiveDir(s), v.archive)))?.isDirectory()) present.push(v)
     const extra = present.length - s.modelArchiveKeep
     if (extra <= 0) continue
     const byAge = (a: ArchivedVersion, b: ArchivedVersion) => a.archived_at.localeCompare(b.archived_at)
     const order = [...present.filter((v) => v.bad).sort(byAge), ...present.filter((v) => !v.bad).sort(byAge)]
-    for (const v of order.slice(0, extra)) surplus.push({ alias, archive: v.archive, bad: v.bad, archived_at: v.archived_at })
+    for (const v of order.slice(0, extra)) surplus.push({ alias, archive: v.archive!, bad: v.bad, archived_at: v.archived_at })
   }
   return surplus
 }

@@ -31,8 +31,11 @@ export const aliasName = z.string().refine((v) => ALIAS_PATTERN.test(v), 'expect
 const versionSchema = z.object({
   /** The directory's name in active/ when it served. */
   dir: z.string(),
-  /** Its name in archive/. */
-  archive: z.string(),
+  /**
+   * Its name in archive/; null while it stays in active/ under `dir`, where promote leaves it when archive/ is
+   * on another filesystem (a move there would be a copy, see switchVersion), and rollback takes it from.
+   */
+  archive: z.string().nullable(),
   archived_at: z.string(),
   /** Replaced by a rollback: never chosen by one. */
   bad: z.boolean(),
@@ -59,7 +62,11 @@ export async function readModelsState(s: Settings): Promise<ModelsState> {
 /** The archived versions of `alias` rollback may take, newest last: not marked bad, and still in archive/. */
 export async function rollbackCandidates(s: Settings, state: ModelsState, alias: string): Promise<ArchivedVersion[]> {
   const found: ArchivedVersion[] = []
-  for (const v of state.aliases[alias]?.archived ?? []) if (!v.bad && (await lstatOrNull(path.join(archiveDir(s), v.archive)))?.isDirectory()) found.push(v)
+  for (const v of state.aliases[alias]?.archived ?? []) {
+    if (v.bad) continue
+    const where = v.archive === null ? (s.models.some((m) => m.dir === v.dir) ? null : path.join(s.modelsActive, v.dir)) : path.join(archiveDir(s), v.archive)
+    if (where && (await lstatOrNull(where))?.isDirectory()) found.push(v)
+  }
   return found
 }
 
@@ -113,7 +120,9 @@ export async function switchVersion(ctx: TaskContext, alias: string, incoming: I
   await ensureEnvScript({ ...ctx, settings: next })
 
   const state = await readModelsState(s)
-  const versions = (state.aliases[alias]?.archived ?? []).filter((v) => v !== incoming.archived && !(incoming.archived && v.archive === incoming.archived.archive))
+  const back = incoming.archived
+  // The version coming back leaves the record, with any older entry for the same place.
+  const versions = (state.aliases[alias]?.archived ?? []).filter((v) => !back || (v !== back && (back.archive === null ? v.archive !== null || v.dir !== back.dir : v.archive !== back.archive)))
   const outcome: SwitchOutcome = { previous, archived: null, kept: null }
   const old = previous === null || previous === incoming.dir ? null : path.join(s.modelsActive, previous)
   const oldSt = old ? await lstatOrNull(old) : null
@@ -121,8 +130,10 @@ export async function switchVersion(ctx: TaskContext, alias: string, incoming: I
   if (old && previous && sharedWith) outcome.kept = `${previous} stays in ${s.modelsActive}: ${sharedWith} serves it too`
   // A move to archive/ on another filesystem is a copy of the whole model: not a step for the moment between
   // the flip and the journal's end, where an undo must be one rename. model archive does it, verified.
-  else if (old && previous && oldSt?.isDirectory() && (await crossesFilesystems(old, archiveDir(s)).catch(() => false)))
-    outcome.kept = `${previous} stays in ${s.modelsActive}: ${archiveDir(s)} is on another filesystem, where promote and rollback do not copy; \`citadel model archive ${previous}\` copies it there, checked against the source`
+  else if (old && previous && oldSt?.isDirectory() && (await crossesFilesystems(old, archiveDir(s)).catch(() => false))) {
+    outcome.kept = `${previous} stays in ${s.modelsActive}, where model rollback takes it back from: ${archiveDir(s)} is on another filesystem, where promote and rollback do not copy; \`citadel model archive ${previous}\` copies it there, checked against the source (rollback then no longer takes it)`
+    versions.push({ dir: previous, archive: null, archived_at: now.toISOString(), bad: markBad })
+  }
   else if (old && previous && oldSt?.isDirectory()) {
     const name = await archiveName(archiveDir(s), previous, now)
     const to = path.join(archiveDir(s), name)

@@ -3,7 +3,7 @@
 // source; a copy that cannot be made leaves the source as it was and nothing in archive/. promote, whose
 // undo must be one rename, leaves the previous version in the active models and says how to archive it.
 import { execFileSync } from 'node:child_process'
-import { chmodSync, mkdirSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs'
 import { randomBytes } from 'node:crypto'
 import path from 'node:path'
 import { describe, expect, it, type TestContext } from 'vitest'
@@ -80,12 +80,34 @@ describe('model moves across filesystems', () => {
       writeFile(path.join(roots.models, 'staging', 'm-v2', 'config.json'), '{"version": "m-v2"}\n')
       const run = await citadelJson(['model', 'promote', 'chat', 'm-v2'], roots.env)
       expect(run.code, run.stdout).toBe(0)
-      expect(run.doc.tasks[0].warnings.join('\n')).toMatch(/m-v1 stays in .*archive is on another filesystem.*citadel model archive m-v1/)
+      expect(run.doc.tasks[0].warnings.join('\n')).toMatch(/m-v1 stays in .*, where model rollback takes it back from: .*archive is on another filesystem.*citadel model archive m-v1/)
       expect(readdirSync(roots.active).sort()).toEqual(['m-v1', 'm-v2'])
       expect(readdirSync(archive)).toEqual([])
       const archived = await citadelJson(['model', 'archive', 'm-v1'], roots.env)
       expect(archived.code, archived.stdout).toBe(0)
       expect(readdirSync(archive)).toEqual(['m-v1'])
+    })
+  }, 120_000)
+
+  it('rollback takes back the version promote left in the active models, and leaves the one it replaces there, marked bad', async (ctx) => {
+    await withArchiveMount(ctx, 8, async (roots, archive) => {
+      writeFile(path.join(roots.models, 'staging', 'm-v2', 'config.json'), '{"version": "m-v2"}\n')
+      const promote = await citadelJson(['model', 'promote', 'chat', 'm-v2'], roots.env)
+      expect(promote.code, promote.stdout).toBe(0)
+      const listed = await citadelJson(['model', 'list'], roots.env)
+      expect(listed.doc.tasks[0].data.models.find((m: { name: string; place: string }) => m.name === 'm-v1' && m.place === 'active')).toMatchObject({ aliases: [], archived: { alias: 'chat', dir: 'm-v1', bad: false } })
+
+      const back = await citadelJson(['model', 'rollback', 'chat'], roots.env)
+      expect(back.code, back.stdout).toBe(0)
+      expect(back.doc.tasks[0].msg).toMatch(/^chat serves m-v1 again .*; m-v2 is marked bad$/)
+      expect(readlinkSync(path.join(roots.app, 'model-links', 'chat'))).toBe(path.join(roots.active, 'm-v1'))
+      expect(readFileSync(roots.env.CITADEL_ENV_FILE!, 'utf8')).toContain('MODEL_REGISTRY=chat=m-v1\n')
+      expect(readdirSync(roots.active).sort()).toEqual(['m-v1', 'm-v2'])
+      expect(readdirSync(archive)).toEqual([])
+      // The version it replaced is marked bad: no rollback takes it.
+      const again = await citadelJson(['model', 'rollback', 'chat'], roots.env)
+      expect(again.code).toBe(2)
+      expect(again.doc.tasks[0].msg).toMatch(/^nothing to roll chat back to: .* that is not marked bad \(1 is\); it stays on m-v1$/)
     })
   }, 120_000)
 })
