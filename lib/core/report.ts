@@ -51,8 +51,12 @@ export const runReportSchema = z.strictObject({
   tasks: z.array(jsonTaskSchema),
   stats: z.strictObject({ ok: count, changed: count, failed: count, skipped: count }),
   failed: z.array(z.string()).describe('every failed step, in order'),
-  rolled_back: z.array(z.strictObject({ task: z.string(), done: z.boolean(), msg: z.string() }))
-    .describe("each undone change, newest first: under rollback every change of the run, under continue the failed steps' own"),
+  rolled_back: z.array(z.strictObject({
+    task: z.string(),
+    done: z.boolean(),
+    msg: z.string(),
+    after_undo: z.literal(true).optional().describe('not a change but a step a task asked to follow the undo, such as vLLM restarted on the previous version'),
+  })).describe("each undone change, newest first: under rollback every change of the run, under continue the failed steps' own; then the steps that follow the undo"),
   interrupted: z.boolean(),
 })
 
@@ -72,7 +76,7 @@ export function toReport(playbook: string | null, onFailure: FailurePolicy, chec
     tasks: records.map(({ details: _details, keepChanges, rolled_back: _undone, ...rest }) => (keepChanges ? { ...rest, kept_changes: true as const } : rest)),
     stats: stats(records),
     failed: records.filter((r) => r.status === 'failed').map((r) => r.name),
-    rolled_back: rollback.map((s) => ({ task: s.task, done: s.done, msg: s.msg })),
+    rolled_back: rollback.map((s) => ({ task: s.task, done: s.done, msg: s.msg, ...(s.undo ? {} : { after_undo: true as const }) })),
     interrupted,
   }
 }
@@ -95,8 +99,9 @@ export function formatReport(report: RunReport, records: TaskRecord[], withDiff:
   }
   if (report.rolled_back.length) {
     const whose = report.on_failure === 'continue' ? ", the failed steps' own changes" : ''
-    out.push('', `ROLLBACK (${report.rolled_back.filter((s) => s.done).length}/${report.rolled_back.length} undone${whose}, newest first)`)
-    for (const s of report.rolled_back) out.push(`    ${s.done ? 'undone' : 'FAILED'} ${s.msg}`)
+    const changes = report.rolled_back.filter((s) => !s.after_undo)
+    out.push('', `ROLLBACK (${changes.filter((s) => s.done).length}/${changes.length} undone${whose}, newest first)`)
+    for (const s of report.rolled_back) out.push(`    ${!s.done ? 'FAILED' : s.after_undo ? 'then' : 'undone'} ${s.msg}`)
   }
   const failed = records.filter((r) => r.status === 'failed')
   const blocked = records.filter((r) => r.blocked_by)

@@ -132,6 +132,13 @@ describe('the vLLM server step of model promote and rollback', () => {
       const again = promote.doc.rolled_back.at(-1)
       if (what.startsWith('/health')) expect(again).toMatchObject({ done: false, msg: expect.stringMatching(/^VLLM_RESTART_COMMAND again, for the previous version failed: vLLM was not ready/) })
       else expect(again).toMatchObject({ done: true, msg: expect.stringMatching(/^ran VLLM_RESTART_COMMAND again: vLLM answered GET http:\/\/127\.0\.0\.1:\d+\/health after \d+ s$/) })
+      if (what.startsWith('the restart command')) {
+        // The report counts the undone changes; the restart that followed them is a line of its own.
+        const text = await citadel(['model', 'promote', 'chat', 'm-v2'], env)
+        const changes = promote.doc.rolled_back.length - 1
+        expect(text.stdout).toContain(`ROLLBACK (${changes}/${changes} undone, the failed steps' own changes, newest first)`)
+        expect(text.stdout).toMatch(/^ {4}then ran VLLM_RESTART_COMMAND again: vLLM answered/m)
+      }
     }, 120_000)
   }
 
@@ -150,7 +157,8 @@ describe('the vLLM server step of model promote and rollback', () => {
     expect(result.code, result.stdout + result.stderr).toBe(99)
     const doc = JSON.parse(result.stdout)
     expect(doc.tasks[0].msg).toBe('interrupted by signal')
-    expect(doc.rolled_back.at(-1)).toMatchObject({ done: true, msg: expect.stringMatching(/^ran VLLM_RESTART_COMMAND again: vLLM answered/) })
+    expect(doc.rolled_back.at(-1)).toEqual({ task: 'model-promote', done: true, after_undo: true, msg: expect.stringMatching(/^ran VLLM_RESTART_COMMAND again: vLLM answered/) })
+    expect(doc.rolled_back.slice(0, -1).every((s: { after_undo?: boolean }) => s.after_undo === undefined)).toBe(true)
     expect(served(roots)).toEqual(before)
     expect(restarts(roots)).toEqual([path.join(roots.active, 'm-v2'), path.join(roots.active, 'm-v1')])
   }, 120_000)
