@@ -191,7 +191,6 @@ export async function buildManifest(
   return { copy, changed: changed.sort(compareBytewise), entries, catalog, hashedBytes: hashedEarly + total, reused }
 }
 
-
 /**
  * Writes the manifest and catalog into the backup. A file equal to the parent's is a hard link to it:
  * an unchanged incremental of many small files would otherwise spend megabytes on identical lists.

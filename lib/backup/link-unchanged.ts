@@ -178,4 +178,3 @@ export async function linkUnchanged(src: string, dest: string, source: Tree, mat
 /** The inode and ctime of each source file as the walk saw them, by path, for the catalog's `source`. */
 export const sourceState = (files: TreeFile[]): [string, number, number][] =>
   files.map((f): [string, number, number] => [f.rel, f.ino, f.ctimeMs]).sort((a, b) => compareBytewise(a[0], b[0]))
-

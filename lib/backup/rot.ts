@@ -38,7 +38,6 @@ type SourceHashes = Map<string, { hash: string; file: TreeFile }>
 const sameState = (a: TreeFile, b: { size: number; mtimeMs: number; ctimeMs: number; ino: number }) =>
   a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs && a.ino === b.ino
 
-
 /**
  * Finds the rotten files among `copied` (the source files rsync copied into `data`) and puts the reference's
  * copy of each in place of the rotten bytes, in the copy's own inode (so a hard-link group the copy made

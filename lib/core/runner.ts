@@ -82,14 +82,11 @@ export function registerRecovery(name: string, hook: (ctx: RecoveryContext) => P
 /** A rollback's own lines: the after-undo entries are not changes, and this run has their steps in memory. */
 const changesOnly = (steps: RollbackStep[]) => steps.filter((s) => s.undo?.op !== 'after-undo')
 
-/** Calls, in the order of the rollback, the hooks a killed run's journal asked for after its undo. */
+/** Calls, in the order of the rollback, the hooks a killed run's journal asked for after its undo; their steps. */
 async function runRecoveryHooks(steps: RollbackStep[], ctx: RecoveryContext): Promise<RollbackStep[]> {
   const done: RollbackStep[] = []
   for (const s of steps) {
-    if (s.undo?.op !== 'after-undo') {
-      done.push(s)
-      continue
-    }
+    if (s.undo?.op !== 'after-undo') continue
     const { hook: name, what } = s.undo
     const hook = recoveryHooks.get(name)
     try {
@@ -310,7 +307,7 @@ export async function run(req: RunRequest): Promise<number> {
         return EXIT.invalid
       }
       if (settingsNow) req = { ...req, settings: settingsNow }
-      const hooks = (await runRecoveryHooks(undone, { settings: req.settings, $: shell, log: (event, fields = {}) => log.event(event, fields), progress: () => {} })).filter((s) => s.undo?.op === 'after-undo')
+      const hooks = await runRecoveryHooks(undone, { settings: req.settings, $: shell, log: (event, fields = {}) => log.event(event, fields), progress: () => {} })
       for (const s of hooks) say(`  ${s.done ? 'then' : 'FAILED'} ${s.msg}`)
       log.event('recovered', { steps: [...changes, ...hooks] })
     }

@@ -59,6 +59,9 @@ export async function readModelsState(s: Settings): Promise<ModelsState> {
   return parsed.data
 }
 
+/** Whether two records name the same directory: one name in archive/, or one kept in active/. */
+const samePlace = (a: ArchivedVersion, b: ArchivedVersion) => a.archive === b.archive && (a.archive !== null || a.dir === b.dir)
+
 /** The archived versions of `alias` rollback may take, newest last: not marked bad, and still in archive/. */
 export async function rollbackCandidates(s: Settings, state: ModelsState, alias: string): Promise<ArchivedVersion[]> {
   const found: ArchivedVersion[] = []
@@ -122,7 +125,7 @@ export async function switchVersion(ctx: TaskContext, alias: string, incoming: I
   const state = await readModelsState(s)
   const back = incoming.archived
   // The version coming back leaves the record, with any older entry for the same place.
-  const versions = (state.aliases[alias]?.archived ?? []).filter((v) => !back || (v !== back && (back.archive === null ? v.archive !== null || v.dir !== back.dir : v.archive !== back.archive)))
+  const versions = (state.aliases[alias]?.archived ?? []).filter((v) => !back || !samePlace(v, back))
   const outcome: SwitchOutcome = { previous, archived: null, kept: null }
   const old = previous === null || previous === incoming.dir ? null : path.join(s.modelsActive, previous)
   const oldSt = old ? await lstatOrNull(old) : null

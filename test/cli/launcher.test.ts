@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { chmodSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
@@ -35,6 +35,21 @@ describe('bin/citadel.js', () => {
     const after = await list()
     expect(after).toContain('Edited description')
     expect(after).not.toContain('Give every expected link a verdict')
+  })
+
+  it('a damaged code cache is refused by V8: the command runs from the bundle and the cache is written again', async () => {
+    copyProject()
+    const env = makeRoots().env
+    const bin = [process.execPath, path.join(copy, 'bin', 'citadel.js')]
+    expect((await start(['list'], env, bin).done).code).toBe(0)
+    const { dir } = JSON.parse(readFileSync(path.join(buildOf(copy), 'current.json'), 'utf8')) as { dir: string }
+    const cache = path.join(buildOf(copy), dir, 'cli.code-cache')
+    const garbage = randomBytes(readFileSync(cache).length)
+    writeFileSync(cache, garbage)
+    const again = await start(['list'], env, bin).done
+    expect(again.code, again.stderr).toBe(0)
+    expect(again.stdout).toContain('Give every expected link a verdict')
+    expect(readFileSync(cache).equals(garbage)).toBe(false)
   })
 
   it('a syntax slip in one task file keeps health-check answering from the last good build, naming the file and line', async () => {
@@ -80,7 +95,8 @@ describe('bin/citadel.js', () => {
       // A build planted in a world-writable cache, as another user could in a shared temp directory.
       const planted = buildOf(copy, tmp)
       mkdirSync(path.join(planted, 'build-planted'), { recursive: true })
-      writeFileSync(path.join(planted, 'build-planted', 'cli.js'), `import { writeFileSync } from 'node:fs'\nwriteFileSync(${JSON.stringify(path.join(tmp, 'ran'))}, '')\nexport const main = async () => 0\nexport const exitWhenFlushed = (code) => process.exit(code)\n`)
+      // In the form a build has (a CommonJS script), so that loading it would run it.
+      writeFileSync(path.join(planted, 'build-planted', 'cli.js'), `require('node:fs').writeFileSync(${JSON.stringify(path.join(tmp, 'ran'))}, '')\nexports.main = async () => 0\nexports.exitWhenFlushed = (code) => process.exit(code)\n`)
       writeFileSync(path.join(planted, 'current.json'), JSON.stringify({ dir: 'build-planted', inputs: {} }))
       chmodSync(path.dirname(planted), 0o777)
       const env = { PATH: process.env.PATH!, HOME: tmp, TMPDIR: tmp }
